@@ -1,0 +1,299 @@
+package quictun
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Client is the localproxy side of the tunnel: it keeps an authenticated
+// control connection to coordinator, asks it to open sessions, and serves
+// the tunnel creation service that coordinator dials back to.
+type Client struct {
+	cfg      ClientConfig
+	log      *slog.Logger
+	cert     tls.Certificate
+	certHash [32]byte
+	table    *sessionTable
+	kick     chan struct{} // asks the connect loop to retry now
+
+	mu         sync.Mutex
+	conn       *quic.Conn   // control connection; nil while down
+	control    *quic.Stream // its control stream
+	coordLeaf  []byte       // coordinator's certificate, pinned for dial-backs
+	ready      chan struct{}
+	lastErr    error
+	publicAddr netip.AddrPort
+	welcome    Welcome
+
+	stats clientCounters
+}
+
+type clientCounters struct {
+	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
+	connects                                                atomic.Uint64
+}
+
+// ClientStats is a snapshot of a Client's counters.
+type ClientStats struct {
+	Connected        bool
+	PublicAddr       netip.AddrPort
+	ObservedAddr     netip.AddrPort // as coordinator saw us
+	Sessions         uint64         // sessions established
+	PendingSessions  int            // waiting for their dial-back now
+	DialBackTimeouts uint64
+	UnknownSessions  uint64 // dial-back streams refused: unknown or expired id
+	BadStreams       uint64 // dial-back streams refused: malformed header
+	Connects         uint64 // control connections established
+}
+
+// NewClient validates cfg and prepares a client. Run starts it.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	cert, hash, err := newEphemeralCert()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		cert:       cert,
+		certHash:   hash,
+		table:      newSessionTable(cfg.MaxPendingSessions),
+		kick:       make(chan struct{}, 1),
+		ready:      make(chan struct{}),
+		publicAddr: cfg.PublicAddr,
+	}, nil
+}
+
+// Run serves the tunnel creation service and keeps the control connection
+// up, reconnecting with backoff, until ctx ends. It returns ctx's cause, or
+// ErrAuthFailed when coordinator refuses the token: retrying cannot help.
+func (c *Client) Run(ctx context.Context) error {
+	ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
+	if err != nil {
+		return fmt.Errorf("start tunnel creation service: %w", err)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.acceptDialBacks(ctx, ln) })
+
+	err = c.connectLoop(ctx)
+	cancel(err)
+	ln.Close()
+	wg.Wait()
+	return err
+}
+
+// connectLoop keeps one control connection up until ctx ends or the token
+// is refused.
+func (c *Client) connectLoop(ctx context.Context) error {
+	backoff := c.cfg.ReconnectMin
+	for {
+		up := time.Now()
+		err := c.connectAndWait(ctx)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		c.setDown(err)
+		if errors.Is(err, ErrAuthFailed) {
+			c.log.Error("coordinator refused this client's token; check --token", "coordinator", c.cfg.Coordinator, "err", err)
+			return err
+		}
+		if time.Since(up) > c.cfg.ReconnectMax {
+			backoff = c.cfg.ReconnectMin // it was up for a good while
+		}
+		wait := backoff/2 + rand.N(backoff/2+1) // jitter in [backoff/2, backoff]
+		c.log.Warn("coordinator connection down; retrying", "coordinator", c.cfg.Coordinator, "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(wait):
+		case <-c.kick:
+		}
+		backoff = min(backoff*2, c.cfg.ReconnectMax)
+	}
+}
+
+// connectAndWait dials coordinator, says Hello, publishes the connection
+// and blocks until it closes.
+func (c *Client) connectAndWait(ctx context.Context) error {
+	conn, ctrl, w, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.conn, c.control, c.welcome = conn, ctrl, *w
+	c.coordLeaf = conn.ConnectionState().TLS.PeerCertificates[0].Raw
+	c.lastErr = nil
+	close(c.ready)
+	pub := c.publicAddr
+	c.mu.Unlock()
+	c.stats.connects.Add(1)
+	c.log.Info("connected to coordinator", "coordinator", c.cfg.Coordinator, "public_addr", pub,
+		"observed_addr", w.ObservedAddr, "rtt", conn.ConnectionStats().SmoothedRTT.Round(time.Microsecond))
+	if pub.IsValid() && w.ObservedAddr.IsValid() && pub != w.ObservedAddr {
+		c.log.Info("coordinator sees a different address than the reporter; dial-backs fall back to it",
+			"reporter_view", pub, "coordinator_view", w.ObservedAddr)
+	}
+
+	// The control stream carries nothing from coordinator yet; reading it
+	// notices when coordinator goes away.
+	var wg sync.WaitGroup
+	defer wg.Wait() // both ways out below close conn, which ends the reader
+	wg.Go(func() {
+		var b [1]byte
+		ctrl.Read(b[:])
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "control stream ended")
+	})
+	select {
+	case <-ctx.Done():
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
+		return context.Cause(ctx)
+	case <-conn.Context().Done():
+		return authError(context.Cause(conn.Context()))
+	}
+}
+
+func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
+	addr, err := net.ResolveUDPAddr("udp", c.cfg.Coordinator)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("resolve coordinator %s: %w", c.cfg.Coordinator, err)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		RootCAs:            c.cfg.RootCAs,
+		ServerName:         c.cfg.ServerName,
+		InsecureSkipVerify: c.cfg.InsecureSkipVerify,
+		NextProtos:         []string{ALPNControl},
+	}
+	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
+	}
+	fail := func(err error) (*quic.Conn, *quic.Stream, *Welcome, error) {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "handshake failed")
+		return nil, nil, nil, authError(err)
+	}
+	ctrl, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("open control stream: %w", err))
+	}
+	c.mu.Lock()
+	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
+	c.mu.Unlock()
+	if err := WriteFrame(ctrl, hello); err != nil {
+		return fail(fmt.Errorf("send hello: %w", err))
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		ctrl.SetReadDeadline(dl)
+	}
+	msg, err := ReadFrame(ctrl)
+	if err != nil {
+		return fail(fmt.Errorf("read welcome: %w", err))
+	}
+	ctrl.SetReadDeadline(time.Time{})
+	w, ok := msg.(*Welcome)
+	if !ok {
+		return fail(fmt.Errorf("%w: expected welcome, got %T", ErrProtocol, msg))
+	}
+	if w.Version != ProtocolVersion {
+		return fail(fmt.Errorf("%w: coordinator speaks %d, we speak %d", ErrVersion, w.Version, ProtocolVersion))
+	}
+	return conn, ctrl, w, nil
+}
+
+// setDown records that the control connection is gone.
+func (c *Client) setDown(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.ready = make(chan struct{})
+	}
+	c.conn, c.control, c.coordLeaf = nil, nil, nil
+	c.lastErr = err
+}
+
+// markDown forgets conn as the control connection if it still is.
+func (c *Client) markDown(conn *quic.Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == conn {
+		c.conn, c.control, c.coordLeaf = nil, nil, nil
+		c.ready = make(chan struct{})
+	}
+}
+
+// SetPublicAddr records a new public address and tells coordinator.
+func (c *Client) SetPublicAddr(addr netip.AddrPort) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.publicAddr = addr
+	if c.control == nil {
+		return nil // sent in the next Hello
+	}
+	return WriteFrame(c.control, &AddrUpdate{PublicAddr: addr})
+}
+
+// Stats returns a snapshot of the client's state and counters.
+func (c *Client) Stats() ClientStats {
+	c.mu.Lock()
+	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr}
+	c.mu.Unlock()
+	st.Sessions = c.stats.sessions.Load()
+	st.PendingSessions = c.table.len()
+	st.DialBackTimeouts = c.stats.dialBackTimeouts.Load()
+	st.UnknownSessions = c.stats.unknownSessions.Load()
+	st.BadStreams = c.stats.badStreams.Load()
+	st.Connects = c.stats.connects.Load()
+	return st
+}
+
+// controlConn returns the control connection, waiting up to ConnectTimeout
+// for one while it is down.
+func (c *Client) controlConn(ctx context.Context) (*quic.Conn, error) {
+	timer := time.NewTimer(c.cfg.ConnectTimeout)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		conn, ready, lastErr := c.conn, c.ready, c.lastErr
+		c.mu.Unlock()
+		if conn != nil {
+			if conn.Context().Err() == nil {
+				return conn, nil
+			}
+			c.markDown(conn) // the connect loop has not noticed yet
+			continue
+		}
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ready:
+		case <-timer.C:
+			if lastErr == nil {
+				lastErr = errors.New("still connecting")
+			}
+			return nil, fmt.Errorf("%w: %s: %w", ErrCoordinatorUnavailable, c.cfg.Coordinator, lastErr)
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
+}

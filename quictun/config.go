@@ -1,0 +1,182 @@
+package quictun
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ClientConfig configures the localproxy side of the tunnel. The zero value
+// of every optional field selects the default given in its comment.
+type ClientConfig struct {
+	// Transport is the QUIC transport on localproxy's one UDP socket.
+	// The client dials coordinator from it and serves dial-backs on it.
+	// Required; the caller owns it and closes it after Run returns.
+	Transport *quic.Transport
+	// Coordinator is coordinator's address, "host:port". Required.
+	Coordinator string
+	// Token authenticates this client. Required.
+	Token string
+	// Name identifies the client in coordinator's logs. Default: none.
+	Name string
+	// RootCAs verifies coordinator's certificate. Default: the system roots.
+	RootCAs *x509.CertPool
+	// ServerName is the name coordinator's certificate must carry.
+	// Default: the host part of Coordinator.
+	ServerName string
+	// InsecureSkipVerify accepts any coordinator certificate. The
+	// connection is still encrypted and dial-backs are still pinned to the
+	// certificate seen, but anyone on the path can impersonate coordinator.
+	InsecureSkipVerify bool
+	// PublicAddr is the public address learnt from the reporter, told to
+	// coordinator for dial-backs. Default: unknown, and coordinator dials
+	// back to the source address it observes.
+	PublicAddr netip.AddrPort
+	// OpenTimeout bounds the wait for coordinator's answer to Open, which
+	// includes coordinator dialing the target. Default 15s.
+	OpenTimeout time.Duration
+	// DialBackTimeout bounds the wait for the dial-back stream once
+	// coordinator has reached the target. Default 10s.
+	DialBackTimeout time.Duration
+	// ConnectTimeout bounds one attempt to connect to coordinator, and how
+	// long Dial waits for a connection while none is up. Default 5s.
+	ConnectTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the exponential backoff (with
+	// jitter) between reconnection attempts. Defaults 250ms and 30s.
+	ReconnectMin, ReconnectMax time.Duration
+	// MaxPendingSessions bounds sessions waiting for their dial-back.
+	// Default 10000.
+	MaxPendingSessions int
+	// MaxStreams bounds concurrent dial-back streams. Default 10000.
+	MaxStreams int64
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c *ClientConfig) validate() error {
+	switch {
+	case c.Transport == nil:
+		return &ConfigError{"Transport", "required"}
+	case c.Coordinator == "":
+		return &ConfigError{"Coordinator", "required"}
+	case c.Token == "":
+		return &ConfigError{"Token", "required"}
+	case len(c.Token) > maxTokenLen:
+		return &ConfigError{"Token", "longer than 1024 bytes"}
+	case len(c.Name) > maxNameLen:
+		return &ConfigError{"Name", "longer than 256 bytes"}
+	}
+	if _, _, err := net.SplitHostPort(c.Coordinator); err != nil {
+		return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
+	}
+	return nil
+}
+
+func (c *ClientConfig) setDefaults() {
+	setDefault(&c.OpenTimeout, 15*time.Second)
+	setDefault(&c.DialBackTimeout, 10*time.Second)
+	setDefault(&c.ConnectTimeout, 5*time.Second)
+	setDefault(&c.ReconnectMin, 250*time.Millisecond)
+	setDefault(&c.ReconnectMax, 30*time.Second)
+	setDefault(&c.MaxPendingSessions, 10000)
+	setDefault(&c.MaxStreams, 10000)
+	if c.ServerName == "" {
+		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)
+	}
+	c.Logger = orDiscard(c.Logger)
+}
+
+// ServerConfig configures the coordinator side of the tunnel. The zero
+// value of every optional field selects the default given in its comment.
+type ServerConfig struct {
+	// Transport is the QUIC transport on coordinator's UDP socket. The
+	// server listens on it and dials back from it, so dial-backs come from
+	// the address clients already send to. Required; the caller owns it.
+	Transport *quic.Transport
+	// Certificate is coordinator's TLS certificate, also presented as
+	// client certificate on dial-backs. Required.
+	Certificate tls.Certificate
+	// Token is the shared secret clients must present. Required.
+	Token string
+	// DialTarget opens the TCP connection to a session's target.
+	// Default: a net.Dialer with TargetDialTimeout.
+	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
+	// TargetDialTimeout bounds dialing a target. Default 10s.
+	TargetDialTimeout time.Duration
+	// DialBackTimeout bounds establishing the dial-back connection and
+	// opening a stream on it. Default 10s.
+	DialBackTimeout time.Duration
+	// HelloTimeout bounds the wait for a new client's Hello. Default 10s.
+	HelloTimeout time.Duration
+	// MaxStreams bounds concurrent session set-ups per client. Default 10000.
+	MaxStreams int64
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+	// AccessLog receives one line per session. Default: Logger.
+	AccessLog *slog.Logger
+}
+
+func (c *ServerConfig) validate() error {
+	switch {
+	case c.Transport == nil:
+		return &ConfigError{"Transport", "required"}
+	case len(c.Certificate.Certificate) == 0:
+		return &ConfigError{"Certificate", "required"}
+	case c.Token == "":
+		return &ConfigError{"Token", "required"}
+	}
+	return nil
+}
+
+func (c *ServerConfig) setDefaults() {
+	setDefault(&c.TargetDialTimeout, 10*time.Second)
+	setDefault(&c.DialBackTimeout, 10*time.Second)
+	setDefault(&c.HelloTimeout, 10*time.Second)
+	setDefault(&c.MaxStreams, 10000)
+	if c.DialTarget == nil {
+		d := &net.Dialer{Timeout: c.TargetDialTimeout}
+		c.DialTarget = d.DialContext
+	}
+	c.Logger = orDiscard(c.Logger)
+	if c.AccessLog == nil {
+		c.AccessLog = c.Logger
+	}
+}
+
+// quicConfig returns the QUIC settings both ends use. Flow-control windows
+// are sized for a fast path (a 16 MiB stream window covers 1 Gbit/s at
+// 128 ms RTT); quic-go grows windows on demand, so idle sessions stay small.
+func quicConfig(maxStreams int64, handshake time.Duration) *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:           handshake,
+		MaxIdleTimeout:                 30 * time.Second,
+		KeepAlivePeriod:                10 * time.Second,
+		MaxIncomingStreams:             maxStreams,
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     512 << 10,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: 1 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	}
+}
+
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return l
+}

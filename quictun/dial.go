@@ -1,0 +1,201 @@
+package quictun
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// sessionHeaderTimeout bounds how long a dial-back stream may take to send
+// its session header.
+const sessionHeaderTimeout = 5 * time.Second
+
+// Dial opens a session to target ("host:port") through coordinator: it
+// registers a fresh session id, sends Open on the control connection and
+// returns the dial-back stream coordinator opens for it. Errors:
+// ErrCoordinatorUnavailable, a *SessionError from coordinator (for example
+// CodeTargetUnreachable), ErrDialBackTimeout, or ctx's cause.
+func (c *Client) Dial(ctx context.Context, target string) (*StreamConn, error) {
+	conn, err := c.controlConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := c.dial(ctx, conn, target)
+	if err != nil && errors.Is(err, ErrCoordinatorUnavailable) && conn.Context().Err() != nil && ctx.Err() == nil {
+		// The control connection died under us (coordinator restarted):
+		// try once more on the next one.
+		if conn, err = c.controlConn(ctx); err != nil {
+			return nil, err
+		}
+		sc, err = c.dial(ctx, conn, target)
+	}
+	return sc, err
+}
+
+// dial runs one Open exchange on conn.
+func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*StreamConn, error) {
+	id := NewSessionID()
+	ch, err := c.table.add(id)
+	if err != nil {
+		return nil, fmt.Errorf("open session to %s: %w", target, err)
+	}
+	defer func() {
+		// Still registered means we gave up: refuse a late stream.
+		if d, ok := c.table.remove(id); ok {
+			d.refuse(CodeCanceled)
+		}
+	}()
+
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open stream: %w", ErrCoordinatorUnavailable, err)
+	}
+	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
+	defer stop()
+
+	if err := WriteFrame(str, &Open{Session: id, Target: target}); err != nil {
+		return nil, c.openError(ctx, target, err)
+	}
+	str.SetReadDeadline(time.Now().Add(c.cfg.OpenTimeout))
+	msg, err := ReadFrame(str)
+	if err != nil {
+		return nil, c.openError(ctx, target, err)
+	}
+	res, ok := msg.(*OpenResult)
+	if !ok {
+		return nil, fmt.Errorf("%w: expected open result, got %T", ErrProtocol, msg)
+	}
+	if res.Code != CodeOK {
+		return nil, &SessionError{Target: target, Code: res.Code, Reason: res.Reason}
+	}
+
+	// coordinator reached the target and is dialing back. It ends the open
+	// stream with FIN once the dial-back stream is sent, or resets it when
+	// the dial-back failed.
+	str.SetReadDeadline(time.Time{})
+	failed := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	wg.Go(func() {
+		var b [1]byte
+		_, err := str.Read(b[:])
+		if err != nil && !errors.Is(err, context.Canceled) {
+			var se *quic.StreamError
+			if errors.As(err, &se) && se.Remote {
+				failed <- &SessionError{Target: target, Code: ErrorCode(se.ErrorCode), Reason: "coordinator could not dial back"}
+			}
+		}
+	})
+	timer := time.NewTimer(c.cfg.DialBackTimeout)
+	defer timer.Stop()
+	select {
+	case d := <-ch:
+		c.stats.sessions.Add(1)
+		str.Close()
+		return newStreamConn(d.stream, d.conn, id), nil
+	case err := <-failed:
+		return nil, err
+	case <-timer.C:
+		c.stats.dialBackTimeouts.Add(1)
+		return nil, fmt.Errorf("session to %s: %w after %s", target, ErrDialBackTimeout, c.cfg.DialBackTimeout)
+	case <-conn.Context().Done():
+		return nil, fmt.Errorf("%w: connection lost: %w", ErrCoordinatorUnavailable, context.Cause(conn.Context()))
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// openError explains why an Open exchange failed.
+func (c *Client) openError(ctx context.Context, target string, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		return &SessionError{Target: target, Code: ErrorCode(se.ErrorCode)}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return &SessionError{Target: target, Code: CodeTimeout, Reason: "coordinator did not answer in time"}
+	}
+	return fmt.Errorf("%w: open session to %s: %w", ErrCoordinatorUnavailable, target, err)
+}
+
+// dialBackTLS is the TLS configuration of the tunnel creation service: our
+// ephemeral certificate, and only coordinator's pinned certificate as
+// client.
+func (c *Client) dialBackTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		Certificates:          []tls.Certificate{c.cert},
+		ClientAuth:            tls.RequireAnyClientCert,
+		VerifyPeerCertificate: verifyPinnedLeaf(c.pinnedCoordinator),
+		NextProtos:            []string{ALPNDialBack},
+	}
+}
+
+func (c *Client) pinnedCoordinator() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.coordLeaf
+}
+
+// acceptDialBacks serves the tunnel creation service until ctx ends.
+func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		c.log.Debug("dial-back connection accepted", "peer", conn.RemoteAddr())
+		wg.Go(func() {
+			c.serveDialBack(ctx, conn)
+		})
+	}
+}
+
+// serveDialBack routes every stream of one dial-back connection to its
+// session until the connection or ctx ends.
+func (c *Client) serveDialBack(ctx context.Context, conn *quic.Conn) {
+	stop := context.AfterFunc(ctx, func() {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
+	})
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { c.route(dialBack{stream: s, conn: conn}) })
+	}
+}
+
+// route reads a dial-back stream's session header and hands the stream to
+// the session waiting for it.
+func (c *Client) route(d dialBack) {
+	d.stream.SetReadDeadline(time.Now().Add(sessionHeaderTimeout))
+	id, err := ReadSessionHeader(d.stream)
+	d.stream.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.stats.badStreams.Add(1)
+		c.log.Warn("dial-back stream refused: bad session header", "peer", d.conn.RemoteAddr(), "err", err)
+		d.refuse(CodeProtocol)
+		return
+	}
+	if !c.table.deliver(id, d) {
+		c.stats.unknownSessions.Add(1)
+		c.log.Warn("dial-back stream refused: unknown or expired session", "session", id, "peer", d.conn.RemoteAddr())
+		d.refuse(CodeSessionUnknown)
+	}
+}

@@ -1,0 +1,53 @@
+package quictun
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Sentinel errors. Callers match them with errors.Is.
+var (
+	ErrProtocol               = errors.New("quictun: protocol violation")
+	ErrVersion                = errors.New("quictun: unsupported protocol version")
+	ErrAuthFailed             = errors.New("quictun: coordinator refused the token")
+	ErrCoordinatorUnavailable = errors.New("quictun: coordinator unreachable")
+	ErrDialBackTimeout        = errors.New("quictun: dial-back did not arrive in time")
+	ErrSessionUnknown         = errors.New("quictun: unknown or expired session")
+	ErrTooManySessions        = errors.New("quictun: session table full")
+	ErrClosed                 = errors.New("quictun: closed")
+)
+
+// SessionError reports why coordinator could not open a session: the code
+// and reason from OpenResult, or from a stream reset.
+type SessionError struct {
+	Target string
+	Code   ErrorCode
+	Reason string
+}
+
+func (e *SessionError) Error() string {
+	if e.Reason == "" {
+		return fmt.Sprintf("session to %s: %s", e.Target, e.Code)
+	}
+	return fmt.Sprintf("session to %s: %s: %s", e.Target, e.Code, e.Reason)
+}
+
+// ConfigError reports an invalid configuration field.
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("quictun: config %s: %s", e.Field, e.Reason) }
+
+// authError translates a connection closed by coordinator with
+// CodeUnauthorized into ErrAuthFailed, keeping the coordinator's reason.
+func authError(err error) error {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ErrorCode(ae.ErrorCode) == CodeUnauthorized && ae.Remote {
+		return fmt.Errorf("%w: %s", ErrAuthFailed, ae.ErrorMessage)
+	}
+	return err
+}

@@ -1,0 +1,383 @@
+package quictun
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"quictunnel/internal/relay"
+)
+
+// Server is the coordinator side of the tunnel: it authenticates clients,
+// dials targets for them and dials back to them with each session.
+type Server struct {
+	cfg   ServerConfig
+	log   *slog.Logger
+	stats serverCounters
+
+	mu    sync.Mutex
+	peers map[*peer]struct{}
+}
+
+type serverCounters struct {
+	clients, authFailures, sessions, activeSessions atomic.Int64
+	targetErrors, dialBackErrors                    atomic.Int64
+	bytesUp, bytesDown                              atomic.Int64
+}
+
+// ServerStats is a snapshot of a Server's counters. Up is client→target.
+type ServerStats struct {
+	Clients        int // connected now
+	AuthFailures   int64
+	Sessions       int64 // established since start
+	ActiveSessions int64
+	TargetErrors   int64
+	DialBackErrors int64
+	BytesUp        int64
+	BytesDown      int64
+}
+
+// NewServer validates cfg and prepares a server. Serve starts it.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &Server{cfg: cfg, log: cfg.Logger, peers: make(map[*peer]struct{})}, nil
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() ServerStats {
+	s.mu.Lock()
+	n := len(s.peers)
+	s.mu.Unlock()
+	return ServerStats{
+		Clients:        n,
+		AuthFailures:   s.stats.authFailures.Load(),
+		Sessions:       s.stats.sessions.Load(),
+		ActiveSessions: s.stats.activeSessions.Load(),
+		TargetErrors:   s.stats.targetErrors.Load(),
+		DialBackErrors: s.stats.dialBackErrors.Load(),
+		BytesUp:        s.stats.bytesUp.Load(),
+		BytesDown:      s.stats.bytesDown.Load(),
+	}
+}
+
+// Serve accepts clients on the transport until ctx ends, then closes every
+// connection and waits for every session to end.
+func (s *Server) Serve(ctx context.Context) error {
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{s.cfg.Certificate},
+		NextProtos:   []string{ALPNControl},
+	}
+	ln, err := s.cfg.Transport.Listen(tlsConf, quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Go(func() { s.serveClient(ctx, conn) })
+	}
+}
+
+// serveClient authenticates one control connection and serves its
+// sessions until it or ctx ends.
+func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
+	log := s.log.With("client_addr", conn.RemoteAddr())
+	stop := context.AfterFunc(ctx, func() {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "coordinator shutting down")
+	})
+	defer stop()
+
+	hello, ctrl, err := s.readHello(ctx, conn)
+	if err != nil {
+		log.Warn("client refused", "err", err)
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(hello.Token), []byte(s.cfg.Token)) != 1 {
+		s.stats.authFailures.Add(1)
+		log.Warn("client refused: invalid token", "client", hello.ClientName)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid token")
+		return
+	}
+	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
+	p.log = log.With("client", p.name)
+	if a, ok := conn.RemoteAddr().(*net.UDPAddr); ok {
+		ap := a.AddrPort()
+		p.observed = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	welcome := &Welcome{Version: ProtocolVersion, ObservedAddr: p.observed}
+	if a, ok := s.cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
+		welcome.DialBackFrom = a.AddrPort()
+	}
+	if err := WriteFrame(ctrl, welcome); err != nil {
+		log.Warn("client lost during handshake", "err", err)
+		return
+	}
+	s.addPeer(p)
+	defer s.removePeer(p)
+	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", p.observed)
+	p.serve(ctx, ctrl)
+	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
+}
+
+func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
+	defer cancel()
+	ctrl, err := conn.AcceptStream(ctx)
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
+		return nil, nil, fmt.Errorf("no control stream: %w", err)
+	}
+	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	msg, err := ReadFrame(ctrl)
+	ctrl.SetReadDeadline(time.Time{})
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "bad hello")
+		return nil, nil, fmt.Errorf("read hello: %w", err)
+	}
+	hello, ok := msg.(*Hello)
+	if !ok {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "expected hello")
+		return nil, nil, fmt.Errorf("%w: expected hello, got %T", ErrProtocol, msg)
+	}
+	if hello.Version != ProtocolVersion {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeVersion), fmt.Sprintf("coordinator speaks version %d", ProtocolVersion))
+		return nil, nil, fmt.Errorf("%w: client speaks %d", ErrVersion, hello.Version)
+	}
+	return hello, ctrl, nil
+}
+
+func (s *Server) addPeer(p *peer) {
+	s.mu.Lock()
+	s.peers[p] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) removePeer(p *peer) {
+	s.mu.Lock()
+	delete(s.peers, p)
+	s.mu.Unlock()
+}
+
+// peer is one authenticated localproxy.
+type peer struct {
+	s        *Server
+	conn     *quic.Conn
+	name     string
+	log      *slog.Logger
+	certHash [32]byte
+	observed netip.AddrPort
+
+	mu         sync.Mutex
+	publicAddr netip.AddrPort
+
+	dialMu   sync.Mutex // serialises dial-back connection set-up
+	dialBack *quic.Conn
+}
+
+// serve reads control messages and serves session requests until the
+// connection ends.
+func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer p.closeDialBack()
+	wg.Go(func() { p.readControl(ctrl) })
+	for {
+		str, err := p.conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { p.serveSession(ctx, str) })
+	}
+}
+
+// readControl handles messages on the control stream; it ends with the
+// connection.
+func (p *peer) readControl(ctrl *quic.Stream) {
+	for {
+		msg, err := ReadFrame(ctrl)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				return
+			}
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), err.Error())
+			return
+		}
+		switch m := msg.(type) {
+		case *AddrUpdate:
+			p.mu.Lock()
+			old := p.publicAddr
+			p.publicAddr = m.PublicAddr
+			p.mu.Unlock()
+			p.log.Info("client public address changed", "old", old, "new", m.PublicAddr)
+			p.closeDialBack() // the next session dials the new address
+		default:
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), fmt.Sprintf("unexpected %T on control stream", msg))
+			return
+		}
+	}
+}
+
+// serveSession handles one Open: dial the target, answer, dial back and
+// relay.
+func (p *peer) serveSession(ctx context.Context, str *quic.Stream) {
+	start := time.Now()
+	str.SetReadDeadline(start.Add(p.s.cfg.HelloTimeout))
+	msg, err := ReadFrame(str)
+	if err != nil {
+		str.CancelRead(quic.StreamErrorCode(CodeProtocol))
+		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
+		return
+	}
+	str.CancelRead(quic.StreamErrorCode(CodeOK)) // nothing more comes on it
+	open, ok := msg.(*Open)
+	if !ok {
+		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
+		return
+	}
+	log := p.log.With("session", open.Session, "target", open.Target)
+	outcome := func(status string, err error, st relay.Stats) {
+		attrs := []any{"session", open.Session, "client", p.name, "client_addr", p.conn.RemoteAddr(),
+			"target", open.Target, "bytes_up", st.AToB, "bytes_down", st.BToA,
+			"duration", time.Since(start).Round(time.Microsecond), "outcome", status}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		p.s.cfg.AccessLog.Info("session", attrs...)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
+	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
+	cancel()
+	if err != nil {
+		p.s.stats.targetErrors.Add(1)
+		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})
+		str.Close()
+		outcome("target_unreachable", err, relay.Stats{})
+		return
+	}
+	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
+		target.Close()
+		outcome("client_gone", err, relay.Stats{})
+		return
+	}
+	stream, err := p.openDialBack(ctx, open.Session)
+	if err != nil {
+		p.s.stats.dialBackErrors.Add(1)
+		str.CancelWrite(quic.StreamErrorCode(CodeDialBackFailed))
+		target.Close()
+		log.Warn("dial-back failed", "err", err)
+		outcome("dial_back_failed", err, relay.Stats{})
+		return
+	}
+	str.Close()
+
+	p.s.stats.sessions.Add(1)
+	p.s.stats.activeSessions.Add(1)
+	st, err := relay.Splice(ctx, stream, target)
+	p.s.stats.activeSessions.Add(-1)
+	p.s.stats.bytesUp.Add(st.AToB)
+	p.s.stats.bytesDown.Add(st.BToA)
+	status := "ok"
+	if err != nil {
+		status = "error"
+	}
+	outcome(status, err, st)
+}
+
+// openDialBack opens a stream for session id on the dial-back connection,
+// dialing that connection first if needed, and writes the session header.
+func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.s.cfg.DialBackTimeout)
+	defer cancel()
+	conn, err := p.dialBackConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open dial-back stream: %w", err)
+	}
+	if _, err := s.Write(AppendSessionHeader(make([]byte, 0, SessionHeaderSize), id)); err != nil {
+		s.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		s.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		return nil, fmt.Errorf("write session header: %w", err)
+	}
+	return newStreamConn(s, conn, id), nil
+}
+
+// dialBackConn returns the dial-back connection to this client, dialing it
+// if there is none: first to the public address the client reported, then,
+// if that differs and fails, to the address its packets come from.
+func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
+		return p.dialBack, nil
+	}
+	p.mu.Lock()
+	addrs := []netip.AddrPort{p.publicAddr}
+	p.mu.Unlock()
+	if !addrs[0].IsValid() {
+		addrs[0] = p.observed
+	} else if p.observed.IsValid() && p.observed != addrs[0] {
+		addrs = append(addrs, p.observed)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		Certificates:          []tls.Certificate{p.s.cfg.Certificate},
+		ServerName:            dialBackServerName,
+		InsecureSkipVerify:    true, // verified by VerifyPeerCertificate: pinned to the hash from Hello
+		VerifyPeerCertificate: verifyPinnedHash(p.certHash),
+		NextProtos:            []string{ALPNDialBack},
+	}
+	var errs []error
+	for i, addr := range addrs {
+		dctx := ctx
+		if i < len(addrs)-1 {
+			// Leave time for the fallback address.
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithTimeout(ctx, p.s.cfg.DialBackTimeout/2)
+			defer cancel()
+		}
+		conn, err := p.s.cfg.Transport.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, quicConfig(-1, p.s.cfg.DialBackTimeout))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("dial back %s: %w", addr, err))
+			continue
+		}
+		p.log.Info("dial-back connection established", "addr", addr)
+		p.dialBack = conn
+		return conn, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (p *peer) closeDialBack() {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialBack != nil {
+		p.dialBack.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "control connection closed")
+		p.dialBack = nil
+	}
+}

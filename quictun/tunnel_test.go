@@ -1,0 +1,465 @@
+package quictun
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testPKI is a CA and a coordinator certificate for localhost, made fresh
+// for the test run.
+type testPKI struct {
+	pool *x509.CertPool
+	cert tls.Certificate
+}
+
+var (
+	pkiOnce sync.Once
+	pki     testPKI
+)
+
+func getPKI(t testing.TB) testPKI {
+	pkiOnce.Do(func() {
+		caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		caTmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		}
+		caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+		if err != nil {
+			panic(err)
+		}
+		ca, _ := x509.ParseCertificate(caDER)
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
+			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			panic(err)
+		}
+		pki.pool = x509.NewCertPool()
+		pki.pool.AddCert(ca)
+		pki.cert = tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
+	})
+	return pki
+}
+
+// newTransport returns a QUIC transport on a fresh loopback UDP socket.
+func newTransport(t testing.TB, host string) *quic.Transport {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(host)})
+	if err != nil {
+		t.Fatalf("listen udp: %v", err)
+	}
+	tr := &quic.Transport{Conn: pc}
+	t.Cleanup(func() { tr.Close(); pc.Close() })
+	return tr
+}
+
+// harness runs a Server and a Client on loopback under the test's context.
+type harness struct {
+	server    *Server
+	client    *Client
+	serverTr  *quic.Transport
+	clientTr  *quic.Transport
+	stopSrv   context.CancelFunc
+	srvDone   chan error
+	clientErr chan error
+}
+
+type harnessOpts struct {
+	host        string
+	serverToken string
+	clientToken string
+	serverMod   func(*ServerConfig)
+	clientMod   func(*ClientConfig)
+}
+
+func newHarness(t *testing.T, o harnessOpts) *harness {
+	t.Helper()
+	if o.host == "" {
+		o.host = "127.0.0.1"
+	}
+	if o.serverToken == "" {
+		o.serverToken = "secret"
+	}
+	if o.clientToken == "" {
+		o.clientToken = o.serverToken
+	}
+	h := &harness{serverTr: newTransport(t, o.host), clientTr: newTransport(t, o.host)}
+	h.startServer(t, o)
+	cc := ClientConfig{
+		Transport: h.clientTr, Coordinator: h.serverTr.Conn.LocalAddr().String(), Token: o.clientToken,
+		RootCAs: getPKI(t).pool, ServerName: "localhost", Name: "test-client",
+		PublicAddr:     h.clientTr.Conn.LocalAddr().(*net.UDPAddr).AddrPort(),
+		ConnectTimeout: 2 * time.Second, ReconnectMin: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+	}
+	if o.clientMod != nil {
+		o.clientMod(&cc)
+	}
+	c, err := NewClient(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.client = c
+	ctx, cancel := context.WithCancel(t.Context())
+	h.clientErr = make(chan error, 1)
+	go func() { h.clientErr <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-h.clientErr
+		h.stopServer()
+	})
+	return h
+}
+
+func (h *harness) startServer(t *testing.T, o harnessOpts) {
+	sc := ServerConfig{Transport: h.serverTr, Certificate: getPKI(t).cert, Token: o.serverToken}
+	if o.serverMod != nil {
+		o.serverMod(&sc)
+	}
+	s, err := NewServer(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.server = s
+	ctx, cancel := context.WithCancel(t.Context())
+	h.stopSrv = cancel
+	h.srvDone = make(chan error, 1)
+	go func() { h.srvDone <- s.Serve(ctx) }()
+}
+
+func (h *harness) stopServer() {
+	if h.stopSrv != nil {
+		h.stopSrv()
+		<-h.srvDone
+		h.stopSrv = nil
+	}
+}
+
+// echoServer is a TCP target that echoes, and closes its write side when
+// the client does (half-close).
+func echoServer(t *testing.T, host string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestDialEcho(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{host: host})
+			target := echoServer(t, host)
+			conn, err := h.client.Dial(t.Context(), target)
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer conn.Close()
+			payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+			go func() {
+				conn.Write(payload)
+				conn.CloseWrite() // half-close: the echo server then ends
+			}()
+			got, err := io.ReadAll(conn)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if sha256.Sum256(got) != sha256.Sum256(payload) {
+				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
+			}
+			if len(conn.SessionID()) != 2*SessionIDSize {
+				t.Errorf("SessionID() = %q", conn.SessionID())
+			}
+			if st := h.client.Stats(); st.Sessions != 1 || !st.Connected {
+				t.Errorf("client stats = %+v", st)
+			}
+		})
+	}
+}
+
+func TestConcurrentSessions(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	target := echoServer(t, "127.0.0.1")
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			conn, err := h.client.Dial(t.Context(), target)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			msg := fmt.Appendf(nil, "session %d", i)
+			conn.Write(msg)
+			conn.CloseWrite()
+			got, err := io.ReadAll(conn)
+			if err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("session %d: got %q, %v", i, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := h.server.Stats(); st.Sessions != n {
+		t.Errorf("server sessions = %d, want %d", st.Sessions, n)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	t.Run("wrong token", func(t *testing.T) {
+		h := newHarness(t, harnessOpts{clientToken: "wrong"})
+		select {
+		case err := <-h.clientErr:
+			if !errors.Is(err, ErrAuthFailed) {
+				t.Fatalf("Run = %v, want ErrAuthFailed", err)
+			}
+			h.clientErr <- err // for cleanup
+		case <-t.Context().Done():
+			t.Fatal("client did not give up on a refused token")
+		}
+		if _, err := h.client.Dial(t.Context(), "127.0.0.1:1"); !errors.Is(err, ErrCoordinatorUnavailable) {
+			t.Errorf("Dial = %v, want ErrCoordinatorUnavailable", err)
+		}
+		if st := h.server.Stats(); st.AuthFailures != 1 || st.Sessions != 0 {
+			t.Errorf("server stats = %+v", st)
+		}
+	})
+	t.Run("target unreachable", func(t *testing.T) {
+		h := newHarness(t, harnessOpts{})
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		dead := ln.Addr().String()
+		ln.Close()
+		_, err := h.client.Dial(t.Context(), dead)
+		var se *SessionError
+		if !errors.As(err, &se) || se.Code != CodeTargetUnreachable || se.Reason == "" {
+			t.Fatalf("Dial = %v, want SessionError with CodeTargetUnreachable and a reason", err)
+		}
+	})
+	t.Run("coordinator down", func(t *testing.T) {
+		h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) { c.ConnectTimeout = 300 * time.Millisecond }})
+		h.stopServer()
+		// Wait until the client notices the connection is gone.
+		for h.client.Stats().Connected {
+			select {
+			case <-t.Context().Done():
+				t.Fatal("client never noticed coordinator left")
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		_, err := h.client.Dial(t.Context(), "127.0.0.1:1")
+		if !errors.Is(err, ErrCoordinatorUnavailable) {
+			t.Fatalf("Dial = %v, want ErrCoordinatorUnavailable", err)
+		}
+	})
+	t.Run("dial-back timeout", func(t *testing.T) {
+		// coordinator dials back to a black hole, so the dial-back never
+		// arrives; the client gives up after DialBackTimeout.
+		blackhole, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		defer blackhole.Close()
+		h := newHarness(t, harnessOpts{
+			clientMod: func(c *ClientConfig) {
+				c.PublicAddr = blackhole.LocalAddr().(*net.UDPAddr).AddrPort()
+				c.DialBackTimeout = 300 * time.Millisecond
+			},
+			serverMod: func(c *ServerConfig) { c.DialBackTimeout = 5 * time.Second },
+		})
+		target := echoServer(t, "127.0.0.1")
+		_, err := h.client.Dial(t.Context(), target)
+		if !errors.Is(err, ErrDialBackTimeout) {
+			t.Fatalf("Dial = %v, want ErrDialBackTimeout", err)
+		}
+	})
+}
+
+func TestDialBackFallsBackToObservedAddress(t *testing.T) {
+	// The reporter's view is wrong (a dead port); coordinator falls back
+	// to the source address it observes and the session still works.
+	blackhole, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer blackhole.Close()
+	h := newHarness(t, harnessOpts{
+		clientMod: func(c *ClientConfig) { c.PublicAddr = blackhole.LocalAddr().(*net.UDPAddr).AddrPort() },
+		serverMod: func(c *ServerConfig) { c.DialBackTimeout = 600 * time.Millisecond },
+	})
+	conn, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	conn.Close()
+}
+
+func TestReconnectAfterCoordinatorRestart(t *testing.T) {
+	o := harnessOpts{serverToken: "secret"}
+	h := newHarness(t, o)
+	target := echoServer(t, "127.0.0.1")
+	roundTrip := func() error {
+		conn, err := h.client.Dial(t.Context(), target)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.Write([]byte("ping"))
+		conn.CloseWrite()
+		got, err := io.ReadAll(conn)
+		if string(got) != "ping" {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	}
+	if err := roundTrip(); err != nil {
+		t.Fatal(err)
+	}
+	h.stopServer()
+	h.startServer(t, o)
+	// Dial waits for the reconnect (it kicks the backoff).
+	if err := roundTrip(); err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	if c := h.client.Stats().Connects; c < 2 {
+		t.Errorf("connects = %d, want >= 2", c)
+	}
+}
+
+func TestRogueDialBacksRefused(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	if _, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1")); err != nil {
+		t.Fatal(err) // ensures the client is connected and pinned
+	}
+	clientAddr := h.clientTr.Conn.LocalAddr()
+
+	t.Run("stranger certificate", func(t *testing.T) {
+		stranger, _, _ := newEphemeralCert()
+		tr := newTransport(t, "127.0.0.1")
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		conn, err := tr.Dial(ctx, clientAddr, &tls.Config{
+			Certificates: []tls.Certificate{stranger}, InsecureSkipVerify: true, NextProtos: []string{ALPNDialBack},
+		}, &quic.Config{})
+		if err == nil {
+			// TLS 1.3: the client learns of the rejection after its Finished.
+			_, err = conn.AcceptStream(ctx)
+			conn.CloseWithError(0, "")
+		}
+		if err == nil {
+			t.Fatal("a dial-back with a stranger's certificate was accepted")
+		}
+	})
+
+	t.Run("unknown session", func(t *testing.T) {
+		// coordinator's own certificate, but a session id nobody asked for.
+		tr := newTransport(t, "127.0.0.1")
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		conn, err := tr.Dial(ctx, clientAddr, &tls.Config{
+			Certificates: []tls.Certificate{getPKI(t).cert}, InsecureSkipVerify: true, NextProtos: []string{ALPNDialBack},
+		}, &quic.Config{})
+		if err != nil {
+			t.Fatalf("dial with coordinator's certificate: %v", err)
+		}
+		defer conn.CloseWithError(0, "")
+		s, _ := conn.OpenStreamSync(ctx)
+		s.Write(AppendSessionHeader(nil, NewSessionID()))
+		_, err = s.Read(make([]byte, 1))
+		var se *quic.StreamError
+		if !errors.As(err, &se) || ErrorCode(se.ErrorCode) != CodeSessionUnknown {
+			t.Fatalf("read = %v, want stream reset with CodeSessionUnknown", err)
+		}
+		if n := h.client.Stats().UnknownSessions; n != 1 {
+			t.Errorf("UnknownSessions = %d, want 1", n)
+		}
+	})
+}
+
+func TestConfigValidation(t *testing.T) {
+	tr := &quic.Transport{}
+	tests := []struct {
+		name  string
+		cfg   ClientConfig
+		field string
+	}{
+		{"no transport", ClientConfig{Coordinator: "a:1", Token: "t"}, "Transport"},
+		{"no coordinator", ClientConfig{Transport: tr, Token: "t"}, "Coordinator"},
+		{"bad coordinator", ClientConfig{Transport: tr, Coordinator: "nohost", Token: "t"}, "Coordinator"},
+		{"no token", ClientConfig{Transport: tr, Coordinator: "a:1"}, "Token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewClient(tt.cfg)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.Field != tt.field {
+				t.Fatalf("NewClient = %v, want ConfigError on %s", err, tt.field)
+			}
+		})
+	}
+	if _, err := NewServer(ServerConfig{Transport: tr, Token: "t"}); err == nil {
+		t.Error("NewServer without a certificate succeeded")
+	}
+}
+
+func TestPublicAddrUpdate(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	target := echoServer(t, "127.0.0.1")
+	if _, err := h.client.Dial(t.Context(), target); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.client.SetPublicAddr(netip.MustParseAddrPort("127.0.0.1:9")); err != nil {
+		t.Fatal(err)
+	}
+	// The new address is dead, but coordinator falls back to the observed
+	// address, so sessions keep working.
+	conn, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatalf("Dial after address update: %v", err)
+	}
+	conn.Close()
+	if got := h.client.Stats().PublicAddr; got.Port() != 9 {
+		t.Errorf("PublicAddr = %v", got)
+	}
+}

@@ -1,0 +1,405 @@
+package quictun
+
+// This file is the tunnel's wire protocol. docs/protocol.md mirrors it.
+//
+// # Connections
+//
+// Control connection: localproxy (QUIC client) → coordinator (QUIC server),
+// ALPN "quictun/1", TLS 1.3 with the coordinator's certificate. localproxy
+// dials it from its one UDP socket, the same socket that carries STUN and
+// the tunnel creation service, so the NAT mapping the coordinator sees is
+// the one it later dials back to.
+//
+// Dial-back connection: coordinator (QUIC client) → localproxy (QUIC server,
+// the "tunnel creation service"), ALPN "quictun-dialback/1". coordinator
+// dials from its listening socket, so localproxy has already sent packets to
+// that exact address and a NAT lets the dial-back in. Both ends are pinned:
+// coordinator presents its own certificate as client certificate and
+// localproxy accepts only the exact leaf it verified on the control
+// connection; localproxy presents an ephemeral self-signed certificate whose
+// SHA-256 it sent in Hello, and coordinator accepts no other. One dial-back
+// connection per localproxy, reused by every session.
+//
+// # Flow
+//
+//  1. localproxy opens the first bidirectional stream of the control
+//     connection (the control stream) and writes Hello.
+//  2. coordinator checks the token in constant time; on failure it closes the
+//     connection with CodeUnauthorized and never dials anything for it. On
+//     success it answers Welcome.
+//  3. localproxy may later write AddrUpdate on the control stream when its
+//     public address changes.
+//  4. Per session, localproxy opens a new bidirectional stream and writes Open
+//     (session id + target). coordinator dials the target over TCP and answers
+//     OpenResult; on CodeOK it opens a stream on the dial-back connection,
+//     writes SessionHeader, then relays the target's bytes both ways. The open
+//     stream is then closed by both sides.
+//  5. localproxy matches the dial-back stream to the waiting browser
+//     connection by session id; an unknown or expired id is refused with
+//     CodeSessionUnknown.
+//
+// # Framing
+//
+// Control messages (Hello, Welcome, AddrUpdate, Open, OpenResult):
+//
+//	type    uint8
+//	length  uint16 big-endian, length of body, at most MaxFrameSize
+//	body    length bytes
+//
+// Inside a body, a string is a uint16 big-endian length followed by that many
+// bytes of UTF-8; an address is a string holding "ip:port" or empty.
+//
+//	Hello       (0x01): version uint8, token string, public addr, dial-back
+//	                    certificate SHA-256 [32]byte, client name string
+//	Welcome     (0x02): version uint8, observed addr (the source coordinator
+//	                    saw), dial-back source addr (where dial-backs come from)
+//	AddrUpdate  (0x03): public addr
+//	Open        (0x10): session id [16]byte, target string ("host:port")
+//	OpenResult  (0x11): code uint16 (ErrorCode; 0 is success), reason string
+//
+// Session header, the first bytes of every dial-back stream (no type byte,
+// fixed size so a reader never waits on a length):
+//
+//	magic    uint8 0xD1
+//	version  uint8
+//	session  [16]byte
+//
+// # Versions
+//
+//	1 (2026-11): first version.
+//
+// Unknown message types and versions are refused with CodeProtocol or
+// CodeVersion; a peer never guesses.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+)
+
+// ProtocolVersion is the version this build speaks.
+const ProtocolVersion = 1
+
+// ALPN protocol identifiers.
+const (
+	ALPNControl  = "quictun/1"
+	ALPNDialBack = "quictun-dialback/1"
+)
+
+// MaxFrameSize caps a control message body, so a peer cannot make us
+// allocate more than this per frame.
+const MaxFrameSize = 4096
+
+// Bounds on fields inside frames.
+const (
+	maxTokenLen  = 1024
+	maxTargetLen = 1024
+	maxReasonLen = 1024
+	maxNameLen   = 256
+)
+
+// Message types.
+const (
+	msgHello      uint8 = 0x01
+	msgWelcome    uint8 = 0x02
+	msgAddrUpdate uint8 = 0x03
+	msgOpen       uint8 = 0x10
+	msgOpenResult uint8 = 0x11
+)
+
+// sessionMagic starts every dial-back stream.
+const sessionMagic = 0xD1
+
+// SessionHeaderSize is the fixed length of a session header.
+const SessionHeaderSize = 2 + SessionIDSize
+
+// ErrorCode is a QUIC application error code used on connections and
+// streams, and in OpenResult.
+type ErrorCode uint16
+
+// Error codes. The numeric values are part of the protocol.
+const (
+	CodeOK                ErrorCode = 0x0
+	CodeProtocol          ErrorCode = 0x101 // malformed or unexpected message
+	CodeVersion           ErrorCode = 0x102 // protocol version not supported
+	CodeUnauthorized      ErrorCode = 0x103 // bad token
+	CodeTargetUnreachable ErrorCode = 0x104 // coordinator could not dial the target
+	CodeTargetForbidden   ErrorCode = 0x105 // target not allowed by policy
+	CodeSessionUnknown    ErrorCode = 0x106 // dial-back for an unknown or expired session
+	CodeTimeout           ErrorCode = 0x107 // a deadline passed
+	CodeLimit             ErrorCode = 0x108 // a configured limit was hit
+	CodeShutdown          ErrorCode = 0x109 // the peer is shutting down
+	CodeCanceled          ErrorCode = 0x10A // the session was abandoned
+	CodeDialBackFailed    ErrorCode = 0x10B // coordinator could not dial back
+	CodeInternal          ErrorCode = 0x1FF
+)
+
+var codeNames = map[ErrorCode]string{
+	CodeOK:                "ok",
+	CodeProtocol:          "protocol error",
+	CodeVersion:           "unsupported version",
+	CodeUnauthorized:      "unauthorized",
+	CodeTargetUnreachable: "target unreachable",
+	CodeTargetForbidden:   "target forbidden",
+	CodeSessionUnknown:    "unknown session",
+	CodeTimeout:           "timeout",
+	CodeLimit:             "limit reached",
+	CodeShutdown:          "shutting down",
+	CodeCanceled:          "canceled",
+	CodeDialBackFailed:    "dial-back failed",
+	CodeInternal:          "internal error",
+}
+
+func (c ErrorCode) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("code 0x%x", uint16(c))
+}
+
+// Hello is the first message of a control connection.
+type Hello struct {
+	Version     uint8
+	Token       string
+	PublicAddr  netip.AddrPort // may be invalid when unknown
+	CertSHA256  [32]byte       // localproxy's dial-back certificate
+	ClientName  string
+}
+
+// Welcome answers a valid Hello.
+type Welcome struct {
+	Version      uint8
+	ObservedAddr netip.AddrPort // the source address coordinator saw
+	DialBackFrom netip.AddrPort // where dial-backs will come from, when known
+}
+
+// AddrUpdate tells coordinator a new public address.
+type AddrUpdate struct {
+	PublicAddr netip.AddrPort
+}
+
+// Open asks coordinator to dial a target for a session.
+type Open struct {
+	Session SessionID
+	Target  string
+}
+
+// OpenResult answers Open.
+type OpenResult struct {
+	Code   ErrorCode
+	Reason string
+}
+
+// frame is implemented by every control message.
+type frame interface {
+	msgType() uint8
+	appendBody(b []byte) []byte
+}
+
+func (*Hello) msgType() uint8      { return msgHello }
+func (*Welcome) msgType() uint8    { return msgWelcome }
+func (*AddrUpdate) msgType() uint8 { return msgAddrUpdate }
+func (*Open) msgType() uint8       { return msgOpen }
+func (*OpenResult) msgType() uint8 { return msgOpenResult }
+
+func (m *Hello) appendBody(b []byte) []byte {
+	b = append(b, m.Version)
+	b = appendString(b, m.Token)
+	b = appendAddr(b, m.PublicAddr)
+	b = append(b, m.CertSHA256[:]...)
+	return appendString(b, m.ClientName)
+}
+
+func (m *Welcome) appendBody(b []byte) []byte {
+	b = append(b, m.Version)
+	b = appendAddr(b, m.ObservedAddr)
+	return appendAddr(b, m.DialBackFrom)
+}
+
+func (m *AddrUpdate) appendBody(b []byte) []byte { return appendAddr(b, m.PublicAddr) }
+
+func (m *Open) appendBody(b []byte) []byte {
+	b = append(b, m.Session[:]...)
+	return appendString(b, m.Target)
+}
+
+func (m *OpenResult) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	return appendString(b, m.Reason)
+}
+
+// AppendFrame appends the framed encoding of m to b.
+func AppendFrame(b []byte, m frame) ([]byte, error) {
+	start := len(b)
+	b = append(b, m.msgType(), 0, 0)
+	b = m.appendBody(b)
+	n := len(b) - start - 3
+	if n > MaxFrameSize {
+		return b[:start], fmt.Errorf("%w: frame body of %d bytes exceeds %d", ErrProtocol, n, MaxFrameSize)
+	}
+	binary.BigEndian.PutUint16(b[start+1:], uint16(n))
+	return b, nil
+}
+
+// WriteFrame writes one framed message to w in a single Write.
+func WriteFrame(w io.Writer, m frame) error {
+	b, err := AppendFrame(make([]byte, 0, 128), m)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// ReadFrame reads one framed message from r. It returns one of *Hello,
+// *Welcome, *AddrUpdate, *Open or *OpenResult.
+func ReadFrame(r io.Reader) (any, error) {
+	var hdr [3]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:]))
+	if n > MaxFrameSize {
+		return nil, fmt.Errorf("%w: frame body of %d bytes exceeds %d", ErrProtocol, n, MaxFrameSize)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("%w: truncated frame: %w", ErrProtocol, err)
+	}
+	return ParseFrame(hdr[0], body)
+}
+
+// ParseFrame decodes the body of a message of type typ.
+func ParseFrame(typ uint8, body []byte) (any, error) {
+	d := decoder{b: body}
+	var m any
+	switch typ {
+	case msgHello:
+		h := &Hello{Version: d.u8(), Token: d.str(maxTokenLen), PublicAddr: d.addr()}
+		copy(h.CertSHA256[:], d.bytes(32))
+		h.ClientName = d.str(maxNameLen)
+		m = h
+	case msgWelcome:
+		m = &Welcome{Version: d.u8(), ObservedAddr: d.addr(), DialBackFrom: d.addr()}
+	case msgAddrUpdate:
+		m = &AddrUpdate{PublicAddr: d.addr()}
+	case msgOpen:
+		o := &Open{}
+		copy(o.Session[:], d.bytes(SessionIDSize))
+		o.Target = d.str(maxTargetLen)
+		m = o
+	case msgOpenResult:
+		m = &OpenResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen)}
+	default:
+		return nil, fmt.Errorf("%w: unknown message type 0x%02x", ErrProtocol, typ)
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("%w: message type 0x%02x: %w", ErrProtocol, typ, d.err)
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: message type 0x%02x: %d trailing bytes", ErrProtocol, typ, len(d.b))
+	}
+	return m, nil
+}
+
+// AppendSessionHeader appends the header that starts a dial-back stream.
+func AppendSessionHeader(b []byte, id SessionID) []byte {
+	b = append(b, sessionMagic, ProtocolVersion)
+	return append(b, id[:]...)
+}
+
+// ParseSessionHeader decodes a session header of exactly SessionHeaderSize
+// bytes.
+func ParseSessionHeader(b []byte) (SessionID, error) {
+	var id SessionID
+	if len(b) != SessionHeaderSize {
+		return id, fmt.Errorf("%w: session header is %d bytes, want %d", ErrProtocol, len(b), SessionHeaderSize)
+	}
+	if b[0] != sessionMagic {
+		return id, fmt.Errorf("%w: bad session header magic 0x%02x", ErrProtocol, b[0])
+	}
+	if b[1] != ProtocolVersion {
+		return id, fmt.Errorf("%w: session header version %d, want %d", ErrVersion, b[1], ProtocolVersion)
+	}
+	copy(id[:], b[2:])
+	return id, nil
+}
+
+// ReadSessionHeader reads a session header from r.
+func ReadSessionHeader(r io.Reader) (SessionID, error) {
+	var b [SessionHeaderSize]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return SessionID{}, fmt.Errorf("read session header: %w", err)
+	}
+	return ParseSessionHeader(b[:])
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+func appendAddr(b []byte, a netip.AddrPort) []byte {
+	if !a.IsValid() {
+		return appendString(b, "")
+	}
+	return appendString(b, a.String())
+}
+
+var errShort = errors.New("body too short")
+
+// decoder reads fields from a frame body; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if len(d.b) < n {
+		d.err = errShort
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) u8() uint8 {
+	if v := d.bytes(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (d *decoder) u16() uint16 {
+	if v := d.bytes(2); v != nil {
+		return binary.BigEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (d *decoder) str(limit int) string {
+	n := int(d.u16())
+	if d.err == nil && n > limit {
+		d.err = fmt.Errorf("string of %d bytes exceeds %d", n, limit)
+		return ""
+	}
+	return string(d.bytes(n))
+}
+
+func (d *decoder) addr() netip.AddrPort {
+	s := d.str(64)
+	if d.err != nil || s == "" {
+		return netip.AddrPort{}
+	}
+	a, err := netip.ParseAddrPort(s)
+	if err != nil {
+		d.err = fmt.Errorf("bad address %q: %w", s, err)
+	}
+	return a
+}
