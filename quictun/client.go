@@ -35,6 +35,9 @@ type Client struct {
 	lastErr    error
 	publicAddr netip.AddrPort
 	welcome    Welcome
+	// registrations are the outcomes of publishing cfg.Services on the
+	// current control connection.
+	registrations []Registration
 
 	stats clientCounters
 }
@@ -154,7 +157,11 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	// The control stream carries nothing from coordinator yet; reading it
 	// notices when coordinator goes away.
 	var wg sync.WaitGroup
-	defer wg.Wait() // both ways out below close conn, which ends the reader
+	defer wg.Wait() // both ways out below close conn, which ends these
+	wg.Go(func() { c.serveReverse(ctx, conn) })
+	if len(c.cfg.Services) > 0 {
+		wg.Go(func() { c.registerServices(ctx, conn) })
+	}
 	wg.Go(func() {
 		var b [1]byte
 		ctrl.Read(b[:])
@@ -227,6 +234,7 @@ func (c *Client) setDown(err error) {
 		c.ready = make(chan struct{})
 	}
 	c.conn, c.control, c.coordLeaf = nil, nil, nil
+	c.registrations = nil
 	c.lastErr = err
 }
 

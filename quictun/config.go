@@ -2,12 +2,14 @@ package quictun
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -56,8 +58,12 @@ type ClientConfig struct {
 	MaxPendingSessions int
 	// MaxStreams bounds concurrent dial-back streams. Default 10000.
 	MaxStreams int64
+	// Services are the local apps to expose through coordinator.
+	Services []ExposedService
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
+	// AccessLog receives one line per reverse session. Default: Logger.
+	AccessLog *slog.Logger
 }
 
 func (c *ClientConfig) validate() error {
@@ -76,7 +82,37 @@ func (c *ClientConfig) validate() error {
 	if _, _, err := net.SplitHostPort(c.Coordinator); err != nil {
 		return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
 	}
+	seen := map[string]bool{}
+	for _, svc := range c.Services {
+		field := "Services[" + svc.Name + "]"
+		switch {
+		case !ValidServiceName(svc.Name):
+			return &ConfigError{field, "a name is 1-63 letters, digits or '-', not starting or ending with '-'"}
+		case seen[svc.Name]:
+			return &ConfigError{field, "exposed twice"}
+		case svc.Kind != ServiceHTTP && svc.Kind != ServiceTCP:
+			return &ConfigError{field, "kind must be http or tcp"}
+		}
+		if _, _, err := net.SplitHostPort(svc.Local); err != nil {
+			return &ConfigError{field, "local app must be host:port: " + err.Error()}
+		}
+		seen[svc.Name] = true
+	}
 	return nil
+}
+
+// ValidServiceName reports whether name can be a service name: one DNS
+// label (it becomes NAME.DOMAIN).
+func ValidServiceName(name string) bool {
+	if len(name) == 0 || len(name) > 63 || name[0] == '-' || name[len(name)-1] == '-' {
+		return false
+	}
+	for _, r := range name {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *ClientConfig) setDefaults() {
@@ -91,6 +127,9 @@ func (c *ClientConfig) setDefaults() {
 		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)
 	}
 	c.Logger = orDiscard(c.Logger)
+	if c.AccessLog == nil {
+		c.AccessLog = c.Logger
+	}
 }
 
 // ServerConfig configures the coordinator side of the tunnel. The zero
@@ -103,8 +142,15 @@ type ServerConfig struct {
 	// Certificate is coordinator's TLS certificate, also presented as
 	// client certificate on dial-backs. Required.
 	Certificate tls.Certificate
-	// Token is the shared secret clients must present. Required.
+	// Token is the shared secret clients must present. Required unless
+	// Authorize is set.
 	Token string
+	// Authorize, if set, decides which tokens are valid and what each may
+	// do; it must compare in constant time. Default: Token, allowed all.
+	Authorize func(token string) (Grant, bool)
+	// Services publishes the services clients expose. Default: none, and
+	// registrations are refused.
+	Services ServiceRegistry
 	// DialTarget opens the TCP connection to a session's target.
 	// Default: a net.Dialer with TargetDialTimeout.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
@@ -129,7 +175,7 @@ func (c *ServerConfig) validate() error {
 		return &ConfigError{"Transport", "required"}
 	case len(c.Certificate.Certificate) == 0:
 		return &ConfigError{"Certificate", "required"}
-	case c.Token == "":
+	case c.Token == "" && c.Authorize == nil:
 		return &ConfigError{"Token", "required"}
 	}
 	return nil
@@ -144,10 +190,30 @@ func (c *ServerConfig) setDefaults() {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}
 		c.DialTarget = d.DialContext
 	}
+	if c.Authorize == nil {
+		token := []byte(c.Token)
+		c.Authorize = func(t string) (Grant, bool) {
+			return Grant{}, subtle.ConstantTimeCompare([]byte(t), token) == 1
+		}
+	}
 	c.Logger = orDiscard(c.Logger)
 	if c.AccessLog == nil {
 		c.AccessLog = c.Logger
 	}
+}
+
+// Grant is what a token allows.
+type Grant struct {
+	// Client names the client in logs instead of the name it gives.
+	Client string
+	// Names lists the service names the token may expose; nil allows any.
+	Names []string
+	// NoForward refuses forward-proxy sessions (dialing targets).
+	NoForward bool
+}
+
+func (g Grant) allowsName(name string) bool {
+	return g.Names == nil || slices.Contains(g.Names, name)
 }
 
 // quicConfig returns the QUIC settings both ends use. Flow-control windows

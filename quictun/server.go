@@ -2,7 +2,6 @@ package quictun
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -114,13 +113,17 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		log.Warn("client refused", "err", err)
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(hello.Token), []byte(s.cfg.Token)) != 1 {
+	grant, ok := s.cfg.Authorize(hello.Token)
+	if !ok {
 		s.stats.authFailures.Add(1)
 		log.Warn("client refused: invalid token", "client", hello.ClientName)
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid token")
 		return
 	}
-	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
+	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
+	if grant.Client != "" {
+		p.name = grant.Client
+	}
 	p.log = log.With("client", p.name)
 	if a, ok := conn.RemoteAddr().(*net.UDPAddr); ok {
 		ap := a.AddrPort()
@@ -186,11 +189,13 @@ type peer struct {
 	conn     *quic.Conn
 	name     string
 	log      *slog.Logger
+	grant    Grant
 	certHash [32]byte
 	observed netip.AddrPort
 
 	mu         sync.Mutex
 	publicAddr netip.AddrPort
+	services   []*Service
 
 	dialMu   sync.Mutex // serialises dial-back connection set-up
 	dialBack *quic.Conn
@@ -201,6 +206,7 @@ type peer struct {
 func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer p.withdrawServices()
 	defer p.closeDialBack()
 	wg.Go(func() { p.readControl(ctrl) })
 	for {
@@ -208,7 +214,7 @@ func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
 		if err != nil {
 			return
 		}
-		wg.Go(func() { p.serveSession(ctx, str) })
+		wg.Go(func() { p.serveStream(ctx, str) })
 	}
 }
 
@@ -239,11 +245,9 @@ func (p *peer) readControl(ctrl *quic.Stream) {
 	}
 }
 
-// serveSession handles one Open: dial the target, answer, dial back and
-// relay.
-func (p *peer) serveSession(ctx context.Context, str *quic.Stream) {
-	start := time.Now()
-	str.SetReadDeadline(start.Add(p.s.cfg.HelloTimeout))
+// serveStream handles a stream the client opened: Open or Register.
+func (p *peer) serveStream(ctx context.Context, str *quic.Stream) {
+	str.SetReadDeadline(time.Now().Add(p.s.cfg.HelloTimeout))
 	msg, err := ReadFrame(str)
 	if err != nil {
 		str.CancelRead(quic.StreamErrorCode(CodeProtocol))
@@ -251,11 +255,20 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream) {
 		return
 	}
 	str.CancelRead(quic.StreamErrorCode(CodeOK)) // nothing more comes on it
-	open, ok := msg.(*Open)
-	if !ok {
+	switch m := msg.(type) {
+	case *Open:
+		p.serveSession(ctx, str, m)
+	case *Register:
+		p.serveRegister(str, m)
+	default:
 		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
-		return
 	}
+}
+
+// serveSession handles one Open: dial the target, answer, dial back and
+// relay.
+func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
+	start := time.Now()
 	log := p.log.With("session", open.Session, "target", open.Target)
 	outcome := func(status string, err error, st relay.Stats) {
 		attrs := []any{"session", open.Session, "client", p.name, "client_addr", p.conn.RemoteAddr(),
@@ -267,6 +280,12 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream) {
 		p.s.cfg.AccessLog.Info("session", attrs...)
 	}
 
+	if p.grant.NoForward {
+		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
+		str.Close()
+		outcome("forbidden", nil, relay.Stats{})
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
 	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
 	cancel()

@@ -38,6 +38,18 @@ package quictun
 //     connection by session id; an unknown or expired id is refused with
 //     CodeSessionUnknown.
 //
+// Reverse direction (exposed local apps):
+//
+//  6. localproxy opens a stream per service it exposes and writes Register;
+//     coordinator answers RegisterResult (the public URL or port, or why
+//     not: CodeNameTaken, CodeTargetForbidden, ...). The registration lives
+//     as long as the control connection.
+//  7. Per public connection, coordinator opens a stream on the control
+//     connection and writes ReverseOpen; localproxy answers ReverseAck at
+//     once (so a vanished client is noticed within a second), dials the
+//     local app and answers OpenResult; then the public connection's bytes
+//     flow both ways.
+//
 // # Framing
 //
 // Control messages (Hello, Welcome, AddrUpdate, Open, OpenResult):
@@ -56,6 +68,12 @@ package quictun
 //	AddrUpdate  (0x03): public addr
 //	Open        (0x10): session id [16]byte, target string ("host:port")
 //	OpenResult  (0x11): code uint16 (ErrorCode; 0 is success), reason string
+//	Register    (0x20): kind uint8 (1 http, 2 tcp), name string, port uint16
+//	                    (public port wanted; 0: none for http, any for tcp)
+//	RegisterResult (0x21): code uint16, reason string, port uint16, url string
+//	ReverseOpen (0x30): session id [16]byte, service name string, remote
+//	                    addr (the public peer)
+//	ReverseAck  (0x31): empty
 //
 // Session header, the first bytes of every dial-back stream (no type byte,
 // fixed size so a reader never waits on a length):
@@ -102,11 +120,15 @@ const (
 
 // Message types.
 const (
-	msgHello      uint8 = 0x01
-	msgWelcome    uint8 = 0x02
-	msgAddrUpdate uint8 = 0x03
-	msgOpen       uint8 = 0x10
-	msgOpenResult uint8 = 0x11
+	msgHello          uint8 = 0x01
+	msgWelcome        uint8 = 0x02
+	msgAddrUpdate     uint8 = 0x03
+	msgOpen           uint8 = 0x10
+	msgOpenResult     uint8 = 0x11
+	msgRegister       uint8 = 0x20
+	msgRegisterResult uint8 = 0x21
+	msgReverseOpen    uint8 = 0x30
+	msgReverseAck     uint8 = 0x31
 )
 
 // sessionMagic starts every dial-back stream.
@@ -133,6 +155,8 @@ const (
 	CodeShutdown          ErrorCode = 0x109 // the peer is shutting down
 	CodeCanceled          ErrorCode = 0x10A // the session was abandoned
 	CodeDialBackFailed    ErrorCode = 0x10B // coordinator could not dial back
+	CodeNameTaken         ErrorCode = 0x10C // service name or port already in use
+	CodeUnknownService    ErrorCode = 0x10D // no such exposed service
 	CodeInternal          ErrorCode = 0x1FF
 )
 
@@ -149,6 +173,8 @@ var codeNames = map[ErrorCode]string{
 	CodeShutdown:          "shutting down",
 	CodeCanceled:          "canceled",
 	CodeDialBackFailed:    "dial-back failed",
+	CodeNameTaken:         "name or port taken",
+	CodeUnknownService:    "unknown service",
 	CodeInternal:          "internal error",
 }
 
@@ -161,11 +187,11 @@ func (c ErrorCode) String() string {
 
 // Hello is the first message of a control connection.
 type Hello struct {
-	Version     uint8
-	Token       string
-	PublicAddr  netip.AddrPort // may be invalid when unknown
-	CertSHA256  [32]byte       // localproxy's dial-back certificate
-	ClientName  string
+	Version    uint8
+	Token      string
+	PublicAddr netip.AddrPort // may be invalid when unknown
+	CertSHA256 [32]byte       // localproxy's dial-back certificate
+	ClientName string
 }
 
 // Welcome answers a valid Hello.
@@ -192,17 +218,86 @@ type OpenResult struct {
 	Reason string
 }
 
+// ServiceKind says how coordinator publishes an exposed service.
+type ServiceKind uint8
+
+// Service kinds.
+const (
+	ServiceHTTP ServiceKind = 1 // routed by Host name on coordinator's HTTP port
+	ServiceTCP  ServiceKind = 2 // raw TCP on a public port of its own
+)
+
+func (k ServiceKind) String() string {
+	switch k {
+	case ServiceHTTP:
+		return "http"
+	case ServiceTCP:
+		return "tcp"
+	}
+	return fmt.Sprintf("kind %d", uint8(k))
+}
+
+// Register asks coordinator to publish a service.
+type Register struct {
+	Kind ServiceKind
+	Name string
+	Port uint16
+}
+
+// RegisterResult answers Register.
+type RegisterResult struct {
+	Code   ErrorCode
+	Reason string
+	Port   uint16 // the public port, when the service has one
+	URL    string // how the public reaches it, e.g. http://app.example.org:8080/
+}
+
+// ReverseOpen starts a reverse session on a coordinator-opened stream.
+type ReverseOpen struct {
+	Session SessionID
+	Service string
+	Remote  netip.AddrPort
+}
+
+// ReverseAck tells coordinator a ReverseOpen arrived.
+type ReverseAck struct{}
+
 // frame is implemented by every control message.
 type frame interface {
 	msgType() uint8
 	appendBody(b []byte) []byte
 }
 
-func (*Hello) msgType() uint8      { return msgHello }
-func (*Welcome) msgType() uint8    { return msgWelcome }
-func (*AddrUpdate) msgType() uint8 { return msgAddrUpdate }
-func (*Open) msgType() uint8       { return msgOpen }
-func (*OpenResult) msgType() uint8 { return msgOpenResult }
+func (*Hello) msgType() uint8          { return msgHello }
+func (*Welcome) msgType() uint8        { return msgWelcome }
+func (*AddrUpdate) msgType() uint8     { return msgAddrUpdate }
+func (*Open) msgType() uint8           { return msgOpen }
+func (*OpenResult) msgType() uint8     { return msgOpenResult }
+func (*Register) msgType() uint8       { return msgRegister }
+func (*RegisterResult) msgType() uint8 { return msgRegisterResult }
+func (*ReverseOpen) msgType() uint8    { return msgReverseOpen }
+func (*ReverseAck) msgType() uint8     { return msgReverseAck }
+
+func (m *Register) appendBody(b []byte) []byte {
+	b = append(b, uint8(m.Kind))
+	b = appendString(b, m.Name)
+	return binary.BigEndian.AppendUint16(b, m.Port)
+}
+
+func (m *RegisterResult) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	b = appendString(b, m.Reason)
+	b = binary.BigEndian.AppendUint16(b, m.Port)
+	return appendString(b, m.URL)
+}
+
+func (m *ReverseOpen) appendBody(b []byte) []byte {
+	b = append(b, m.Session[:]...)
+	b = appendString(b, m.Service)
+	return appendAddr(b, m.Remote)
+}
+
+func (*ReverseAck) appendBody(b []byte) []byte { return b }
 
 func (m *Hello) appendBody(b []byte) []byte {
 	b = append(b, m.Version)
@@ -253,8 +348,8 @@ func WriteFrame(w io.Writer, m frame) error {
 	return err
 }
 
-// ReadFrame reads one framed message from r. It returns one of *Hello,
-// *Welcome, *AddrUpdate, *Open or *OpenResult.
+// ReadFrame reads one framed message from r: a pointer to one of the
+// message types above.
 func ReadFrame(r io.Reader) (any, error) {
 	var hdr [3]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -292,6 +387,17 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 		m = o
 	case msgOpenResult:
 		m = &OpenResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen)}
+	case msgRegister:
+		m = &Register{Kind: ServiceKind(d.u8()), Name: d.str(maxNameLen), Port: d.u16()}
+	case msgRegisterResult:
+		m = &RegisterResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen), Port: d.u16(), URL: d.str(maxTargetLen)}
+	case msgReverseOpen:
+		r := &ReverseOpen{}
+		copy(r.Session[:], d.bytes(SessionIDSize))
+		r.Service, r.Remote = d.str(maxNameLen), d.addr()
+		m = r
+	case msgReverseAck:
+		m = &ReverseAck{}
 	default:
 		return nil, fmt.Errorf("%w: unknown message type 0x%02x", ErrProtocol, typ)
 	}

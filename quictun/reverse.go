@@ -1,0 +1,308 @@
+package quictun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"quictunnel/internal/relay"
+)
+
+// Reverse direction: localproxy exposes local apps, coordinator publishes
+// them and opens a stream on the control connection per public connection.
+
+// Timeouts of a reverse session set-up.
+const (
+	// reverseAckTimeout bounds the wait for ReverseAck: a client that does
+	// not acknowledge within it (plus a few RTTs) is taken for gone.
+	reverseAckTimeout = time.Second
+	// localDialTimeout bounds localproxy dialing a local app.
+	localDialTimeout = 5 * time.Second
+)
+
+// ExposedService is a local app a client exposes through coordinator.
+type ExposedService struct {
+	Kind  ServiceKind
+	Name  string // public name, e.g. "app" for app.DOMAIN
+	Port  uint16 // public port wanted; 0: none (http) or any (tcp)
+	Local string // the local app, "host:port"
+}
+
+// Registration is the outcome of publishing an ExposedService.
+type Registration struct {
+	Service ExposedService
+	Port    uint16 // public port, when it has one
+	URL     string // public URL or address
+	Err     error  // why coordinator refused it, or nil
+}
+
+// registerServices publishes every exposed service on conn and records the
+// outcome. It runs after each (re)connection.
+func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
+	regs := make([]Registration, len(c.cfg.Services))
+	for i, svc := range c.cfg.Services {
+		regs[i] = c.register(ctx, conn, svc)
+		if regs[i].Err != nil {
+			c.log.Error("coordinator refused to publish a service", "service", svc.Name, "kind", svc.Kind, "err", regs[i].Err)
+		} else {
+			c.log.Info("service published", "service", svc.Name, "kind", svc.Kind, "local", svc.Local, "url", regs[i].URL, "port", regs[i].Port)
+		}
+	}
+	c.mu.Lock()
+	if c.conn == conn {
+		c.registrations = regs
+	}
+	c.mu.Unlock()
+}
+
+func (c *Client) register(ctx context.Context, conn *quic.Conn, svc ExposedService) Registration {
+	reg := Registration{Service: svc}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpenTimeout)
+	defer cancel()
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
+		return reg
+	}
+	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	defer str.Close()
+	str.SetReadDeadline(time.Now().Add(c.cfg.OpenTimeout))
+	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port}); err != nil {
+		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
+		return reg
+	}
+	msg, err := ReadFrame(str)
+	if err != nil {
+		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
+		return reg
+	}
+	res, ok := msg.(*RegisterResult)
+	if !ok {
+		reg.Err = fmt.Errorf("register %s: %w: got %T", svc.Name, ErrProtocol, msg)
+		return reg
+	}
+	if res.Code != CodeOK {
+		reg.Err = &SessionError{Target: svc.Name, Code: res.Code, Reason: res.Reason}
+		return reg
+	}
+	reg.Port, reg.URL = res.Port, res.URL
+	return reg
+}
+
+// Registrations returns the outcome of publishing each exposed service on
+// the current control connection.
+func (c *Client) Registrations() []Registration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.registrations)
+}
+
+// serveReverse accepts the streams coordinator opens on the control
+// connection, one per public connection, until conn ends.
+func (c *Client) serveReverse(ctx context.Context, conn *quic.Conn) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		str, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { c.handleReverse(ctx, conn, str) })
+	}
+}
+
+// handleReverse connects one public connection to its local app.
+func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.Stream) {
+	start := time.Now()
+	str.SetReadDeadline(start.Add(sessionHeaderTimeout))
+	msg, err := ReadFrame(str)
+	str.SetReadDeadline(time.Time{})
+	ro, ok := msg.(*ReverseOpen)
+	if err != nil || !ok {
+		str.CancelRead(quic.StreamErrorCode(CodeProtocol))
+		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
+		return
+	}
+	if err := WriteFrame(str, &ReverseAck{}); err != nil {
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		return
+	}
+	log := func(outcome string, err error, st relay.Stats) {
+		attrs := []any{"session", ro.Session, "service", ro.Service, "remote", ro.Remote,
+			"bytes_in", st.AToB, "bytes_out", st.BToA, "duration", time.Since(start).Round(time.Microsecond), "outcome", outcome}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		c.cfg.AccessLog.Info("reverse session", attrs...)
+	}
+	i := slices.IndexFunc(c.cfg.Services, func(s ExposedService) bool { return s.Name == ro.Service })
+	if i < 0 {
+		WriteFrame(str, &OpenResult{Code: CodeUnknownService, Reason: fmt.Sprintf("this client does not expose %q", ro.Service)})
+		str.Close()
+		log("unknown_service", nil, relay.Stats{})
+		return
+	}
+	local := c.cfg.Services[i].Local
+	dctx, cancel := context.WithTimeout(ctx, localDialTimeout)
+	app, err := (&net.Dialer{}).DialContext(dctx, "tcp", local)
+	cancel()
+	if err != nil {
+		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: fmt.Sprintf("local app %s: %v", local, errors.Unwrap(err))})
+		str.Close()
+		log("local_app_unreachable", err, relay.Stats{})
+		return
+	}
+	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
+		app.Close()
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		return
+	}
+	st, err := relay.Splice(ctx, newStreamConn(str, conn, ro.Session), app)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	log(outcome, err, st)
+}
+
+// Errors of the reverse direction.
+var (
+	ErrNameTaken     = errors.New("quictun: service name or port already in use")
+	ErrNotAllowed    = errors.New("quictun: not allowed for this token")
+	ErrClientOffline = errors.New("quictun: client offline")
+)
+
+// Service is a service a connected client exposes, as coordinator sees it.
+type Service struct {
+	Kind   ServiceKind
+	Name   string
+	Port   uint16 // public port the client asked for; 0 for none/any
+	Client string // the client's name
+	peer   *peer
+}
+
+// Publication is how a ServiceRegistry made a service reachable.
+type Publication struct {
+	Port uint16
+	URL  string
+}
+
+// ServiceRegistry publishes the services clients expose: coordinator's
+// public listeners implement it.
+type ServiceRegistry interface {
+	// Publish makes svc reachable and says how. An error wrapping
+	// ErrNameTaken or ErrNotAllowed refuses it with that reason.
+	Publish(svc *Service) (Publication, error)
+	// Withdraw is called once for each published svc when its client
+	// disconnects.
+	Withdraw(svc *Service)
+}
+
+// Dial opens a reverse session to svc's local app for the public peer
+// remote. Errors: ErrClientOffline, or a *SessionError saying why the
+// client could not reach its app.
+func (svc *Service) Dial(ctx context.Context, remote netip.AddrPort) (*StreamConn, error) {
+	p := svc.peer
+	id := NewSessionID()
+	str, err := p.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
+	}
+	fail := func(err error) (*StreamConn, error) {
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
+	defer stop()
+	if err := WriteFrame(str, &ReverseOpen{Session: id, Service: svc.Name, Remote: remote}); err != nil {
+		return fail(fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err))
+	}
+	ackWait := reverseAckTimeout + 4*p.conn.ConnectionStats().SmoothedRTT
+	str.SetReadDeadline(time.Now().Add(ackWait))
+	if msg, err := ReadFrame(str); err != nil {
+		if ctx.Err() != nil {
+			return fail(context.Cause(ctx))
+		}
+		// The client does not answer: it is gone. Close its connection so
+		// its names are withdrawn now, not at the idle timeout.
+		p.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "client did not answer a reverse session")
+		return fail(fmt.Errorf("%w: %s did not answer within %s: %w", ErrClientOffline, svc.Client, ackWait.Round(time.Millisecond), err))
+	} else if _, ok := msg.(*ReverseAck); !ok {
+		return fail(fmt.Errorf("%w: expected reverse ack, got %T", ErrProtocol, msg))
+	}
+	str.SetReadDeadline(time.Now().Add(localDialTimeout + 2*time.Second))
+	msg, err := ReadFrame(str)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fail(context.Cause(ctx))
+		}
+		return fail(&SessionError{Target: svc.Name, Code: CodeTimeout, Reason: "client did not reach its local app in time"})
+	}
+	res, ok := msg.(*OpenResult)
+	if !ok {
+		return fail(fmt.Errorf("%w: expected open result, got %T", ErrProtocol, msg))
+	}
+	if res.Code != CodeOK {
+		return fail(&SessionError{Target: svc.Name, Code: res.Code, Reason: res.Reason})
+	}
+	str.SetReadDeadline(time.Time{})
+	return newStreamConn(str, p.conn, id), nil
+}
+
+// serveRegister handles one Register from p.
+func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
+	defer str.Close()
+	answer := func(code ErrorCode, reason string, pub Publication) {
+		WriteFrame(str, &RegisterResult{Code: code, Reason: reason, Port: pub.Port, URL: pub.URL})
+	}
+	registry := p.s.cfg.Services
+	switch {
+	case registry == nil:
+		answer(CodeTargetForbidden, "this coordinator does not publish services", Publication{})
+		return
+	case reg.Kind != ServiceHTTP && reg.Kind != ServiceTCP:
+		answer(CodeProtocol, fmt.Sprintf("unknown service kind %d", reg.Kind), Publication{})
+		return
+	case !p.grant.allowsName(reg.Name):
+		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
+		return
+	}
+	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, Client: p.name, peer: p}
+	pub, err := registry.Publish(svc)
+	switch {
+	case errors.Is(err, ErrNameTaken):
+		answer(CodeNameTaken, err.Error(), pub)
+		return
+	case errors.Is(err, ErrNotAllowed):
+		answer(CodeTargetForbidden, err.Error(), pub)
+		return
+	case err != nil:
+		answer(CodeInternal, err.Error(), pub)
+		return
+	}
+	p.mu.Lock()
+	p.services = append(p.services, svc)
+	p.mu.Unlock()
+	p.log.Info("service published", "service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port)
+	answer(CodeOK, "", pub)
+}
+
+// withdrawServices unpublishes everything p exposed.
+func (p *peer) withdrawServices() {
+	p.mu.Lock()
+	svcs := p.services
+	p.services = nil
+	p.mu.Unlock()
+	for _, svc := range svcs {
+		p.s.cfg.Services.Withdraw(svc)
+		p.log.Info("service withdrawn", "service", svc.Name)
+	}
+}
