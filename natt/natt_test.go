@@ -1,0 +1,368 @@
+package natt
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v2"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// startServer serves a Server on a fresh UDP socket on host.
+func startServer(t *testing.T, host string, cfg ServerConfig) (*Server, netip.AddrPort) {
+	t.Helper()
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(host)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, pc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		pc.Close()
+	})
+	return s, pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// clientSocket is a UDP socket driving a Client, as localproxy does.
+type clientSocket struct {
+	pc     *net.UDPConn
+	client *Client
+	drop   atomic.Int32 // requests to drop before sending
+	done   chan struct{}
+}
+
+func newClientSocket(t *testing.T, host string) *clientSocket {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(host)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := &clientSocket{pc: pc, done: make(chan struct{})}
+	cs.client, err = NewClient(ClientConfig{
+		RTO: 20 * time.Millisecond,
+		Send: func(b []byte, to netip.AddrPort) (int, error) {
+			if cs.drop.Add(-1) >= 0 {
+				return len(b), nil
+			}
+			return pc.WriteToUDPAddrPort(b, to)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(cs.done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			cs.client.HandlePacket(buf[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-cs.done; cs.client.Close() })
+	return cs
+}
+
+func (cs *clientSocket) addr() netip.AddrPort { return cs.pc.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func TestQuery(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			_, server := startServer(t, host, ServerConfig{})
+			cs := newClientSocket(t, host)
+			got, err := cs.client.Query(t.Context(), server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != cs.addr() {
+				t.Fatalf("mapped address %v, want %v", got, cs.addr())
+			}
+		})
+	}
+}
+
+func TestQueryRetransmits(t *testing.T) {
+	_, server := startServer(t, "127.0.0.1", ServerConfig{})
+	cs := newClientSocket(t, "127.0.0.1")
+	cs.drop.Store(2) // the first two requests are lost
+	if _, err := cs.client.Query(t.Context(), server); err != nil {
+		t.Fatalf("Query after losses: %v", err)
+	}
+}
+
+func TestQueryNoServer(t *testing.T) {
+	dead, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer dead.Close() // bound but silent
+	cs := newClientSocket(t, "127.0.0.1")
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	_, err := cs.client.Query(ctx, dead.LocalAddr().(*net.UDPAddr).AddrPort())
+	if !errors.Is(err, ErrNoResponse) {
+		t.Fatalf("Query = %v, want ErrNoResponse", err)
+	}
+}
+
+func TestIsSTUN(t *testing.T) {
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw
+	tests := []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"binding request", req, true},
+		{"truncated", req[:len(req)-1], false},
+		{"short", req[:19], false},
+		{"QUIC long header", append([]byte{0xc3}, req[1:]...), false},
+		{"QUIC short header", append([]byte{0x40}, req[1:]...), false},
+		{"bad cookie", append(append([]byte{}, req[:4]...), append([]byte{1, 2, 3, 4}, req[8:]...)...), false},
+		{"empty", nil, false},
+	}
+	for _, tt := range tests {
+		if got := IsSTUN(tt.b); got != tt.want {
+			t.Errorf("%s: IsSTUN = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// RFC 5769 §2.2 and §2.3: sample responses with XOR-MAPPED-ADDRESS. The
+// addresses are the RFC's test-vector data, decoded only; nothing is sent.
+func TestRFC5769Vectors(t *testing.T) {
+	tests := []struct {
+		name string
+		raw  []byte
+		want netip.AddrPort
+	}{
+		{"IPv4 response", rfc5769IPv4Response(), netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, 1}), 32853)},
+		{"IPv6 response", rfc5769IPv6Response(), netip.MustParseAddrPort("[2001:db8:1234:5678:11:2233:4455:6677]:32853")},
+	}
+	for _, tt := range tests {
+		if !IsSTUN(tt.raw) {
+			t.Fatalf("%s: not recognised as STUN", tt.name)
+		}
+		m := &stun.Message{Raw: tt.raw}
+		if err := m.Decode(); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if err := stun.Fingerprint.Check(m); err != nil {
+			t.Errorf("%s: fingerprint: %v", tt.name, err)
+		}
+		got, err := mappedAddress(m)
+		if err != nil || got != tt.want {
+			t.Errorf("%s: mapped %v, %v; want %v", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+// rfc5769IPv4Response is the RFC 5769 §2.2 sample response.
+func rfc5769IPv4Response() []byte {
+	return mustHex("0101003c" + "2112a442" + "b7e7a701bc34d686fa87dfae" +
+		"8022000b" + "7465737420766563746f7220" +
+		"00200008" + "0001a147" + "e112a643" +
+		"00080014" + "2b91f599fd9e90c38c7489f92af9ba53f06be7d7" +
+		"80280004" + "c07d4c96")
+}
+
+func mustHex(h string) []byte {
+	b, err := hex.DecodeString(h)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// rfc5769IPv6Response is the RFC 5769 §2.3 sample response.
+func rfc5769IPv6Response() []byte {
+	return mustHex("01010048" + "2112a442" + "b7e7a701bc34d686fa87dfae" +
+		"8022000b" + "7465737420766563746f7220" +
+		"00200014" + "0002a147" + "0113a9fa" + "a5d3f179" + "bc25f4b5" + "bed2b9d9" +
+		"00080014" + "a382954e4be67bf11784c97c8292c275bfe3ed41" +
+		"80280004" + "c8fb0b4c")
+}
+
+func TestKeepalive(t *testing.T) {
+	interval := 30 * time.Millisecond
+	srv, server := startServer(t, "127.0.0.1", ServerConfig{KeepAliveInterval: interval, MaxMisses: 3})
+	answering := newClientSocket(t, "127.0.0.1")
+	pinged := make(chan struct{}, 100)
+	answering.client.cfg.OnPing = func(netip.AddrPort) { pinged <- struct{}{} }
+	if _, err := answering.client.QueryKeepalive(t.Context(), server); err != nil {
+		t.Fatal(err)
+	}
+	// A client that asks, then goes silent (its socket closes).
+	silent := newClientSocket(t, "127.0.0.1")
+	if _, err := silent.client.QueryKeepalive(t.Context(), server); err != nil {
+		t.Fatal(err)
+	}
+	silent.pc.Close()
+	if n := srv.Stats().KeptAlive; n != 2 {
+		t.Fatalf("kept alive %d clients, want 2", n)
+	}
+	for range 6 { // six pings answered, several intervals
+		select {
+		case <-pinged:
+		case <-t.Context().Done():
+			t.Fatal("no pings")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Stats().Forgotten != 1 && time.Now().Before(deadline) {
+		time.Sleep(interval)
+	}
+	st := srv.Stats()
+	if st.Forgotten != 1 || st.KeptAlive != 1 {
+		t.Fatalf("stats %+v: want the silent client forgotten and the answering one kept", st)
+	}
+	// A plain query does not register.
+	plain := newClientSocket(t, "127.0.0.1")
+	plain.client.Query(t.Context(), server)
+	if n := srv.Stats().KeptAlive; n != 1 {
+		t.Fatalf("plain query registered keepalive: %d", n)
+	}
+}
+
+func TestServerLimits(t *testing.T) {
+	now := time.Unix(1000, 0)
+	srv, err := NewServer(ServerConfig{RatePerSecond: 2, Burst: 2, MaxClients: 1, now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("198.51.100.1")
+	for i, want := range []bool{true, true, false} {
+		if got := srv.allow(a); got != want {
+			t.Fatalf("request %d allowed=%v, want %v", i, got, want)
+		}
+	}
+	now = now.Add(time.Second)
+	if !srv.allow(a) {
+		t.Fatal("tokens did not refill")
+	}
+	pc := &net.UDPConn{}
+	srv.register(pc, netip.MustParseAddrPort("198.51.100.1:1"))
+	srv.register(pc, netip.MustParseAddrPort("198.51.100.2:1"))
+	if n := srv.Stats().KeptAlive; n != 1 {
+		t.Fatalf("MaxClients 1 but %d kept alive", n)
+	}
+	if _, err := NewServer(ServerConfig{MaxMisses: -1}); err == nil {
+		t.Fatal("negative MaxMisses accepted")
+	}
+}
+
+func TestNoAmplification(t *testing.T) {
+	srv, _ := NewServer(ServerConfig{})
+	for _, withFP := range []bool{false, true} {
+		setters := []stun.Setter{stun.TransactionID, stun.BindingRequest}
+		if withFP {
+			setters = append(setters, stun.Fingerprint)
+		}
+		req := stun.MustBuild(setters...)
+		resp := srv.response(req, netip.MustParseAddrPort("[2001:db8::1]:1"))
+		if len(resp) > 2*len(req.Raw)+8 {
+			t.Errorf("request %d bytes, response %d bytes", len(req.Raw), len(resp))
+		}
+	}
+}
+
+// needTool finds a binary the test needs: skipped locally when missing,
+// a failure in CI, where scripts/test-deps.sh installs it.
+func needTool(t *testing.T, name string) string {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed; scripts/test-deps.sh should install it", name)
+		}
+		t.Skipf("%s not installed", name)
+	}
+	return p
+}
+
+// TestInteropStunclient asks our server with coturn's standard client.
+func TestInteropStunclient(t *testing.T) {
+	bin := needTool(t, "turnutils_stunclient")
+	_, server := startServer(t, "127.0.0.1", ServerConfig{})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "-p", strconv.Itoa(int(server.Port())), "127.0.0.1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("turnutils_stunclient: %v\n%s", err, out)
+	}
+	// It prints the mapped address; it must be a loopback address:port.
+	if !strings.Contains(string(out), "127.0.0.1:") {
+		t.Fatalf("no mapped address in output:\n%s", out)
+	}
+}
+
+// FuzzIsSTUN checks IsSTUN agrees with pion's decoder on what it accepts.
+func FuzzIsSTUN(f *testing.F) {
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
+	f.Add([]byte{0xc3, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if IsSTUN(b) && (len(b) < headerSize || b[0]&0xC0 != 0) {
+			t.Fatalf("IsSTUN accepted %x", b)
+		}
+	})
+}
+
+// FuzzClientHandlePacket feeds arbitrary packets to a client with a query
+// pending: nothing may panic, and non-STUN must be passed on.
+func FuzzClientHandlePacket(f *testing.F) {
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingSuccess, &stun.XORMappedAddress{IP: net.IPv4(198, 51, 100, 1), Port: 1}).Raw)
+	f.Add(rfc5769IPv6Response())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, _ := NewClient(ClientConfig{Send: func(b []byte, _ netip.AddrPort) (int, error) { return len(b), nil }})
+		from := netip.MustParseAddrPort("198.51.100.1:3478")
+		c.keepalives[from] = true
+		if got := c.HandlePacket(b, from); got != IsSTUN(b) {
+			t.Fatalf("HandlePacket = %v for IsSTUN = %v", got, IsSTUN(b))
+		}
+	})
+}
+
+// FuzzServerHandle feeds arbitrary datagrams to the server: nothing may
+// panic and a response is never much larger than the request.
+func FuzzServerHandle(f *testing.F) {
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
+	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.RawAttribute{Type: AttrKeepaliveRequest}, stun.Fingerprint).Raw)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		srv, _ := NewServer(ServerConfig{})
+		pc := &recordingConn{}
+		srv.handle(pc, b, netip.MustParseAddrPort("[2001:db8::1]:40000"))
+		if pc.n > 0 && pc.last > 2*len(b)+24 {
+			t.Fatalf("request of %d bytes got a %d-byte response", len(b), pc.last)
+		}
+	})
+}
+
+// recordingConn is a PacketConn that records what is written to it.
+type recordingConn struct {
+	net.PacketConn
+	n, last int
+}
+
+func (r *recordingConn) WriteTo(b []byte, _ net.Addr) (int, error) {
+	r.n++
+	r.last = len(b)
+	return len(b), nil
+}

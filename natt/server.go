@@ -1,0 +1,319 @@
+package natt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/stun/v2"
+)
+
+// ServerConfig configures a Server. Zero values select the defaults.
+type ServerConfig struct {
+	// KeepAliveInterval is how often clients that asked are pinged.
+	// Default 15s.
+	KeepAliveInterval time.Duration
+	// MaxMisses is how many pings in a row may go unanswered before a
+	// client is forgotten. Default 3.
+	MaxMisses int
+	// MaxClients bounds the clients kept alive at once. Default 10000.
+	MaxClients int
+	// RatePerSecond and Burst bound the requests answered per source
+	// address; excess requests are dropped. Defaults 20 and 40.
+	RatePerSecond, Burst float64
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+	// now is the clock; tests replace it.
+	now func() time.Time
+}
+
+func (c *ServerConfig) validate() error {
+	switch {
+	case c.KeepAliveInterval < 0:
+		return &ConfigError{"KeepAliveInterval", "must not be negative"}
+	case c.MaxMisses < 0:
+		return &ConfigError{"MaxMisses", "must not be negative"}
+	case c.MaxClients < 0:
+		return &ConfigError{"MaxClients", "must not be negative"}
+	case c.RatePerSecond < 0 || c.Burst < 0:
+		return &ConfigError{"RatePerSecond", "must not be negative"}
+	}
+	return nil
+}
+
+func (c *ServerConfig) setDefaults() {
+	if c.KeepAliveInterval == 0 {
+		c.KeepAliveInterval = 15 * time.Second
+	}
+	if c.MaxMisses == 0 {
+		c.MaxMisses = 3
+	}
+	if c.MaxClients == 0 {
+		c.MaxClients = 10000
+	}
+	if c.RatePerSecond == 0 {
+		c.RatePerSecond = 20
+	}
+	if c.Burst == 0 {
+		c.Burst = 2 * c.RatePerSecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+}
+
+// Server is the reporter: it answers Binding requests and keeps alive the
+// NAT mappings of clients that ask. One Server may serve several sockets.
+type Server struct {
+	cfg ServerConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
+	clients map[netip.AddrPort]*keptClient
+	buckets map[netip.Addr]*bucket
+
+	requests, pings, forgotten, dropped atomic.Uint64
+}
+
+// ServerStats is a snapshot of a Server's counters.
+type ServerStats struct {
+	Requests  uint64 // Binding requests answered
+	KeptAlive int    // clients being pinged now
+	Pings     uint64 // keepalive pings sent
+	Forgotten uint64 // clients dropped after MaxMisses
+	Dropped   uint64 // requests dropped: rate limit or malformed
+}
+
+// keptClient is a client being kept alive.
+type keptClient struct {
+	pc      net.PacketConn
+	misses  int
+	pending [stun.TransactionIDSize]byte // txid of the unanswered ping
+	waiting bool
+}
+
+// NewServer validates cfg and returns a server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		clients: make(map[netip.AddrPort]*keptClient),
+		buckets: make(map[netip.Addr]*bucket),
+	}, nil
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() ServerStats {
+	s.mu.Lock()
+	n := len(s.clients)
+	s.mu.Unlock()
+	return ServerStats{Requests: s.requests.Load(), KeptAlive: n, Pings: s.pings.Load(),
+		Forgotten: s.forgotten.Load(), Dropped: s.dropped.Load()}
+}
+
+// Serve answers STUN on pc and pings the clients that registered through
+// it, until ctx ends (it returns nil) or pc fails.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.keepalive(ctx, pc) })
+
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("reporter read: %w", err)
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		ap := ua.AddrPort()
+		s.handle(pc, buf[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+}
+
+// handle processes one datagram from a client.
+func (s *Server) handle(pc net.PacketConn, b []byte, from netip.AddrPort) {
+	if !IsSTUN(b) {
+		s.dropped.Add(1)
+		return
+	}
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if err := m.Decode(); err != nil {
+		s.dropped.Add(1)
+		return
+	}
+	switch m.Type {
+	case stun.BindingRequest:
+		if !s.allow(from.Addr()) {
+			s.dropped.Add(1)
+			return
+		}
+		resp := s.response(m, from)
+		if resp == nil {
+			return
+		}
+		if _, err := pc.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
+			s.log.Debug("STUN response not sent", "to", from, "err", err)
+			return
+		}
+		s.requests.Add(1)
+		if m.Contains(AttrKeepaliveRequest) {
+			s.register(pc, from)
+		}
+	case stun.BindingSuccess:
+		s.pong(m, from)
+	}
+}
+
+// response builds the answer to a Binding request: XOR-MAPPED-ADDRESS,
+// and FINGERPRINT only if the request had one, so the answer is never
+// much larger than the question (no amplification).
+func (s *Server) response(req *stun.Message, from netip.AddrPort) []byte {
+	setters := []stun.Setter{stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: from.Addr().AsSlice(), Port: int(from.Port())}}
+	if req.Contains(stun.AttrFingerprint) {
+		setters = append(setters, stun.Fingerprint)
+	}
+	resp, err := stun.Build(setters...)
+	if err != nil {
+		return nil
+	}
+	return resp.Raw
+}
+
+// register starts (or refreshes) keepalive for a client.
+func (s *Server) register(pc net.PacketConn, from netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.clients[from]; ok {
+		c.misses, c.pc = 0, pc
+		return
+	}
+	if len(s.clients) >= s.cfg.MaxClients {
+		s.log.Warn("keepalive refused: too many clients", "client", from, "max_clients", s.cfg.MaxClients)
+		return
+	}
+	s.clients[from] = &keptClient{pc: pc}
+	s.log.Info("keepalive started", "client", from, "interval", s.cfg.KeepAliveInterval)
+}
+
+// pong records a client's answer to a ping.
+func (s *Server) pong(m *stun.Message, from netip.AddrPort) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.clients[from]; ok && c.waiting && c.pending == m.TransactionID {
+		c.waiting, c.misses = false, 0
+	}
+}
+
+// keepalive pings the clients registered through pc every interval and
+// forgets those that miss MaxMisses pings in a row.
+func (s *Server) keepalive(ctx context.Context, pc net.PacketConn) {
+	t := time.NewTicker(s.cfg.KeepAliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.pingAll(pc)
+		}
+	}
+}
+
+func (s *Server) pingAll(pc net.PacketConn) {
+	type ping struct {
+		to  netip.AddrPort
+		raw []byte
+	}
+	var out []ping
+	s.mu.Lock()
+	for addr, c := range s.clients {
+		if c.pc != pc {
+			continue
+		}
+		if c.waiting {
+			c.misses++
+		}
+		if c.misses >= s.cfg.MaxMisses {
+			delete(s.clients, addr)
+			s.forgotten.Add(1)
+			s.log.Info("keepalive stopped: client stopped answering", "client", addr, "missed", c.misses)
+			continue
+		}
+		m, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+		if err != nil {
+			continue
+		}
+		c.pending, c.waiting = m.TransactionID, true
+		out = append(out, ping{addr, m.Raw})
+	}
+	// Forget idle rate-limit buckets.
+	now := s.cfg.now()
+	for a, b := range s.buckets {
+		if now.Sub(b.last) > time.Minute {
+			delete(s.buckets, a)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range out {
+		if _, err := pc.WriteTo(p.raw, net.UDPAddrFromAddrPort(p.to)); err == nil {
+			s.pings.Add(1)
+		}
+	}
+}
+
+// bucket is a token bucket for one source address.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// allow takes a token from addr's bucket.
+func (s *Server) allow(addr netip.Addr) bool {
+	now := s.cfg.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.buckets[addr]
+	if !ok {
+		if len(s.buckets) >= 4*s.cfg.MaxClients {
+			return false // under a flood of sources, answer only known ones
+		}
+		b = &bucket{tokens: s.cfg.Burst, last: now}
+		s.buckets[addr] = b
+	}
+	b.tokens = min(s.cfg.Burst, b.tokens+now.Sub(b.last).Seconds()*s.cfg.RatePerSecond)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
