@@ -1,0 +1,72 @@
+// Command coordinator is the tunnel's public host: it authenticates
+// localproxy clients over QUIC (TLS 1.3 with the operator's key pair), dials
+// the targets they ask for and dials back to them with each session. With
+// --reporter-listen it also runs the STUN reporter in the same process.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"quictunnel/internal/coordinator"
+	"quictunnel/internal/service"
+)
+
+func main() {
+	os.Exit(service.Main(service.App{
+		Name:  "coordinator",
+		Usage: "public end of the tunnel: authenticates clients, dials targets, dials back",
+		Flags: []cli.Flag{
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":4433", EnvVars: []string{"COORDINATOR_LISTEN"},
+				Usage: "UDP address for QUIC (clients connect here; dial-backs leave from here)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cert", EnvVars: []string{"COORDINATOR_CERT"}, Required: true,
+				Usage: "PEM certificate (chain) file, e.g. made with openssl"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "key", EnvVars: []string{"COORDINATOR_KEY"}, Required: true,
+				Usage: "PEM private key file for --cert"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"COORDINATOR_TOKEN"}, Required: true,
+				Usage: "shared secret clients must present"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
+				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
+				Usage: "how long to try reaching a target before answering 502/504"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
+				Usage: "how long to try dialing back to a client"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
+				Usage: "also write one line per session to this file (format follows --log-format)"}),
+		},
+		Run: run,
+	}, os.Args))
+}
+
+func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
+	cert, err := tls.LoadX509KeyPair(c.String("cert"), c.String("key"))
+	if err != nil {
+		return fmt.Errorf("load --cert/--key: %w", err)
+	}
+	accessLog, closeLog, err := service.AccessLogger(log, c.String("access-log"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	coord, err := coordinator.New(coordinator.Config{
+		Listen:            c.String("listen"),
+		Certificate:       cert,
+		Token:             c.String("token"),
+		ReporterListen:    c.String("reporter-listen"),
+		TargetDialTimeout: c.Duration("target-dial-timeout"),
+		DialBackTimeout:   c.Duration("dial-back-timeout"),
+		Logger:            log,
+		AccessLog:         accessLog,
+	})
+	if err != nil {
+		return err
+	}
+	return coord.Run(ctx)
+}

@@ -1,0 +1,104 @@
+// Command localproxy runs on a computer behind NAT: an HTTP proxy for the
+// browser whose connections reach the web through coordinator. One UDP
+// socket carries STUN to the reporter, the control connection to
+// coordinator and the tunnel creation service coordinator dials back to.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"quictunnel/internal/localproxy"
+	"quictunnel/internal/service"
+)
+
+func main() {
+	os.Exit(service.Main(service.App{
+		Name:  "localproxy",
+		Usage: "HTTP proxy for your browser, tunnelled through coordinator over QUIC",
+		Flags: []cli.Flag{
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8118", EnvVars: []string{"LOCALPROXY_LISTEN"},
+				Usage: "TCP address of the HTTP proxy for the browser"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator", EnvVars: []string{"LOCALPROXY_COORDINATOR"}, Required: true,
+				Usage: "coordinator's QUIC address, host:port"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter", EnvVars: []string{"LOCALPROXY_REPORTER"},
+				Usage: "STUN reporter address, host:port, to learn the public address (default: the coordinator's host, port 3478)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"}, Required: true,
+				Usage: "token coordinator expects"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "ca", EnvVars: []string{"LOCALPROXY_CA"},
+				Usage: "PEM file of a CA (or self-signed certificate) to trust for coordinator, instead of the system's CAs"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "server-name", EnvVars: []string{"LOCALPROXY_SERVER_NAME"},
+				Usage: "name coordinator's certificate must carry (default: the host of --coordinator)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure", EnvVars: []string{"LOCALPROXY_INSECURE"},
+				Usage: "accept any coordinator certificate (encrypted but NOT authenticated: anyone on the path can read your traffic)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "udp-listen", Value: ":0", EnvVars: []string{"LOCALPROXY_UDP_LISTEN"},
+				Usage: "local UDP address of the tunnel socket (STUN, QUIC and dial-backs)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "name", EnvVars: []string{"LOCALPROXY_NAME"},
+				Usage: "name of this client in coordinator's logs (default: the host name)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_DIAL_BACK_TIMEOUT"},
+				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stun-timeout", Value: 3 * time.Second, EnvVars: []string{"LOCALPROXY_STUN_TIMEOUT"},
+				Usage: "how long to wait for the reporter's answer at start"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
+				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
+		},
+		Run: run,
+	}, os.Args))
+}
+
+func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
+	roots, err := loadRoots(c.String("ca"))
+	if err != nil {
+		return err
+	}
+	if c.Bool("insecure") {
+		log.Warn("--insecure: coordinator's certificate is NOT verified; anyone on the path can impersonate it and read your traffic")
+	}
+	accessLog, closeLog, err := service.AccessLogger(log, c.String("access-log"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	p, err := localproxy.New(localproxy.Config{
+		Listen:          c.String("listen"),
+		UDPListen:       c.String("udp-listen"),
+		Coordinator:     c.String("coordinator"),
+		Reporter:        c.String("reporter"),
+		Token:           c.String("token"),
+		RootCAs:         roots,
+		ServerName:      c.String("server-name"),
+		Insecure:        c.Bool("insecure"),
+		Name:            c.String("name"),
+		DialBackTimeout: c.Duration("dial-back-timeout"),
+		STUNTimeout:     c.Duration("stun-timeout"),
+		Logger:          log,
+		AccessLog:       accessLog,
+	})
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}
+
+// loadRoots reads --ca; an empty path means the system's roots.
+func loadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca %s: no PEM certificate found", path)
+	}
+	return pool, nil
+}

@@ -1,0 +1,56 @@
+// Command reporter is the STUN server that tells localproxy its public
+// IP:port, and keeps the NAT mappings of clients that ask for it open by
+// pinging them every NAT_KEEP_ALIVE_INTERVAL milliseconds.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"quictunnel/internal/service"
+	"quictunnel/natt"
+)
+
+func main() {
+	os.Exit(service.Main(service.App{
+		Name:  "reporter",
+		Usage: "STUN server reporting clients' public IP:port, with NAT keepalive",
+		Flags: []cli.Flag{
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":3478", EnvVars: []string{"REPORTER_LISTEN"},
+				Usage: "UDP address to serve STUN on (\":port\" serves IPv4 and IPv6)"}),
+			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 15000, EnvVars: []string{"NAT_KEEP_ALIVE_INTERVAL"},
+				Usage: "milliseconds between keepalive pings to clients that asked for them; keep it below the NAT's UDP timeout"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "keepalive-misses", Value: 3, EnvVars: []string{"REPORTER_KEEPALIVE_MISSES"},
+				Usage: "stop pinging a client after this many unanswered pings in a row"}),
+		},
+		Run: run,
+	}, os.Args))
+}
+
+func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
+	interval := c.Int64("keepalive-interval")
+	if interval <= 0 {
+		return fmt.Errorf("--keepalive-interval (NAT_KEEP_ALIVE_INTERVAL) must be a positive number of milliseconds, got %d", interval)
+	}
+	srv, err := natt.NewServer(natt.ServerConfig{
+		KeepAliveInterval: time.Duration(interval) * time.Millisecond,
+		MaxMisses:         c.Int("keepalive-misses"),
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+	pc, err := service.ListenUDP(c.String("listen"))
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	log.Info("reporter ready", "listen", pc.LocalAddr(), "keepalive_interval", time.Duration(interval)*time.Millisecond)
+	return srv.Serve(ctx, pc)
+}

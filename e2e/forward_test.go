@@ -1,0 +1,371 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// patternReader yields n deterministic bytes without holding them.
+type patternReader struct{ n, off int64 }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), p.n-p.off)]
+	for i := range b {
+		b[i] = byte((p.off + int64(i)) * 7 % 251)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+func patternSHA(n int64) string {
+	h := sha256.New()
+	io.Copy(h, &patternReader{n: n})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// bulkHandler serves GET /bytes?n=N (pattern data) and answers any other
+// request with the sha256 and length of its body.
+func bulkHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		io.Copy(w, &patternReader{n: n})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		fmt.Fprintf(w, "%s %d %s", r.Method, n, hex.EncodeToString(h.Sum(nil)))
+	})
+	return mux
+}
+
+func startTarget(t *testing.T, host string, h http.Handler) *httptest.Server {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: h}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestForwardProxy(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			l := startLab(t, labOptions{host: host})
+			target := startTarget(t, host, bulkHandler())
+			client := l.httpClient(t, nil, false)
+			const size = 64 << 20
+
+			t.Run("GET 64MiB", func(t *testing.T) {
+				resp, err := client.Get(target.URL + "/bytes?n=" + strconv.Itoa(size))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				h := sha256.New()
+				n, err := io.Copy(h, resp.Body)
+				if err != nil || n != size || hex.EncodeToString(h.Sum(nil)) != patternSHA(size) {
+					t.Fatalf("download: %d bytes, err %v, sha mismatch or short", n, err)
+				}
+			})
+			t.Run("POST 64MiB", func(t *testing.T) {
+				req, _ := http.NewRequestWithContext(t.Context(), "POST", target.URL+"/upload", &patternReader{n: size})
+				req.ContentLength = size
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if want := fmt.Sprintf("POST %d %s", size, patternSHA(size)); string(body) != want {
+					t.Fatalf("upload answer %q, want %q", body, want)
+				}
+			})
+			t.Run("chunked PUT", func(t *testing.T) {
+				req, _ := http.NewRequestWithContext(t.Context(), "PUT", target.URL+"/x", io.NopCloser(&patternReader{n: 1 << 20}))
+				req.ContentLength = -1 // chunked
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if want := fmt.Sprintf("PUT %d %s", 1<<20, patternSHA(1<<20)); string(body) != want {
+					t.Fatalf("answer %q, want %q", body, want)
+				}
+			})
+			t.Run("access log", func(t *testing.T) {
+				// Sessions are logged when they end: end the kept-alive ones.
+				client.CloseIdleConnections()
+				waitFor(t, "access log lines", func() bool {
+					return strings.Contains(l.proxyLog.String(), "/upload") && strings.Contains(l.coordLog.String(), "bytes_up=")
+				})
+			})
+		})
+	}
+}
+
+func TestHeadersPreserved(t *testing.T) {
+	l := startLab(t, labOptions{})
+	target := newRawTarget(t, "127.0.0.1")
+	conn, err := net.Dial("tcp", l.proxyURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET http://" + target.addr() + "/path?q=1&r=%20 HTTP/1.1\r\n" +
+		"Host: " + target.addr() + "\r\n" +
+		"X-Custom-CASE: MiXeD\r\n" +
+		"x-lower: yes\r\n" +
+		"X-Repeat: one\r\n" +
+		"Accept: */*\r\n" +
+		"X-Repeat: two\r\n" +
+		"Proxy-Connection: keep-alive\r\n" +
+		"Proxy-Authorization: Basic c2VjcmV0\r\n" +
+		"Connection: close, X-Hop\r\n" +
+		"X-Hop: drop me\r\n" +
+		"\r\n"
+	io.WriteString(conn, req)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	head := target.lastHead()
+	if !strings.HasPrefix(head, "GET /path?q=1&r=%20 HTTP/1.1\r\n") {
+		t.Errorf("request line not rewritten to origin-form: %q", strings.SplitN(head, "\r\n", 2)[0])
+	}
+	var got []string
+	for _, line := range headerLines(head) {
+		if !strings.HasPrefix(line, "Connection:") { // a proxy may send its own
+			got = append(got, line)
+		}
+	}
+	want := []string{"Host: " + target.addr(), "X-Custom-CASE: MiXeD", "x-lower: yes", "X-Repeat: one", "Accept: */*", "X-Repeat: two"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("headers at target:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestConnectTLSAndHTTP2(t *testing.T) {
+	l := startLab(t, labOptions{})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proto=%s", r.Proto)
+	})}, EnableHTTP2: true}
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	client := l.httpClient(t, roots, true)
+	resp, err := client.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "proto=HTTP/2.0" || resp.ProtoMajor != 2 {
+		t.Fatalf("got %q over %s, want HTTP/2 through CONNECT", body, resp.Proto)
+	}
+}
+
+func TestWebsocketThroughConnect(t *testing.T) {
+	l := startLab(t, labOptions{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, msg); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	client := l.httpClient(t, roots, false)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, strings.Replace(srv.URL, "https", "wss", 1), &websocket.DialOptions{HTTPClient: client})
+	if err != nil {
+		t.Fatalf("websocket dial through proxy: %v", err)
+	}
+	defer c.CloseNow()
+	for i := range 10 {
+		msg := fmt.Sprintf("message %d", i)
+		if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil || string(got) != msg {
+			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
+
+func TestConcurrentSessions(t *testing.T) {
+	l := startLab(t, labOptions{})
+	target := startTarget(t, "127.0.0.1", bulkHandler())
+	const n = 200
+	// One connection per request, so every request is its own session.
+	tr := &http.Transport{Proxy: http.ProxyURL(l.proxyURL), DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			body := strings.Repeat("x", i*100)
+			resp, err := client.Post(target.URL+"/p", "text/plain", strings.NewReader(body))
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			sum := sha256.Sum256([]byte(body))
+			if want := fmt.Sprintf("POST %d %s", len(body), hex.EncodeToString(sum[:])); string(got) != want {
+				errs <- fmt.Errorf("request %d: %q", i, got)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := l.coord.Server().Stats().Sessions; got < n {
+		t.Errorf("coordinator saw %d sessions, want >= %d", got, n)
+	}
+}
+
+func TestErrorsReachTheBrowser(t *testing.T) {
+	t.Run("target down is 502", func(t *testing.T) {
+		l := startLab(t, labOptions{})
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		dead := ln.Addr().String()
+		ln.Close()
+		resp, err := l.httpClient(t, nil, false).Get("http://" + dead + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 502 || !strings.Contains(string(body), "refused") {
+			t.Fatalf("got %d %q, want 502 saying the connection was refused", resp.StatusCode, body)
+		}
+		// CONNECT too.
+		_, err = l.httpClient(t, nil, false).Get("https://" + dead + "/")
+		if err == nil || !strings.Contains(err.Error(), "Bad Gateway") {
+			t.Fatalf("CONNECT to a dead target: %v, want Bad Gateway", err)
+		}
+	})
+	t.Run("coordinator down is 503", func(t *testing.T) {
+		l := startLab(t, labOptions{})
+		target := startTarget(t, "127.0.0.1", bulkHandler())
+		l.stopCoord()
+		waitFor(t, "localproxy to notice", func() bool { return !l.proxy.Client().Stats().Connected })
+		resp, err := l.httpClient(t, nil, false).Get(target.URL + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 503 || !strings.Contains(string(body), "coordinator") {
+			t.Fatalf("got %d %q, want 503 naming coordinator", resp.StatusCode, body)
+		}
+	})
+	t.Run("wrong token is refused and logged", func(t *testing.T) {
+		l := startLab(t, labOptions{clientToken: "not-the-token"})
+		select {
+		case err := <-l.proxyErr:
+			if err == nil || !strings.Contains(err.Error(), "refused the token") {
+				t.Fatalf("localproxy ended with %v, want a refused-token error", err)
+			}
+			l.proxyErr <- err
+		case <-t.Context().Done():
+			t.Fatal("localproxy kept running with a wrong token")
+		}
+		if log := l.coordLog.String(); !strings.Contains(log, "invalid token") {
+			t.Fatalf("coordinator did not log the refusal:\n%s", log)
+		}
+		if st := l.coord.Server().Stats(); st.AuthFailures != 1 || st.Sessions != 0 {
+			t.Fatalf("coordinator stats %+v", st)
+		}
+	})
+	t.Run("malformed request is 400", func(t *testing.T) {
+		l := startLab(t, labOptions{})
+		conn, err := net.Dial("tcp", l.proxyURL.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "NOT A REQUEST\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Fatalf("status %d, want 400", resp.StatusCode)
+		}
+	})
+}
+
+func TestReconnectAfterCoordinatorRestart(t *testing.T) {
+	l := startLab(t, labOptions{})
+	target := startTarget(t, "127.0.0.1", bulkHandler())
+	get := func() (int, error) {
+		tr := &http.Transport{Proxy: http.ProxyURL(l.proxyURL), DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(target.URL + "/")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if code, err := get(); code != 200 {
+		t.Fatalf("before restart: %d %v", code, err)
+	}
+	addr := l.coord.Addr().String()
+	l.stopCoord()
+	l.startCoordinator(t, addr)
+	waitFor(t, "reconnect", func() bool { code, _ := get(); return code == 200 })
+}

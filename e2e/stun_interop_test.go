@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v2"
+)
+
+// needTool returns the path of a binary the test needs. Missing, the test
+// is skipped locally and fails in CI, where scripts/test-deps.sh installs it.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed; scripts/test-deps.sh should have installed it", name)
+		}
+		t.Skipf("%s not installed (run scripts/test-deps.sh)", name)
+	}
+	return p
+}
+
+// freeUDPPort returns a UDP port that was free a moment ago.
+func freeUDPPort(t *testing.T) int {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+// stunReady waits until a STUN server answers a Binding request at addr.
+func stunReady(t *testing.T, addr string) {
+	t.Helper()
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	buf := make([]byte, 1500)
+	for {
+		if t.Context().Err() != nil {
+			t.Fatalf("STUN server at %s never answered", addr)
+		}
+		conn.Write(req.Raw)
+		conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, err := conn.Read(buf); err == nil && stun.IsMessage(buf[:n]) {
+			return
+		}
+	}
+}
+
+// TestLocalproxyWithCoturn runs localproxy against coturn's turnserver, a
+// standard STUN server, instead of our reporter: it must learn its public
+// address from it (on loopback, its own socket address) and work.
+func TestLocalproxyWithCoturn(t *testing.T) {
+	bin := needTool(t, "turnserver")
+	port := freeUDPPort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
+		"-L", "127.0.0.1", "-p", strconv.Itoa(port), "--log-file", "stdout", "--simple-log")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	stunReady(t, addr)
+
+	l := startLab(t, labOptions{reporter: addr})
+	target := startTarget(t, "127.0.0.1", bulkHandler())
+	resp, err := l.httpClient(t, nil, false).Get(target.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	want := l.proxy.TunnelAddr().(*net.UDPAddr).AddrPort()
+	if got := l.proxy.Client().Stats().PublicAddr; got != want {
+		t.Fatalf("public address from coturn = %v, want %v", got, want)
+	}
+}

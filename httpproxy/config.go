@@ -1,0 +1,69 @@
+package httpproxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Dialer opens a byte stream to target ("host:port") for one browser
+// connection. A returned *DialError chooses the status the browser sees.
+type Dialer interface {
+	DialTarget(ctx context.Context, target string) (net.Conn, error)
+}
+
+// Config configures a Proxy. Zero values select the defaults given.
+type Config struct {
+	// Dialer reaches targets. Required.
+	Dialer Dialer
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+	// AccessLog receives one line per request or tunnel. Default: Logger.
+	AccessLog *slog.Logger
+	// MaxHeaderBytes bounds a request or response head; a larger request
+	// head is answered 431. Default 64 KiB.
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds reading one request head once its first
+	// byte arrived (slowloris). Default 30s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a browser connection idle between requests.
+	// Default 2m.
+	IdleTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for a target's response head
+	// after the request was sent. Default 0: none (long polls must work).
+	ResponseHeaderTimeout time.Duration
+	// PAC, if set, is served at /proxy.pac as a proxy auto-config file.
+	PAC string
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Dialer == nil:
+		return &ConfigError{"Dialer", "required"}
+	case c.MaxHeaderBytes < 0:
+		return &ConfigError{"MaxHeaderBytes", "must not be negative"}
+	case c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 || c.ResponseHeaderTimeout < 0:
+		return &ConfigError{"Timeout", "must not be negative"}
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = 30 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 2 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.AccessLog == nil {
+		c.AccessLog = c.Logger
+	}
+}

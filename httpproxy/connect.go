@@ -1,0 +1,46 @@
+package httpproxy
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"quictunnel/internal/relay"
+)
+
+// serveConnect opens a tunnel for CONNECT host:port and splices it to the
+// client: TLS, HTTP/2, websockets or anything else pass through untouched.
+func (c *conn) serveConnect(h *head, start time.Time) {
+	c.e.stats.tunnels.Add(1)
+	target := h.target
+	host, port, err := net.SplitHostPort(target)
+	if p, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || p == 0 {
+		c.writeError(http.StatusBadRequest, fmt.Sprintf("CONNECT needs host:port, got %q", truncate(target)))
+		c.accessLog(start, h.method, target, http.StatusBadRequest, 0, 0, "", errMalformed)
+		return
+	}
+	r, err := c.e.router.connect(c.ctx, target)
+	if err != nil {
+		c.writeError(http.StatusMethodNotAllowed, err.Error())
+		c.accessLog(start, h.method, target, http.StatusMethodNotAllowed, 0, 0, "", err)
+		return
+	}
+	nc, err := r.dial(c.ctx)
+	if err != nil {
+		status, reason := statusOf(target, err)
+		c.writeError(status, reason)
+		c.accessLog(start, h.method, target, status, 0, 0, "", err)
+		return
+	}
+	c.e.countStatus(http.StatusOK)
+	c.bw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n")
+	if err := c.bw.Flush(); err != nil {
+		nc.Close()
+		c.accessLog(start, h.method, target, http.StatusOK, 0, 0, sessionOf(nc), err)
+		return
+	}
+	st, err := relay.Splice(c.ctx, &bufferedConn{Conn: c.c, r: c.br}, nc)
+	c.accessLog(start, h.method, target, http.StatusOK, st.AToB, st.BToA, sessionOf(nc), err)
+}

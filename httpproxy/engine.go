@@ -1,0 +1,284 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// engine is the HTTP/1.1 machinery both proxies share: it accepts
+// connections, reads request heads and relays each exchange to the
+// upstream a router picks, keeping header lines byte for byte.
+type engine struct {
+	cfg    Config
+	log    *slog.Logger
+	router router
+
+	ctx    context.Context // cancelled by close: ends every connection
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	lns    map[net.Listener]struct{}
+	conns  map[net.Conn]struct{}
+	closed bool
+
+	stats counters
+}
+
+// router decides where a request goes.
+type router interface {
+	route(ctx context.Context, h *head, client net.Conn) (*route, error)
+	// connect routes a CONNECT request, or refuses it with an error.
+	connect(ctx context.Context, target string) (*route, error)
+}
+
+// route is one request's upstream.
+type route struct {
+	key        string // upstream connections are reused while it stays the same
+	target     string // for logs
+	requestURI string // request-target sent upstream
+	addHost    string // Host value to add when the request has none
+	extra      []string
+	dial       func(ctx context.Context) (net.Conn, error)
+}
+
+// httpError answers a request directly.
+type httpError struct {
+	status int
+	reason string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("%d %s", e.status, e.reason) }
+
+type counters struct {
+	requests, tunnels, active, bytesUp, bytesDown atomic.Int64
+	mu                                            sync.Mutex
+	byStatus                                      map[int]int64
+}
+
+// Stats is a snapshot of a proxy's counters. Up is browser→target.
+type Stats struct {
+	Requests, Tunnels, ActiveConns int64
+	BytesUp, BytesDown             int64
+	ByStatus                       map[int]int64 // responses the proxy itself generated or relayed
+}
+
+func newEngine(cfg Config, r router) *engine {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &engine{cfg: cfg, log: cfg.Logger, router: r, ctx: ctx, cancel: cancel,
+		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+}
+
+// serve accepts connections on ln until close.
+func (e *engine) serve(ln net.Listener) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		ln.Close()
+		return net.ErrClosed
+	}
+	e.lns[ln] = struct{}{}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	defer e.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if e.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		if !e.track(c) {
+			c.Close()
+			return nil
+		}
+		go func() {
+			defer e.wg.Done()
+			defer e.untrack(c)
+			e.serveConn(c)
+		}()
+	}
+}
+
+// track registers c; it reports false once the engine is closed.
+func (e *engine) track(c net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.conns[c] = struct{}{}
+	e.wg.Add(1)
+	e.stats.active.Add(1)
+	return true
+}
+
+func (e *engine) untrack(c net.Conn) {
+	c.Close()
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+	e.stats.active.Add(-1)
+}
+
+// close stops every listener and connection and waits for them.
+func (e *engine) close() error {
+	e.mu.Lock()
+	e.closed = true
+	for ln := range e.lns {
+		ln.Close()
+	}
+	for c := range e.conns {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.cancel()
+	e.wg.Wait()
+	return nil
+}
+
+func (e *engine) snapshot() Stats {
+	s := &e.stats
+	st := Stats{Requests: s.requests.Load(), Tunnels: s.tunnels.Load(), ActiveConns: s.active.Load(),
+		BytesUp: s.bytesUp.Load(), BytesDown: s.bytesDown.Load(), ByStatus: map[int]int64{}}
+	s.mu.Lock()
+	for k, v := range s.byStatus {
+		st.ByStatus[k] = v
+	}
+	s.mu.Unlock()
+	return st
+}
+
+func (e *engine) countStatus(code int) {
+	e.stats.mu.Lock()
+	if e.stats.byStatus == nil {
+		e.stats.byStatus = map[int]int64{}
+	}
+	e.stats.byStatus[code]++
+	e.stats.mu.Unlock()
+}
+
+// conn is one client connection.
+type conn struct {
+	e      *engine
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ctx    context.Context // ends when the connection is done
+	client string
+	up     *upstream // reused while the route key stays the same
+}
+
+// upstream is an open connection to a target.
+type upstream struct {
+	key     string
+	c       net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	session string
+}
+
+func (u *upstream) close() {
+	if u != nil {
+		u.c.Close()
+	}
+}
+
+// serveConn reads requests from c until it closes or asks to.
+func (e *engine) serveConn(nc net.Conn) {
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	c := &conn{e: e, c: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 16<<10),
+		ctx: ctx, client: nc.RemoteAddr().String()}
+	defer func() { c.up.close() }()
+	for first := true; ; first = false {
+		h, err := c.readHead(first)
+		if err != nil {
+			c.headError(err)
+			return
+		}
+		if !c.serveRequest(h) {
+			return
+		}
+	}
+}
+
+// readHead waits for the next request: up to IdleTimeout for its first
+// byte (between requests), then ReadHeaderTimeout for the rest.
+func (c *conn) readHead(first bool) (*head, error) {
+	cfg := &c.e.cfg
+	if !first {
+		c.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+		if _, err := c.br.Peek(1); err != nil {
+			return nil, errIdle
+		}
+	}
+	c.c.SetReadDeadline(time.Now().Add(cfg.ReadHeaderTimeout))
+	h, err := parseRequestHead(c.br, cfg.MaxHeaderBytes)
+	c.c.SetReadDeadline(time.Time{})
+	return h, err
+}
+
+var errIdle = errors.New("idle")
+
+// headError answers a request head that could not be read, if the client
+// is still there to read the answer.
+func (c *conn) headError(err error) {
+	switch {
+	case errors.Is(err, errHeadTooLarge):
+		c.writeError(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block exceeds %d bytes", c.e.cfg.MaxHeaderBytes))
+	case errors.Is(err, errMalformed):
+		c.writeError(http.StatusBadRequest, err.Error())
+	}
+}
+
+// writeError sends a short text/plain error response and marks the
+// connection for closing.
+func (c *conn) writeError(status int, reason string) {
+	c.e.countStatus(status)
+	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), reason)
+	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), body)
+	c.bw.Flush()
+}
+
+// accessLog writes the line for one request or tunnel.
+func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) {
+	attrs := []slog.Attr{
+		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
+		slog.Int("status", status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
+		slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
+	}
+	if session != "" {
+		attrs = append(attrs, slog.String("session", session))
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = err.Error()
+	}
+	attrs = append(attrs, slog.String("outcome", outcome))
+	c.e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	c.e.stats.bytesUp.Add(up)
+	c.e.stats.bytesDown.Add(down)
+}
+
+// sessionOf returns the tunnel session id of an upstream, if it has one.
+func sessionOf(nc net.Conn) string {
+	if s, ok := nc.(interface{ SessionID() string }); ok {
+		return s.SessionID()
+	}
+	return ""
+}

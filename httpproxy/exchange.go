@@ -1,0 +1,344 @@
+package httpproxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"quictunnel/internal/relay"
+)
+
+// requestBodyGrace is how long a finished response waits for the request
+// body still being relayed before both connections are closed (the target
+// answered without reading the whole body, e.g. a 413 or a refused
+// Expect: 100-continue).
+const requestBodyGrace = time.Second
+
+// serveRequest handles one request; it reports whether the connection may
+// carry another.
+func (c *conn) serveRequest(h *head) bool {
+	start := time.Now()
+	c.e.stats.requests.Add(1)
+	if h.method == "CONNECT" {
+		c.serveConnect(h, start)
+		return false
+	}
+	if c.e.cfg.PAC != "" && h.method == "GET" && h.target == "/proxy.pac" {
+		c.servePAC(h, start)
+		return !h.close
+	}
+	r, err := c.e.router.route(c.ctx, h, c.c)
+	if err != nil {
+		status, reason := http.StatusBadGateway, err.Error()
+		var he *httpError
+		if errors.As(err, &he) {
+			status, reason = he.status, he.reason
+		}
+		c.writeError(status, reason)
+		c.accessLog(start, h.method, h.target, status, 0, 0, "", err)
+		return false
+	}
+	keep, err := c.exchange(h, r, start)
+	if err != nil && c.up != nil {
+		c.up.close()
+		c.up = nil
+	}
+	return keep && err == nil
+}
+
+type bodyResult struct {
+	n   int64
+	err error
+}
+
+// exchange relays one request and its response over the route's upstream.
+func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err error) {
+	status := 0
+	var up, down int64
+	defer func() {
+		if err != nil && status == 0 {
+			status = http.StatusBadGateway
+		}
+		c.accessLog(start, h.method, r.target, status, up, down, c.session(), err)
+	}()
+
+	fresh, err := c.upstreamFor(r)
+	if err != nil {
+		status, reason := statusOf(r.key, err)
+		c.writeError(status, reason)
+		return false, err
+	}
+	u := c.up
+	if err := c.writeRequestHead(h, r); err != nil {
+		if fresh || h.requestHasBody() {
+			c.writeError(http.StatusBadGateway, fmt.Sprintf("sending the request to %s failed: %v", r.key, err))
+			return false, err
+		}
+		// A reused connection the target had already closed: once more.
+		if _, err = c.redial(r); err != nil {
+			status, reason := statusOf(r.key, err)
+			c.writeError(status, reason)
+			return false, err
+		}
+		u = c.up
+		if err := c.writeRequestHead(h, r); err != nil {
+			c.writeError(http.StatusBadGateway, fmt.Sprintf("sending the request to %s failed: %v", r.key, err))
+			return false, err
+		}
+	}
+
+	var bodyDone chan bodyResult
+	if h.requestHasBody() {
+		bodyDone = make(chan bodyResult, 1)
+		go func() {
+			var res bodyResult
+			if h.chunked {
+				res.n, res.err = copyChunked(u.bw, c.br)
+			} else {
+				res.n, res.err = copyFixed(u.c, c.br, h.contentLength)
+			}
+			bodyDone <- res
+		}()
+	}
+	waitBody := func(grace time.Duration) error {
+		if bodyDone == nil {
+			return nil
+		}
+		var res bodyResult
+		select {
+		case res = <-bodyDone:
+		case <-time.After(grace):
+			c.c.Close() // unblocks the reader; the connection cannot be reused
+			u.c.Close()
+			res = <-bodyDone
+			res.err = errors.Join(res.err, errors.New("request body not fully sent"))
+		}
+		bodyDone = nil
+		up = res.n
+		return res.err
+	}
+	defer waitBody(0)
+
+	resp, err := c.readFinalResponse(h, u)
+	if err != nil && !fresh && bodyDone == nil && isEOF(err) {
+		// The target closed the idle connection we reused before reading
+		// our request: send it once more on a new one.
+		if _, err = c.redial(r); err == nil {
+			u = c.up
+			if err = c.writeRequestHead(h, r); err == nil {
+				resp, err = c.readFinalResponse(h, u)
+			}
+		}
+	}
+	if err != nil {
+		c.writeError(http.StatusBadGateway, fmt.Sprintf("bad response from %s: %v", r.key, err))
+		waitBody(0)
+		return false, err
+	}
+	status = resp.status
+	c.e.countStatus(status)
+
+	if resp.status == http.StatusSwitchingProtocols {
+		if !h.upgrade {
+			return false, fmt.Errorf("%w: 101 without an upgrade request", errMalformed)
+		}
+		c.writeResponseHead(resp, false, true)
+		if err := c.bw.Flush(); err != nil {
+			return false, err
+		}
+		c.up = nil // the connection now belongs to the splice
+		st, err := relay.Splice(c.ctx, &bufferedConn{Conn: c.c, r: c.br}, &bufferedConn{Conn: u.c, r: u.br})
+		up, down = st.AToB, st.BToA
+		return false, err
+	}
+
+	kind := resp.responseBody(h.method)
+	closeAfter := h.close || resp.close || kind == bodyUntilClose
+	c.writeResponseHead(resp, closeAfter, false)
+	if err := c.bw.Flush(); err != nil {
+		return false, err
+	}
+	down, err = copyBody(kind, resp.contentLength, c.c, c.bw, u.br)
+	if err != nil {
+		return false, fmt.Errorf("response body: %w", err)
+	}
+	if err := waitBody(requestBodyGrace); err != nil {
+		return false, fmt.Errorf("request body: %w", err)
+	}
+	if resp.close || kind == bodyUntilClose || h.upgrade {
+		c.up.close()
+		c.up = nil
+	}
+	return !closeAfter, nil
+}
+
+// upstreamFor makes c.up an upstream for r, reusing the current one when
+// r goes to the same place. It reports whether the upstream is new.
+func (c *conn) upstreamFor(r *route) (bool, error) {
+	if c.up != nil && c.up.key == r.key {
+		return false, nil
+	}
+	return c.redial(r)
+}
+
+func (c *conn) redial(r *route) (bool, error) {
+	c.up.close()
+	c.up = nil
+	nc, err := r.dial(c.ctx)
+	if err != nil {
+		return true, err
+	}
+	c.up = &upstream{key: r.key, c: nc, br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 16<<10), session: sessionOf(nc)}
+	return true, nil
+}
+
+func (c *conn) session() string {
+	if c.up != nil {
+		return c.up.session
+	}
+	return ""
+}
+
+// writeRequestHead sends the request line and fields upstream: the
+// request-target rewritten, hop-by-hop fields dropped, every other line as
+// received, in order.
+func (c *conn) writeRequestHead(h *head, r *route) error {
+	b := make([]byte, 0, 1024)
+	b = append(b, h.method...)
+	b = append(b, ' ')
+	b = append(b, r.requestURI...)
+	b = append(b, " HTTP/1.1\r\n"...)
+	keep := map[string]bool{}
+	if te, ok := h.get("TE"); ok && strings.EqualFold(te, "trailers") {
+		keep["te"] = true
+	}
+	if h.upgrade {
+		keep["upgrade"] = true
+	}
+	b = h.appendFields(b, keep)
+	if _, ok := h.get("Host"); !ok && r.addHost != "" {
+		b = append(b, "Host: "...)
+		b = append(b, r.addHost...)
+		b = append(b, "\r\n"...)
+	}
+	for _, line := range r.extra {
+		b = append(b, line...)
+		b = append(b, "\r\n"...)
+	}
+	switch {
+	case h.upgrade:
+		b = append(b, "Connection: Upgrade\r\n"...)
+	case h.minor == 0 && !h.close:
+		b = append(b, "Connection: keep-alive\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	if _, err := c.up.bw.Write(b); err != nil {
+		return err
+	}
+	return c.up.bw.Flush()
+}
+
+// readFinalResponse reads response heads, relaying 1xx interim responses
+// (100 Continue, 103 Early Hints) to the client, until the final one or a
+// 101.
+func (c *conn) readFinalResponse(h *head, u *upstream) (*head, error) {
+	if t := c.e.cfg.ResponseHeaderTimeout; t > 0 {
+		u.c.SetReadDeadline(time.Now().Add(t))
+		defer u.c.SetReadDeadline(time.Time{})
+	}
+	for {
+		resp, err := parseResponseHead(u.br, c.e.cfg.MaxHeaderBytes)
+		if err != nil {
+			return nil, err
+		}
+		if resp.status/100 != 1 || resp.status == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		c.writeResponseHead(resp, false, false)
+		if err := c.bw.Flush(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// writeResponseHead buffers a response head for the client: status line,
+// fields as received minus hop-by-hop ones, and our own Connection field.
+func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
+	b := make([]byte, 0, 1024)
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(resp.status), 10)
+	b = append(b, ' ')
+	b = append(b, resp.reason...)
+	b = append(b, "\r\n"...)
+	var keep map[string]bool
+	if upgrade {
+		keep = map[string]bool{"upgrade": true}
+	}
+	b = resp.appendFields(b, keep)
+	switch {
+	case upgrade:
+		b = append(b, "Connection: Upgrade\r\n"...)
+	case closeAfter:
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	c.bw.Write(b)
+}
+
+// servePAC answers /proxy.pac.
+func (c *conn) servePAC(h *head, start time.Time) {
+	pac := c.e.cfg.PAC
+	fmt.Fprintf(c.bw, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ns-proxy-autoconfig\r\nContent-Length: %d\r\n\r\n%s", len(pac), pac)
+	c.bw.Flush()
+	c.e.countStatus(http.StatusOK)
+	c.accessLog(start, h.method, h.target, http.StatusOK, 0, int64(len(pac)), "", nil)
+}
+
+// isEOF reports whether err says the peer closed before sending anything.
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// bufferedConn is a connection whose first bytes were already read into a
+// bufio.Reader: reads drain that buffer first. It passes half-close and
+// reset through to the connection.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// CloseWrite half-closes the underlying connection when it can.
+func (b *bufferedConn) CloseWrite() error {
+	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return b.Conn.Close()
+}
+
+// CloseRead stops reading the underlying connection when it can.
+func (b *bufferedConn) CloseRead() error {
+	if cr, ok := b.Conn.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return nil
+}
+
+// Reset aborts the underlying connection so its peer sees an error.
+func (b *bufferedConn) Reset() error {
+	switch c := b.Conn.(type) {
+	case interface{ Reset() error }:
+		return c.Reset()
+	case *net.TCPConn:
+		c.SetLinger(0)
+	}
+	return b.Conn.Close()
+}

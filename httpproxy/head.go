@@ -1,0 +1,342 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// field is one header line as received: the raw line (without CRLF), so it
+// is forwarded byte for byte, and its name and value for interpretation.
+type field struct {
+	raw   string
+	name  string // as received, case preserved
+	value string // without surrounding whitespace
+}
+
+// head is the start line and header fields of a request or a response.
+type head struct {
+	// Request line: method, target, version; or status line: version,
+	// status code, reason.
+	method, target string
+	status         int
+	reason         string
+	major, minor   int
+	fields         []field
+
+	// Framing and connection semantics, derived from fields.
+	contentLength int64 // -1 when absent
+	chunked       bool
+	close         bool // the sender will close after this message
+	upgrade       bool // Connection: upgrade with an Upgrade field
+	expect100     bool
+	hopByHop      map[string]bool // lower-case names to drop when forwarding
+}
+
+// get returns the value of the first field named name (case-insensitive).
+func (h *head) get(name string) (string, bool) {
+	for _, f := range h.fields {
+		if strings.EqualFold(f.name, name) {
+			return f.value, true
+		}
+	}
+	return "", false
+}
+
+// errHeadTooLarge is returned when a head exceeds the size limit.
+var errHeadTooLarge = errors.New("header block too large")
+
+// readLines reads the lines of a head up to and including the empty line,
+// at most limit bytes in all. Leading empty lines are skipped (RFC 9112
+// §2.2). Lines may end in CRLF or a bare LF.
+func readLines(br *bufio.Reader, limit int) ([]string, error) {
+	var lines []string
+	total := 0
+	for {
+		line, err := readLine(br, limit-total)
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return nil, errHeadTooLarge
+			}
+			return nil, err
+		}
+		total += len(line) + 2
+		if total > limit {
+			return nil, errHeadTooLarge
+		}
+		if line == "" {
+			if len(lines) == 0 {
+				continue
+			}
+			return lines, nil
+		}
+		lines = append(lines, line)
+	}
+}
+
+// readLine reads one line of at most limit bytes, without its terminator.
+func readLine(br *bufio.Reader, limit int) (string, error) {
+	var buf []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(buf)+len(chunk) > limit+2 {
+			return "", errHeadTooLarge
+		}
+		buf = append(buf, chunk...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if len(buf) > 0 && errors.Is(err, io.EOF) {
+				return "", fmt.Errorf("%w: head ends mid-line", errMalformed)
+			}
+			return "", err
+		}
+	}
+	buf = bytes.TrimSuffix(buf[:len(buf)-1], []byte{'\r'})
+	if bytes.IndexByte(buf, '\r') >= 0 || bytes.IndexByte(buf, 0) >= 0 {
+		return "", fmt.Errorf("%w: stray CR or NUL in a header line", errMalformed)
+	}
+	return string(buf), nil
+}
+
+// errMalformed marks a message that breaks HTTP/1.1 syntax: 400.
+var errMalformed = errors.New("malformed HTTP message")
+
+// parseRequestHead reads a request head.
+func parseRequestHead(br *bufio.Reader, limit int) (*head, error) {
+	lines, err := readLines(br, limit)
+	if err != nil {
+		return nil, err
+	}
+	method, rest, ok1 := strings.Cut(lines[0], " ")
+	target, version, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsAny(target, " \t") {
+		return nil, fmt.Errorf("%w: bad request line %q", errMalformed, truncate(lines[0]))
+	}
+	h := &head{method: method, target: target}
+	if h.major, h.minor, ok1 = parseVersion(version); !ok1 {
+		return nil, fmt.Errorf("%w: bad HTTP version %q", errMalformed, truncate(version))
+	}
+	if err := h.parseFields(lines[1:]); err != nil {
+		return nil, err
+	}
+	return h, h.requestFraming()
+}
+
+// parseResponseHead reads a response head.
+func parseResponseHead(br *bufio.Reader, limit int) (*head, error) {
+	lines, err := readLines(br, limit)
+	if err != nil {
+		return nil, err
+	}
+	version, rest, _ := strings.Cut(lines[0], " ")
+	code, reason, _ := strings.Cut(rest, " ")
+	h := &head{reason: reason}
+	var ok bool
+	if h.major, h.minor, ok = parseVersion(version); !ok {
+		return nil, fmt.Errorf("%w: bad status line %q", errMalformed, truncate(lines[0]))
+	}
+	if len(code) != 3 {
+		return nil, fmt.Errorf("%w: bad status code %q", errMalformed, truncate(code))
+	}
+	if h.status, err = strconv.Atoi(code); err != nil || h.status < 100 {
+		return nil, fmt.Errorf("%w: bad status code %q", errMalformed, truncate(code))
+	}
+	if err := h.parseFields(lines[1:]); err != nil {
+		return nil, err
+	}
+	return h, h.responseFraming()
+}
+
+func parseVersion(v string) (major, minor int, ok bool) {
+	if len(v) != 8 || !strings.HasPrefix(v, "HTTP/") || v[6] != '.' || v[5] < '0' || v[5] > '9' || v[7] < '0' || v[7] > '9' {
+		return 0, 0, false
+	}
+	major, minor = int(v[5]-'0'), int(v[7]-'0')
+	return major, minor, major == 1
+}
+
+// parseFields splits header lines and derives the connection semantics.
+func (h *head) parseFields(lines []string) error {
+	h.fields = make([]field, 0, len(lines))
+	h.contentLength = -1
+	h.hopByHop = map[string]bool{"connection": true, "proxy-connection": true, "keep-alive": true,
+		"proxy-authorization": true, "proxy-authenticate": true, "upgrade": true, "te": true}
+	var upgradeToken, keepAlive bool
+	for _, line := range lines {
+		if line[0] == ' ' || line[0] == '\t' {
+			return fmt.Errorf("%w: obsolete line folding", errMalformed)
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !isToken(name) {
+			return fmt.Errorf("%w: bad header line %q", errMalformed, truncate(line))
+		}
+		value = strings.Trim(value, " \t")
+		h.fields = append(h.fields, field{raw: line, name: name, value: value})
+		switch strings.ToLower(name) {
+		case "connection":
+			for _, tok := range strings.Split(value, ",") {
+				tok = strings.ToLower(strings.TrimSpace(tok))
+				switch tok {
+				case "":
+					continue
+				case "close":
+					h.close = true
+				case "keep-alive":
+					keepAlive = true
+				case "upgrade":
+					upgradeToken = true
+				}
+				h.hopByHop[tok] = true
+			}
+		case "expect":
+			h.expect100 = strings.EqualFold(value, "100-continue")
+		}
+	}
+	if _, ok := h.get("Upgrade"); ok && upgradeToken {
+		h.upgrade = true
+	}
+	if h.minor == 0 && !keepAlive {
+		h.close = true // HTTP/1.0 closes unless asked not to
+	}
+	return nil
+}
+
+// bodyFraming reads Transfer-Encoding and Content-Length (RFC 9112 §6),
+// refusing the ambiguous combinations request smuggling relies on.
+func (h *head) bodyFraming() error {
+	var te []string
+	var cl string
+	for _, f := range h.fields {
+		switch strings.ToLower(f.name) {
+		case "transfer-encoding":
+			for _, c := range strings.Split(f.value, ",") {
+				if c = strings.ToLower(strings.TrimSpace(c)); c != "" {
+					te = append(te, c)
+				}
+			}
+		case "content-length":
+			if cl != "" && cl != f.value {
+				return fmt.Errorf("%w: conflicting Content-Length fields", errMalformed)
+			}
+			cl = f.value
+		}
+	}
+	if len(te) > 0 {
+		if cl != "" {
+			return fmt.Errorf("%w: both Transfer-Encoding and Content-Length", errMalformed)
+		}
+		if h.minor == 0 {
+			return fmt.Errorf("%w: Transfer-Encoding in an HTTP/1.0 message", errMalformed)
+		}
+		if te[len(te)-1] != "chunked" {
+			return errNotChunked
+		}
+		for _, c := range te[:len(te)-1] {
+			if c == "chunked" {
+				return fmt.Errorf("%w: chunked applied twice", errMalformed)
+			}
+		}
+		h.chunked = true
+		return nil
+	}
+	if cl != "" {
+		n, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil || n < 0 || cl[0] == '+' {
+			return fmt.Errorf("%w: bad Content-Length %q", errMalformed, truncate(cl))
+		}
+		h.contentLength = n
+	}
+	return nil
+}
+
+// errNotChunked: a Transfer-Encoding whose last coding is not chunked.
+var errNotChunked = errors.New("transfer coding is not chunked")
+
+func (h *head) requestFraming() error {
+	err := h.bodyFraming()
+	if errors.Is(err, errNotChunked) {
+		// RFC 9112 §6.3: the length of such a request cannot be known.
+		return fmt.Errorf("%w: request Transfer-Encoding does not end in chunked", errMalformed)
+	}
+	return err
+}
+
+func (h *head) responseFraming() error {
+	err := h.bodyFraming()
+	if errors.Is(err, errNotChunked) {
+		h.close = true // close-delimited (RFC 9112 §6.3 rule 4)
+		return nil
+	}
+	return err
+}
+
+// hasBody reports whether a request carries a body.
+func (h *head) requestHasBody() bool { return h.chunked || h.contentLength > 0 }
+
+// responseBody says how the body of a response to method is delimited.
+type bodyKind int
+
+const (
+	bodyNone   bodyKind = iota
+	bodyLength          // Content-Length bytes
+	bodyChunked
+	bodyUntilClose
+)
+
+func (h *head) responseBody(method string) bodyKind {
+	switch {
+	case method == "HEAD" || h.status/100 == 1 || h.status == 204 || h.status == 304:
+		return bodyNone
+	case method == "CONNECT" && h.status/100 == 2:
+		return bodyNone
+	case h.chunked:
+		return bodyChunked
+	case h.contentLength >= 0:
+		if h.contentLength == 0 {
+			return bodyNone
+		}
+		return bodyLength
+	}
+	return bodyUntilClose
+}
+
+// appendFields appends the fields to b, leaving out hop-by-hop ones; keep
+// names fields that must stay even though hop-by-hop (Upgrade).
+func (h *head) appendFields(b []byte, keep map[string]bool) []byte {
+	for _, f := range h.fields {
+		lower := strings.ToLower(f.name)
+		if h.hopByHop[lower] && !keep[lower] {
+			continue
+		}
+		b = append(b, f.raw...)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
+
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// truncate shortens s for error messages.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

@@ -1,0 +1,253 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"quictunnel/internal/relay"
+	"quictunnel/quictun"
+)
+
+// offlineMemory is how long a withdrawn name is remembered, so requests
+// for it get "client offline" (502) rather than "not found" (404).
+const offlineMemory = 10 * time.Minute
+
+// PortRange is an inclusive range of public TCP ports.
+type PortRange struct{ Min, Max uint16 }
+
+// ParsePortRange parses "20000-20100".
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
+		return PortRange{}, fmt.Errorf("port range %q: want MIN-MAX, 1 <= MIN <= MAX <= 65535", s)
+	}
+	return PortRange{uint16(a), uint16(b)}, nil
+}
+
+func (r PortRange) contains(p uint16) bool { return r.Min <= p && p <= r.Max }
+
+// registry publishes the services clients expose: HTTP services by name
+// (NAME.DOMAIN on the shared HTTP port) and on dedicated ports; TCP
+// services on ports of their own. It implements quictun.ServiceRegistry.
+type registry struct {
+	domain    string                                                           // public names are NAME.domain
+	httpURL   string                                                           // scheme://%s:port/ template for URLs
+	bindHost  string                                                           // where dedicated ports listen
+	ports     PortRange                                                        // ports clients may have; zero: none
+	servePort func(ctx context.Context, ln net.Listener, svc *quictun.Service) // by svc.Kind
+	log       *slog.Logger
+
+	ctx context.Context // ends every published listener
+	wg  sync.WaitGroup
+
+	mu      sync.Mutex
+	byName  map[string]*publication // HTTP services, by lower-case name
+	byPort  map[uint16]*publication
+	offline map[string]time.Time // recently withdrawn names
+}
+
+type publication struct {
+	svc  *quictun.Service
+	port uint16
+	ln   net.Listener // dedicated port, if any
+}
+
+// Publish implements quictun.ServiceRegistry.
+func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
+	name := strings.ToLower(svc.Name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if svc.Kind == quictun.ServiceHTTP {
+		if _, taken := r.byName[name]; taken {
+			return quictun.Publication{}, fmt.Errorf("%w: name %q is already exposed by another client", quictun.ErrNameTaken, svc.Name)
+		}
+	}
+	pub := &publication{svc: svc}
+	if svc.Kind == quictun.ServiceTCP || svc.Port != 0 {
+		ln, port, err := r.listenPort(svc.Port)
+		if err != nil {
+			return quictun.Publication{}, err
+		}
+		pub.ln, pub.port = ln, port
+		r.byPort[port] = pub
+		r.wg.Go(func() { r.servePort(r.ctx, ln, svc) })
+	}
+	var out quictun.Publication
+	out.Port = pub.port
+	if svc.Kind == quictun.ServiceHTTP {
+		r.byName[name] = pub
+		delete(r.offline, name)
+		out.URL = fmt.Sprintf(r.httpURL, name+"."+r.domain)
+		if pub.port != 0 {
+			out.URL += " and http://" + net.JoinHostPort(r.publicHost(), strconv.Itoa(int(pub.port))) + "/"
+		}
+	} else {
+		out.URL = "tcp://" + net.JoinHostPort(r.publicHost(), strconv.Itoa(int(pub.port)))
+	}
+	return out, nil
+}
+
+// Withdraw implements quictun.ServiceRegistry.
+func (r *registry) Withdraw(svc *quictun.Service) {
+	name := strings.ToLower(svc.Name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.byName[name]; ok && p.svc == svc {
+		delete(r.byName, name)
+		r.offline[name] = time.Now()
+	}
+	for port, p := range r.byPort {
+		if p.svc == svc {
+			p.ln.Close()
+			delete(r.byPort, port)
+		}
+	}
+}
+
+// lookup finds the HTTP service for a Host header value. offline reports
+// that the name belonged to a client that left recently.
+func (r *registry) lookup(host string) (svc *quictun.Service, offline bool) {
+	name, ok := r.nameOf(host)
+	if !ok {
+		return nil, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.byName[name]; ok {
+		return p.svc, false
+	}
+	t, ok := r.offline[name]
+	return nil, ok && time.Since(t) < offlineMemory
+}
+
+// nameOf extracts NAME from "NAME.DOMAIN[:port]".
+func (r *registry) nameOf(host string) (string, bool) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	name, ok := strings.CutSuffix(host, "."+r.domain)
+	if !ok || name == "" || strings.Contains(name, ".") {
+		return "", false
+	}
+	return name, true
+}
+
+// names lists the published HTTP names, for the not-found page.
+func (r *registry) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.byName))
+	for n := range r.byName {
+		out = append(out, n)
+	}
+	return out
+}
+
+// listenPort binds a public port: want, or the first free one of the
+// range when want is 0.
+func (r *registry) listenPort(want uint16) (net.Listener, uint16, error) {
+	if r.ports == (PortRange{}) {
+		return nil, 0, fmt.Errorf("%w: this coordinator publishes no ports (see --port-range)", quictun.ErrNotAllowed)
+	}
+	if want != 0 {
+		if !r.ports.contains(want) {
+			return nil, 0, fmt.Errorf("%w: port %d is outside %d-%d", quictun.ErrNotAllowed, want, r.ports.Min, r.ports.Max)
+		}
+		if _, taken := r.byPort[want]; taken {
+			return nil, 0, fmt.Errorf("%w: port %d is already exposed by another client", quictun.ErrNameTaken, want)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(r.bindHost, strconv.Itoa(int(want))))
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: port %d: %w", quictun.ErrNameTaken, want, err)
+		}
+		return ln, want, nil
+	}
+	for p := int(r.ports.Min); p <= int(r.ports.Max); p++ {
+		if _, taken := r.byPort[uint16(p)]; taken {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(r.bindHost, strconv.Itoa(p)))
+		if err == nil {
+			return ln, uint16(p), nil
+		}
+	}
+	return nil, 0, fmt.Errorf("%w: no free port left in %d-%d", quictun.ErrNameTaken, r.ports.Min, r.ports.Max)
+}
+
+func (r *registry) publicHost() string {
+	if r.bindHost == "" || r.bindHost == "0.0.0.0" || r.bindHost == "::" {
+		return r.domain
+	}
+	return r.bindHost
+}
+
+// close stops every published listener and waits for their connections.
+func (r *registry) close() {
+	r.mu.Lock()
+	for _, p := range r.byPort {
+		p.ln.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// serveRawTCP relays every connection accepted on ln to svc, until ln is
+// closed or ctx ends.
+func serveRawTCP(log, accessLog *slog.Logger) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+	return func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		stop := context.AfterFunc(ctx, func() { ln.Close() })
+		defer stop()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					log.Warn("public port stopped accepting", "service", svc.Name, "err", err)
+				}
+				return
+			}
+			wg.Go(func() { relayTCP(ctx, c, svc, accessLog) })
+		}
+	}
+}
+
+// relayTCP connects one public TCP connection to svc.
+func relayTCP(ctx context.Context, c net.Conn, svc *quictun.Service, accessLog *slog.Logger) {
+	start := time.Now()
+	remote := addrPortOf(c.RemoteAddr())
+	stream, err := svc.Dial(ctx, remote)
+	attrs := []any{"service", svc.Name, "kind", "tcp", "client_addr", remote, "port", c.LocalAddr().(*net.TCPAddr).Port}
+	if err != nil {
+		c.Close()
+		accessLog.Info("public connection", append(attrs, "outcome", "unavailable", "err", err, "duration", time.Since(start).Round(time.Microsecond))...)
+		return
+	}
+	st, err := relay.Splice(ctx, c, stream)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+		attrs = append(attrs, "err", err)
+	}
+	accessLog.Info("public connection", append(attrs, "session", stream.SessionID(), "bytes_in", st.AToB, "bytes_out", st.BToA,
+		"duration", time.Since(start).Round(time.Microsecond), "outcome", outcome)...)
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

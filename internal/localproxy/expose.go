@@ -1,0 +1,50 @@
+package localproxy
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"quictunnel/quictun"
+)
+
+// ParseExpose parses an --expose (kind http) or --expose-tcp (kind tcp)
+// value: NAME=HOST:PORT[:PUBLICPORT]. For tcp the public port is required
+// (0 lets coordinator choose); for http it is optional and asks for a
+// dedicated public port besides NAME.DOMAIN.
+func ParseExpose(spec string, kind quictun.ServiceKind) (quictun.ExposedService, error) {
+	var svc quictun.ExposedService
+	name, rest, ok := strings.Cut(spec, "=")
+	if !ok {
+		return svc, fmt.Errorf("expose %q: want NAME=HOST:PORT%s", spec, map[bool]string{true: ":PUBLICPORT", false: "[:PUBLICPORT]"}[kind == quictun.ServiceTCP])
+	}
+	if !quictun.ValidServiceName(name) {
+		return svc, fmt.Errorf("expose %q: name %q must be 1-63 letters, digits or '-'", spec, name)
+	}
+	local, public := rest, ""
+	// HOST:PORT:PUBLICPORT has one colon more than HOST:PORT (IPv6 hosts
+	// are bracketed, so their colons sit inside the brackets).
+	if i := strings.LastIndexByte(rest, ':'); i > 0 && strings.Count(rest[strings.LastIndexByte(rest, ']')+1:], ":") == 2 {
+		local, public = rest[:i], rest[i+1:]
+	}
+	host, port, err := net.SplitHostPort(local)
+	if err != nil || host == "" {
+		return svc, fmt.Errorf("expose %q: local app %q: want HOST:PORT", spec, local)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return svc, fmt.Errorf("expose %q: local port %q is not a port number", spec, port)
+	}
+	svc = quictun.ExposedService{Kind: kind, Name: name, Local: local}
+	switch {
+	case public != "":
+		p, err := strconv.ParseUint(public, 10, 16)
+		if err != nil {
+			return quictun.ExposedService{}, fmt.Errorf("expose %q: public port %q is not a port number", spec, public)
+		}
+		svc.Port = uint16(p)
+	case kind == quictun.ServiceTCP:
+		return quictun.ExposedService{}, fmt.Errorf("expose-tcp %q: want NAME=HOST:PORT:PUBLICPORT (PUBLICPORT 0 lets coordinator choose)", spec)
+	}
+	return svc, nil
+}

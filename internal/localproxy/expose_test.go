@@ -1,0 +1,60 @@
+package localproxy
+
+import (
+	"testing"
+
+	"quictunnel/quictun"
+)
+
+func TestParseExpose(t *testing.T) {
+	tests := []struct {
+		spec string
+		kind quictun.ServiceKind
+		want quictun.ExposedService
+		bad  bool
+	}{
+		{spec: "app=127.0.0.1:3000", kind: quictun.ServiceHTTP, want: quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: "127.0.0.1:3000"}},
+		{spec: "app=localhost:3000:20001", kind: quictun.ServiceHTTP, want: quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: "localhost:3000", Port: 20001}},
+		{spec: "db=127.0.0.1:5432:0", kind: quictun.ServiceTCP, want: quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "db", Local: "127.0.0.1:5432"}},
+		{spec: "db=[::1]:5432:20002", kind: quictun.ServiceTCP, want: quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "db", Local: "[::1]:5432", Port: 20002}},
+		{spec: "v6=[::1]:8080", kind: quictun.ServiceHTTP, want: quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "v6", Local: "[::1]:8080"}},
+		{spec: "db=127.0.0.1:5432", kind: quictun.ServiceTCP, bad: true},
+		{spec: "noequals", kind: quictun.ServiceHTTP, bad: true},
+		{spec: "bad_name=127.0.0.1:1", kind: quictun.ServiceHTTP, bad: true},
+		{spec: "app=127.0.0.1", kind: quictun.ServiceHTTP, bad: true},
+		{spec: "app=127.0.0.1:0", kind: quictun.ServiceHTTP, bad: true},
+		{spec: "app=:3000", kind: quictun.ServiceHTTP, bad: true},
+		{spec: "db=127.0.0.1:5432:70000", kind: quictun.ServiceTCP, bad: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseExpose(tt.spec, tt.kind)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("ParseExpose(%q) = %+v, want error", tt.spec, got)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseExpose(%q) = %+v, %v; want %+v", tt.spec, got, err, tt.want)
+		}
+	}
+}
+
+// FuzzParseExpose checks the parser never panics and that what it accepts
+// is a valid service.
+func FuzzParseExpose(f *testing.F) {
+	f.Add("app=127.0.0.1:3000")
+	f.Add("db=[::1]:5432:0")
+	f.Add("x=[::1]:1:2:3")
+	f.Fuzz(func(t *testing.T, spec string) {
+		for _, kind := range []quictun.ServiceKind{quictun.ServiceHTTP, quictun.ServiceTCP} {
+			svc, err := ParseExpose(spec, kind)
+			if err != nil {
+				continue
+			}
+			if !quictun.ValidServiceName(svc.Name) || svc.Local == "" || svc.Kind != kind {
+				t.Fatalf("ParseExpose(%q) accepted %+v", spec, svc)
+			}
+		}
+	})
+}

@@ -1,0 +1,232 @@
+// Package localproxy assembles the localproxy service: one UDP socket
+// shared by STUN (natt) and QUIC (quictun), and the browser-facing HTTP
+// proxy (httpproxy) whose sessions go through the tunnel. cmd/localproxy
+// maps flags onto Config; tests run the same assembly in process.
+package localproxy
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"quictunnel/httpproxy"
+	"quictunnel/internal/service"
+	"quictunnel/quictun"
+)
+
+// Config configures a localproxy. Zero values select the defaults given.
+type Config struct {
+	// Listen is the TCP address of the browser-facing proxy.
+	// Default "127.0.0.1:8118".
+	Listen string
+	// UDPListen is the local address of the tunnel socket. Default ":0"
+	// (any port, IPv4 and IPv6).
+	UDPListen string
+	// Coordinator is coordinator's QUIC address, "host:port". Required.
+	Coordinator string
+	// Reporter is the STUN server, "host:port". Default: coordinator's
+	// host, port 3478.
+	Reporter string
+	// Token authenticates us to coordinator. Required.
+	Token string
+	// RootCAs verifies coordinator. Default: the system's roots.
+	RootCAs *x509.CertPool
+	// ServerName is the name coordinator's certificate must carry.
+	// Default: the host of Coordinator.
+	ServerName string
+	// Insecure accepts any coordinator certificate.
+	Insecure bool
+	// Name identifies us in coordinator's logs. Default: the host name.
+	Name string
+	// DialBackTimeout bounds the wait for a dial-back. Default 10s.
+	DialBackTimeout time.Duration
+	// ConnectTimeout bounds connecting to coordinator. Default 5s.
+	ConnectTimeout time.Duration
+	// STUNTimeout bounds the reporter query at start. Default 3s.
+	STUNTimeout time.Duration
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+	// AccessLog receives one line per request or tunnel. Default: Logger.
+	AccessLog *slog.Logger
+}
+
+// ConfigError reports an invalid Config field.
+type ConfigError struct{ Field, Reason string }
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("localproxy: %s: %s", e.Field, e.Reason) }
+
+func (c *Config) setDefaults() error {
+	if c.Coordinator == "" {
+		return &ConfigError{"Coordinator", "required (host:port of coordinator)"}
+	}
+	if c.Token == "" {
+		return &ConfigError{"Token", "required"}
+	}
+	host, _, err := net.SplitHostPort(c.Coordinator)
+	if err != nil {
+		return &ConfigError{"Coordinator", fmt.Sprintf("want host:port, got %q", c.Coordinator)}
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8118"
+	}
+	if c.UDPListen == "" {
+		c.UDPListen = ":0"
+	}
+	if c.Reporter == "" {
+		c.Reporter = net.JoinHostPort(host, "3478")
+	}
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+	}
+	if c.STUNTimeout == 0 {
+		c.STUNTimeout = 3 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.AccessLog == nil {
+		c.AccessLog = c.Logger
+	}
+	return nil
+}
+
+// Proxy is a running localproxy.
+type Proxy struct {
+	cfg    Config
+	log    *slog.Logger
+	ln     net.Listener
+	udp    *net.UDPConn
+	tr     *quic.Transport
+	socket *tunnelSocket
+	client *quictun.Client
+	proxy  *httpproxy.Proxy
+}
+
+// New binds the proxy's TCP listener and the tunnel's UDP socket. Run
+// starts the service; until then nothing is served.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Logger}
+	udp, err := service.ListenUDP(cfg.UDPListen)
+	if err != nil {
+		return nil, err
+	}
+	p.udp = udp
+	p.tr = &quic.Transport{Conn: udp}
+	if p.socket, err = newTunnelSocket(p.tr, p.log); err != nil {
+		p.tr.Close()
+		p.udp.Close()
+		return nil, err
+	}
+	p.client, err = quictun.NewClient(quictun.ClientConfig{
+		Transport:          p.tr,
+		Coordinator:        cfg.Coordinator,
+		Token:              cfg.Token,
+		Name:               cfg.Name,
+		RootCAs:            cfg.RootCAs,
+		ServerName:         cfg.ServerName,
+		InsecureSkipVerify: cfg.Insecure,
+		DialBackTimeout:    cfg.DialBackTimeout,
+		ConnectTimeout:     cfg.ConnectTimeout,
+		Logger:             p.log,
+	})
+	if err != nil {
+		p.tr.Close()
+		p.udp.Close()
+		return nil, err
+	}
+	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog})
+	if err != nil {
+		p.tr.Close()
+		p.udp.Close()
+		return nil, err
+	}
+	if p.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		p.tr.Close()
+		p.udp.Close()
+		return nil, fmt.Errorf("listen on %s: %w (is another process using the port?)", cfg.Listen, err)
+	}
+	return p, nil
+}
+
+// Addr is the browser-facing proxy's address.
+func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
+
+// TunnelAddr is the local address of the tunnel's UDP socket.
+func (p *Proxy) TunnelAddr() net.Addr { return p.udp.LocalAddr() }
+
+// Client exposes the tunnel client, for status and tests.
+func (p *Proxy) Client() *quictun.Client { return p.client }
+
+// Run learns the public address from the reporter, connects to
+// coordinator and serves browsers until ctx ends. It returns nil on a clean
+// shutdown and quictun.ErrAuthFailed when coordinator refuses the token.
+func (p *Proxy) Run(ctx context.Context) error {
+	defer p.udp.Close()
+	defer p.tr.Close()
+	defer p.ln.Close()
+	defer p.socket.start(ctx)()
+
+	stunCtx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+	public, err := p.socket.publicAddr(stunCtx, p.cfg.Reporter)
+	cancel()
+	if err != nil {
+		p.log.Warn("reporter did not tell us our public address; coordinator will dial back to the address it sees. "+
+			"Is UDP to the reporter blocked, or is its port wrong?", "reporter", p.cfg.Reporter, "err", err)
+	} else {
+		p.log.Info("public address learnt from reporter", "public_addr", public, "reporter", p.cfg.Reporter)
+		p.client.SetPublicAddr(public)
+	}
+
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	clientDone := make(chan error, 1)
+	go func() {
+		err := p.client.Run(ctx)
+		stop(err) // a refused token ends localproxy
+		clientDone <- err
+	}()
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- p.proxy.Serve(p.ln) }()
+
+	p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
+		"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
+		"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS", p.ln.Addr()))
+
+	var proxyErr error
+	select {
+	case <-ctx.Done():
+	case proxyErr = <-proxyDone:
+		stop(proxyErr)
+	}
+	p.proxy.Close()
+	if err := <-clientDone; errors.Is(err, quictun.ErrAuthFailed) {
+		return err
+	}
+	if proxyErr != nil && !errors.Is(proxyErr, net.ErrClosed) {
+		return fmt.Errorf("proxy stopped: %w", proxyErr)
+	}
+	return nil
+}
+
+// publicAddrOf converts a net.Addr to a netip.AddrPort with IPv4-mapped
+// addresses unmapped.
+func publicAddrOf(a net.Addr) netip.AddrPort {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

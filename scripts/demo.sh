@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Starts reporter, coordinator, a demo app and localproxy on loopback, sends a
+# request through the tunnel, prints how to use it, and keeps running until
+# Ctrl-C. With DEMO_EXIT=1 it stops after the check (used by tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-bin}
+PROXY_PORT=${PROXY_PORT:-8118}
+COORD_PORT=${COORD_PORT:-4433}
+STUN_PORT=${STUN_PORT:-3478}
+APP_PORT=${APP_PORT:-3000}
+TOKEN=${TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/quictunnel-demo.XXXXXX")
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp"; do
+  proto=${port#*/}; num=${port%/*}
+  if { [ "$proto" = tcp ] && ss -Hltn "sport = :$num" 2>/dev/null | grep -q .; } ||
+     { [ "$proto" = udp ] && ss -Hlun "sport = :$num" 2>/dev/null | grep -q .; }; then
+    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, COORD_PORT or STUN_PORT to free ones" >&2
+    exit 1
+  fi
+done
+
+start() { # name, then the command
+  local name=$1; shift
+  "$@" >"$LOGDIR/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT"
+start coordinator "$BIN/coordinator" --listen "127.0.0.1:$COORD_PORT" \
+  --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN"
+start demoapp "$BIN/demoapp" --listen "127.0.0.1:$APP_PORT"
+start localproxy "$BIN/localproxy" --listen "127.0.0.1:$PROXY_PORT" --coordinator "127.0.0.1:$COORD_PORT" \
+  --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem
+
+# Wait for the proxy to answer (it serves 503 until coordinator is reached).
+ok=""
+for _ in $(seq 1 100); do
+  if out=$(curl -sS --max-time 5 -x "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$APP_PORT/hello?from=demo" 2>/dev/null) &&
+     [[ "$out" == *'"method"'* ]]; then
+    ok=1; break
+  fi
+  sleep 0.1
+done
+if [ -z "$ok" ]; then
+  echo "demo: the request through the tunnel failed. Logs:" >&2
+  tail -n 20 "$LOGDIR"/*.log >&2
+  exit 1
+fi
+
+cat <<EOF
+== quictunnel demo: all services up on loopback ==
+  reporter     udp 127.0.0.1:$STUN_PORT
+  coordinator  udp 127.0.0.1:$COORD_PORT   (token: $TOKEN)
+  demo app     http://127.0.0.1:$APP_PORT
+  localproxy   http://127.0.0.1:$PROXY_PORT  <- point your browser here
+
+A request went browser -> localproxy -> coordinator -> demo app and back:
+$out
+
+Try it:
+  curl -x http://127.0.0.1:$PROXY_PORT http://127.0.0.1:$APP_PORT/anything
+  curl -x http://127.0.0.1:$PROXY_PORT https://example.com/      (needs Internet on this machine)
+
+Firefox: Settings > General > Network Settings > Manual proxy configuration:
+  HTTP Proxy 127.0.0.1  Port $PROXY_PORT, and tick "Also use this proxy for HTTPS".
+
+Logs (one line per request/session): $LOGDIR
+EOF
+
+if [ "${DEMO_EXIT:-}" = 1 ]; then
+  exit 0
+fi
+echo "Press Ctrl-C to stop."
+wait
