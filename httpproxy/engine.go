@@ -136,6 +136,7 @@ func (e *engine) untrack(c net.Conn) {
 
 // close stops every listener and connection and waits for them.
 func (e *engine) close() error {
+	e.cancel() // first, so serve sees the listener closed on purpose
 	e.mu.Lock()
 	e.closed = true
 	for ln := range e.lns {
@@ -145,7 +146,6 @@ func (e *engine) close() error {
 		c.Close()
 	}
 	e.mu.Unlock()
-	e.cancel()
 	e.wg.Wait()
 	return nil
 }

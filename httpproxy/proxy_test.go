@@ -1,0 +1,362 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// directDialer reaches targets with a plain net.Dialer and counts dials.
+type directDialer struct {
+	dials atomic.Int32
+	fail  error
+}
+
+func (d *directDialer) DialTarget(ctx context.Context, target string) (net.Conn, error) {
+	d.dials.Add(1)
+	if d.fail != nil {
+		return nil, d.fail
+	}
+	return (&net.Dialer{}).DialContext(ctx, "tcp", target)
+}
+
+func startProxy(t *testing.T, cfg Config) (*Proxy, string) {
+	t.Helper()
+	if cfg.Dialer == nil {
+		cfg.Dialer = &directDialer{}
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ln) }()
+	t.Cleanup(func() {
+		p.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return p, ln.Addr().String()
+}
+
+// rawExchange sends raw request bytes to the proxy and returns the parsed
+// response with its body.
+func rawExchange(t *testing.T, proxy, req string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, req)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+func TestHopByHopAndOrder(t *testing.T) {
+	// A raw target that returns the head it received as the body.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	defer func() { ln.Close(); wg.Wait() }()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		var head bytes.Buffer
+		for {
+			line, err := br.ReadString('\n')
+			head.WriteString(line)
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nKeep-Alive: timeout=5\r\nX-Resp: B\r\n\r\n%s", head.Len(), head.String())
+	})
+	_, proxy := startProxy(t, Config{})
+	target := ln.Addr().String()
+	resp, body := rawExchange(t, proxy, "GET http://"+target+"/a%20b?c=d HTTP/1.1\r\n"+
+		"Host: "+target+"\r\nX-B: 2\r\nx-a: 1\r\nX-B: 3\r\nConnection: X-Drop, keep-alive\r\nX-Drop: gone\r\n"+
+		"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\r\n")
+	want := "GET /a%20b?c=d HTTP/1.1\r\nHost: " + target + "\r\nX-B: 2\r\nx-a: 1\r\nX-B: 3\r\nTE: trailers\r\n\r\n"
+	if body != want {
+		t.Errorf("target received:\n%q\nwant:\n%q", body, want)
+	}
+	if resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("X-Resp") != "B" {
+		t.Errorf("response headers %v", resp.Header)
+	}
+}
+
+func TestBodies(t *testing.T) {
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/trailer":
+			w.Header().Set("Trailer", "X-Sum")
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "len=%d trailer=%s", len(b), r.Trailer.Get("X-Req-Trailer"))
+			w.Header().Set("X-Sum", "done")
+		case "/204":
+			w.WriteHeader(204)
+		default:
+			h := sha256.New()
+			n, _ := io.Copy(h, r.Body)
+			fmt.Fprintf(w, "%s %d %x", r.Method, n, h.Sum(nil))
+		}
+	}))
+	defer target.Close()
+	dialer := &directDialer{}
+	_, proxy := startProxy(t, Config{Dialer: dialer})
+	proxyURL, _ := url.Parse("http://" + proxy)
+	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL)}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+
+	t.Run("chunked request with trailers", func(t *testing.T) {
+		req, _ := http.NewRequest("POST", target.URL+"/trailer", io.NopCloser(strings.NewReader("abcdef")))
+		req.ContentLength = -1
+		req.TransferEncoding = []string{"chunked"}
+		req.Trailer = http.Header{"X-Req-Trailer": {"tv"}}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "len=6 trailer=tv" || resp.Trailer.Get("X-Sum") != "done" {
+			t.Fatalf("body %q trailer %v", b, resp.Trailer)
+		}
+	})
+	t.Run("expect 100-continue", func(t *testing.T) {
+		tr := &http.Transport{Proxy: http.ProxyURL(proxyURL), ExpectContinueTimeout: 5 * time.Second}
+		defer tr.CloseIdleConnections()
+		body := strings.Repeat("z", 100000)
+		req, _ := http.NewRequest("PUT", target.URL+"/x", strings.NewReader(body))
+		req.Header.Set("Expect", "100-continue")
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(string(b), "PUT 100000 ") {
+			t.Fatalf("got %q", b)
+		}
+	})
+	t.Run("HEAD and 204", func(t *testing.T) {
+		resp, err := client.Head(target.URL + "/x")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("HEAD: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		resp, err = client.Get(target.URL + "/204")
+		if err != nil || resp.StatusCode != 204 {
+			t.Fatalf("204: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	})
+	t.Run("keep-alive reuses the upstream", func(t *testing.T) {
+		before := dialer.dials.Load()
+		for range 5 {
+			resp, err := client.Get(target.URL + "/k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if n := dialer.dials.Load() - before; n > 1 {
+			t.Errorf("%d dials for 5 keep-alive requests", n)
+		}
+	})
+}
+
+func TestCloseDelimitedResponse(t *testing.T) {
+	// A target with no framing: the body ends when it closes.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	defer func() { ln.Close(); wg.Wait() }()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\nuntil close")
+		c.Close()
+	})
+	_, proxy := startProxy(t, Config{})
+	resp, body := rawExchange(t, proxy, "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	if body != "until close" || !resp.Close {
+		t.Fatalf("body %q close %v", body, resp.Close)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		dialer Dialer
+		req    string
+		status int
+		body   string
+	}{
+		{"dial error", &directDialer{fail: errors.New("connection refused")},
+			"GET http://198.51.100.1:80/ HTTP/1.1\r\nHost: x\r\n\r\n", 502, "connection refused"},
+		{"dialer picks 504", &directDialer{fail: &DialError{Status: 504, Reason: "dial-back timed out"}},
+			"CONNECT 198.51.100.1:443 HTTP/1.1\r\nHost: x\r\n\r\n", 504, "dial-back timed out"},
+		{"dialer picks 503", &directDialer{fail: &DialError{Status: 503, Reason: "coordinator unreachable"}},
+			"GET http://198.51.100.1/ HTTP/1.1\r\n\r\n", 503, "coordinator"},
+		{"malformed", nil, "NOT A REQUEST\r\n\r\n", 400, ""},
+		{"origin-form", nil, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "proxy"},
+		{"https absolute-form", nil, "GET https://x/ HTTP/1.1\r\n\r\n", 400, "CONNECT"},
+		{"CL and TE", nil, "POST http://198.51.100.1/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400, ""},
+		{"two lengths", nil, "POST http://198.51.100.1/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400, ""},
+		{"TE not chunked", nil, "POST http://198.51.100.1/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, ""},
+		{"obs-fold", nil, "GET http://198.51.100.1/ HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400, ""},
+		{"bad CONNECT", nil, "CONNECT nohostport HTTP/1.1\r\n\r\n", 400, ""},
+		{"huge head", nil, "GET http://198.51.100.1/ HTTP/1.1\r\nX: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.dialer
+			if d == nil {
+				d = &directDialer{fail: errors.New("must not dial")}
+			}
+			_, proxy := startProxy(t, Config{Dialer: d})
+			resp, body := rawExchange(t, proxy, tt.req)
+			if resp.StatusCode != tt.status || !strings.Contains(body, tt.body) {
+				t.Fatalf("got %d %q, want %d containing %q", resp.StatusCode, body, tt.status, tt.body)
+			}
+		})
+	}
+}
+
+func TestSlowHeaderTimesOut(t *testing.T) {
+	_, proxy := startProxy(t, Config{ReadHeaderTimeout: 100 * time.Millisecond})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET http://x/ HTTP/1.1\r\n") // and never the rest
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("connection not closed by the proxy: %v", err)
+	}
+}
+
+func TestCloseEndsTunnels(t *testing.T) {
+	echo, _ := net.Listen("tcp", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	defer func() { echo.Close(); wg.Wait() }()
+	wg.Go(func() {
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	p, proxy := startProxy(t, Config{})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\n\r\n", echo.Addr())
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q %v", buf, err)
+	}
+	p.Close() // must end the live tunnel and return
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("tunnel still open after Close")
+	}
+}
+
+// FuzzParseRequestHead checks the request parser never panics, and that a
+// head it accepts, written back out, parses to the same thing.
+func FuzzParseRequestHead(f *testing.F) {
+	f.Add("GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\nX-A: 1\r\n\r\n")
+	f.Add("POST http://x/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+	f.Add("CONNECT x:443 HTTP/1.0\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n")
+	f.Add("GET / HTTP/1.1\nContent-Length: 5\nContent-Length: 5\n\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := parseRequestHead(bufio.NewReader(strings.NewReader(s)), 4096)
+		if err != nil {
+			return
+		}
+		out := h.method + " " + h.target + fmt.Sprintf(" HTTP/%d.%d\r\n", h.major, h.minor)
+		for _, f := range h.fields {
+			out += f.raw + "\r\n"
+		}
+		out += "\r\n"
+		h2, err := parseRequestHead(bufio.NewReader(strings.NewReader(out)), 8192)
+		if err != nil {
+			t.Fatalf("re-parse of %q: %v", out, err)
+		}
+		if h2.method != h.method || h2.target != h.target || len(h2.fields) != len(h.fields) ||
+			h2.contentLength != h.contentLength || h2.chunked != h.chunked || h2.close != h.close || h2.upgrade != h.upgrade {
+			t.Fatalf("round trip changed %q", s)
+		}
+	})
+}
+
+// FuzzChunkedRelay checks that relaying a chunked body yields the same
+// payload net/http's own chunked reader decodes from it.
+func FuzzChunkedRelay(f *testing.F) {
+	f.Add("5\r\nhello\r\n0\r\n\r\n")
+	f.Add("3;ext=1\r\nabc\r\n0\r\nX-T: v\r\n\r\n")
+	f.Add("1\r\nx\r\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		_, err := copyChunked(bw, bufio.NewReader(strings.NewReader(s)))
+		bw.Flush()
+		if err != nil {
+			return
+		}
+		want, werr := io.ReadAll(httputil.NewChunkedReader(strings.NewReader(s)))
+		got, gerr := io.ReadAll(httputil.NewChunkedReader(&out))
+		if werr == nil && (gerr != nil || !bytes.Equal(got, want)) {
+			t.Fatalf("relayed %q as %q: payload %q (%v), want %q", s, out.String(), got, gerr, want)
+		}
+	})
+}
