@@ -51,13 +51,16 @@ func (l *logBuffer) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// waitFor polls cond until it holds or the test's deadline passes.
+// waitFor polls cond until it holds, for at most 30 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	deadline := time.After(30 * time.Second)
 	for !cond() {
 		select {
 		case <-t.Context().Done():
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("test ended waiting for %s", what)
+		case <-deadline:
+			t.Fatalf("timed out after 30s waiting for %s", what)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

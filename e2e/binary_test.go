@@ -1,0 +1,194 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds the commands once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "quictunnel-bin-")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "../cmd/...").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// process is a command running for the test; its output is kept.
+type process struct {
+	cmd *exec.Cmd
+	out *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a binary until the test ends (SIGTERM, then kill).
+func start(t *testing.T, env []string, name string, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	p := &process{cmd: cmd, out: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s exited with %v after SIGINT:\n%s", name, err, p.out)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("%s did not stop on SIGINT", name)
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.out)
+		}
+	})
+	return p
+}
+
+func freeTCPPort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestBinaries runs the real commands as a user would: the reporter from
+// flags, coordinator from environment variables, localproxy from a YAML
+// config file, and sends requests through them.
+func TestBinaries(t *testing.T) {
+	stunPort, quicPort := freeUDPPort(t), freeUDPPort(t)
+	proxyPort, appPort := freeTCPPort(t), freeTCPPort(t)
+	certs, _ := filepath.Abs(certsDir())
+	start(t, nil, "reporter", "--listen", "127.0.0.1:"+strconv.Itoa(stunPort))
+	start(t, nil, "demoapp", "--listen", "127.0.0.1:"+strconv.Itoa(appPort))
+	start(t, []string{
+		"COORDINATOR_LISTEN=127.0.0.1:" + strconv.Itoa(quicPort),
+		"COORDINATOR_CERT=" + filepath.Join(certs, "coordinator.pem"),
+		"COORDINATOR_KEY=" + filepath.Join(certs, "coordinator-key.pem"),
+		"COORDINATOR_TOKEN=bin-token",
+		"COORDINATOR_LOG_FORMAT=json",
+	}, "coordinator")
+	config := filepath.Join(t.TempDir(), "localproxy.yaml")
+	os.WriteFile(config, fmt.Appendf(nil, "listen: 127.0.0.1:%d\ncoordinator: 127.0.0.1:%d\nreporter: 127.0.0.1:%d\n"+
+		"token: bin-token\nca: %s\nserver-name: localhost\n", proxyPort, quicPort, stunPort, filepath.Join(certs, "ca.pem")), 0o600)
+	lp := start(t, nil, "localproxy", "--config", config)
+
+	proxyURL, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", proxyPort))
+	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var body []byte
+	waitFor(t, "a request through the binaries", func() bool {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/via-binaries", appPort))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ = io.ReadAll(resp.Body)
+		return resp.StatusCode == 200
+	})
+	if !strings.Contains(string(body), `"path": "/via-binaries"`) {
+		t.Fatalf("demo app answered %s", body)
+	}
+	waitFor(t, "the public address in localproxy's log", func() bool {
+		return strings.Contains(lp.out.String(), "public address learnt from reporter")
+	})
+}
+
+// TestHelpListsEveryFlag checks --help explains each flag with its
+// default and environment variable.
+func TestHelpListsEveryFlag(t *testing.T) {
+	for name, want := range map[string][]string{
+		"reporter":    {"--listen", "NAT_KEEP_ALIVE_INTERVAL", "--config", "--log-format", "--log-level"},
+		"coordinator": {"--listen", "--cert", "--key", "--token", "--reporter-listen", "COORDINATOR_TOKEN", "(default: \":4433\")"},
+		"localproxy":  {"--listen", "--coordinator", "--reporter", "--token", "--ca", "--insecure", "LOCALPROXY_TOKEN", "(default: \"127.0.0.1:8118\")"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, filepath.Join(binaries(t), name), "--help").CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("%s --help: %v\n%s", name, err, out)
+		}
+		for _, w := range want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("%s --help lacks %q:\n%s", name, w, out)
+			}
+		}
+	}
+}
+
+// TestBinaryErrors checks that common mistakes end with a message that
+// says what to do and a non-zero exit.
+func TestBinaryErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"localproxy", []string{"--token", "x"}, "coordinator"},
+		{"coordinator", []string{"--token", "x", "--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"}, "--cert"},
+		{"reporter", []string{"--log-level", "loud"}, "--log-level"},
+	}
+	for _, tt := range tests {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, filepath.Join(binaries(t), tt.name), tt.args...).CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), tt.want) {
+			t.Errorf("%s %v: err %v, output %q; want failure mentioning %q", tt.name, tt.args, err, out, tt.want)
+		}
+	}
+}
