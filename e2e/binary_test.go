@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -45,8 +46,18 @@ func binaries(t *testing.T) string {
 
 // process is a command running for the test; its output is kept.
 type process struct {
-	cmd *exec.Cmd
-	out *syncBuffer
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	done   chan error
+	killed bool
+}
+
+// kill ends the process with SIGKILL, as a crash or power loss would.
+func (p *process) kill() {
+	p.killed = true
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-p.done
+	p.done <- err
 }
 
 type syncBuffer struct {
@@ -71,14 +82,17 @@ func start(t *testing.T, env []string, name string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &process{cmd: cmd, out: &syncBuffer{}}
+	p := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
+	done := p.done
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
+		if p.killed {
+			return
+		}
 		cmd.Process.Signal(os.Interrupt)
 		select {
 		case err := <-done:

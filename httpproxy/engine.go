@@ -42,11 +42,12 @@ type router interface {
 
 // route is one request's upstream.
 type route struct {
-	key        string // upstream connections are reused while it stays the same
-	target     string // for logs
-	requestURI string // request-target sent upstream
-	addHost    string // Host value to add when the request has none
-	extra      []string
+	key        string          // upstream connections are reused while it stays the same
+	target     string          // for logs
+	requestURI string          // request-target sent upstream
+	addHost    string          // Host value to add when the request has none
+	drop       map[string]bool // lower-case names of fields not to forward
+	extra      []string        // fields to add, as header lines
 	dial       func(ctx context.Context) (net.Conn, error)
 }
 

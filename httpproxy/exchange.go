@@ -36,7 +36,7 @@ func (c *conn) serveRequest(h *head) bool {
 	}
 	r, err := c.e.router.route(c.ctx, h, c.c)
 	if err != nil {
-		status, reason := http.StatusBadGateway, err.Error()
+		status, reason := statusOf(h.target, err)
 		var he *httpError
 		if errors.As(err, &he) {
 			status, reason = he.status, he.reason
@@ -222,7 +222,7 @@ func (c *conn) writeRequestHead(h *head, r *route) error {
 	if h.upgrade {
 		keep["upgrade"] = true
 	}
-	b = h.appendFields(b, keep)
+	b = h.appendFields(b, keep, r.drop)
 	if _, ok := h.get("Host"); !ok && r.addHost != "" {
 		b = append(b, "Host: "...)
 		b = append(b, r.addHost...)
@@ -281,7 +281,7 @@ func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
 	if upgrade {
 		keep = map[string]bool{"upgrade": true}
 	}
-	b = resp.appendFields(b, keep)
+	b = resp.appendFields(b, keep, nil)
 	switch {
 	case upgrade:
 		b = append(b, "Connection: Upgrade\r\n"...)

@@ -306,12 +306,13 @@ func (h *head) responseBody(method string) bodyKind {
 	return bodyUntilClose
 }
 
-// appendFields appends the fields to b, leaving out hop-by-hop ones; keep
-// names fields that must stay even though hop-by-hop (Upgrade).
-func (h *head) appendFields(b []byte, keep map[string]bool) []byte {
+// appendFields appends the fields to b, leaving out hop-by-hop ones and
+// those named in drop; keep names hop-by-hop fields that must stay
+// (Upgrade on an upgrade). Names in both maps are lower-case.
+func (h *head) appendFields(b []byte, keep, drop map[string]bool) []byte {
 	for _, f := range h.fields {
 		lower := strings.ToLower(f.name)
-		if h.hopByHop[lower] && !keep[lower] {
+		if (h.hopByHop[lower] && !keep[lower]) || drop[lower] {
 			continue
 		}
 		b = append(b, f.raw...)

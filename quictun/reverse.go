@@ -185,7 +185,11 @@ type Service struct {
 	Name   string
 	Port   uint16 // public port the client asked for; 0 for none/any
 	Client string // the client's name
-	peer   *peer
+	// Owner identifies who registered it (token and client name): the
+	// same owner re-registering after a reconnect may take the name over
+	// from its own stale registration.
+	Owner string
+	peer  *peer
 }
 
 // Publication is how a ServiceRegistry made a service reachable.
@@ -275,7 +279,7 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
 		return
 	}
-	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, Client: p.name, peer: p}
+	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, Client: p.name, Owner: p.owner, peer: p}
 	pub, err := registry.Publish(svc)
 	switch {
 	case errors.Is(err, ErrNameTaken):

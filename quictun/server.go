@@ -2,7 +2,9 @@ package quictun
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,7 +122,9 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid token")
 		return
 	}
-	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
+	tokenHash := sha256.Sum256([]byte(hello.Token))
+	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
 	if grant.Client != "" {
 		p.name = grant.Client
 	}
@@ -190,6 +194,7 @@ type peer struct {
 	name     string
 	log      *slog.Logger
 	grant    Grant
+	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
 	observed netip.AddrPort
 

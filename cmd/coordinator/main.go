@@ -34,6 +34,16 @@ func main() {
 				Usage: "shared secret clients must present"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
+				Usage: "public TCP address where exposed HTTP apps are reached as NAME.DOMAIN (e.g. :8080)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "domain", Value: "localhost", EnvVars: []string{"COORDINATOR_DOMAIN"},
+				Usage: "domain of exposed names: requests for NAME.DOMAIN go to the app exposed as NAME"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "port-range", EnvVars: []string{"COORDINATOR_PORT_RANGE"},
+				Usage: "public TCP ports exposed services may have, MIN-MAX (e.g. 20000-20100)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "public-bind", EnvVars: []string{"COORDINATOR_PUBLIC_BIND"},
+				Usage: "address the ports of --port-range listen on (default: all)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "list-names", EnvVars: []string{"COORDINATOR_LIST_NAMES"},
+				Usage: "say which names are exposed on \"not found\" pages"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
@@ -55,7 +65,18 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	var ports coordinator.PortRange
+	if r := c.String("port-range"); r != "" {
+		if ports, err = coordinator.ParsePortRange(r); err != nil {
+			return fmt.Errorf("--port-range: %w", err)
+		}
+	}
 	coord, err := coordinator.New(coordinator.Config{
+		HTTPListen:        c.String("http"),
+		Domain:            c.String("domain"),
+		PortRange:         ports,
+		PublicBind:        c.String("public-bind"),
+		ListNames:         c.Bool("list-names"),
 		Listen:            c.String("listen"),
 		Certificate:       cert,
 		Token:             c.String("token"),

@@ -17,6 +17,7 @@ import (
 
 	"quictunnel/internal/localproxy"
 	"quictunnel/internal/service"
+	"quictunnel/quictun"
 )
 
 func main() {
@@ -46,6 +47,10 @@ func main() {
 				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stun-timeout", Value: 3 * time.Second, EnvVars: []string{"LOCALPROXY_STUN_TIMEOUT"},
 				Usage: "how long to wait for the reporter's answer at start"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose", EnvVars: []string{"LOCALPROXY_EXPOSE"},
+				Usage: "expose a local HTTP app as NAME.DOMAIN on coordinator's public HTTP port: NAME=HOST:PORT[:PUBLICPORT] (repeatable)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose-tcp", EnvVars: []string{"LOCALPROXY_EXPOSE_TCP"},
+				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
@@ -66,7 +71,23 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	var services []quictun.ExposedService
+	for _, spec := range c.StringSlice("expose") {
+		svc, err := localproxy.ParseExpose(spec, quictun.ServiceHTTP)
+		if err != nil {
+			return fmt.Errorf("--expose: %w", err)
+		}
+		services = append(services, svc)
+	}
+	for _, spec := range c.StringSlice("expose-tcp") {
+		svc, err := localproxy.ParseExpose(spec, quictun.ServiceTCP)
+		if err != nil {
+			return fmt.Errorf("--expose-tcp: %w", err)
+		}
+		services = append(services, svc)
+	}
 	p, err := localproxy.New(localproxy.Config{
+		Services:        services,
 		Listen:          c.String("listen"),
 		UDPListen:       c.String("udp-listen"),
 		Coordinator:     c.String("coordinator"),

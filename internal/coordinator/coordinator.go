@@ -16,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
 
+	"quictunnel/httpproxy"
 	"quictunnel/internal/service"
 	"quictunnel/natt"
 	"quictunnel/quictun"
@@ -38,6 +39,18 @@ type Config struct {
 	TargetDialTimeout time.Duration
 	// DialBackTimeout bounds a dial-back. Default 10s.
 	DialBackTimeout time.Duration
+	// HTTPListen, if set, is the public TCP address where exposed HTTP
+	// apps are reached by name: NAME.Domain.
+	HTTPListen string
+	// Domain is the public domain of exposed names. Default "localhost".
+	Domain string
+	// PortRange is where exposed services may get public ports of their
+	// own (raw TCP, or a dedicated HTTP port). Default: none.
+	PortRange PortRange
+	// PublicBind is the address public ports listen on. Default: all.
+	PublicBind string
+	// ListNames makes "not found" pages list the exposed names.
+	ListNames bool
 	// DialTarget, if set, replaces the TCP dialer for targets.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger receives diagnostics. Default: discard.
@@ -55,6 +68,12 @@ type Coordinator struct {
 	server   *quictun.Server
 	reporter *natt.Server
 	stunPC   *net.UDPConn
+
+	// Reverse direction, when HTTPListen or PortRange is set.
+	registry *registry
+	public   *httpproxy.ReverseProxy
+	httpLn   net.Listener
+	stopRegs context.CancelFunc
 }
 
 // New binds the sockets. Run serves them.
@@ -65,9 +84,19 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Domain == "" {
+		cfg.Domain = "localhost"
+	}
+	if cfg.AccessLog == nil {
+		cfg.AccessLog = cfg.Logger
+	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger}
+	if err := c.setupPublic(); err != nil {
+		return nil, err
+	}
 	udp, err := service.ListenUDP(cfg.Listen)
 	if err != nil {
+		c.closePublic()
 		return nil, err
 	}
 	c.udp, c.tr = udp, &quic.Transport{Conn: udp}
@@ -80,10 +109,12 @@ func New(cfg Config) (*Coordinator, error) {
 		DialBackTimeout:   cfg.DialBackTimeout,
 		Logger:            c.log,
 		AccessLog:         cfg.AccessLog,
+		Services:          c.services(),
 	})
 	if err != nil {
 		c.tr.Close()
 		c.udp.Close()
+		c.closePublic()
 		return nil, err
 	}
 	if cfg.ReporterListen != "" {
@@ -94,10 +125,74 @@ func New(cfg Config) (*Coordinator, error) {
 		if err != nil {
 			c.tr.Close()
 			c.udp.Close()
+			c.closePublic()
 			return nil, fmt.Errorf("embedded reporter: %w", err)
 		}
 	}
 	return c, nil
+}
+
+// setupPublic prepares the reverse direction: the registry of exposed
+// services and the public HTTP listener.
+func (c *Coordinator) setupPublic() error {
+	if c.cfg.HTTPListen == "" && c.cfg.PortRange == (PortRange{}) {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopRegs = cancel
+	c.registry = &registry{
+		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
+		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog), log: c.log, ctx: ctx,
+		byName: map[string]*publication{}, byPort: map[uint16]*publication{}, offline: map[string]time.Time{},
+	}
+	if c.cfg.HTTPListen == "" {
+		return nil
+	}
+	ln, err := service.ListenTCP(c.cfg.HTTPListen)
+	if err != nil {
+		cancel()
+		return err
+	}
+	if port := ln.Addr().(*net.TCPAddr).Port; port != 80 {
+		c.registry.httpURL = fmt.Sprintf("http://%%s:%d/", port)
+	}
+	c.httpLn = ln
+	c.public, err = httpproxy.NewReverse(httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog})
+	if err != nil {
+		ln.Close()
+		cancel()
+		return err
+	}
+	return nil
+}
+
+// services returns the registry as a quictun.ServiceRegistry, or nil.
+func (c *Coordinator) services() quictun.ServiceRegistry {
+	if c.registry == nil {
+		return nil
+	}
+	return c.registry
+}
+
+// closePublic stops the reverse direction.
+func (c *Coordinator) closePublic() {
+	if c.public != nil {
+		c.public.Close()
+	} else if c.httpLn != nil {
+		c.httpLn.Close()
+	}
+	if c.registry != nil {
+		c.stopRegs()
+		c.registry.close()
+	}
+}
+
+// HTTPAddr is the public HTTP listener's address, or nil.
+func (c *Coordinator) HTTPAddr() net.Addr {
+	if c.httpLn == nil {
+		return nil
+	}
+	return c.httpLn.Addr()
 }
 
 // Addr is the QUIC socket's address.
@@ -120,7 +215,16 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	defer c.tr.Close()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.server.Serve(ctx) })
+	defer c.closePublic()
 	summary := []any{"quic", c.udp.LocalAddr()}
+	if c.public != nil {
+		g.Go(func() error { return c.public.Serve(c.httpLn) })
+		g.Go(func() error { <-ctx.Done(); return c.public.Close() })
+		summary = append(summary, "http", c.httpLn.Addr(), "domain", c.cfg.Domain)
+	}
+	if c.cfg.PortRange != (PortRange{}) {
+		summary = append(summary, "ports", fmt.Sprintf("%d-%d", c.cfg.PortRange.Min, c.cfg.PortRange.Max))
+	}
 	if c.reporter != nil {
 		defer c.stunPC.Close()
 		g.Go(func() error { return c.reporter.Serve(ctx, c.stunPC) })

@@ -40,11 +40,13 @@ func (r PortRange) contains(p uint16) bool { return r.Min <= p && p <= r.Max }
 // (NAME.DOMAIN on the shared HTTP port) and on dedicated ports; TCP
 // services on ports of their own. It implements quictun.ServiceRegistry.
 type registry struct {
-	domain    string                                                           // public names are NAME.domain
-	httpURL   string                                                           // scheme://%s:port/ template for URLs
-	bindHost  string                                                           // where dedicated ports listen
-	ports     PortRange                                                        // ports clients may have; zero: none
-	servePort func(ctx context.Context, ln net.Listener, svc *quictun.Service) // by svc.Kind
+	domain    string    // public names are NAME.domain
+	httpURL   string    // URL template, %s is the host name
+	bindHost  string    // where dedicated ports listen
+	ports     PortRange // ports clients may have; zero: none
+	listNames bool      // say which names exist on a 404
+	// servePort serves a published port until its listener closes.
+	servePort func(ctx context.Context, ln net.Listener, svc *quictun.Service)
 	log       *slog.Logger
 
 	ctx context.Context // ends every published listener
@@ -68,11 +70,20 @@ func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if svc.Kind == quictun.ServiceHTTP {
-		if _, taken := r.byName[name]; taken {
-			return quictun.Publication{}, fmt.Errorf("%w: name %q is already exposed by another client", quictun.ErrNameTaken, svc.Name)
+		if old, taken := r.byName[name]; taken {
+			if old.svc.Owner != svc.Owner {
+				return quictun.Publication{}, fmt.Errorf("%w: name %q is already exposed by another client", quictun.ErrNameTaken, svc.Name)
+			}
+			r.unpublish(old) // the same client, reconnected: replace its stale registration
 		}
 	}
+	if old, taken := r.byPort[svc.Port]; taken && svc.Port != 0 && old.svc.Owner == svc.Owner {
+		r.unpublish(old)
+	}
 	pub := &publication{svc: svc}
+	if r.offline == nil {
+		r.offline = map[string]time.Time{}
+	}
 	if svc.Kind == quictun.ServiceTCP || svc.Port != 0 {
 		ln, port, err := r.listenPort(svc.Port)
 		if err != nil {
@@ -103,14 +114,25 @@ func (r *registry) Withdraw(svc *quictun.Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p, ok := r.byName[name]; ok && p.svc == svc {
-		delete(r.byName, name)
+		r.unpublish(p)
 		r.offline[name] = time.Now()
 	}
-	for port, p := range r.byPort {
+	for _, p := range r.byPort {
 		if p.svc == svc {
-			p.ln.Close()
-			delete(r.byPort, port)
+			r.unpublish(p)
 		}
+	}
+}
+
+// unpublish removes p from the maps and closes its port; r.mu is held.
+func (r *registry) unpublish(p *publication) {
+	name := strings.ToLower(p.svc.Name)
+	if r.byName[name] == p {
+		delete(r.byName, name)
+	}
+	if p.ln != nil {
+		p.ln.Close()
+		delete(r.byPort, p.port)
 	}
 }
 

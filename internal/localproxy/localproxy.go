@@ -53,6 +53,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// STUNTimeout bounds the reporter query at start. Default 3s.
 	STUNTimeout time.Duration
+	// Services are local apps to expose through coordinator (reverse
+	// direction). See ParseExpose.
+	Services []quictun.ExposedService
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per request or tunnel. Default: Logger.
@@ -139,7 +142,9 @@ func New(cfg Config) (*Proxy, error) {
 		InsecureSkipVerify: cfg.Insecure,
 		DialBackTimeout:    cfg.DialBackTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
+		Services:           cfg.Services,
 		Logger:             p.log,
+		AccessLog:          cfg.AccessLog,
 	})
 	if err != nil {
 		p.tr.Close()

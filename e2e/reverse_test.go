@@ -1,0 +1,415 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"quictunnel/internal/coordinator"
+	"quictunnel/internal/demoapp"
+	"quictunnel/internal/localproxy"
+	"quictunnel/quictun"
+)
+
+// reverseLab is a coordinator with a public HTTP port and a port range,
+// and the localproxies exposing apps through it.
+type reverseLab struct {
+	coord    *coordinator.Coordinator
+	coordLog *logBuffer
+	stop     func()
+	httpAddr string
+	quicAddr string
+	ports    coordinator.PortRange
+}
+
+func startReverseLab(t *testing.T) *reverseLab {
+	t.Helper()
+	base := freeTCPPort(t)
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 20)}}
+	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
+	t.Cleanup(func() {
+		l.stop()
+		if t.Failed() {
+			t.Logf("coordinator log:\n%s", l.coordLog)
+		}
+	})
+	return l
+}
+
+func (l *reverseLab) start(t *testing.T, quicAddr, httpAddr string) {
+	t.Helper()
+	cert, _ := loadCoordinatorCert(t)
+	c, err := coordinator.New(coordinator.Config{
+		Listen: quicAddr, Certificate: cert, Token: "rev-token", ReporterListen: "127.0.0.1:0",
+		HTTPListen: httpAddr, Domain: "localhost", PortRange: l.ports, PublicBind: "127.0.0.1",
+		Logger: l.coordLog.logger(),
+	})
+	if err != nil {
+		t.Fatalf("coordinator: %v", err)
+	}
+	l.coord, l.httpAddr, l.quicAddr = c, c.HTTPAddr().String(), c.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	l.stop = func() { once.Do(func() { cancel(); <-done }) }
+}
+
+// addClient starts a localproxy exposing services; it waits until they
+// are registered (successfully or not) and returns it.
+func (l *reverseLab) addClient(t *testing.T, name string, services ...quictun.ExposedService) *localproxy.Proxy {
+	t.Helper()
+	_, pool := loadCoordinatorCert(t)
+	log := &logBuffer{}
+	p, err := localproxy.New(localproxy.Config{
+		Listen: "127.0.0.1:0", UDPListen: "127.0.0.1:0", Coordinator: l.quicAddr, Reporter: l.coord.ReporterAddr().String(),
+		Token: "rev-token", RootCAs: pool, ServerName: "localhost", Name: name, Services: services,
+		ConnectTimeout: 2 * time.Second, Logger: log.logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, log)
+		}
+	})
+	waitFor(t, name+" registrations", func() bool { return len(p.Client().Registrations()) == len(services) })
+	return p
+}
+
+// publicClient sends requests to the coordinator's public HTTP port with
+// the Host header of an exposed name.
+func (l *reverseLab) get(t *testing.T, client *http.Client, method, name, path string, body io.Reader) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, "http://"+l.httpAddr+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = name + ".localhost"
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, name, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s%s: %v", name, path, err)
+	}
+	return resp, b
+}
+
+func startApp(t *testing.T) string {
+	return startTarget(t, "127.0.0.1", demoapp.Handler()).Listener.Addr().String()
+}
+
+func TestReverseTunnel(t *testing.T) {
+	l := startReverseLab(t)
+	raw := newRawTarget(t, "127.0.0.1")
+	echoTCP := startTCPEcho(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().String()
+	ln.Close()
+	a := l.addClient(t, "laptop-a",
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t)},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "raw", Local: raw.addr()},
+	)
+	b := l.addClient(t, "laptop-b",
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "api", Local: startApp(t)},
+		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "echo", Local: echoTCP},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "down", Local: refused},
+	)
+	for _, p := range []*localproxy.Proxy{a, b} {
+		for _, r := range p.Client().Registrations() {
+			if r.Err != nil {
+				t.Fatalf("registration of %s: %v", r.Service.Name, r.Err)
+			}
+		}
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+
+	t.Run("methods and bodies", func(t *testing.T) {
+		const size = 64 << 20
+		for _, name := range []string{"app", "api"} {
+			resp, body := l.get(t, client, "POST", name, "/upload?x=1", &patternReader{n: size})
+			var e demoapp.Echo
+			if err := json.Unmarshal(body, &e); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s: %d %s", name, resp.StatusCode, body)
+			}
+			if e.Method != "POST" || e.Path != "/upload" || e.Query != "x=1" || e.BodyLength != size || e.BodySHA256 != patternSHA(size) {
+				t.Fatalf("%s echo: %+v", name, e)
+			}
+			if got := e.Header["X-Forwarded-For"]; len(got) != 1 || got[0] != "127.0.0.1" {
+				t.Errorf("X-Forwarded-For = %v", got)
+			}
+			if e.Header["X-Forwarded-Proto"][0] != "http" || e.Header["X-Forwarded-Host"][0] != name+".localhost" ||
+				!strings.Contains(e.Header["Forwarded"][0], "for=127.0.0.1") {
+				t.Errorf("forwarding headers %v", e.Header)
+			}
+		}
+		for _, m := range []string{"GET", "PUT", "DELETE", "PATCH"} {
+			resp, body := l.get(t, client, m, "app", "/m", strings.NewReader("data"))
+			var e demoapp.Echo
+			json.Unmarshal(body, &e)
+			if resp.StatusCode != 200 || e.Method != m {
+				t.Errorf("%s: %d %+v", m, resp.StatusCode, e)
+			}
+		}
+		resp, body := l.get(t, client, "GET", "app", "/bytes?n="+strconv.Itoa(size), nil)
+		if sum := sha256.Sum256(body); resp.StatusCode != 200 || hex.EncodeToString(sum[:]) != patternSHA(size) {
+			t.Fatalf("download: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	})
+
+	t.Run("headers unchanged", func(t *testing.T) {
+		c, err := net.Dial("tcp", l.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /h?q=1 HTTP/1.1\r\nHost: raw.localhost\r\nX-Custom-CASE: MiXeD\r\nx-rep: 1\r\nAccept: */*\r\nx-rep: 2\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		lines := headerLines(raw.lastHead())
+		want := []string{"Host: raw.localhost", "X-Custom-CASE: MiXeD", "x-rep: 1", "Accept: */*", "x-rep: 2",
+			"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http", "X-Forwarded-Host: raw.localhost"}
+		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
+			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+		}
+	})
+
+	t.Run("websocket", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws://"+l.httpAddr+"/ws", &websocket.DialOptions{Host: "app.localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		for i := range 5 {
+			msg := fmt.Sprintf("frame %d", i)
+			c.Write(ctx, websocket.MessageText, []byte(msg))
+			if _, got, err := c.Read(ctx); err != nil || string(got) != msg {
+				t.Fatalf("echo %q %v", got, err)
+			}
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	})
+
+	t.Run("server-sent events are flushed as they come", func(t *testing.T) {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+l.httpAddr+"/sse?n=4&interval=300ms", nil)
+		req.Host = "api.localhost"
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var firstAt time.Duration
+		events := 0
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data: ") {
+				if events == 0 {
+					firstAt = time.Since(start)
+				}
+				events++
+			}
+		}
+		total := time.Since(start)
+		if events != 4 || firstAt > total-500*time.Millisecond {
+			t.Fatalf("%d events; first after %v of %v: not streamed", events, firstAt, total)
+		}
+	})
+
+	t.Run("raw TCP with half-close", func(t *testing.T) {
+		var port uint16
+		for _, r := range b.Client().Registrations() {
+			if r.Service.Name == "echo" {
+				port = r.Port
+			}
+		}
+		if port < l.ports.Min || port > l.ports.Max {
+			t.Fatalf("assigned port %d outside %d-%d", port, l.ports.Min, l.ports.Max)
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		payload := strings.Repeat("tcp bytes ", 100000)
+		go func() {
+			io.WriteString(c, payload)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != payload {
+			t.Fatalf("echo: %d bytes, %v", len(got), err)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		resp, body := l.get(t, client, "GET", "nosuchname", "/", nil)
+		if resp.StatusCode != 404 {
+			t.Errorf("unknown name: %d %s", resp.StatusCode, body)
+		}
+		resp, body = l.get(t, client, "GET", "down", "/", nil)
+		if resp.StatusCode != 502 || !strings.Contains(string(body), "refused") {
+			t.Errorf("app refusing connections: %d %s", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("name collision", func(t *testing.T) {
+		c := l.addClient(t, "laptop-c", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: raw.addr()})
+		var se *quictun.SessionError
+		if r := c.Client().Registrations()[0]; !errors.As(r.Err, &se) || se.Code != quictun.CodeNameTaken {
+			t.Fatalf("second client asking for app: %+v", r)
+		}
+		resp, _ := l.get(t, client, "GET", "app", "/", nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("app after a refused collision: %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("500 concurrent requests across both clients", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 500)
+		ctr := &http.Transport{MaxIdleConnsPerHost: 64}
+		defer ctr.CloseIdleConnections()
+		cc := &http.Client{Transport: ctr, Timeout: 60 * time.Second}
+		for i := range 500 {
+			name := []string{"app", "api"}[i%2]
+			wg.Go(func() {
+				req, _ := http.NewRequestWithContext(t.Context(), "POST", fmt.Sprintf("http://%s/c/%d", l.httpAddr, i), strings.NewReader(strconv.Itoa(i)))
+				req.Host = name + ".localhost"
+				resp, err := cc.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				var e demoapp.Echo
+				if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Path != fmt.Sprintf("/c/%d", i) || e.BodyLength != int64(len(strconv.Itoa(i))) {
+					errs <- fmt.Errorf("request %d: %+v %v", i, e, err)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+}
+
+func TestReverseCoordinatorRestart(t *testing.T) {
+	l := startReverseLab(t)
+	l.addClient(t, "laptop", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t)})
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	if resp, _ := l.get(t, client, "GET", "app", "/", nil); resp.StatusCode != 200 {
+		t.Fatalf("before restart: %d", resp.StatusCode)
+	}
+	quic, httpAddr := l.quicAddr, l.httpAddr
+	l.stop()
+	l.start(t, quic, httpAddr)
+	waitFor(t, "app reachable after coordinator restart", func() bool {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+l.httpAddr+"/", nil)
+		req.Host = "app.localhost"
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+// TestReverseClientKilled kills a localproxy process (no goodbye) and
+// expects the next public request to get 502 within about a second.
+func TestReverseClientKilled(t *testing.T) {
+	l := startReverseLab(t)
+	certs, _ := filepath.Abs(certsDir())
+	app := startApp(t)
+	lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:0", "--coordinator", l.quicAddr,
+		"--reporter", l.coord.ReporterAddr().String(), "--token", "rev-token", "--ca", filepath.Join(certs, "ca.pem"),
+		"--server-name", "localhost", "--expose", "app="+app)
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	waitFor(t, "app published", func() bool {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+l.httpAddr+"/", nil)
+		req.Host = "app.localhost"
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if !strings.Contains(lp.out.String(), "service published") {
+		t.Errorf("localproxy did not print the public URL:\n%s", lp.out)
+	}
+	lp.kill()
+	start := time.Now()
+	resp, body := l.get(t, client, "GET", "app", "/", nil)
+	if took := time.Since(start); resp.StatusCode != 502 || took > 2*time.Second {
+		t.Fatalf("after kill: %d %q after %v; want 502 within about a second", resp.StatusCode, body, took)
+	}
+	// Later requests are refused at once: the name is known to be offline.
+	start = time.Now()
+	resp, _ = l.get(t, client, "GET", "app", "/", nil)
+	if took := time.Since(start); resp.StatusCode != 502 || took > 500*time.Millisecond {
+		t.Fatalf("second request after kill: %d after %v", resp.StatusCode, took)
+	}
+}
+
+// startTCPEcho is a TCP echo server that half-closes when its client does.
+func startTCPEcho(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			})
+		}
+	})
+	return ln.Addr().String()
+}

@@ -1,0 +1,159 @@
+package httpproxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Backend reaches the exposed app behind one public name.
+type Backend interface {
+	// Name is the service name, for logs.
+	Name() string
+	// Dial opens a connection to the app for the public client remote.
+	// A *DialError chooses the status the client sees.
+	Dial(ctx context.Context, remote netip.AddrPort) (net.Conn, error)
+}
+
+// Router finds the backend for a request's Host. When there is none it
+// returns a *DialError: 404 for an unknown name, 502 for a client that
+// went offline.
+type Router interface {
+	Route(host string) (Backend, error)
+}
+
+// ReverseConfig configures a ReverseProxy. Zero values select the
+// defaults given.
+type ReverseConfig struct {
+	// Router picks the backend for each request. Required.
+	Router Router
+	// Proto is the scheme clients used, for X-Forwarded-Proto and
+	// Forwarded. Default "http".
+	Proto string
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+	// AccessLog receives one line per request. Default: Logger.
+	AccessLog *slog.Logger
+	// MaxHeaderBytes, ReadHeaderTimeout, IdleTimeout and
+	// ResponseHeaderTimeout mean what they mean in Config, with the same
+	// defaults.
+	MaxHeaderBytes                                        int
+	ReadHeaderTimeout, IdleTimeout, ResponseHeaderTimeout time.Duration
+}
+
+// ReverseProxy serves the public side of exposed apps: it routes each
+// request by its Host to a Backend, adds X-Forwarded-For,
+// X-Forwarded-Proto, X-Forwarded-Host and Forwarded, and relays the
+// exchange like Proxy does (headers byte for byte, bodies streamed,
+// upgrades and server-sent events passed through).
+type ReverseProxy struct{ e *engine }
+
+// NewReverse validates cfg and returns a reverse proxy. Serve starts it.
+func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
+	if cfg.Router == nil {
+		return nil, &ConfigError{"Router", "required"}
+	}
+	if cfg.Proto == "" {
+		cfg.Proto = "http"
+	}
+	c := Config{Dialer: noDialer{}, Logger: cfg.Logger, AccessLog: cfg.AccessLog, MaxHeaderBytes: cfg.MaxHeaderBytes,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	c.setDefaults()
+	return &ReverseProxy{e: newEngine(c, reverseRouter{r: cfg.Router, proto: cfg.Proto})}, nil
+}
+
+// Serve accepts public connections on ln until Close; it then returns nil.
+func (p *ReverseProxy) Serve(ln net.Listener) error { return p.e.serve(ln) }
+
+// Close stops every listener and connection and waits for them.
+func (p *ReverseProxy) Close() error { return p.e.close() }
+
+// Stats returns a snapshot of the proxy's counters.
+func (p *ReverseProxy) Stats() Stats { return p.e.snapshot() }
+
+// noDialer stands in for the forward Dialer a reverse proxy never uses.
+type noDialer struct{}
+
+func (noDialer) DialTarget(context.Context, string) (net.Conn, error) {
+	return nil, &DialError{Status: http.StatusMethodNotAllowed, Reason: "not a forward proxy"}
+}
+
+type reverseRouter struct {
+	r     Router
+	proto string
+}
+
+func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*route, error) {
+	host, ok := h.get("Host")
+	if !ok || host == "" {
+		return nil, &httpError{http.StatusBadRequest, "request has no Host header"}
+	}
+	uri := h.target
+	if !strings.HasPrefix(uri, "/") && uri != "*" {
+		// Absolute-form to an origin (RFC 9112 §3.2.2): keep the path.
+		_, rest, _ := strings.Cut(uri, "://")
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			uri = rest[i:]
+		} else {
+			uri = "/"
+		}
+	}
+	b, err := rr.r.Route(host)
+	if err != nil {
+		return nil, err
+	}
+	remote := addrPortOf(client.RemoteAddr())
+	return &route{
+		key:        b.Name(),
+		target:     host + uri,
+		requestURI: uri,
+		drop:       map[string]bool{"x-forwarded-for": true, "x-forwarded-proto": true, "x-forwarded-host": true},
+		extra:      forwardedFields(h, remote, host, rr.proto),
+		dial:       func(ctx context.Context) (net.Conn, error) { return b.Dial(ctx, remote) },
+	}, nil
+}
+
+func (reverseRouter) connect(context.Context, string) (*route, error) {
+	return nil, fmt.Errorf("CONNECT is not served here: this is the public side of exposed apps")
+}
+
+// forwardedFields builds the fields that tell the app who asked:
+// X-Forwarded-For (earlier hops kept, the client appended),
+// X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC 7239, appended to
+// any earlier one, which is forwarded as it was).
+func forwardedFields(h *head, remote netip.AddrPort, host, proto string) []string {
+	ip := remote.Addr().String()
+	var prior []string
+	for _, f := range h.fields {
+		if strings.EqualFold(f.name, "X-Forwarded-For") && f.value != "" {
+			prior = append(prior, f.value)
+		}
+	}
+	xff := strings.Join(append(prior, ip), ", ")
+	node := ip
+	if remote.Addr().Is6() {
+		node = `"[` + ip + `]"`
+	}
+	return []string{
+		"X-Forwarded-For: " + xff,
+		"X-Forwarded-Proto: " + proto,
+		"X-Forwarded-Host: " + host,
+		fmt.Sprintf("Forwarded: for=%s;host=%q;proto=%s", node, host, proto),
+	}
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

@@ -1,0 +1,97 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"quictunnel/httpproxy"
+	"quictunnel/quictun"
+)
+
+// Route implements httpproxy.Router: NAME.DOMAIN to the service exposed
+// under NAME.
+func (r *registry) Route(host string) (httpproxy.Backend, error) {
+	svc, offline := r.lookup(host)
+	switch {
+	case svc != nil:
+		return backend{svc}, nil
+	case offline:
+		name, _ := r.nameOf(host)
+		return nil, &httpproxy.DialError{Status: http.StatusBadGateway,
+			Reason: fmt.Sprintf("the client exposing %q is offline", name)}
+	}
+	reason := fmt.Sprintf("no app is exposed as %s", host)
+	if r.listNames {
+		names := r.names()
+		slices.Sort(names)
+		reason += fmt.Sprintf("; exposed here: %s", strings.Join(names, ", "))
+	}
+	return nil, &httpproxy.DialError{Status: http.StatusNotFound, Reason: reason}
+}
+
+// backend adapts an exposed service to httpproxy.Backend.
+type backend struct{ svc *quictun.Service }
+
+func (b backend) Name() string { return b.svc.Name }
+
+func (b backend) Dial(ctx context.Context, remote netip.AddrPort) (net.Conn, error) {
+	c, err := b.svc.Dial(ctx, remote)
+	if err != nil {
+		return nil, reverseDialError(b.svc.Name, err)
+	}
+	return c, nil
+}
+
+// reverseDialError maps a reverse-session error to what the public client
+// sees: 502 the client or its app cannot be reached (with the cause), 504
+// it took too long.
+func reverseDialError(name string, err error) error {
+	status := http.StatusBadGateway
+	reason := err.Error()
+	var se *quictun.SessionError
+	switch {
+	case errors.Is(err, quictun.ErrClientOffline):
+		reason = fmt.Sprintf("the client exposing %q is offline (%v)", name, err)
+	case errors.As(err, &se) && se.Code == quictun.CodeTimeout:
+		status = http.StatusGatewayTimeout
+	case errors.Is(err, context.DeadlineExceeded):
+		status = http.StatusGatewayTimeout
+	}
+	return &httpproxy.DialError{Status: status, Reason: reason, Err: err}
+}
+
+// fixedRouter sends every request to one backend: a service's dedicated
+// HTTP port.
+type fixedRouter struct{ b httpproxy.Backend }
+
+func (f fixedRouter) Route(string) (httpproxy.Backend, error) { return f.b, nil }
+
+// servePort serves a service's own public port until the listener is
+// closed (service withdrawn) or ctx ends: raw TCP, or HTTP for that
+// service alone.
+func servePort(log, accessLog *slog.Logger) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+	raw := serveRawTCP(log, accessLog)
+	return func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+		if svc.Kind == quictun.ServiceTCP {
+			raw(ctx, ln, svc)
+			return
+		}
+		rp, err := httpproxy.NewReverse(httpproxy.ReverseConfig{Router: fixedRouter{backend{svc}}, Logger: log, AccessLog: accessLog})
+		if err != nil {
+			ln.Close()
+			log.Error("dedicated HTTP port not served", "service", svc.Name, "err", err)
+			return
+		}
+		stop := context.AfterFunc(ctx, func() { ln.Close() })
+		defer stop()
+		rp.Serve(ln) // returns when the listener closes
+		rp.Close()
+	}
+}
