@@ -1,16 +1,17 @@
 // Command demoapp is a small REST service for the demo and the tests: it
-// answers every request with what it received (method, path, headers, body
-// sha256), streams bytes at /bytes?n=N, server-sent events at /sse?n=N and
-// echoes websocket messages at /ws.
+// answers every request with what it received (method, path, query,
+// headers as sent, body length and sha256, remote address, host) as JSON,
+// streams deterministic bytes at /bytes?n=N, server-sent events at
+// /sse?n=N&interval=D, echoes websocket messages at /ws and answers
+// /healthz. See package quictunnel/internal/demoapp.
+//
+//	demoapp --listen 127.0.0.1:3000
 package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"net/http"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -23,9 +24,12 @@ func main() {
 	os.Exit(service.Main(service.App{
 		Name:  "demoapp",
 		Usage: "demo local app: echoes what it receives",
+		Description: "Any request gets a JSON echo of itself. GET /bytes?n=N streams N deterministic bytes,\n" +
+			"GET /sse?n=N&interval=100ms sends N server-sent events, GET /ws echoes websocket messages,\n" +
+			"GET /healthz answers ok.",
 		Flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:3000", EnvVars: []string{"DEMOAPP_LISTEN"},
-				Usage: "TCP address to serve HTTP on"}),
+				Usage: "TCP `ADDRESS` to serve HTTP on"}),
 		},
 		Run: run,
 	}, os.Args))
@@ -36,16 +40,6 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: demoapp.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	log.Info("demo app ready", "listen", ln.Addr())
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdown)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	log.Info("demo app ready", "listen", ln.Addr().String())
+	return demoapp.Serve(ctx, ln, log)
 }

@@ -2,6 +2,14 @@
 // command line (urfave/cli, every flag also an environment variable and a
 // key of the --config YAML file), logging set-up, signal handling, and
 // listening sockets with errors that say what to do.
+//
+// A setting's value comes from the first of these that has it: the command
+// line, the environment variable, the --config file, the flag's default.
+// (This is urfave/cli's altsrc rule: a file value is applied only to flags
+// not set on the command line and whose environment variable is unset.)
+//
+// Exit status: 0 after a clean stop (including SIGINT or SIGTERM), 1 when
+// the service fails while running, 2 for a usage or settings error.
 package service
 
 import (
@@ -10,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -22,171 +29,169 @@ import (
 
 // App describes one service binary.
 type App struct {
+	// Name is the binary's name; upper-cased with "-" made "_" it prefixes
+	// the common flags' environment variables (NAME_LOG_LEVEL).
 	Name, Usage, Description string
-	// Flags are the service's own flags. Each should be an altsrc flag
+	// Flags are the service's own flags. Each must be an altsrc flag
 	// (altsrc.NewStringFlag(&cli.StringFlag{...})) with EnvVars set, so it
-	// can be given on the command line, in the environment or in --config.
+	// can be given on the command line, in the environment or in --config;
+	// Main refuses to run otherwise. Required flags may be satisfied by any
+	// of the three and are checked only when the service itself runs (not
+	// for subcommands). Main modifies the flags: build a new App per call.
 	Flags []cli.Flag
-	// Commands are optional subcommands.
+	// Commands are optional subcommands. They see the service's flags
+	// (including values from --config) through c.String and friends; their
+	// own flags are command-line and environment only.
 	Commands []*cli.Command
-	// Run runs the service until ctx ends (SIGINT or SIGTERM).
+	// Run runs the service until ctx ends (SIGINT or SIGTERM) and returns
+	// nil, or ctx's error, after a clean stop. log is the service's logger
+	// (stderr, --log-format, --log-level).
 	Run func(ctx context.Context, c *cli.Context, log *slog.Logger) error
 }
 
-// Main runs app with args and returns the process exit code. Precedence
-// of a setting: command line, then environment, then the --config file,
-// then the flag's default.
+// Main runs app with args (os.Args) and returns the process exit code:
+//
+//	func main() { os.Exit(service.Main(app, os.Args)) }
+//
+// It adds the common flags --config, --log-format and --log-level, sets up
+// the logger on stderr, and runs app.Run with a context cancelled by
+// SIGINT or SIGTERM (a second signal kills the process the default way).
+// Errors are printed to stderr as one line prefixed with the app's name.
 func Main(app App, args []string) int {
 	return MainContext(context.Background(), app, args, os.Stderr)
 }
 
-// MainContext is Main with a parent context and the stream logs go to.
+// MainContext is Main with a parent context (cancelling it stops the
+// service like a signal) and the stream logs and errors go to.
 func MainContext(ctx context.Context, app App, args []string, stderr io.Writer) int {
-	prefix := strings.ToUpper(strings.ReplaceAll(app.Name, "-", "_")) + "_"
-	common := []cli.Flag{
-		&cli.StringFlag{Name: "config", EnvVars: []string{prefix + "CONFIG"},
-			Usage: "YAML file of settings; keys are the long flag names (e.g. listen: 127.0.0.1:8118)"},
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{prefix + "LOG_FORMAT"},
+	return run(ctx, app, args, os.Stdout, stderr)
+}
+
+// exitCode is an error with the exit status Main should return.
+type exitCode struct {
+	code int
+	err  error
+}
+
+func (e *exitCode) Error() string { return e.err.Error() }
+func (e *exitCode) Unwrap() error { return e.err }
+
+// envPrefix is the prefix of the common flags' environment variables.
+func envPrefix(name string) string {
+	return strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
+}
+
+// commonFlags returns --config, --log-format and --log-level.
+func commonFlags(prefix string) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", EnvVars: []string{prefix + "CONFIG"}, TakesFile: true,
+			Usage: "YAML `FILE` of settings; keys are the long flag names (e.g. log-level: debug)"},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: FormatText, EnvVars: []string{prefix + "LOG_FORMAT"},
 			Usage: "log format: text or json"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{prefix + "LOG_LEVEL"},
 			Usage: "log level: debug, info, warn or error"}),
 	}
-	flags := append(common, app.Flags...)
-	var exitErr error
+}
+
+func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) int {
+	fail := func(code int, err error) int {
+		fmt.Fprintf(stderr, "%s: %s\n", app.Name, oneLine(err.Error()))
+		return code
+	}
+	if err := checkFlags(app.Flags); err != nil {
+		return fail(2, err)
+	}
+	required := takeRequired(app.Flags)
+	flags := append(commonFlags(envPrefix(app.Name)), app.Flags...)
+	usageError := func(c *cli.Context, err error, _ bool) error {
+		return fmt.Errorf("%w (see %s --help)", err, app.Name)
+	}
+	for _, cmd := range app.Commands {
+		if cmd.OnUsageError == nil {
+			cmd.OnUsageError = usageError
+		}
+	}
 	a := &cli.App{
-		Name:        app.Name,
-		Usage:       app.Usage,
-		Description: app.Description,
-		Flags:       flags,
-		Commands:    app.Commands,
-		Writer:      os.Stdout,
-		ErrWriter:   stderr,
+		Name:            app.Name,
+		Usage:           app.Usage,
+		Description:     app.Description,
+		Flags:           flags,
+		Commands:        app.Commands,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		HideVersion:     true,
+		OnUsageError:    usageError,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run prints and picks the code
 		Before: func(c *cli.Context) error {
-			if c.String("config") == "" {
-				return nil
+			if path := c.String("config"); path != "" {
+				return loadConfig(c, path, flags)
 			}
-			if _, err := os.Stat(c.String("config")); err != nil {
-				return fmt.Errorf("--config: %w", err)
-			}
-			return altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c)
+			return nil
 		},
 		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return fmt.Errorf("unexpected argument %q (see %s --help)", c.Args().First(), app.Name)
+			}
+			if app.Run == nil {
+				return cli.ShowAppHelp(c)
+			}
+			if err := checkRequired(c, required, app.Flags); err != nil {
+				return err
+			}
 			log, err := NewLogger(stderr, c.String("log-format"), c.String("log-level"))
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if err := app.Run(ctx, c, log); err != nil && !errors.Is(err, context.Canceled) {
-				exitErr = err
-				return err
+			if err := runService(c, app.Run, log); err != nil {
+				return &exitCode{code: 1, err: err}
 			}
 			return nil
 		},
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // we print and choose the code below
 	}
 	if err := a.RunContext(ctx, args); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", app.Name, err)
-		if exitErr == nil {
-			return 2 // usage or configuration error
+		if ec, ok := errors.AsType[*exitCode](err); ok {
+			return fail(ec.code, ec.err)
 		}
-		return 1
+		return fail(2, err)
 	}
 	return 0
 }
 
-// NewLogger returns a slog logger writing format ("text" or "json") at
-// level ("debug", "info", "warn", "error") to w.
-func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+// oneLine joins the lines of a multi-line message (some yaml and
+// urfave/cli errors have them) so every error is printed as one line.
+func oneLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimSpace(l)
 	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	return strings.Join(lines, " ")
 }
 
-// AccessLogger returns the logger for request lines: log itself when path
-// is empty, otherwise a logger that writes to both log's handler and the
-// file at path (appended, in format). The returned func closes the file.
-func AccessLogger(log *slog.Logger, path, format string) (*slog.Logger, func(), error) {
-	if path == "" {
-		return log, func() {}, nil
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, nil, fmt.Errorf("--access-log: %w", err)
-	}
-	file, err := NewLogger(f, format, "info")
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return slog.New(teeHandler{log.Handler(), file.Handler()}), func() { f.Close() }, nil
-}
-
-// teeHandler sends every record to two handlers.
-type teeHandler [2]slog.Handler
-
-func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return t[0].Enabled(ctx, l) || t[1].Enabled(ctx, l)
-}
-
-func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
-	var errs [2]error
-	for i, h := range t {
-		if h.Enabled(ctx, r.Level) {
-			errs[i] = h.Handle(ctx, r.Clone())
+// runService runs fn under a context cancelled by SIGINT or SIGTERM. After
+// the first signal the handlers are removed, so a second one ends the
+// process even if the service is slow to stop. A context error from fn
+// after the context ended is a clean stop.
+func runService(c *cli.Context, fn func(context.Context, *cli.Context, *slog.Logger) error, log *slog.Logger) error {
+	parent := c.Context
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	done := make(chan struct{})
+	unhook := context.AfterFunc(ctx, func() {
+		defer close(done)
+		stop()
+		if parent.Err() == nil {
+			log.Info("stopping", "cause", context.Cause(ctx).Error())
 		}
+	})
+	defer func() {
+		if !unhook() {
+			<-done // the AfterFunc has started: wait for it
+		}
+	}()
+	err := fn(ctx, c, log)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
 	}
-	return errors.Join(errs[0], errs[1])
-}
-
-func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return teeHandler{t[0].WithAttrs(as), t[1].WithAttrs(as)}
-}
-
-func (t teeHandler) WithGroup(name string) slog.Handler {
-	return teeHandler{t[0].WithGroup(name), t[1].WithGroup(name)}
-}
-
-// ListenUDP opens a UDP socket on addr (":port" listens on IPv4 and IPv6).
-func ListenUDP(addr string) (*net.UDPConn, error) {
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("UDP address %q: %w", addr, err)
-	}
-	pc, err := net.ListenUDP("udp", ua)
-	if err != nil {
-		return nil, listenError("UDP", addr, err)
-	}
-	return pc, nil
-}
-
-// ListenTCP opens a TCP listener on addr.
-func ListenTCP(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, listenError("TCP", addr, err)
-	}
-	return ln, nil
-}
-
-func listenError(proto, addr string, err error) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("listen on %s %s: port in use: another process (or another copy of this one) has it; choose another address: %w", proto, addr, err)
-	case errors.Is(err, syscall.EACCES), errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("listen on %s %s: permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE: %w", proto, addr, err)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("listen on %s %s: this machine has no such address: %w", proto, addr, err)
-	}
-	return fmt.Errorf("listen on %s %s: %w", proto, addr, err)
+	return err
 }

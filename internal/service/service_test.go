@@ -3,72 +3,327 @@ package service
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
+	"go.uber.org/goleak"
 )
 
-func testApp(got *string) App {
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// settings is what a test app's Run saw.
+type settings struct {
+	listen  string
+	timeout time.Duration
+	verbose bool
+	token   string
+	ran     bool
+}
+
+func testFlags() []cli.Flag {
+	return []cli.Flag{
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "default", EnvVars: []string{"SVC_LISTEN"}, Usage: "address"}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "timeout", Value: time.Second, EnvVars: []string{"SVC_TIMEOUT"}, Usage: "how long"}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "verbose", EnvVars: []string{"SVC_VERBOSE"}, Usage: "say more"}),
+	}
+}
+
+func testApp(got *settings) App {
 	return App{
-		Name: "svc",
-		Flags: []cli.Flag{
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "default", EnvVars: []string{"SVC_LISTEN"}}),
-		},
+		Name:  "svc",
+		Usage: "a test service",
+		Flags: testFlags(),
 		Run: func(_ context.Context, c *cli.Context, _ *slog.Logger) error {
-			*got = c.String("listen")
+			*got = settings{listen: c.String("listen"), timeout: c.Duration("timeout"), verbose: c.Bool("verbose"),
+				token: c.String("token"), ran: true}
 			return nil
 		},
 	}
 }
 
+// runApp runs app with args ("svc" is prepended) and returns the exit
+// code, stdout and stderr.
+func runApp(t *testing.T, app App, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), app, append([]string{"svc"}, args...), &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "svc.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestPrecedence pins urfave/cli's rule: flag, then environment, then
+// --config file, then default.
 func TestPrecedence(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "svc.yaml")
-	os.WriteFile(cfg, []byte("listen: from-config\n"), 0o600)
+	cfg := writeConfig(t, "listen: from-config\ntimeout: 7s\nverbose: true\n")
 	tests := []struct {
 		name string
 		args []string
-		env  string
-		want string
+		env  map[string]string
+		want settings
 	}{
-		{"default", nil, "", "default"},
-		{"config", []string{"--config", cfg}, "", "from-config"},
-		{"env beats config", []string{"--config", cfg}, "from-env", "from-env"},
-		{"flag beats env", []string{"--config", cfg, "--listen", "from-flag"}, "from-env", "from-flag"},
+		{"defaults", nil, nil, settings{listen: "default", timeout: time.Second}},
+		{"config", []string{"--config", cfg}, nil, settings{listen: "from-config", timeout: 7 * time.Second, verbose: true}},
+		{"config named by env", nil, map[string]string{"SVC_CONFIG": cfg}, settings{listen: "from-config", timeout: 7 * time.Second, verbose: true}},
+		{"env beats config", []string{"--config", cfg}, map[string]string{"SVC_LISTEN": "from-env", "SVC_TIMEOUT": "3s"},
+			settings{listen: "from-env", timeout: 3 * time.Second, verbose: true}},
+		{"flag beats config", []string{"--config", cfg, "--timeout", "2s"}, nil,
+			settings{listen: "from-config", timeout: 2 * time.Second, verbose: true}},
+		{"flag beats env", []string{"--config", cfg, "--listen", "from-flag"}, map[string]string{"SVC_LISTEN": "from-env"},
+			settings{listen: "from-flag", timeout: 7 * time.Second, verbose: true}},
+		{"env without config", nil, map[string]string{"SVC_LISTEN": "from-env", "SVC_VERBOSE": "true"},
+			settings{listen: "from-env", timeout: time.Second, verbose: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.env != "" {
-				t.Setenv("SVC_LISTEN", tt.env)
+			for k, v := range tt.env {
+				t.Setenv(k, v)
 			}
-			var got string
-			var stderr bytes.Buffer
-			if code := MainContext(t.Context(), testApp(&got), append([]string{"svc"}, tt.args...), &stderr); code != 0 {
-				t.Fatalf("exit %d: %s", code, stderr.String())
+			var got settings
+			code, _, stderr := runApp(t, testApp(&got), tt.args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
 			}
+			tt.want.ran = true
 			if got != tt.want {
-				t.Fatalf("listen = %q, want %q", got, tt.want)
+				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
 	}
 }
 
 func TestBadSettings(t *testing.T) {
-	for _, args := range [][]string{
-		{"svc", "--log-format", "xml"},
-		{"svc", "--log-level", "loud"},
-		{"svc", "--config", "/nonexistent.yaml"},
-		{"svc", "--no-such-flag"},
+	cfg := func(text string) string { return writeConfig(t, text) }
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string // substrings of the one-line message
+	}{
+		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format "xml"`, "text or json"}},
+		{"log level", []string{"--log-level", "loud"}, nil, []string{`--log-level "loud"`, "debug, info, warn or error"}},
+		{"log level from env", nil, map[string]string{"SVC_LOG_LEVEL": "trace"}, []string{`--log-level "trace"`}},
+		{"log level from config", []string{"--config", cfg("log-level: verbose\n")}, nil, []string{`--log-level "verbose"`}},
+		{"missing config", []string{"--config", "/nonexistent/svc.yaml"}, nil, []string{"--config", "no such file"}},
+		{"unknown config key", []string{"--config", cfg("listn: x\n")}, nil, []string{"unknown key(s) listn", "listen"}},
+		{"config not a mapping", []string{"--config", cfg("- a\n- b\n")}, nil, []string{"--config", "YAML mapping"}},
+		{"config wrong type", []string{"--config", cfg("timeout: [1]\n")}, nil, []string{"--config", "timeout"}},
+		{"bad duration in env", nil, map[string]string{"SVC_TIMEOUT": "soon"}, []string{"soon"}},
+		{"unknown flag", []string{"--no-such-flag"}, nil, []string{"no-such-flag", "svc --help"}},
+		{"extra argument", []string{"stray"}, nil, []string{`unexpected argument "stray"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var got settings
+			code, stdout, stderr := runApp(t, testApp(&got), tt.args...)
+			if code != 2 || got.ran {
+				t.Fatalf("exit %d, ran %v; want 2 without running", code, got.ran)
+			}
+			if !strings.HasPrefix(stderr, "svc: ") || strings.Count(stderr, "\n") != 1 || stdout != "" {
+				t.Fatalf("want one line on stderr and nothing on stdout; got stderr %q stdout %q", stderr, stdout)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr %q lacks %q", stderr, w)
+				}
+			}
+		})
+	}
+}
+
+// TestRequired checks that a required flag may come from any source, and
+// that subcommands do not need the service's required settings.
+func TestRequired(t *testing.T) {
+	newApp := func(got *settings) App {
+		app := testApp(got)
+		app.Flags = append(app.Flags, altsrc.NewStringFlag(&cli.StringFlag{Name: "token", Required: true,
+			EnvVars: []string{"SVC_TOKEN"}, Usage: "secret"}))
+		app.Commands = []*cli.Command{{Name: "status", Action: func(c *cli.Context) error {
+			*got = settings{listen: c.String("listen"), ran: true}
+			return nil
+		}}}
+		return app
+	}
+	tests := []struct {
+		name      string
+		args      []string
+		env       string
+		wantCode  int
+		wantToken string
+	}{
+		{"flag", []string{"--token", "t1"}, "", 0, "t1"},
+		{"env", nil, "t2", 0, "t2"},
+		{"config", []string{"--config", writeConfig(t, "token: t3\n")}, "", 0, "t3"},
+		{"missing", nil, "", 2, ""},
+		{"subcommand", []string{"--listen", "sub", "status"}, "", 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env != "" {
+				t.Setenv("SVC_TOKEN", tt.env)
+			}
+			var got settings
+			code, _, stderr := runApp(t, newApp(&got), tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, stderr)
+			}
+			if code == 2 {
+				if got.ran || !strings.Contains(stderr, "--token: required") || !strings.Contains(stderr, "$SVC_TOKEN") {
+					t.Fatalf("ran %v, stderr %q", got.ran, stderr)
+				}
+				return
+			}
+			if !got.ran || got.token != tt.wantToken {
+				t.Fatalf("got %+v, want token %q", got, tt.wantToken)
+			}
+		})
+	}
+}
+
+func TestFlagsMustBeSettableThreeWays(t *testing.T) {
+	for name, f := range map[string]cli.Flag{
+		"plain flag":  &cli.StringFlag{Name: "plain", EnvVars: []string{"SVC_PLAIN"}},
+		"no env vars": altsrc.NewStringFlag(&cli.StringFlag{Name: "noenv"}),
 	} {
-		var got string
-		var stderr bytes.Buffer
-		if code := MainContext(t.Context(), testApp(&got), args, &stderr); code != 2 || stderr.Len() == 0 {
-			t.Errorf("%v: exit %d, stderr %q; want 2 and a message", args, code, stderr.String())
+		t.Run(name, func(t *testing.T) {
+			var got settings
+			app := testApp(&got)
+			app.Flags = append(app.Flags, f)
+			code, _, stderr := runApp(t, app)
+			if code != 2 || got.ran || !strings.Contains(stderr, "--"+f.Names()[0]) {
+				t.Fatalf("exit %d, ran %v, stderr %q", code, got.ran, stderr)
+			}
+		})
+	}
+}
+
+func TestHelpShowsEveryFlagDefaultAndEnv(t *testing.T) {
+	var got settings
+	code, stdout, stderr := runApp(t, testApp(&got), "--help")
+	if code != 0 || got.ran {
+		t.Fatalf("exit %d, ran %v: %s", code, got.ran, stderr)
+	}
+	for _, w := range []string{
+		"--config FILE", "$SVC_CONFIG",
+		"--log-format value", `(default: "text")`, "$SVC_LOG_FORMAT",
+		"--log-level value", `(default: "info")`, "$SVC_LOG_LEVEL",
+		"--listen value", `(default: "default")`, "$SVC_LISTEN",
+		"--timeout value", "(default: 1s)", "$SVC_TIMEOUT",
+		"--verbose", "(default: false)", "$SVC_VERBOSE",
+	} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("help lacks %q:\n%s", w, stdout)
+		}
+	}
+}
+
+func TestRunErrorExitsOne(t *testing.T) {
+	app := App{Name: "svc", Flags: testFlags(), Run: func(context.Context, *cli.Context, *slog.Logger) error {
+		return fmt.Errorf("open store: %w", os.ErrNotExist)
+	}}
+	code, _, stderr := runApp(t, app)
+	if code != 1 || stderr != "svc: open store: file does not exist\n" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestSignalStops sends SIGTERM to the test process while Run waits: the
+// signal is diverted to Run's context, which ends with the signal as cause,
+// and a service that then returns ctx.Err() exits 0.
+func TestSignalStops(t *testing.T) {
+	var cause error
+	app := App{Name: "svc", Flags: testFlags(), Run: func(ctx context.Context, _ *cli.Context, log *slog.Logger) error {
+		// Run is called after the handler is installed, so the signal
+		// cannot reach the default action (which would kill the test).
+		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			cause = context.Cause(ctx)
+			return ctx.Err()
+		case <-time.After(30 * time.Second):
+			return errors.New("SIGTERM did not cancel the context")
+		}
+	}}
+	code, _, stderr := runApp(t, app)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if cause == nil || !strings.Contains(cause.Error(), "terminated") {
+		t.Fatalf("cause %v", cause)
+	}
+	if !strings.Contains(stderr, "msg=stopping") || !strings.Contains(stderr, "terminated") {
+		t.Fatalf("stderr %q", stderr)
+	}
+}
+
+func TestParentContextStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	app := App{Name: "svc", Flags: testFlags(), Run: func(ctx context.Context, _ *cli.Context, _ *slog.Logger) error {
+		cancel()
+		<-ctx.Done()
+		return fmt.Errorf("serve: %w", ctx.Err())
+	}}
+	var stderr bytes.Buffer
+	if code := MainContext(ctx, app, []string{"svc"}, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	tests := []struct {
+		format, level string
+		want          []string // substrings of the output of Debug("d") then Warn("w", "k", 1)
+		wantNot       string
+	}{
+		{"text", "info", []string{"level=WARN msg=w k=1"}, "msg=d"},
+		{"text", "DEBUG", []string{"level=DEBUG msg=d", "level=WARN"}, ""},
+		{"json", "warn", []string{`"level":"WARN","msg":"w","k":1`}, `"msg":"d"`},
+		{"JSON", "error", nil, `"msg":"w"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format+"/"+tt.level, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, err := NewLogger(&buf, tt.format, tt.level)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log.Debug("d")
+			log.Warn("w", "k", 1)
+			for _, w := range tt.want {
+				if !strings.Contains(buf.String(), w) {
+					t.Errorf("output %q lacks %q", buf.String(), w)
+				}
+			}
+			if tt.wantNot != "" && strings.Contains(buf.String(), tt.wantNot) {
+				t.Errorf("output %q has %q", buf.String(), tt.wantNot)
+			}
+		})
+	}
+	for _, bad := range [][2]string{{"xml", "info"}, {"text", "warning"}, {"", "info"}, {"text", "debug+1"}} {
+		_, err := NewLogger(&bytes.Buffer{}, bad[0], bad[1])
+		if se, ok := errors.AsType[*SettingError](err); !ok || !strings.HasPrefix(se.Setting, "--log-") {
+			t.Errorf("NewLogger(%q, %q) = %v, want a *SettingError", bad[0], bad[1], err)
 		}
 	}
 }
@@ -79,13 +334,21 @@ func TestListenErrorsSayWhatToDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	_, err = ListenUDP(pc.LocalAddr().String())
-	if err == nil || !strings.Contains(err.Error(), "port in use") {
+	if _, err = ListenUDP(pc.LocalAddr().String()); err == nil || !strings.Contains(err.Error(), "port in use") ||
+		!errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("ListenUDP on a busy port = %v", err)
+	}
+	ln, err := ListenTCP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err = ListenTCP(ln.Addr().String()); err == nil || !strings.Contains(err.Error(), "port in use") {
+		t.Fatalf("ListenTCP on a busy port = %v", err)
 	}
 }
 
-func TestAccessLogToFile(t *testing.T) {
+func TestAccessLog(t *testing.T) {
 	var stderr bytes.Buffer
 	log, _ := NewLogger(&stderr, "text", "info")
 	path := filepath.Join(t.TempDir(), "access.log")
@@ -98,5 +361,23 @@ func TestAccessLogToFile(t *testing.T) {
 	b, _ := os.ReadFile(path)
 	if !strings.Contains(string(b), `"target":"example.test:443"`) || !strings.Contains(stderr.String(), "target=example.test:443") {
 		t.Fatalf("file %q stderr %q", b, stderr.String())
+	}
+
+	same, closeFn, err := AccessLogger(log, "", "json")
+	if err != nil || same != log {
+		t.Fatalf("AccessLogger without a path = %v, %v; want log itself", same, err)
+	}
+	closeFn()
+
+	bad := filepath.Join(t.TempDir(), "bad.log")
+	if _, _, err := OpenAccessLog(bad, "xml"); err == nil {
+		t.Fatal("OpenAccessLog with format xml succeeded")
+	}
+	if _, err := os.Stat(bad); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a bad format left a file behind: %v", err)
+	}
+	if _, _, err := OpenAccessLog(filepath.Join(t.TempDir(), "no", "dir.log"), "text"); err == nil ||
+		!strings.HasPrefix(err.Error(), "--access-log") {
+		t.Fatalf("OpenAccessLog in a missing dir = %v", err)
 	}
 }
