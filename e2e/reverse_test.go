@@ -413,3 +413,27 @@ func startTCPEcho(t *testing.T) string {
 	})
 	return ln.Addr().String()
 }
+
+// TestReverseDedicatedHTTPPort: an HTTP service that asked for a public
+// port of its own answers there as well as by name.
+func TestReverseDedicatedHTTPPort(t *testing.T) {
+	l := startReverseLab(t)
+	want := l.ports.Min + 3
+	p := l.addClient(t, "laptop", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "web", Local: startApp(t), Port: want})
+	r := p.Client().Registrations()[0]
+	if r.Err != nil || r.Port != want || !strings.Contains(r.URL, strconv.Itoa(int(want))) {
+		t.Fatalf("registration %+v, want port %d", r, want)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(fmt.Sprintf("http://127.0.0.1:%d/dedicated", want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e demoapp.Echo
+	json.NewDecoder(resp.Body).Decode(&e)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || e.Path != "/dedicated" || e.Header.Get("X-Forwarded-For") == "" {
+		t.Fatalf("dedicated port: %d %+v", resp.StatusCode, e)
+	}
+}

@@ -30,8 +30,10 @@ func main() {
 				Usage: "PEM certificate (chain) file, e.g. made with openssl"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "key", EnvVars: []string{"COORDINATOR_KEY"}, Required: true,
 				Usage: "PEM private key file for --cert"}),
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"COORDINATOR_TOKEN"}, Required: true,
-				Usage: "shared secret clients must present"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"COORDINATOR_TOKEN"},
+				Usage: "shared secret clients must present (or use --tokens)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "tokens", EnvVars: []string{"COORDINATOR_TOKENS"},
+				Usage: "YAML file of per-client tokens, each optionally limited to service names (see docs/operations.md)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
@@ -65,6 +67,15 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	var tokens []coordinator.TokenEntry
+	switch {
+	case c.String("tokens") != "":
+		if tokens, err = coordinator.LoadTokens(c.String("tokens")); err != nil {
+			return err
+		}
+	case c.String("token") == "":
+		return fmt.Errorf("set --token (one shared secret) or --tokens FILE (per-client tokens)")
+	}
 	var ports coordinator.PortRange
 	if r := c.String("port-range"); r != "" {
 		if ports, err = coordinator.ParsePortRange(r); err != nil {
@@ -80,6 +91,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Listen:            c.String("listen"),
 		Certificate:       cert,
 		Token:             c.String("token"),
+		Tokens:            tokens,
 		ReporterListen:    c.String("reporter-listen"),
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		DialBackTimeout:   c.Duration("dial-back-timeout"),

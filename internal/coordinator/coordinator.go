@@ -28,8 +28,11 @@ type Config struct {
 	Listen string
 	// Certificate is the TLS certificate clients verify. Required.
 	Certificate tls.Certificate
-	// Token is the secret clients present. Required.
+	// Token is the secret clients present. Required unless Tokens is set.
 	Token string
+	// Tokens, if set, replaces Token: one entry per client, each possibly
+	// limited to certain service names or barred from the forward proxy.
+	Tokens []TokenEntry
 	// ReporterListen, if set, runs a STUN reporter on this UDP address.
 	ReporterListen string
 	// ReporterKeepAlive is the embedded reporter's keepalive interval.
@@ -104,6 +107,7 @@ func New(cfg Config) (*Coordinator, error) {
 		Transport:         c.tr,
 		Certificate:       cfg.Certificate,
 		Token:             cfg.Token,
+		Authorize:         c.authorize(),
 		DialTarget:        cfg.DialTarget,
 		TargetDialTimeout: cfg.TargetDialTimeout,
 		DialBackTimeout:   cfg.DialBackTimeout,
@@ -164,6 +168,14 @@ func (c *Coordinator) setupPublic() error {
 		return err
 	}
 	return nil
+}
+
+// authorize returns the token check for Tokens, or nil to use Token.
+func (c *Coordinator) authorize() func(string) (quictun.Grant, bool) {
+	if len(c.cfg.Tokens) == 0 {
+		return nil
+	}
+	return authorizer(c.cfg.Tokens)
 }
 
 // services returns the registry as a quictun.ServiceRegistry, or nil.

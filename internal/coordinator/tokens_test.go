@@ -1,0 +1,68 @@
+package coordinator
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestParseTokens(t *testing.T) {
+	entries, err := ParseTokens([]byte(`
+tokens:
+  - token: aaaaaaaaaaaaaaaa1
+    client: alice
+    names: [app, api]
+  - token: bbbbbbbbbbbbbbbb2
+    forward: false
+    names: []
+  - token: cccccccccccccccc3
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := authorizer(entries)
+	g, ok := auth("aaaaaaaaaaaaaaaa1")
+	if !ok || g.Client != "alice" || !slices.Equal(g.Names, []string{"app", "api"}) || g.NoForward {
+		t.Errorf("alice: %+v %v", g, ok)
+	}
+	g, ok = auth("bbbbbbbbbbbbbbbb2")
+	if !ok || !g.NoForward || g.Names == nil || len(g.Names) != 0 {
+		t.Errorf("b: %+v %v", g, ok)
+	}
+	if g, ok := auth("cccccccccccccccc3"); !ok || g.Names != nil || g.NoForward {
+		t.Errorf("c: %+v %v", g, ok)
+	}
+	if _, ok := auth("wrong"); ok {
+		t.Error("a wrong token was accepted")
+	}
+
+	for _, bad := range []string{
+		"tokens: []",
+		"tokens:\n  - token: short",
+		"tokens:\n  - token: aaaaaaaaaaaaaaaa1\n  - token: aaaaaaaaaaaaaaaa1",
+		"tokens:\n  - token: aaaaaaaaaaaaaaaa1\n    names: [bad_name]",
+		"not yaml: [",
+	} {
+		if _, err := ParseTokens([]byte(bad)); err == nil {
+			t.Errorf("ParseTokens(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseTokens checks the tokens-file parser never panics and that
+// every token it accepts authorizes.
+func FuzzParseTokens(f *testing.F) {
+	f.Add("tokens:\n  - token: aaaaaaaaaaaaaaaa1\n    names: [app]\n")
+	f.Add("tokens:\n  - {token: bbbbbbbbbbbbbbbb2, forward: false}\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		entries, err := ParseTokens([]byte(s))
+		if err != nil {
+			return
+		}
+		auth := authorizer(entries)
+		for _, e := range entries {
+			if _, ok := auth(e.Token); !ok {
+				t.Fatalf("token %q from %q does not authorize", e.Token, s)
+			}
+		}
+	})
+}
