@@ -40,11 +40,15 @@ type Client struct {
 	registrations []Registration
 
 	stats clientCounters
+
+	// refuseDialBacks leaves the tunnel creation service off, so dial-back
+	// packets vanish as behind a NAT that lets nothing in. Tests only.
+	refuseDialBacks bool
 }
 
 type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
-	connects                                                atomic.Uint64
+	connects, relaySessions                                 atomic.Uint64
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -53,6 +57,7 @@ type ClientStats struct {
 	PublicAddr       netip.AddrPort
 	ObservedAddr     netip.AddrPort // as coordinator saw us
 	Sessions         uint64         // sessions established
+	RelaySessions    uint64         // of which carried over the control connection
 	PendingSessions  int            // waiting for their dial-back now
 	DialBackTimeouts uint64
 	UnknownSessions  uint64 // dial-back streams refused: unknown or expired id
@@ -86,18 +91,19 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // up, reconnecting with backoff, until ctx ends. It returns ctx's cause, or
 // ErrAuthFailed when coordinator refuses the token: retrying cannot help.
 func (c *Client) Run(ctx context.Context) error {
-	ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
-	if err != nil {
-		return fmt.Errorf("start tunnel creation service: %w", err)
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
-	wg.Go(func() { c.acceptDialBacks(ctx, ln) })
-
-	err = c.connectLoop(ctx)
+	if !c.refuseDialBacks {
+		ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
+		if err != nil {
+			return fmt.Errorf("start tunnel creation service: %w", err)
+		}
+		defer ln.Close()
+		wg.Go(func() { c.acceptDialBacks(ctx, ln) })
+	}
+	err := c.connectLoop(ctx)
 	cancel(err)
-	ln.Close()
 	wg.Wait()
 	return err
 }
@@ -148,11 +154,8 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	c.mu.Unlock()
 	c.stats.connects.Add(1)
 	c.log.Info("connected to coordinator", "coordinator", c.cfg.Coordinator, "public_addr", pub,
-		"observed_addr", w.ObservedAddr, "rtt", conn.ConnectionStats().SmoothedRTT.Round(time.Microsecond))
-	if pub.IsValid() && w.ObservedAddr.IsValid() && pub != w.ObservedAddr {
-		c.log.Info("coordinator sees a different address than the reporter; dial-backs fall back to it",
-			"reporter_view", pub, "coordinator_view", w.ObservedAddr)
-	}
+		"observed_addr", w.ObservedAddr, "nat_mapping", natMapping(pub, w.ObservedAddr),
+		"rtt", conn.ConnectionStats().SmoothedRTT.Round(time.Microsecond))
 
 	// The control stream carries nothing from coordinator yet; reading it
 	// notices when coordinator goes away.
@@ -226,6 +229,20 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	return conn, ctrl, w, nil
 }
 
+// natMapping describes the NAT's mapping behaviour from the public address
+// two endpoints (the reporter and coordinator) saw for the same socket.
+func natMapping(reporter, coordinator netip.AddrPort) string {
+	switch {
+	case !reporter.IsValid() || !coordinator.IsValid():
+		return "unknown (no reporter answer)"
+	case reporter == coordinator:
+		return "endpoint-independent (same public address seen by reporter and coordinator)"
+	case reporter.Addr() == coordinator.Addr():
+		return "address/port-dependent (symmetric NAT: public port differs per destination; dial-backs go to the port coordinator sees, else the relay is used)"
+	}
+	return "different public IPs seen by reporter and coordinator (multiple uplinks or NAT pools)"
+}
+
 // setDown records that the control connection is gone.
 func (c *Client) setDown(err error) {
 	c.mu.Lock()
@@ -265,6 +282,7 @@ func (c *Client) Stats() ClientStats {
 	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr}
 	c.mu.Unlock()
 	st.Sessions = c.stats.sessions.Load()
+	st.RelaySessions = c.stats.relaySessions.Load()
 	st.PendingSessions = c.table.len()
 	st.DialBackTimeouts = c.stats.dialBackTimeouts.Load()
 	st.UnknownSessions = c.stats.unknownSessions.Load()

@@ -159,6 +159,12 @@ type ServerConfig struct {
 	// DialBackTimeout bounds establishing the dial-back connection and
 	// opening a stream on it. Default 10s.
 	DialBackTimeout time.Duration
+	// RelayAfter bounds the wait for a dial-back before the session is
+	// carried over the client's own connection instead (relay), for
+	// clients behind NATs that let no dial-back in. Default 2s.
+	RelayAfter time.Duration
+	// DisableRelay makes a failed dial-back fail the session (504).
+	DisableRelay bool
 	// HelloTimeout bounds the wait for a new client's Hello. Default 10s.
 	HelloTimeout time.Duration
 	// MaxStreams bounds concurrent session set-ups per client. Default 10000.
@@ -185,6 +191,7 @@ func (c *ServerConfig) setDefaults() {
 	setDefault(&c.TargetDialTimeout, 10*time.Second)
 	setDefault(&c.DialBackTimeout, 10*time.Second)
 	setDefault(&c.HelloTimeout, 10*time.Second)
+	setDefault(&c.RelayAfter, 2*time.Second)
 	setDefault(&c.MaxStreams, 10000)
 	if c.DialTarget == nil {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}

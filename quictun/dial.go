@@ -56,7 +56,12 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	if err != nil {
 		return nil, fmt.Errorf("%w: open stream: %w", ErrCoordinatorUnavailable, err)
 	}
-	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	relayed := false // the open stream became the session: leave it open
+	defer func() {
+		if !relayed {
+			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
 	defer stop()
 
@@ -77,17 +82,28 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	}
 
 	// coordinator reached the target and is dialing back. It ends the open
-	// stream with FIN once the dial-back stream is sent, or resets it when
-	// the dial-back failed.
+	// stream with FIN once the dial-back stream is sent, writes relayMarker
+	// when it relays the session on this stream instead, or resets it when
+	// it can do neither.
 	str.SetReadDeadline(time.Time{})
 	failed := make(chan error, 1)
+	relay := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	defer func() {
+		if !relayed {
+			str.CancelRead(quic.StreamErrorCode(CodeCanceled)) // ends the reader below
+		}
+	}()
 	wg.Go(func() {
 		var b [1]byte
-		_, err := str.Read(b[:])
-		if err != nil && !errors.Is(err, context.Canceled) {
+		n, err := str.Read(b[:])
+		switch {
+		case n == 1 && b[0] == relayMarker:
+			relay <- struct{}{}
+		case n == 1:
+			failed <- fmt.Errorf("%w: unexpected byte 0x%02x after open result", ErrProtocol, b[0])
+		case err != nil:
 			var se *quic.StreamError
 			if errors.As(err, &se) && se.Remote {
 				failed <- &SessionError{Target: target, Code: ErrorCode(se.ErrorCode), Reason: "coordinator could not dial back"}
@@ -101,6 +117,11 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 		c.stats.sessions.Add(1)
 		str.Close()
 		return newStreamConn(d.stream, d.conn, id), nil
+	case <-relay:
+		relayed = true
+		c.stats.sessions.Add(1)
+		c.stats.relaySessions.Add(1)
+		return newStreamConn(str, conn, id), nil
 	case err := <-failed:
 		return nil, err
 	case <-timer.C:

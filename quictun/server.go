@@ -33,6 +33,7 @@ type Server struct {
 type serverCounters struct {
 	clients, authFailures, sessions, activeSessions atomic.Int64
 	targetErrors, dialBackErrors                    atomic.Int64
+	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 }
 
@@ -44,8 +45,11 @@ type ServerStats struct {
 	ActiveSessions int64
 	TargetErrors   int64
 	DialBackErrors int64
-	BytesUp        int64
-	BytesDown      int64
+	// DialBackSessions and RelaySessions split Sessions by path.
+	DialBackSessions int64
+	RelaySessions    int64
+	BytesUp          int64
+	BytesDown        int64
 }
 
 // NewServer validates cfg and prepares a server. Serve starts it.
@@ -63,14 +67,16 @@ func (s *Server) Stats() ServerStats {
 	n := len(s.peers)
 	s.mu.Unlock()
 	return ServerStats{
-		Clients:        n,
-		AuthFailures:   s.stats.authFailures.Load(),
-		Sessions:       s.stats.sessions.Load(),
-		ActiveSessions: s.stats.activeSessions.Load(),
-		TargetErrors:   s.stats.targetErrors.Load(),
-		DialBackErrors: s.stats.dialBackErrors.Load(),
-		BytesUp:        s.stats.bytesUp.Load(),
-		BytesDown:      s.stats.bytesDown.Load(),
+		Clients:          n,
+		AuthFailures:     s.stats.authFailures.Load(),
+		Sessions:         s.stats.sessions.Load(),
+		ActiveSessions:   s.stats.activeSessions.Load(),
+		TargetErrors:     s.stats.targetErrors.Load(),
+		DialBackErrors:   s.stats.dialBackErrors.Load(),
+		DialBackSessions: s.stats.dialBackSessions.Load(),
+		RelaySessions:    s.stats.relaySessions.Load(),
+		BytesUp:          s.stats.bytesUp.Load(),
+		BytesDown:        s.stats.bytesDown.Load(),
 	}
 }
 
@@ -201,6 +207,8 @@ type peer struct {
 	mu         sync.Mutex
 	publicAddr netip.AddrPort
 	services   []*Service
+	relayUntil time.Time // sessions go over the relay until then
+	relayErr   error     // why
 
 	dialMu   sync.Mutex // serialises dial-back connection set-up
 	dialBack *quic.Conn
@@ -259,10 +267,13 @@ func (p *peer) serveStream(ctx context.Context, str *quic.Stream) {
 		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
 		return
 	}
+	str.SetReadDeadline(time.Time{})
+	if open, ok := msg.(*Open); ok {
+		p.serveSession(ctx, str, open) // the stream may carry the session (relay)
+		return
+	}
 	str.CancelRead(quic.StreamErrorCode(CodeOK)) // nothing more comes on it
 	switch m := msg.(type) {
-	case *Open:
-		p.serveSession(ctx, str, m)
 	case *Register:
 		p.serveRegister(str, m)
 	default:
@@ -285,9 +296,14 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		p.s.cfg.AccessLog.Info("session", attrs...)
 	}
 
+	// Until the relay is chosen nothing more comes from the client.
+	endOpen := func() {
+		str.CancelRead(quic.StreamErrorCode(CodeOK))
+		str.Close()
+	}
 	if p.grant.NoForward {
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
-		str.Close()
+		endOpen()
 		outcome("forbidden", nil, relay.Stats{})
 		return
 	}
@@ -297,29 +313,48 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	if err != nil {
 		p.s.stats.targetErrors.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})
-		str.Close()
+		endOpen()
 		outcome("target_unreachable", err, relay.Stats{})
 		return
 	}
 	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
 		target.Close()
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		outcome("client_gone", err, relay.Stats{})
 		return
 	}
+	var sess net.Conn
+	mode := "dial-back"
 	stream, err := p.openDialBack(ctx, open.Session)
-	if err != nil {
+	switch {
+	case err == nil:
+		endOpen() // FIN: the dial-back stream is on its way
+		sess = stream
+		p.s.stats.dialBackSessions.Add(1)
+	case p.s.cfg.DisableRelay:
 		p.s.stats.dialBackErrors.Add(1)
 		str.CancelWrite(quic.StreamErrorCode(CodeDialBackFailed))
+		str.CancelRead(quic.StreamErrorCode(CodeDialBackFailed))
 		target.Close()
 		log.Warn("dial-back failed", "err", err)
 		outcome("dial_back_failed", err, relay.Stats{})
 		return
+	default:
+		// Carry the session over the client's own connection instead.
+		if _, err := str.Write([]byte{relayMarker}); err != nil {
+			target.Close()
+			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+			outcome("client_gone", err, relay.Stats{})
+			return
+		}
+		mode = "relay"
+		sess = newStreamConn(str, p.conn, open.Session)
+		p.s.stats.relaySessions.Add(1)
 	}
-	str.Close()
 
 	p.s.stats.sessions.Add(1)
 	p.s.stats.activeSessions.Add(1)
-	st, err := relay.Splice(ctx, stream, target)
+	st, err := relay.Splice(ctx, sess, target)
 	p.s.stats.activeSessions.Add(-1)
 	p.s.stats.bytesUp.Add(st.AToB)
 	p.s.stats.bytesDown.Add(st.BToA)
@@ -327,16 +362,24 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	if err != nil {
 		status = "error"
 	}
-	outcome(status, err, st)
+	outcome(status+" ("+mode+")", err, st)
 }
 
 // openDialBack opens a stream for session id on the dial-back connection,
 // dialing that connection first if needed, and writes the session header.
 func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.s.cfg.DialBackTimeout)
+	timeout := p.s.cfg.DialBackTimeout
+	if !p.s.cfg.DisableRelay {
+		if err := p.relaying(); err != nil {
+			return nil, err // dial-back failed lately: go straight to the relay
+		}
+		timeout = min(timeout, p.s.cfg.RelayAfter)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	conn, err := p.dialBackConn(ctx)
 	if err != nil {
+		p.noteDialBackFailure(err)
 		return nil, err
 	}
 	s, err := conn.OpenStreamSync(ctx)
@@ -395,6 +438,38 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		return conn, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// relayRetry is how long a client whose dial-back failed is served over
+// the relay before a dial-back is tried again.
+const relayRetry = time.Minute
+
+// noteDialBackFailure switches p to the relay for relayRetry, logging the
+// reason once per switch.
+func (p *peer) noteDialBackFailure(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.relayUntil.IsZero() || time.Now().After(p.relayUntil) {
+		if p.s.cfg.DisableRelay {
+			p.log.Warn("dial-back failed", "err", err)
+		} else {
+			p.log.Warn("dial-back failed: carrying this client's sessions over its own connection (relay)",
+				"reason", err, "retry_dial_back_in", relayRetry)
+		}
+	}
+	p.relayUntil = time.Now().Add(relayRetry)
+	p.relayErr = err
+}
+
+// relaying returns why p is being relayed, or nil when a dial-back should
+// be tried.
+func (p *peer) relaying() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Now().Before(p.relayUntil) {
+		return fmt.Errorf("relaying since dial-back failed: %w", p.relayErr)
+	}
+	return nil
 }
 
 func (p *peer) closeDialBack() {

@@ -98,6 +98,8 @@ type harnessOpts struct {
 	clientToken string
 	serverMod   func(*ServerConfig)
 	clientMod   func(*ClientConfig)
+	// refuseDialBacks: the client serves no tunnel creation service.
+	refuseDialBacks bool
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -126,6 +128,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.refuseDialBacks = o.refuseDialBacks
 	h.client = c
 	ctx, cancel := context.WithCancel(t.Context())
 	h.clientErr = make(chan error, 1)
@@ -461,5 +464,39 @@ func TestPublicAddrUpdate(t *testing.T) {
 	conn.Close()
 	if got := h.client.Stats().PublicAddr; got.Port() != 9 {
 		t.Errorf("PublicAddr = %v", got)
+	}
+}
+
+// TestRelayWhenDialBackFails: a client no dial-back can reach (symmetric
+// NAT, inbound UDP blocked) still gets its sessions, over the relay,
+// decided within RelayAfter.
+func TestRelayWhenDialBackFails(t *testing.T) {
+	h := newHarness(t, harnessOpts{
+		serverMod:       func(c *ServerConfig) { c.RelayAfter = 500 * time.Millisecond },
+		refuseDialBacks: true,
+	})
+	target := echoServer(t, "127.0.0.1")
+	for i := range 3 {
+		start := time.Now()
+		conn, err := h.client.Dial(t.Context(), target)
+		if err != nil {
+			t.Fatalf("Dial %d: %v", i, err)
+		}
+		msg := bytes.Repeat([]byte("relayed "), 50000)
+		go func() { conn.Write(msg); conn.CloseWrite() }()
+		got, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("session %d over relay: %d bytes, %v", i, len(got), err)
+		}
+		if i > 0 && time.Since(start) > 400*time.Millisecond {
+			t.Errorf("session %d waited for a dial-back again (%v): the relay decision should stick", i, time.Since(start))
+		}
+	}
+	if st := h.server.Stats(); st.RelaySessions != 3 || st.DialBackSessions != 0 {
+		t.Errorf("server stats %+v, want 3 relayed sessions", st)
+	}
+	if st := h.client.Stats(); st.RelaySessions != 3 {
+		t.Errorf("client stats %+v", st)
 	}
 }

@@ -37,6 +37,11 @@ package quictun
 //  5. localproxy matches the dial-back stream to the waiting browser
 //     connection by session id; an unknown or expired id is refused with
 //     CodeSessionUnknown.
+//  5a. Relay: when the dial-back cannot be established within RelayAfter
+//     (a symmetric NAT, inbound UDP blocked), coordinator writes the single
+//     byte RelayMarker on the Open stream instead of ending it, and the
+//     session's bytes flow on the Open stream itself, over the client's
+//     own outbound connection.
 //
 // Reverse direction (exposed local apps):
 //
@@ -130,6 +135,10 @@ const (
 	msgReverseOpen    uint8 = 0x30
 	msgReverseAck     uint8 = 0x31
 )
+
+// relayMarker, written on an Open stream after OpenResult, says the
+// session is relayed on that stream.
+const relayMarker = 0x52
 
 // sessionMagic starts every dial-back stream.
 const sessionMagic = 0xD1

@@ -68,5 +68,8 @@ func (s *tunnelSocket) publicAddr(ctx context.Context, addr string) (netip.AddrP
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("resolve reporter %s: %w", addr, err)
 	}
-	return s.stun.Query(ctx, publicAddrOf(ua))
+	// Ask for keepalive pings too: answering them keeps the NAT mapping
+	// open between requests. Servers that do not know the attribute (any
+	// standard STUN server) just answer the query.
+	return s.stun.QueryKeepalive(ctx, publicAddrOf(ua))
 }
