@@ -378,3 +378,19 @@ func TestReconnectAfterCoordinatorRestart(t *testing.T) {
 	l.startCoordinator(t, addr)
 	waitFor(t, "reconnect", func() bool { code, _ := get(); return code == 200 })
 }
+
+func TestPACFile(t *testing.T) {
+	l := startLab(t, labOptions{})
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(l.proxyURL.String() + "/proxy.pac")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "PROXY "+l.proxyURL.Host) ||
+		resp.Header.Get("Content-Type") != "application/x-ns-proxy-autoconfig" {
+		t.Fatalf("PAC: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+}

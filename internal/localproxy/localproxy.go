@@ -151,16 +151,18 @@ func New(cfg Config) (*Proxy, error) {
 		p.udp.Close()
 		return nil, err
 	}
-	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog})
-	if err != nil {
+	if p.ln, err = service.ListenTCP(cfg.Listen); err != nil {
 		p.tr.Close()
 		p.udp.Close()
 		return nil, err
 	}
-	if p.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog,
+		PAC: pacFile(p.ln.Addr())})
+	if err != nil {
+		p.ln.Close()
 		p.tr.Close()
 		p.udp.Close()
-		return nil, fmt.Errorf("listen on %s: %w (is another process using the port?)", cfg.Listen, err)
+		return nil, err
 	}
 	return p, nil
 }
@@ -207,7 +209,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
 		"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
-		"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS", p.ln.Addr()))
+		"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
 
 	var proxyErr error
 	select {
@@ -223,6 +225,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy stopped: %w", proxyErr)
 	}
 	return nil
+}
+
+// pacFile is the proxy auto-config served at /proxy.pac: everything
+// through this proxy, except loopback names and addresses.
+func pacFile(addr net.Addr) string {
+	return fmt.Sprintf(`function FindProxyForURL(url, host) {
+  if (isPlainHostName(host) || host == "localhost" || shExpMatch(host, "127.*") || host == "[::1]") {
+    return "DIRECT";
+  }
+  return "PROXY %s";
+}
+`, addr)
 }
 
 // publicAddrOf converts a net.Addr to a netip.AddrPort with IPv4-mapped
