@@ -195,6 +195,15 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	}
 	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
 	if err != nil {
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w: its certificate is not trusted for %q; "+
+				"trust the CA that signed it (localproxy --ca FILE) or check the server name: %w", addr, ErrUntrustedCoordinator, c.cfg.ServerName, err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, nil, nil, fmt.Errorf("connect to coordinator %s: no answer within %s (is coordinator running, and is UDP to that port allowed?): %w",
+				addr, c.cfg.ConnectTimeout, err)
+		}
 		return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
 	fail := func(err error) (*quic.Conn, *quic.Stream, *Welcome, error) {
@@ -298,7 +307,7 @@ func (c *Client) controlConn(ctx context.Context) (*quic.Conn, error) {
 	defer timer.Stop()
 	for {
 		c.mu.Lock()
-		conn, ready, lastErr := c.conn, c.ready, c.lastErr
+		conn, ready := c.conn, c.ready
 		c.mu.Unlock()
 		if conn != nil {
 			if conn.Context().Err() == nil {
@@ -314,6 +323,9 @@ func (c *Client) controlConn(ctx context.Context) (*quic.Conn, error) {
 		select {
 		case <-ready:
 		case <-timer.C:
+			c.mu.Lock()
+			lastErr := c.lastErr // the latest attempt's outcome, not the one before the wait
+			c.mu.Unlock()
 			if lastErr == nil {
 				lastErr = errors.New("still connecting")
 			}

@@ -12,6 +12,7 @@ var (
 	ErrProtocol               = errors.New("quictun: protocol violation")
 	ErrVersion                = errors.New("quictun: unsupported protocol version")
 	ErrAuthFailed             = errors.New("quictun: coordinator refused the token")
+	ErrUntrustedCoordinator   = errors.New("quictun: coordinator's certificate is not trusted")
 	ErrCoordinatorUnavailable = errors.New("quictun: coordinator unreachable")
 	ErrDialBackTimeout        = errors.New("quictun: dial-back did not arrive in time")
 	ErrSessionUnknown         = errors.New("quictun: unknown or expired session")

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -498,5 +499,21 @@ func TestRelayWhenDialBackFails(t *testing.T) {
 	}
 	if st := h.client.Stats(); st.RelaySessions != 3 {
 		t.Errorf("client stats %+v", st)
+	}
+}
+
+// TestUntrustedCoordinator: a coordinator certificate from an unknown CA
+// is refused, and the error says what to do.
+func TestUntrustedCoordinator(t *testing.T) {
+	h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) {
+		c.RootCAs = x509.NewCertPool() // trusts nothing
+		c.ConnectTimeout = 300 * time.Millisecond
+	}})
+	_, err := h.client.Dial(t.Context(), "127.0.0.1:1")
+	if !errors.Is(err, ErrCoordinatorUnavailable) || !errors.Is(err, ErrUntrustedCoordinator) || !strings.Contains(err.Error(), "--ca") {
+		t.Fatalf("Dial = %v; want coordinator unavailable because its certificate is untrusted, naming --ca", err)
+	}
+	if st := h.server.Stats(); st.Sessions != 0 {
+		t.Fatalf("sessions through an untrusted coordinator: %+v", st)
 	}
 }
