@@ -1,53 +1,69 @@
-# quictunnel: `make demo` runs everything on loopback, `make test` runs the tests.
+# quictunnel. `make` builds the binaries into bin/, `make test` is what CI
+# runs (.ci/run), `make demo` runs the whole chain on loopback.
+#
+#   make test PKGS=./internal/service/...   restrict vet, gofmt, tests and fuzzing
+#   make fuzz FUZZTIME=5m                    longer fuzzing (default 60s per target)
+
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 BIN := bin
-PKGS := ./...
-FUZZTIME ?= 5s
+CERTS := testdata/certs
+PKGS ?= ./...
+# Directories of PKGS, for gofmt ("./..." is "."; "./x/..." is "./x").
+PKGDIRS = $(patsubst %/...,%,$(patsubst ./...,.,$(PKGS)))
+FUZZTIME ?= 60s
 
-.PHONY: build test vet fmt-check race fuzz fuzz-smoke cross demo bench certs deps clean
+.DEFAULT_GOAL := build
+# Steps of a target run one after another even under make -j.
+.NOTPARALLEL:
+.PHONY: build test deps vet fmt-check race fuzz-smoke fuzz cross demo bench certs clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# The steps run in order (not as prerequisites, which make -j would start
+# together).
+test:
+	@scripts/test-deps.sh
+	@$(MAKE) --no-print-directory vet fmt-check race fuzz-smoke
+
 deps:
 	@scripts/test-deps.sh
-
-test: deps vet fmt-check race fuzz-smoke
 
 vet:
 	$(GO) vet $(PKGS)
 
 fmt-check:
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
-	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $(PKGDIRS)); \
+	if [ -n "$$out" ]; then echo "gofmt: these files need formatting (gofmt -w):"; echo "$$out"; exit 1; fi
 
 race:
 	$(GO) test -race -timeout 15m $(PKGS)
 
-# Every Fuzz target in the tree, briefly (make fuzz runs them longer).
+# Every Fuzz target (found by grep, so new ones are picked up) for 5s each.
 fuzz-smoke:
-	@scripts/fuzz.sh $(FUZZTIME)
+	@scripts/fuzz.sh 5s $(PKGS)
 
 fuzz:
-	@scripts/fuzz.sh 60s
+	@scripts/fuzz.sh $(FUZZTIME) $(PKGS)
 
 cross:
 	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/...
 	GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/...
 	GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/...
 
-demo: build testdata/certs/coordinator.pem
+demo: build $(CERTS)/coordinator.pem
 	@scripts/demo.sh
 
 bench: build
 	@scripts/bench.sh
 
+# Regenerate the throwaway test certificates (they are committed).
 certs:
-	scripts/gen-certs.sh testdata/certs
+	scripts/gen-certs.sh $(CERTS)
 
-testdata/certs/coordinator.pem:
-	scripts/gen-certs.sh testdata/certs
+$(CERTS)/coordinator.pem:
+	scripts/gen-certs.sh $(CERTS)
 
 clean:
 	rm -rf $(BIN)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -36,9 +37,11 @@ func freeUDPPort(t *testing.T) int {
 	return pc.LocalAddr().(*net.UDPAddr).Port
 }
 
-// stunReady waits until a STUN server answers a Binding request at addr.
+// stunReady waits (at most 20 seconds) until a STUN server answers a
+// Binding request at addr.
 func stunReady(t *testing.T, addr string) {
 	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
 	conn, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +50,7 @@ func stunReady(t *testing.T, addr string) {
 	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
 	buf := make([]byte, 1500)
 	for {
-		if t.Context().Err() != nil {
+		if t.Context().Err() != nil || time.Now().After(deadline) {
 			t.Fatalf("STUN server at %s never answered", addr)
 		}
 		conn.Write(req.Raw)
@@ -65,8 +68,12 @@ func TestLocalproxyWithCoturn(t *testing.T) {
 	bin := needTool(t, "turnserver")
 	port := freeUDPPort(t)
 	ctx, cancel := context.WithCancel(context.Background())
+	// Its own database and pid file, so concurrent runs do not share (and
+	// lock) the system-wide ones.
+	dir := t.TempDir()
 	cmd := exec.CommandContext(ctx, bin, "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
-		"-L", "127.0.0.1", "-p", strconv.Itoa(port), "--log-file", "stdout", "--simple-log")
+		"-L", "127.0.0.1", "-p", strconv.Itoa(port), "--log-file", "stdout", "--simple-log",
+		"--db", filepath.Join(dir, "turndb"), "--pidfile", filepath.Join(dir, "turnserver.pid"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

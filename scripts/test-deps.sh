@@ -1,28 +1,64 @@
 #!/usr/bin/env bash
-# Installs what the tests need from Debian's packages, if missing: openssl
-# (certificates), coturn (a standard STUN client and server for interop
-# tests), iproute2, iptables and conntrack (the network-namespace NAT lab),
-# curl and procps (the demo and the binary tests).
+# Installs, from Debian's packages, what the tests need and this machine
+# lacks: openssl (certificates), coturn (turnserver and turnutils_stunclient,
+# a second STUN implementation for interop tests), iproute2, iptables and
+# conntrack (the network-namespace NAT lab), curl and procps (the demo and
+# the binary tests).
+#
+# Idempotent and quiet: with everything present it does nothing (and never
+# runs apt-get update). As root it installs what is missing; otherwise it
+# prints what to install and exits 0, and the tests needing it skip.
 set -euo pipefail
+# iptables, conntrack and ip live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
 need=()
-have() { command -v "$1" >/dev/null 2>&1; }
-have openssl || need+=(openssl)
-have turnserver || need+=(coturn)
-have turnutils_stunclient || need+=(coturn)
-have ip || need+=(iproute2)
-have iptables || need+=(iptables)
-have conntrack || need+=(conntrack)
-have curl || need+=(curl)
-have pkill || need+=(procps)
+want() { # command, package
+  command -v "$1" >/dev/null 2>&1 || need+=("$2")
+}
+want openssl openssl
+want turnserver coturn
+want turnutils_stunclient coturn
+want ip iproute2
+want ss iproute2
+want iptables iptables
+want conntrack conntrack
+want curl curl
+want pkill procps
+want ps procps
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+
 if [ "$(id -u)" != 0 ]; then
-  echo "test-deps: please install: ${need[*]} (sudo apt-get install ${need[*]}); tests needing them will be skipped" >&2
+  echo "test-deps: missing ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2
+  echo "test-deps: the tests that need them will be skipped" >&2
   exit 0
 fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "test-deps: missing ${need[*]} and there is no apt-get; install them by hand" >&2
+  exit 0
+fi
+
 echo "test-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# coturn's package may start a turnserver; the tests start their own.
+# Keep packages from starting their services (coturn would take UDP 3478,
+# the demo's STUN port): a policy-rc.d that refuses, for the install only.
+policy=/usr/sbin/policy-rc.d
+added_policy=
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  added_policy=1
+fi
+cleanup() { if [ -n "$added_policy" ]; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+log=$(mktemp)
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  rm -f "$log"
+  echo "test-deps: apt-get failed" >&2
+  exit 1
+fi
+rm -f "$log"
+# On a machine with systemd the service may still have been enabled.
 systemctl disable --now coturn >/dev/null 2>&1 || true

@@ -2,6 +2,7 @@ package demoapp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -306,5 +307,36 @@ func TestServeReportsListenerFailure(t *testing.T) {
 	ln.Close()
 	if err := Serve(t.Context(), ln, nil); err == nil || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Serve on a closed listener = %v", err)
+	}
+}
+
+func TestPatternReads(t *testing.T) {
+	for _, tt := range []struct{ size, seek, buf int64 }{
+		{0, 0, 10}, {1, 0, 1}, {100_000, 0, 7}, {100_000, 250, 40_000}, {100_000, 99_990, 100}, {1 << 20, 12345, 1 << 17},
+	} {
+		p := &pattern{size: tt.size}
+		if _, err := p.Seek(tt.seek, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer // reads of tt.buf bytes: the wrappers hide ReadFrom and WriteTo
+		_, err := io.CopyBuffer(struct{ io.Writer }{&out}, struct{ io.Reader }{p}, make([]byte, tt.buf))
+		got := out.Bytes()
+		if err != nil || int64(len(got)) != max(tt.size-tt.seek, 0) {
+			t.Fatalf("%+v: read %d bytes, %v", tt, len(got), err)
+		}
+		for i, b := range got {
+			if b != ByteAt(tt.seek+int64(i)) {
+				t.Fatalf("%+v: byte %d is %d, want %d", tt, tt.seek+int64(i), b, ByteAt(tt.seek+int64(i)))
+			}
+		}
+	}
+}
+
+func BenchmarkBytes(b *testing.B) {
+	buf := make([]byte, 64<<10)
+	b.SetBytes(int64(len(buf)))
+	p := &pattern{size: 1 << 62}
+	for b.Loop() {
+		p.Read(buf)
 	}
 }

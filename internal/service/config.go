@@ -61,13 +61,13 @@ func checkRequired(c *cli.Context, names []string, flags []cli.Flag) error {
 		if c.IsSet(name) {
 			continue
 		}
-		where := "set it by flag"
+		where := "--" + name
 		for _, f := range flags {
 			if d, ok := f.(cli.DocGenerationFlag); ok && f.Names()[0] == name && len(d.GetEnvVars()) > 0 {
-				where += ", by $" + d.GetEnvVars()[0]
+				where += ", $" + d.GetEnvVars()[0]
 			}
 		}
-		return &SettingError{Setting: "--" + name, Reason: "required: " + where + " or as " + name + ": in --config"}
+		return &SettingError{Setting: "--" + name, Reason: fmt.Sprintf("required: give %s or %q in the --config file", where, name+":")}
 	}
 	return nil
 }

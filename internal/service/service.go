@@ -41,7 +41,8 @@ type App struct {
 	Flags []cli.Flag
 	// Commands are optional subcommands. They see the service's flags
 	// (including values from --config) through c.String and friends; their
-	// own flags are command-line and environment only.
+	// own flags are command-line and environment only. An error from a
+	// command's Action exits 1, a usage error 2.
 	Commands []*cli.Command
 	// Run runs the service until ctx ends (SIGINT or SIGTERM) and returns
 	// nil, or ctx's error, after a clean stop. log is the service's logger
@@ -109,6 +110,14 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 	for _, cmd := range app.Commands {
 		if cmd.OnUsageError == nil {
 			cmd.OnUsageError = usageError
+		}
+		if action := cmd.Action; action != nil {
+			cmd.Action = func(c *cli.Context) error {
+				if err := action(c); err != nil {
+					return &exitCode{code: 1, err: err} // failed, not misused
+				}
+				return nil
+			}
 		}
 	}
 	a := &cli.App{

@@ -236,6 +236,22 @@ func TestHelpShowsEveryFlagDefaultAndEnv(t *testing.T) {
 	}
 }
 
+func TestSubcommandErrors(t *testing.T) {
+	var got settings
+	app := testApp(&got)
+	app.Commands = []*cli.Command{{Name: "status", Flags: []cli.Flag{&cli.BoolFlag{Name: "brief"}},
+		Action: func(c *cli.Context) error { return errors.New("service not running") }}}
+	if code, _, stderr := runApp(t, app, "status"); code != 1 || stderr != "svc: service not running\n" {
+		t.Errorf("failing subcommand: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := runApp(t, app, "status", "--nope"); code != 2 || !strings.Contains(stderr, "nope") {
+		t.Errorf("misused subcommand: exit %d, stderr %q", code, stderr)
+	}
+	if got.ran {
+		t.Error("the service ran for a subcommand")
+	}
+}
+
 func TestRunErrorExitsOne(t *testing.T) {
 	app := App{Name: "svc", Flags: testFlags(), Run: func(context.Context, *cli.Context, *slog.Logger) error {
 		return fmt.Errorf("open store: %w", os.ErrNotExist)
