@@ -147,7 +147,14 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 
 	if resp.status == http.StatusSwitchingProtocols {
 		if !h.upgrade {
+			c.writeError(http.StatusBadGateway, fmt.Sprintf("%s switched protocols without being asked to", r.key))
+			status = http.StatusBadGateway
 			return false, fmt.Errorf("%w: 101 without an upgrade request", errMalformed)
+		}
+		// The splice reads the client's buffered reader next: the request
+		// body, if any, must be through first.
+		if err := waitBody(requestBodyGrace); err != nil {
+			return false, fmt.Errorf("request body: %w", err)
 		}
 		c.writeResponseHead(resp, false, true)
 		if err := c.bw.Flush(); err != nil {

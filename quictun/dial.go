@@ -56,10 +56,17 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	if err != nil {
 		return nil, fmt.Errorf("%w: open stream: %w", ErrCoordinatorUnavailable, err)
 	}
-	relayed := false // the open stream became the session: leave it open
+	// On success the open stream is closed (dial-back) or becomes the
+	// session (relay); on every other way out both directions are reset.
+	succeeded, relayed := false, false
 	defer func() {
-		if !relayed {
+		switch {
+		case relayed:
+		case succeeded:
+			str.CancelRead(quic.StreamErrorCode(CodeOK))
+		default:
 			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+			str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
 		}
 	}()
 	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
@@ -116,6 +123,7 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	case d := <-ch:
 		c.stats.sessions.Add(1)
 		str.Close()
+		succeeded = true
 		return newStreamConn(d.stream, d.conn, id), nil
 	case <-relay:
 		relayed = true
