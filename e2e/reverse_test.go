@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -39,8 +40,10 @@ type reverseLab struct {
 
 func startReverseLab(t *testing.T) *reverseLab {
 	t.Helper()
-	base := freeTCPPort(t)
-	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 20)}}
+	// Public ports come from below the kernel's ephemeral range (32768 and
+	// up here), so no outgoing connection of the tests can hold them.
+	base := 20000 + rand.IntN(500)*20
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -418,7 +421,7 @@ func startTCPEcho(t *testing.T) string {
 // port of its own answers there as well as by name.
 func TestReverseDedicatedHTTPPort(t *testing.T) {
 	l := startReverseLab(t)
-	want := l.ports.Min + 3
+	want := freePortIn(t, l.ports)
 	p := l.addClient(t, "laptop", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "web", Local: startApp(t), Port: want})
 	r := p.Client().Registrations()[0]
 	if r.Err != nil || r.Port != want || !strings.Contains(r.URL, strconv.Itoa(int(want))) {
@@ -436,4 +439,17 @@ func TestReverseDedicatedHTTPPort(t *testing.T) {
 	if resp.StatusCode != 200 || e.Path != "/dedicated" || e.Header.Get("X-Forwarded-For") == "" {
 		t.Fatalf("dedicated port: %d %+v", resp.StatusCode, e)
 	}
+}
+
+// freePortIn returns a port of r nothing listens on right now.
+func freePortIn(t *testing.T, r coordinator.PortRange) uint16 {
+	for p := r.Max; p >= r.Min; p-- {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(p))))
+		if err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	t.Fatalf("no free port in %d-%d", r.Min, r.Max)
+	return 0
 }
