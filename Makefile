@@ -38,7 +38,7 @@ fmt-check:
 	if [ -n "$$out" ]; then echo "gofmt: these files need formatting (gofmt -w):"; echo "$$out"; exit 1; fi
 
 race:
-	$(GO) test -race -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 # Every Fuzz target (found by grep, so new ones are picked up) for 5s each.
 fuzz-smoke:
