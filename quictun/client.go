@@ -44,6 +44,9 @@ type Client struct {
 	// refuseDialBacks leaves the tunnel creation service off, so dial-back
 	// packets vanish as behind a NAT that lets nothing in. Tests only.
 	refuseDialBacks bool
+	// dropDialBackStreams ignores dial-back streams, as a dial-back
+	// connection that died silently would. Tests only.
+	dropDialBackStreams bool
 }
 
 type clientCounters struct {

@@ -222,6 +222,17 @@ func (c *Client) route(d dialBack) {
 		d.refuse(CodeProtocol)
 		return
 	}
+	c.mu.Lock()
+	drop := c.dropDialBackStreams
+	c.mu.Unlock()
+	if drop {
+		return // as if the connection had died: no ack, no answer
+	}
+	// The ack goes first, before the session owns the stream.
+	if _, err := d.stream.Write([]byte{dialBackAck}); err != nil {
+		d.refuse(CodeCanceled)
+		return
+	}
 	if !c.table.deliver(id, d) {
 		c.stats.unknownSessions.Add(1)
 		c.log.Warn("dial-back stream refused: unknown or expired session", "session", id, "peer", d.conn.RemoteAddr())

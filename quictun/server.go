@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -326,6 +327,13 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	var sess net.Conn
 	mode := "dial-back"
 	stream, err := p.openDialBack(ctx, open.Session)
+	if err == nil {
+		if err = p.awaitAck(stream); err != nil {
+			stream.Reset()
+			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
+			p.noteDialBackFailure(err)
+		}
+	}
 	switch {
 	case err == nil:
 		endOpen() // FIN: the dial-back stream is on its way
@@ -438,6 +446,25 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		return conn, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// awaitAck waits for localproxy's dialBackAck on a new dial-back stream:
+// proof that the dial-back connection still reaches it.
+func (p *peer) awaitAck(s *StreamConn) error {
+	wait := p.s.cfg.DialBackTimeout
+	if !p.s.cfg.DisableRelay {
+		wait = p.s.cfg.RelayAfter
+	}
+	s.SetReadDeadline(time.Now().Add(wait))
+	defer s.SetReadDeadline(time.Time{})
+	var b [1]byte
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		return fmt.Errorf("dial-back stream not acknowledged within %s: %w", wait, err)
+	}
+	if b[0] != dialBackAck {
+		return fmt.Errorf("%w: dial-back stream answered 0x%02x, want ack", ErrProtocol, b[0])
+	}
+	return nil
 }
 
 // relayRetry is how long a client whose dial-back failed is served over

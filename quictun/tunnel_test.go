@@ -517,3 +517,41 @@ func TestUntrustedCoordinator(t *testing.T) {
 		t.Fatalf("sessions through an untrusted coordinator: %+v", st)
 	}
 }
+
+// TestRelayWhenDialBackConnectionDies: a dial-back connection that went
+// silent (NAT mapping lost while idle) is noticed on the next session,
+// which is relayed instead of timing out.
+func TestRelayWhenDialBackConnectionDies(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.RelayAfter = 300 * time.Millisecond }})
+	target := echoServer(t, "127.0.0.1")
+	roundTrip := func() error {
+		conn, err := h.client.Dial(t.Context(), target)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.Write([]byte("ping"))
+		conn.CloseWrite()
+		got, err := io.ReadAll(conn)
+		if string(got) != "ping" {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	}
+	if err := roundTrip(); err != nil {
+		t.Fatal(err)
+	}
+	h.client.mu.Lock()
+	h.client.dropDialBackStreams = true
+	h.client.mu.Unlock()
+	start := time.Now()
+	if err := roundTrip(); err != nil {
+		t.Fatalf("session after the dial-back went silent: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v", d)
+	}
+	if st := h.server.Stats(); st.RelaySessions != 1 || st.DialBackSessions != 1 {
+		t.Errorf("server stats %+v: want one dial-back then one relayed session", st)
+	}
+}

@@ -35,8 +35,11 @@ package quictun
 //     writes SessionHeader, then relays the target's bytes both ways. The open
 //     stream is then closed by both sides.
 //  5. localproxy matches the dial-back stream to the waiting browser
-//     connection by session id; an unknown or expired id is refused with
-//     CodeSessionUnknown.
+//     connection by session id and writes the single byte dialBackAck on
+//     it before anything else; an unknown or expired id is refused with
+//     CodeSessionUnknown. coordinator relays nothing until the ack arrives:
+//     a dial-back connection that stays silent (a NAT mapping lost while
+//     idle) is dropped and the session relayed (5a) instead.
 //  5a. Relay: when the dial-back cannot be established within RelayAfter
 //     (a symmetric NAT, inbound UDP blocked), coordinator writes the single
 //     byte RelayMarker on the Open stream instead of ending it, and the
@@ -87,6 +90,8 @@ package quictun
 //	version  uint8
 //	session  [16]byte
 //
+// answered by localproxy with the byte 0x06 (dialBackAck).
+//
 // # Versions
 //
 //	1 (2026-11): first version.
@@ -135,6 +140,9 @@ const (
 	msgReverseOpen    uint8 = 0x30
 	msgReverseAck     uint8 = 0x31
 )
+
+// dialBackAck is localproxy's first byte on a dial-back stream.
+const dialBackAck = 0x06
 
 // relayMarker, written on an Open stream after OpenResult, says the
 // session is relayed on that stream.
