@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"quictunnel/internal/coordinator"
+	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 )
 
@@ -50,6 +51,10 @@ func main() {
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
 				Usage: "how long to try dialing back to a client"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"COORDINATOR_METRICS_LISTEN"},
+				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
+				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
@@ -101,5 +106,5 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return coord.Run(ctx)
+	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
 }

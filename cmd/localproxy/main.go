@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"quictunnel/internal/localproxy"
+	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/quictun"
 )
@@ -51,6 +52,10 @@ func main() {
 				Usage: "expose a local HTTP app as NAME.DOMAIN on coordinator's public HTTP port: NAME=HOST:PORT[:PUBLICPORT] (repeatable)"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose-tcp", EnvVars: []string{"LOCALPROXY_EXPOSE_TCP"},
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
+				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
+				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
@@ -105,7 +110,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, p.RegisterMetrics, p.Run)
 }
 
 // loadRoots reads --ca; an empty path means the system's roots.

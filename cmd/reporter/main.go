@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
+	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/natt"
 )
@@ -28,6 +29,10 @@ func main() {
 				Usage: "milliseconds between keepalive pings to clients that asked for them; keep it below the NAT's UDP timeout"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "keepalive-misses", Value: 3, EnvVars: []string{"REPORTER_KEEPALIVE_MISSES"},
 				Usage: "stop pinging a client after this many unanswered pings in a row"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"REPORTER_METRICS_LISTEN"},
+				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9101)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"REPORTER_PPROF"},
+				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 		},
 		Run: run,
 	}, os.Args))
@@ -52,5 +57,6 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	}
 	defer pc.Close()
 	log.Info("reporter ready", "listen", pc.LocalAddr(), "keepalive_interval", time.Duration(interval)*time.Millisecond)
-	return srv.Serve(ctx, pc)
+	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, func(r *metrics.Registry) { r.AddReporter(srv) },
+		func(ctx context.Context) error { return srv.Serve(ctx, pc) })
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"quictunnel/httpproxy"
+	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/natt"
 	"quictunnel/quictun"
@@ -216,6 +217,31 @@ func (c *Coordinator) ReporterAddr() net.Addr {
 		return nil
 	}
 	return c.stunPC.LocalAddr()
+}
+
+// RegisterMetrics adds the coordinator's metrics to r.
+func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
+	r.AddTunnelServer(c.server)
+	if c.reporter != nil {
+		r.AddReporter(c.reporter)
+	}
+	if c.public != nil {
+		r.AddHTTP("public", c.public.Stats)
+	}
+	if c.registry != nil {
+		r.Gauge("exposed_services", "Services published now.", func() float64 {
+			c.registry.mu.Lock()
+			defer c.registry.mu.Unlock()
+			seen := map[*quictun.Service]bool{}
+			for _, p := range c.registry.byName {
+				seen[p.svc] = true
+			}
+			for _, p := range c.registry.byPort {
+				seen[p.svc] = true
+			}
+			return float64(len(seen))
+		})
+	}
 }
 
 // Server exposes the tunnel server, for status and tests.

@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"quictunnel/httpproxy"
+	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/quictun"
 )
@@ -172,6 +173,12 @@ func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
 
 // TunnelAddr is the local address of the tunnel's UDP socket.
 func (p *Proxy) TunnelAddr() net.Addr { return p.udp.LocalAddr() }
+
+// RegisterMetrics adds localproxy's metrics to r.
+func (p *Proxy) RegisterMetrics(r *metrics.Registry) {
+	r.AddTunnelClient(p.client)
+	r.AddHTTP("proxy", p.proxy.Stats)
+}
 
 // Client exposes the tunnel client, for status and tests.
 func (p *Proxy) Client() *quictun.Client { return p.client }

@@ -1,0 +1,97 @@
+// Package metrics serves a service's Prometheus metrics, /healthz and,
+// optionally, pprof, on one HTTP listener (--metrics-listen). Metrics are
+// read from the components' own Stats snapshots when Prometheus scrapes,
+// so the data path carries no extra counters.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "quictunnel"
+
+// Registry collects one service's metrics.
+type Registry struct {
+	reg *prometheus.Registry
+}
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors.
+func NewRegistry() *Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &Registry{reg: r}
+}
+
+// Counter registers a counter read from f at scrape time.
+func (r *Registry) Counter(name, help string, f func() float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, f))
+}
+
+// Gauge registers a gauge read from f at scrape time.
+func (r *Registry) Gauge(name, help string, f func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help}, f))
+}
+
+// Serve answers /metrics, /healthz and, with withPprof, /debug/pprof/ on
+// ln until ctx ends.
+func (r *Registry) Serve(ctx context.Context, ln net.Listener, withPprof bool, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	})
+	defer stop()
+	log.Info("metrics ready", "listen", ln.Addr(), "pprof", withPprof)
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// RunWith runs run(ctx); when addr is set it also serves the metrics that
+// register adds on addr, until run returns.
+func RunWith(ctx context.Context, addr string, withPprof bool, log *slog.Logger, register func(*Registry), run func(context.Context) error) error {
+	if addr == "" {
+		return run(ctx)
+	}
+	r := NewRegistry()
+	register(r)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx, ln, withPprof, log) }()
+	err = run(ctx)
+	cancel()
+	if serr := <-done; err == nil && serr != nil {
+		err = fmt.Errorf("metrics: %w", serr)
+	}
+	return err
+}

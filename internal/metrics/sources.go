@@ -1,0 +1,79 @@
+package metrics
+
+import (
+	"quictunnel/httpproxy"
+	"quictunnel/natt"
+	"quictunnel/quictun"
+)
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// AddTunnelServer registers coordinator's tunnel metrics.
+func (r *Registry) AddTunnelServer(s *quictun.Server) {
+	st := func() quictun.ServerStats { return s.Stats() }
+	r.Gauge("clients_connected", "Authenticated localproxy clients connected now.", func() float64 { return float64(st().Clients) })
+	r.Counter("auth_failures_total", "Clients refused for a bad token.", func() float64 { return float64(st().AuthFailures) })
+	r.Counter("sessions_total", "Forward sessions established.", func() float64 { return float64(st().Sessions) })
+	r.Gauge("sessions_active", "Forward sessions open now.", func() float64 { return float64(st().ActiveSessions) })
+	r.Counter("dialback_sessions_total", "Sessions carried over a dial-back connection.", func() float64 { return float64(st().DialBackSessions) })
+	r.Counter("relay_sessions_total", "Sessions relayed over the client's own connection.", func() float64 { return float64(st().RelaySessions) })
+	r.Counter("target_errors_total", "Targets that could not be reached.", func() float64 { return float64(st().TargetErrors) })
+	r.Counter("dialback_errors_total", "Sessions failed for want of a dial-back.", func() float64 { return float64(st().DialBackErrors) })
+	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })
+	r.Counter("session_bytes_down_total", "Bytes from targets to clients.", func() float64 { return float64(st().BytesDown) })
+}
+
+// AddTunnelClient registers localproxy's tunnel metrics.
+func (r *Registry) AddTunnelClient(c *quictun.Client) {
+	st := func() quictun.ClientStats { return c.Stats() }
+	r.Gauge("coordinator_connected", "1 while the control connection to coordinator is up.", func() float64 { return b2f(st().Connected) })
+	r.Counter("coordinator_connects_total", "Control connections established.", func() float64 { return float64(st().Connects) })
+	r.Counter("sessions_total", "Sessions established.", func() float64 { return float64(st().Sessions) })
+	r.Counter("relay_sessions_total", "Sessions relayed over the control connection.", func() float64 { return float64(st().RelaySessions) })
+	r.Gauge("sessions_pending", "Sessions waiting for their dial-back.", func() float64 { return float64(st().PendingSessions) })
+	r.Counter("dialback_timeouts_total", "Sessions whose dial-back did not arrive in time.", func() float64 { return float64(st().DialBackTimeouts) })
+	r.Counter("unknown_sessions_total", "Dial-back streams refused for an unknown or expired session id.", func() float64 { return float64(st().UnknownSessions) })
+	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
+		n := 0
+		for _, reg := range c.Registrations() {
+			if reg.Err == nil {
+				n++
+			}
+		}
+		return float64(n)
+	})
+}
+
+// AddHTTP registers an HTTP proxy's metrics, names prefixed by prefix
+// ("proxy" for the browser side, "public" for exposed apps).
+func (r *Registry) AddHTTP(prefix string, stats func() httpproxy.Stats) {
+	r.Counter(prefix+"_requests_total", "HTTP requests and CONNECT tunnels received.", func() float64 { return float64(stats().Requests) })
+	r.Counter(prefix+"_tunnels_total", "CONNECT tunnels.", func() float64 { return float64(stats().Tunnels) })
+	r.Gauge(prefix+"_connections_active", "Client connections open now.", func() float64 { return float64(stats().ActiveConns) })
+	r.Counter(prefix+"_bytes_up_total", "Bytes from clients.", func() float64 { return float64(stats().BytesUp) })
+	r.Counter(prefix+"_bytes_down_total", "Bytes to clients.", func() float64 { return float64(stats().BytesDown) })
+	r.Counter(prefix+"_errors_total", "Responses with a 4xx or 5xx status.", func() float64 {
+		var n int64
+		for code, c := range stats().ByStatus {
+			if code >= 400 {
+				n += c
+			}
+		}
+		return float64(n)
+	})
+}
+
+// AddReporter registers the STUN reporter's metrics.
+func (r *Registry) AddReporter(s *natt.Server) {
+	st := func() natt.ServerStats { return s.Stats() }
+	r.Counter("stun_requests_total", "STUN Binding requests answered.", func() float64 { return float64(st().Requests) })
+	r.Gauge("stun_kept_alive_clients", "Clients being kept alive now.", func() float64 { return float64(st().KeptAlive) })
+	r.Counter("stun_pings_total", "Keepalive pings sent.", func() float64 { return float64(st().Pings) })
+	r.Counter("stun_forgotten_total", "Clients forgotten after missing pings.", func() float64 { return float64(st().Forgotten) })
+	r.Counter("stun_dropped_total", "Requests dropped: malformed or over the rate limit.", func() float64 { return float64(st().Dropped) })
+}
