@@ -102,6 +102,7 @@ type labOptions struct {
 	host        string // loopback address to use: "127.0.0.1" (default) or "::1"
 	clientToken string // default: the coordinator's token
 	reporter    string // STUN server for localproxy; default: coordinator's embedded reporter
+	idleRestart time.Duration
 }
 
 func startLab(t testing.TB, o labOptions) *lab {
@@ -129,6 +130,7 @@ func startLab(t testing.TB, o labOptions) *lab {
 		ServerName:     "localhost",
 		Name:           "e2e",
 		ConnectTimeout: 2 * time.Second,
+		IdleRestart:    o.idleRestart,
 		Logger:         l.proxyLog.logger(),
 	})
 	if err != nil {

@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +96,71 @@ func TestLocalproxyWithCoturn(t *testing.T) {
 	want := l.proxy.TunnelAddr().(*net.UDPAddr).AddrPort()
 	if got := l.proxy.Client().Stats().PublicAddr; got != want {
 		t.Fatalf("public address from coturn = %v, want %v", got, want)
+	}
+}
+
+// shiftingReporter is a STUN server that reports the true source address
+// first and then moved, as a NAT that remapped the client would: the
+// second address is moved (a bound, silent loopback socket, so dial-backs
+// to it stay on this machine and go unanswered).
+func shiftingReporter(t *testing.T, moved *net.UDPAddr) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for answered := 0; ; answered++ {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if req.Decode() != nil || req.Type != stun.BindingRequest {
+				continue
+			}
+			mapped := from.(*net.UDPAddr)
+			if answered > 0 {
+				mapped = moved
+			}
+			resp := stun.MustBuild(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+				&stun.XORMappedAddress{IP: mapped.IP, Port: mapped.Port})
+			pc.WriteTo(resp.Raw, from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// TestIdleRestartNoticesNewPublicAddress: the idle timer re-runs the STUN
+// query; a changed public address is logged and told to coordinator, and
+// sessions keep working (coordinator falls back to the address it sees).
+func TestIdleRestartNoticesNewPublicAddress(t *testing.T) {
+	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	moved := silent.LocalAddr().(*net.UDPAddr)
+	l := startLab(t, labOptions{reporter: shiftingReporter(t, moved), idleRestart: 100 * time.Millisecond})
+	target := startTarget(t, "127.0.0.1", bulkHandler())
+	waitFor(t, "coordinator told of the new address", func() bool {
+		return strings.Contains(l.coordLog.String(), "client public address changed") &&
+			strings.Contains(l.proxyLog.String(), "public address changed")
+	})
+	if got := l.proxy.Client().Stats().PublicAddr.String(); got != moved.String() {
+		t.Fatalf("public address %s", got)
+	}
+	tr := &http.Transport{Proxy: http.ProxyURL(l.proxyURL), DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(target.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("after the address change: %d", resp.StatusCode)
 	}
 }

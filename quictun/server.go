@@ -249,6 +249,7 @@ func (p *peer) readControl(ctrl *quic.Stream) {
 			p.mu.Lock()
 			old := p.publicAddr
 			p.publicAddr = m.PublicAddr
+			p.relayUntil = time.Time{} // a new address deserves a new dial-back attempt
 			p.mu.Unlock()
 			p.log.Info("client public address changed", "old", old, "new", m.PublicAddr)
 			p.closeDialBack() // the next session dials the new address

@@ -56,6 +56,8 @@ func main() {
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
+				Usage: "after this long without a new session, ask the reporter again and tell coordinator if the public address changed (negative: never)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
@@ -104,6 +106,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Name:            c.String("name"),
 		DialBackTimeout: c.Duration("dial-back-timeout"),
 		STUNTimeout:     c.Duration("stun-timeout"),
+		IdleRestart:     c.Duration("idle-restart"),
 		Logger:          log,
 		AccessLog:       accessLog,
 	})

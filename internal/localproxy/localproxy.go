@@ -54,6 +54,12 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// STUNTimeout bounds the reporter query at start. Default 3s.
 	STUNTimeout time.Duration
+	// IdleRestart is the idle timer of the startup workflow: after this
+	// long without a new session, localproxy asks the reporter again and,
+	// if its public address changed (a NAT reboot, a new uplink), tells
+	// coordinator, so later dial-backs reach it. Default 1m; negative
+	// turns it off.
+	IdleRestart time.Duration
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
@@ -93,6 +99,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.STUNTimeout == 0 {
 		c.STUNTimeout = 3 * time.Second
+	}
+	if c.IdleRestart == 0 {
+		c.IdleRestart = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -213,6 +222,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}()
 	proxyDone := make(chan error, 1)
 	go func() { proxyDone <- p.proxy.Serve(p.ln) }()
+	idleDone := make(chan struct{})
+	go func() {
+		defer close(idleDone)
+		p.relearnWhenIdle(ctx, public)
+	}()
+	defer func() { <-idleDone }()
 
 	p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
 		"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
@@ -232,6 +247,42 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy stopped: %w", proxyErr)
 	}
 	return nil
+}
+
+// relearnWhenIdle runs the startup workflow's STUN step again each time
+// IdleRestart passes without a new session, and reports a changed public
+// address to coordinator. It returns when ctx ends.
+func (p *Proxy) relearnWhenIdle(ctx context.Context, public netip.AddrPort) {
+	if p.cfg.IdleRestart < 0 {
+		return
+	}
+	t := time.NewTicker(p.cfg.IdleRestart)
+	defer t.Stop()
+	sessions := p.client.Stats().Sessions
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n := p.client.Stats().Sessions; n != sessions {
+			sessions = n // busy: the mapping is in use, nothing to do
+			continue
+		}
+		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+		addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
+		cancel()
+		switch {
+		case err != nil:
+			p.log.Debug("idle re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
+		case addr != public:
+			p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
+			public = addr
+			if err := p.client.SetPublicAddr(addr); err != nil {
+				p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
+			}
+		}
+	}
 }
 
 // pacFile is the proxy auto-config served at /proxy.pac: everything
