@@ -10,6 +10,7 @@ PROXY_PORT=${PROXY_PORT:-8118}
 COORD_PORT=${COORD_PORT:-4433}
 STUN_PORT=${STUN_PORT:-3478}
 APP_PORT=${APP_PORT:-3000}
+HTTP_PORT=${HTTP_PORT:-8080}
 TOKEN=${TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/quictunnel-demo.XXXXXX")
 
@@ -20,11 +21,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp"; do
+for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$HTTP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp"; do
   proto=${port#*/}; num=${port%/*}
   if { [ "$proto" = tcp ] && ss -Hltn "sport = :$num" 2>/dev/null | grep -q .; } ||
      { [ "$proto" = udp ] && ss -Hlun "sport = :$num" 2>/dev/null | grep -q .; }; then
-    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, COORD_PORT or STUN_PORT to free ones" >&2
+    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, HTTP_PORT, COORD_PORT or STUN_PORT to free ones" >&2
     exit 1
   fi
 done
@@ -37,10 +38,12 @@ start() { # name, then the command
 
 start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT"
 start coordinator "$BIN/coordinator" --listen "127.0.0.1:$COORD_PORT" \
-  --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN"
+  --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN" \
+  --http "127.0.0.1:$HTTP_PORT" --domain localhost
 start demoapp "$BIN/demoapp" --listen "127.0.0.1:$APP_PORT"
 start localproxy "$BIN/localproxy" --listen "127.0.0.1:$PROXY_PORT" --coordinator "127.0.0.1:$COORD_PORT" \
-  --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem
+  --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem \
+  --expose "app=127.0.0.1:$APP_PORT"
 
 # Wait for the proxy to answer (it serves 503 until coordinator is reached).
 ok=""
@@ -57,18 +60,39 @@ if [ -z "$ok" ]; then
   exit 1
 fi
 
+# The reverse direction: the demo app exposed as app.localhost on coordinator's public port.
+rev=""
+for _ in $(seq 1 100); do
+  if rev=$(curl -sS --max-time 5 -H "Host: app.localhost:$HTTP_PORT" "http://127.0.0.1:$HTTP_PORT/from-the-public-side" 2>/dev/null) &&
+     [[ "$rev" == *'"path": "/from-the-public-side"'* ]]; then
+    break
+  fi
+  rev=""
+  sleep 0.1
+done
+if [ -z "$rev" ]; then
+  echo "demo: the request through the public port failed. Logs:" >&2
+  tail -n 20 "$LOGDIR"/*.log >&2
+  exit 1
+fi
+
 cat <<EOF
 == quictunnel demo: all services up on loopback ==
   reporter     udp 127.0.0.1:$STUN_PORT
   coordinator  udp 127.0.0.1:$COORD_PORT   (token: $TOKEN)
   demo app     http://127.0.0.1:$APP_PORT
   localproxy   http://127.0.0.1:$PROXY_PORT  <- point your browser here
+  public port  http://app.localhost:$HTTP_PORT/  -> the demo app, through the tunnel (reverse direction)
 
 A request went browser -> localproxy -> coordinator -> demo app and back:
 $out
 
+The reverse direction works too: a request to coordinator's public port (Host: app.localhost) reached the
+demo app through localproxy, which saw it with X-Forwarded-For, X-Forwarded-Host and Forwarded added.
+
 Try it:
   curl -x http://127.0.0.1:$PROXY_PORT http://127.0.0.1:$APP_PORT/anything
+  curl http://app.localhost:$HTTP_PORT/anything            (reverse: public port -> localproxy -> app)
   curl -x http://127.0.0.1:$PROXY_PORT https://example.com/      (needs Internet on this machine)
 
 Firefox: Settings > General > Network Settings > Manual proxy configuration:
