@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -199,4 +201,53 @@ func startReverseBenchLab(b *testing.B, app string) *reverseLab {
 		}
 	}
 	return &reverseLab{coord: c, httpAddr: c.HTTPAddr().String(), quicAddr: c.Addr().String()}
+}
+
+// BenchmarkSessionSetup measures a new session from connect to the first
+// response byte: a fresh CONNECT through the forward proxy (a new tunnel
+// session each time) versus a direct TCP connect, each followed by one
+// small HTTP request.
+func BenchmarkSessionSetup(b *testing.B) {
+	app := startBenchApp(b)
+	l := startLab(b, labOptions{})
+	request := "GET /healthz HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+	for _, c := range []struct {
+		name  string
+		proxy bool
+	}{{"direct", false}, {"connect-new-session", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			var lat []time.Duration
+			buf := make([]byte, 512)
+			for b.Loop() {
+				t0 := time.Now()
+				addr := app
+				if c.proxy {
+					addr = l.proxyURL.Host
+				}
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				br := bufio.NewReader(conn)
+				if c.proxy {
+					fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", app, app)
+					resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+					if err != nil || resp.StatusCode != 200 {
+						b.Fatalf("CONNECT: %v %v", resp, err)
+					}
+				}
+				io.WriteString(conn, request)
+				if _, err := br.Read(buf[:1]); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+				io.Copy(io.Discard, br)
+				conn.Close()
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }
