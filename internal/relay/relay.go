@@ -38,43 +38,50 @@ type closeWriter interface{ CloseWrite() error }
 type closeReader interface{ CloseRead() error }
 
 // Splice copies a→b and b→a until both directions have ended, then closes
-// both connections. It returns the byte counts and the errors that are not a
-// clean end of stream. When one direction fails, or ctx is cancelled, both
-// connections are reset (see reset) and the relay ends promptly.
+// both connections. It returns the byte counts and, when the relay did not
+// end cleanly, the first failure (a reset, a lost connection, a broken
+// pipe): the other direction's error is its consequence and is dropped.
+// When one direction fails, or ctx is cancelled, both connections are reset
+// (see reset) so neither peer mistakes a cut transfer for a complete one.
 func Splice(ctx context.Context, a, b net.Conn) (Stats, error) {
 	var (
-		st   Stats
-		wg   sync.WaitGroup
-		errs [2]error
+		st    Stats
+		wg    sync.WaitGroup
+		once  sync.Once
+		cause error // the first failure; the other side's error is its consequence
 	)
-	done := make(chan struct{})
 	abort := sync.OnceFunc(func() { reset(a); reset(b) })
+	fail := func(err error) {
+		once.Do(func() { cause = err })
+		abort()
+	}
 	stop := context.AfterFunc(ctx, abort)
 
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		st.AToB, errs[0] = copyHalf(b, a)
-		if errs[0] != nil {
-			abort()
+		n, err := copyHalf(b, a)
+		st.AToB = n
+		if err != nil {
+			fail(err)
 		}
 	}()
 	go func() {
 		defer wg.Done()
-		st.BToA, errs[1] = copyHalf(a, b)
-		if errs[1] != nil {
-			abort()
+		n, err := copyHalf(a, b)
+		st.BToA = n
+		if err != nil {
+			fail(err)
 		}
 	}()
-	go func() { wg.Wait(); close(done) }()
-	<-done
+	wg.Wait()
 	stop()
 	a.Close()
 	b.Close()
 	if ctx.Err() != nil {
 		return st, context.Cause(ctx)
 	}
-	return st, errors.Join(firstReal(errs[0]), firstReal(errs[1]))
+	return st, cause
 }
 
 // copyHalf copies src to dst; on a clean EOF it half-closes dst for writing
@@ -121,14 +128,6 @@ func reset(c net.Conn) {
 		c.SetLinger(0)
 	}
 	c.Close()
-}
-
-// firstReal drops the errors that only say the relay was already torn down.
-func firstReal(err error) error {
-	if err == nil || IsClosed(err) {
-		return nil
-	}
-	return err
 }
 
 // IsClosed reports whether err only says that a connection was closed or

@@ -82,7 +82,9 @@ func TestSpliceResetOnFailure(t *testing.T) {
 	if err == nil || errors.Is(err, io.EOF) {
 		t.Fatalf("browser saw %v, want a reset", err)
 	}
-	<-done
+	if err := <-done; err == nil {
+		t.Fatal("Splice reported a clean end for a relay the target reset")
+	}
 }
 
 func TestSpliceContextCancel(t *testing.T) {
