@@ -115,7 +115,13 @@ func (r *registry) Withdraw(svc *quictun.Service) {
 	defer r.mu.Unlock()
 	if p, ok := r.byName[name]; ok && p.svc == svc {
 		r.unpublish(p)
-		r.offline[name] = time.Now()
+		now := time.Now()
+		for n, t := range r.offline { // forget names gone long enough
+			if now.Sub(t) >= offlineMemory {
+				delete(r.offline, n)
+			}
+		}
+		r.offline[name] = now
 	}
 	for _, p := range r.byPort {
 		if p.svc == svc {
