@@ -52,7 +52,7 @@ cross:
 	GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/...
 	GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/...
 
-demo: build $(CERTS)/coordinator.pem
+demo: deps build $(CERTS)/coordinator.pem
 	@scripts/demo.sh
 
 bench: build

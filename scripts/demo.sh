@@ -14,6 +14,10 @@ HTTP_PORT=${HTTP_PORT:-8080}
 TOKEN=${TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/quictunnel-demo.XXXXXX")
 
+for tool in curl ss; do
+  command -v "$tool" >/dev/null || { echo "demo: needs $tool (sudo apt-get install curl iproute2, or run scripts/test-deps.sh as root)" >&2; exit 1; }
+done
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
