@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -412,13 +413,21 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
 		return p.dialBack, nil
 	}
+	// The address coordinator observes first: dial-backs leave from the
+	// socket the control connection uses, so that is the NAT mapping that
+	// lets them in, whatever the NAT's type. Then the reported address,
+	// which differs behind a NAT that maps per destination.
 	p.mu.Lock()
-	addrs := []netip.AddrPort{p.publicAddr}
+	reported := p.publicAddr
 	p.mu.Unlock()
-	if !addrs[0].IsValid() {
-		addrs[0] = p.observed
-	} else if p.observed.IsValid() && p.observed != addrs[0] {
-		addrs = append(addrs, p.observed)
+	var addrs []netip.AddrPort
+	for _, a := range []netip.AddrPort{p.observed, reported} {
+		if a.IsValid() && !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("no address to dial back to")
 	}
 	tlsConf := &tls.Config{
 		MinVersion:            tls.VersionTLS13,
@@ -431,10 +440,10 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	var errs []error
 	for i, addr := range addrs {
 		dctx := ctx
-		if i < len(addrs)-1 {
-			// Leave time for the fallback address.
+		if deadline, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
+			// Leave the later addresses their share of the time.
 			var cancel context.CancelFunc
-			dctx, cancel = context.WithTimeout(ctx, p.s.cfg.DialBackTimeout/2)
+			dctx, cancel = context.WithTimeout(ctx, time.Until(deadline)/time.Duration(len(addrs)-i))
 			defer cancel()
 		}
 		conn, err := p.s.cfg.Transport.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, quicConfig(-1, p.s.cfg.DialBackTimeout))

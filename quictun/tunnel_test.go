@@ -304,16 +304,12 @@ func TestErrors(t *testing.T) {
 		}
 	})
 	t.Run("dial-back timeout", func(t *testing.T) {
-		// coordinator dials back to a black hole, so the dial-back never
+		// No dial-back gets in and the relay is off, so the dial-back never
 		// arrives; the client gives up after DialBackTimeout.
-		blackhole, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		defer blackhole.Close()
 		h := newHarness(t, harnessOpts{
-			clientMod: func(c *ClientConfig) {
-				c.PublicAddr = blackhole.LocalAddr().(*net.UDPAddr).AddrPort()
-				c.DialBackTimeout = 300 * time.Millisecond
-			},
-			serverMod: func(c *ServerConfig) { c.DialBackTimeout = 5 * time.Second },
+			clientMod:       func(c *ClientConfig) { c.DialBackTimeout = 300 * time.Millisecond },
+			serverMod:       func(c *ServerConfig) { c.DialBackTimeout = 5 * time.Second; c.DisableRelay = true },
+			refuseDialBacks: true,
 		})
 		target := echoServer(t, "127.0.0.1")
 		_, err := h.client.Dial(t.Context(), target)
@@ -323,9 +319,10 @@ func TestErrors(t *testing.T) {
 	})
 }
 
-func TestDialBackFallsBackToObservedAddress(t *testing.T) {
-	// The reporter's view is wrong (a dead port); coordinator falls back
-	// to the source address it observes and the session still works.
+func TestDialBackPrefersObservedAddress(t *testing.T) {
+	// The reporter's view is wrong (a dead port, as behind a NAT that maps
+	// per destination); coordinator dials the source address it observes
+	// first, so the session gets a dial-back, not the relay.
 	blackhole, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	defer blackhole.Close()
 	h := newHarness(t, harnessOpts{
@@ -337,6 +334,13 @@ func TestDialBackFallsBackToObservedAddress(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	conn.Close()
+	// coordinator counts the session once it has the client's ack.
+	for deadline := time.Now().Add(5 * time.Second); h.server.Stats().DialBackSessions == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := h.server.Stats(); st.DialBackSessions != 1 || st.RelaySessions != 0 {
+		t.Fatalf("stats %+v: want the session dialed back", st)
+	}
 }
 
 func TestReconnectAfterCoordinatorRestart(t *testing.T) {
@@ -456,8 +460,8 @@ func TestPublicAddrUpdate(t *testing.T) {
 	if err := h.client.SetPublicAddr(netip.MustParseAddrPort("127.0.0.1:9")); err != nil {
 		t.Fatal(err)
 	}
-	// The new address is dead, but coordinator falls back to the observed
-	// address, so sessions keep working.
+	// The new address is dead, but coordinator dials the observed address
+	// first, so sessions keep working.
 	conn, err := h.client.Dial(t.Context(), target)
 	if err != nil {
 		t.Fatalf("Dial after address update: %v", err)
