@@ -111,13 +111,9 @@ func start(t *testing.T, env []string, name string, args ...string) *process {
 	return p
 }
 
+// freeTCPPort is freeUDPPort for TCP.
 func freeTCPPort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return freePort(t, func(addr string) (io.Closer, error) { return net.Listen("tcp", addr) })
 }
 
 // TestBinaries runs the real commands as a user would: the reporter from

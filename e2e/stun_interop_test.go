@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -29,38 +31,82 @@ func needTool(t *testing.T, name string) string {
 	return p
 }
 
-// freeUDPPort returns a UDP port that was free a moment ago.
+// freeUDPPort returns a UDP port that was free a moment ago, for a child
+// process to bind. It comes from 30000-32767, below the kernel's ephemeral
+// range, so sockets that tests running in parallel bind to port 0 cannot
+// take it in between.
 func freeUDPPort(t *testing.T) int {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
+	return freePort(t, func(addr string) (io.Closer, error) { return net.ListenPacket("udp", addr) })
 }
 
-// stunReady waits (at most 20 seconds) until a STUN server answers a
-// Binding request at addr.
-func stunReady(t *testing.T, addr string) {
+// freePort finds a port in 30000-32767 that open can bind.
+func freePort(t *testing.T, open func(addr string) (io.Closer, error)) int {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	for range 100 {
+		port := 30000 + rand.IntN(2768)
+		if c, err := open(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			c.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port in 30000-32767")
+	return 0
+}
+
+// startTurnserver starts coturn's turnserver as a plain STUN server on a
+// free port below the kernel's ephemeral range (so no socket of a test
+// running in parallel can take it first) and returns its address, or ""
+// with its output logged if it does not answer within 5 seconds.
+func startTurnserver(t *testing.T, bin string) string {
+	t.Helper()
+	port := 20000 + rand.IntN(10000)
+	if pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
+		return ""
+	} else {
+		pc.Close()
+	}
+	// Its own database and pid file, so concurrent runs do not share (and
+	// lock) the system-wide ones.
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
+		"-L", "127.0.0.1", "-p", strconv.Itoa(port), "--log-file", "stdout", "--simple-log",
+		"--db", filepath.Join(dir, "turndb"), "--pidfile", filepath.Join(dir, "turnserver.pid"))
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	if !stunReady(addr, 5*time.Second) {
+		t.Logf("turnserver on %s did not answer; output:\n%s", addr, out)
+		cancel()
+		return ""
+	}
+	return addr
+}
+
+// stunReady reports whether a STUN server answers a Binding request at
+// addr within wait.
+func stunReady(addr string, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
 	conn, err := net.Dial("udp", addr)
 	if err != nil {
-		t.Fatal(err)
+		return false
 	}
 	defer conn.Close()
 	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
 	buf := make([]byte, 1500)
-	for {
-		if t.Context().Err() != nil || time.Now().After(deadline) {
-			t.Fatalf("STUN server at %s never answered", addr)
-		}
+	for time.Now().Before(deadline) {
 		conn.Write(req.Raw)
 		conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		if n, err := conn.Read(buf); err == nil && stun.IsMessage(buf[:n]) {
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // TestLocalproxyWithCoturn runs localproxy against coturn's turnserver, a
@@ -68,20 +114,13 @@ func stunReady(t *testing.T, addr string) {
 // address from it (on loopback, its own socket address) and work.
 func TestLocalproxyWithCoturn(t *testing.T) {
 	bin := needTool(t, "turnserver")
-	port := freeUDPPort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	// Its own database and pid file, so concurrent runs do not share (and
-	// lock) the system-wide ones.
-	dir := t.TempDir()
-	cmd := exec.CommandContext(ctx, bin, "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls",
-		"-L", "127.0.0.1", "-p", strconv.Itoa(port), "--log-file", "stdout", "--simple-log",
-		"--db", filepath.Join(dir, "turndb"), "--pidfile", filepath.Join(dir, "turnserver.pid"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	var addr string
+	for attempt := 0; addr == "" && attempt < 3; attempt++ {
+		addr = startTurnserver(t, bin)
 	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	stunReady(t, addr)
+	if addr == "" {
+		t.Fatal("turnserver never answered (see its output above)")
+	}
 
 	l := startLab(t, labOptions{reporter: addr})
 	target := startTarget(t, "127.0.0.1", bulkHandler())
