@@ -22,6 +22,8 @@ want turnutils_stunclient coturn
 want ip iproute2
 want ss iproute2
 want iptables iptables
+want ip6tables iptables
+want iptables-restore iptables
 want conntrack conntrack
 want curl curl
 want pkill procps
