@@ -51,7 +51,7 @@ type Client struct {
 
 type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
-	connects, relaySessions                                 atomic.Uint64
+	connects, relaySessions, punches                        atomic.Uint64
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -66,6 +66,7 @@ type ClientStats struct {
 	UnknownSessions  uint64 // dial-back streams refused: unknown or expired id
 	BadStreams       uint64 // dial-back streams refused: malformed header
 	Connects         uint64 // control connections established
+	Punches          uint64 // sessions that punched towards a dial-back worker
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -300,6 +301,7 @@ func (c *Client) Stats() ClientStats {
 	st.UnknownSessions = c.stats.unknownSessions.Load()
 	st.BadStreams = c.stats.badStreams.Load()
 	st.Connects = c.stats.connects.Load()
+	st.Punches = c.stats.punches.Load()
 	return st
 }
 

@@ -165,6 +165,9 @@ type ServerConfig struct {
 	RelayAfter time.Duration
 	// DisableRelay makes a failed dial-back fail the session (504).
 	DisableRelay bool
+	// WorkerToken is the secret dial-back workers (coordinator --role
+	// dialback) present. Default: none, and workers are refused.
+	WorkerToken string
 	// HelloTimeout bounds the wait for a new client's Hello. Default 10s.
 	HelloTimeout time.Duration
 	// MaxStreams bounds concurrent session set-ups per client. Default 10000.

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -87,6 +89,15 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	if res.Code != CodeOK {
 		return nil, &SessionError{Target: target, Code: res.Code, Reason: res.Reason}
 	}
+	if res.PunchTo.IsValid() {
+		// The dial-back will come from elsewhere: open our NAT towards it
+		// first, then say so.
+		stop := c.punch(id, res.PunchTo)
+		defer stop()
+		if _, err := str.Write([]byte{punchedMarker}); err != nil {
+			return nil, c.openError(ctx, target, err)
+		}
+	}
 
 	// coordinator reached the target and is dialing back. It ends the open
 	// stream with FIN once the dial-back stream is sent, writes relayMarker
@@ -139,6 +150,41 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 		return nil, fmt.Errorf("%w: connection lost: %w", ErrCoordinatorUnavailable, context.Cause(conn.Context()))
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
+	}
+}
+
+// punchRepeats are the delays after the first punch at which it is sent
+// again while the dial-back has not arrived, in case a punch is lost.
+var punchRepeats = []time.Duration{50 * time.Millisecond, 150 * time.Millisecond, 350 * time.Millisecond, 750 * time.Millisecond}
+
+// punch sends the session's punch packet to addr from our socket now, and
+// again after each of punchRepeats until stop is called.
+func (c *Client) punch(id SessionID, addr netip.AddrPort) (stop func()) {
+	pkt, to := punchPacket(id), net.UDPAddrFromAddrPort(addr)
+	send := func() {
+		if _, err := c.cfg.Transport.WriteTo(pkt, to); err != nil {
+			c.log.Debug("punch not sent", "to", addr, "err", err)
+		}
+	}
+	send()
+	c.stats.punches.Add(1)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		start := time.Now()
+		for _, at := range punchRepeats {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Until(start.Add(at))):
+				send()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
 	}
 }
 

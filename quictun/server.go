@@ -28,8 +28,9 @@ type Server struct {
 	log   *slog.Logger
 	stats serverCounters
 
-	mu    sync.Mutex
-	peers map[*peer]struct{}
+	mu      sync.Mutex
+	peers   map[*peer]struct{}
+	workers map[*workerPeer]int // dial-back workers, with the number of clients each serves
 }
 
 type serverCounters struct {
@@ -42,6 +43,7 @@ type serverCounters struct {
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
 type ServerStats struct {
 	Clients        int // connected now
+	Workers        int // dial-back workers connected now
 	AuthFailures   int64
 	Sessions       int64 // established since start
 	ActiveSessions int64
@@ -60,16 +62,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Server{cfg: cfg, log: cfg.Logger, peers: make(map[*peer]struct{})}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, peers: make(map[*peer]struct{}), workers: make(map[*workerPeer]int)}, nil
 }
 
 // Stats returns a snapshot of the server's counters.
 func (s *Server) Stats() ServerStats {
 	s.mu.Lock()
-	n := len(s.peers)
+	n, nw := len(s.peers), len(s.workers)
 	s.mu.Unlock()
 	return ServerStats{
 		Clients:          n,
+		Workers:          nw,
 		AuthFailures:     s.stats.authFailures.Load(),
 		Sessions:         s.stats.sessions.Load(),
 		ActiveSessions:   s.stats.activeSessions.Load(),
@@ -88,7 +91,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cfg.Certificate},
-		NextProtos:   []string{ALPNControl},
+		NextProtos:   []string{ALPNControl, ALPNWorker},
 	}
 	ln, err := s.cfg.Transport.Listen(tlsConf, quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout))
 	if err != nil {
@@ -117,6 +120,10 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "coordinator shutting down")
 	})
 	defer stop()
+	if conn.ConnectionState().TLS.NegotiatedProtocol == ALPNWorker {
+		s.serveWorker(ctx, conn, log)
+		return
+	}
 
 	hello, ctrl, err := s.readHello(ctx, conn)
 	if err != nil {
@@ -214,6 +221,7 @@ type peer struct {
 
 	dialMu   sync.Mutex // serialises dial-back connection set-up
 	dialBack *quic.Conn
+	worker   *workerPeer // the dial-back worker serving this client, if any
 }
 
 // serve reads control messages and serves session requests until the
@@ -222,6 +230,7 @@ func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer p.withdrawServices()
+	defer p.releaseWorker()
 	defer p.closeDialBack()
 	wg.Go(func() { p.readControl(ctrl) })
 	for {
@@ -310,6 +319,11 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		outcome("forbidden", nil, relay.Stats{})
 		return
 	}
+	if w := p.pickWorker(); w != nil {
+		if p.serveViaWorker(ctx, w, str, open, outcome) {
+			return
+		}
+	}
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
 	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
 	cancel()
@@ -330,7 +344,11 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	mode := "dial-back"
 	stream, err := p.openDialBack(ctx, open.Session)
 	if err == nil {
-		if err = p.awaitAck(stream); err != nil {
+		wait := p.s.cfg.DialBackTimeout
+		if !p.s.cfg.DisableRelay {
+			wait = p.s.cfg.RelayAfter
+		}
+		if err = awaitAck(stream, wait); err != nil {
 			stream.Reset()
 			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
 			p.noteDialBackFailure(err)
@@ -392,21 +410,11 @@ func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, err
 		p.noteDialBackFailure(err)
 		return nil, err
 	}
-	s, err := conn.OpenStreamSync(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("open dial-back stream: %w", err)
-	}
-	if _, err := s.Write(AppendSessionHeader(make([]byte, 0, SessionHeaderSize), id)); err != nil {
-		s.CancelWrite(quic.StreamErrorCode(CodeCanceled))
-		s.CancelRead(quic.StreamErrorCode(CodeCanceled))
-		return nil, fmt.Errorf("write session header: %w", err)
-	}
-	return newStreamConn(s, conn, id), nil
+	return openDialBackStream(ctx, conn, id)
 }
 
 // dialBackConn returns the dial-back connection to this client, dialing it
-// if there is none: first to the public address the client reported, then,
-// if that differs and fails, to the address its packets come from.
+// if there is none.
 func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
@@ -426,16 +434,34 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 			addrs = append(addrs, a)
 		}
 	}
+	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.s.cfg.Certificate, p.certHash, addrs)
+	if err != nil {
+		return nil, err
+	}
+	p.log.Info("dial-back connection established", "addr", addr)
+	p.dialBack = conn
+	return conn, nil
+}
+
+// dialBackTo dials a client's tunnel creation service at each address in
+// turn, sharing ctx's time among them, and returns the first connection
+// established. The client must present the certificate whose SHA-256 is
+// certHash; we present cert, the one it pinned.
+func dialBackTo(ctx context.Context, tr *quic.Transport, cert tls.Certificate, certHash [32]byte, addrs []netip.AddrPort) (*quic.Conn, netip.AddrPort, error) {
 	if len(addrs) == 0 {
-		return nil, errors.New("no address to dial back to")
+		return nil, netip.AddrPort{}, errors.New("no address to dial back to")
 	}
 	tlsConf := &tls.Config{
 		MinVersion:            tls.VersionTLS13,
-		Certificates:          []tls.Certificate{p.s.cfg.Certificate},
+		Certificates:          []tls.Certificate{cert},
 		ServerName:            dialBackServerName,
 		InsecureSkipVerify:    true, // verified by VerifyPeerCertificate: pinned to the hash from Hello
-		VerifyPeerCertificate: verifyPinnedHash(p.certHash),
+		VerifyPeerCertificate: verifyPinnedHash(certHash),
 		NextProtos:            []string{ALPNDialBack},
+	}
+	handshake := 10 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		handshake = time.Until(deadline)
 	}
 	var errs []error
 	for i, addr := range addrs {
@@ -446,25 +472,34 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 			dctx, cancel = context.WithTimeout(ctx, time.Until(deadline)/time.Duration(len(addrs)-i))
 			defer cancel()
 		}
-		conn, err := p.s.cfg.Transport.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, quicConfig(-1, p.s.cfg.DialBackTimeout))
+		conn, err := tr.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, quicConfig(-1, max(handshake, time.Second)))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dial back %s: %w", addr, err))
 			continue
 		}
-		p.log.Info("dial-back connection established", "addr", addr)
-		p.dialBack = conn
-		return conn, nil
+		return conn, addr, nil
 	}
-	return nil, errors.Join(errs...)
+	return nil, netip.AddrPort{}, errors.Join(errs...)
 }
 
-// awaitAck waits for localproxy's dialBackAck on a new dial-back stream:
-// proof that the dial-back connection still reaches it.
-func (p *peer) awaitAck(s *StreamConn) error {
-	wait := p.s.cfg.DialBackTimeout
-	if !p.s.cfg.DisableRelay {
-		wait = p.s.cfg.RelayAfter
+// openDialBackStream opens a stream for session id on a dial-back
+// connection and writes the session header.
+func openDialBackStream(ctx context.Context, conn *quic.Conn, id SessionID) (*StreamConn, error) {
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open dial-back stream: %w", err)
 	}
+	if _, err := s.Write(AppendSessionHeader(make([]byte, 0, SessionHeaderSize), id)); err != nil {
+		s.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		s.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		return nil, fmt.Errorf("write session header: %w", err)
+	}
+	return newStreamConn(s, conn, id), nil
+}
+
+// awaitAck waits up to wait for localproxy's dialBackAck on a new dial-back
+// stream: proof that the dial-back connection still reaches it.
+func awaitAck(s *StreamConn, wait time.Duration) error {
 	s.SetReadDeadline(time.Now().Add(wait))
 	defer s.SetReadDeadline(time.Time{})
 	var b [1]byte

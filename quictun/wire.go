@@ -40,6 +40,22 @@ package quictun
 //     CodeSessionUnknown. coordinator relays nothing until the ack arrives:
 //     a dial-back connection that stays silent (a NAT mapping lost while
 //     idle) is dropped and the session relayed (5a) instead.
+//  4a. Dial-back service elsewhere: when coordinator has dial-back workers
+//     (coordinator --role dialback, connected to it over ALPN
+//     "quictun-worker/1" with WorkerHello), it hands each Open to the
+//     client's worker as a Job on a new stream. The worker dials the target
+//     and answers JobResult; coordinator forwards it as OpenResult, whose
+//     PunchTo is the worker's address when the worker has no live dial-back
+//     connection to this client yet. localproxy then sends punch packets
+//     (STUN Binding indications, see PunchPacket) from its socket to PunchTo
+//     and writes the single byte punchedMarker on the Open stream;
+//     coordinator passes it on to the worker, which only then dials back
+//     (NAT-NOTES: a dial-back that arrives before the punch spoils the
+//     mapping). The worker dials the source its punch arrived from first,
+//     then the reported and observed addresses. On success it writes
+//     dialBackAck on the Job stream and relays on the dial-back stream;
+//     otherwise it writes relayMarker and relays on the Job stream, which
+//     coordinator splices to the Open stream (5a).
 //  5a. Relay: when the dial-back cannot be established within RelayAfter
 //     (a symmetric NAT, inbound UDP blocked), coordinator writes the single
 //     byte RelayMarker on the Open stream instead of ending it, and the
@@ -108,12 +124,13 @@ import (
 )
 
 // ProtocolVersion is the version this build speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // ALPN protocol identifiers.
 const (
 	ALPNControl  = "quictun/1"
 	ALPNDialBack = "quictun-dialback/1"
+	ALPNWorker   = "quictun-worker/1"
 )
 
 // MaxFrameSize caps a control message body, so a peer cannot make us
@@ -126,6 +143,7 @@ const (
 	maxTargetLen = 1024
 	maxReasonLen = 1024
 	maxNameLen   = 256
+	maxAdvertise = 8
 )
 
 // Message types.
@@ -139,6 +157,9 @@ const (
 	msgRegisterResult uint8 = 0x21
 	msgReverseOpen    uint8 = 0x30
 	msgReverseAck     uint8 = 0x31
+	msgWorkerHello    uint8 = 0x40
+	msgJob            uint8 = 0x41
+	msgJobResult      uint8 = 0x42
 )
 
 // dialBackAck is localproxy's first byte on a dial-back stream.
@@ -147,6 +168,11 @@ const dialBackAck = 0x06
 // relayMarker, written on an Open stream after OpenResult, says the
 // session is relayed on that stream.
 const relayMarker = 0x52
+
+// punchedMarker, written by localproxy on an Open stream after an
+// OpenResult with PunchTo, says its punch packets have left; coordinator
+// passes it on to the worker on the Job stream.
+const punchedMarker = 0x50
 
 // sessionMagic starts every dial-back stream.
 const sessionMagic = 0xD1
@@ -233,6 +259,36 @@ type Open struct {
 type OpenResult struct {
 	Code   ErrorCode
 	Reason string
+	// PunchTo, when valid, asks localproxy to punch its NAT towards this
+	// address and confirm with punchedMarker: the dial-back comes from
+	// there.
+	PunchTo netip.AddrPort
+}
+
+// WorkerHello is the first message of a dial-back worker's connection to
+// coordinator.
+type WorkerHello struct {
+	Version uint8
+	Token   string
+	// Advertise lists the addresses clients should punch towards (one per
+	// address family); empty means the source coordinator observes.
+	Advertise []netip.AddrPort
+}
+
+// Job hands a session to a dial-back worker.
+type Job struct {
+	Session    SessionID
+	Target     string
+	CertSHA256 [32]byte       // the client's dial-back certificate
+	Reported   netip.AddrPort // the public address the client reported
+	Observed   netip.AddrPort // the source coordinator observes
+}
+
+// JobResult answers Job once the worker has dialed the target.
+type JobResult struct {
+	Code    ErrorCode
+	Reason  string
+	PunchTo netip.AddrPort // set when the client must punch first
 }
 
 // ServiceKind says how coordinator publishes an exposed service.
@@ -294,6 +350,9 @@ func (*Register) msgType() uint8       { return msgRegister }
 func (*RegisterResult) msgType() uint8 { return msgRegisterResult }
 func (*ReverseOpen) msgType() uint8    { return msgReverseOpen }
 func (*ReverseAck) msgType() uint8     { return msgReverseAck }
+func (*WorkerHello) msgType() uint8    { return msgWorkerHello }
+func (*Job) msgType() uint8            { return msgJob }
+func (*JobResult) msgType() uint8      { return msgJobResult }
 
 func (m *Register) appendBody(b []byte) []byte {
 	b = append(b, uint8(m.Kind))
@@ -339,7 +398,32 @@ func (m *Open) appendBody(b []byte) []byte {
 
 func (m *OpenResult) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
-	return appendString(b, m.Reason)
+	b = appendString(b, m.Reason)
+	return appendAddr(b, m.PunchTo)
+}
+
+func (m *WorkerHello) appendBody(b []byte) []byte {
+	b = append(b, m.Version)
+	b = appendString(b, m.Token)
+	b = append(b, uint8(len(m.Advertise)))
+	for _, a := range m.Advertise {
+		b = appendAddr(b, a)
+	}
+	return b
+}
+
+func (m *Job) appendBody(b []byte) []byte {
+	b = append(b, m.Session[:]...)
+	b = appendString(b, m.Target)
+	b = append(b, m.CertSHA256[:]...)
+	b = appendAddr(b, m.Reported)
+	return appendAddr(b, m.Observed)
+}
+
+func (m *JobResult) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	b = appendString(b, m.Reason)
+	return appendAddr(b, m.PunchTo)
 }
 
 // AppendFrame appends the framed encoding of m to b.
@@ -403,7 +487,26 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 		o.Target = d.str(maxTargetLen)
 		m = o
 	case msgOpenResult:
-		m = &OpenResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen)}
+		m = &OpenResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen), PunchTo: d.addr()}
+	case msgWorkerHello:
+		h := &WorkerHello{Version: d.u8(), Token: d.str(maxTokenLen)}
+		n := int(d.u8())
+		if n > maxAdvertise {
+			return nil, fmt.Errorf("%w: worker hello advertises %d addresses, at most %d", ErrProtocol, n, maxAdvertise)
+		}
+		for range n {
+			h.Advertise = append(h.Advertise, d.addr())
+		}
+		m = h
+	case msgJob:
+		j := &Job{}
+		copy(j.Session[:], d.bytes(SessionIDSize))
+		j.Target = d.str(maxTargetLen)
+		copy(j.CertSHA256[:], d.bytes(32))
+		j.Reported, j.Observed = d.addr(), d.addr()
+		m = j
+	case msgJobResult:
+		m = &JobResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen), PunchTo: d.addr()}
 	case msgRegister:
 		m = &Register{Kind: ServiceKind(d.u8()), Name: d.str(maxNameLen), Port: d.u16()}
 	case msgRegisterResult:

@@ -18,6 +18,11 @@ func TestFrameRoundTrip(t *testing.T) {
 		&Open{Session: SessionID{9, 9, 9}, Target: "example.test:443"},
 		&OpenResult{Code: CodeTargetUnreachable, Reason: "connection refused"},
 		&OpenResult{},
+		&OpenResult{PunchTo: netip.MustParseAddrPort("[2001:db8:a::30]:4434")},
+		&WorkerHello{Version: ProtocolVersion, Token: "w", Advertise: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.30:4434")}},
+		&WorkerHello{},
+		&Job{Session: SessionID{9}, Target: "example.test:443", CertSHA256: [32]byte{1}, Reported: netip.MustParseAddrPort("203.0.113.2:5000")},
+		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("198.51.100.30:4434")},
 	}
 	for _, m := range tests {
 		b, err := AppendFrame(nil, m)
@@ -102,6 +107,9 @@ func FuzzReadFrame(f *testing.F) {
 		&AddrUpdate{PublicAddr: netip.MustParseAddrPort("203.0.113.9:7")},
 		&Open{Target: "example.test:80"},
 		&OpenResult{Code: CodeTimeout, Reason: "slow"},
+		&WorkerHello{Version: 2, Token: "w", Advertise: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.30:1")}},
+		&Job{Target: "a:1", Observed: netip.MustParseAddrPort("203.0.113.2:9")},
+		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("[2001:db8::3]:4")},
 	} {
 		f.Add(mustFrame(m))
 	}
@@ -133,6 +141,34 @@ func FuzzSessionHeader(f *testing.F) {
 		}
 		if !bytes.Equal(AppendSessionHeader(nil, id), b) {
 			t.Fatalf("header %x re-encodes differently", b)
+		}
+	})
+}
+
+func TestPunchPacket(t *testing.T) {
+	id := NewSessionID()
+	p := punchPacket(id)
+	k, ok := parsePunch(p)
+	if !ok || k != punchKeyOf(id) {
+		t.Fatalf("parsePunch(punchPacket) = %x, %v; want %x", k, ok, punchKeyOf(id))
+	}
+	if bytes.Contains(p, id[:4]) {
+		t.Errorf("punch %x carries the session id", p)
+	}
+	for _, b := range [][]byte{nil, {0}, p[:len(p)-1], append([]byte{0x40}, p[1:]...)} {
+		if _, ok := parsePunch(b); ok {
+			t.Errorf("parsePunch(%x) accepted", b)
+		}
+	}
+}
+
+func FuzzParsePunch(f *testing.F) {
+	f.Add(punchPacket(SessionID{1}))
+	f.Add([]byte{0, 1, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, ok := parsePunch(b)
+		if ok && len(b) < 20 {
+			t.Fatalf("accepted %d bytes as punch %x", len(b), k)
 		}
 	})
 }

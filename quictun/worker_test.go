@@ -1,0 +1,112 @@
+package quictun
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+// startWorker runs a dial-back worker against h's server on its own socket.
+func startWorker(t *testing.T, h *harness, token string) *Worker {
+	t.Helper()
+	w, err := NewWorker(WorkerConfig{
+		Transport: newTransport(t, "127.0.0.1"), Coordinator: h.serverTr.Conn.LocalAddr().String(), Token: token,
+		Certificate: getPKI(t).cert, RootCAs: getPKI(t).pool, ServerName: "localhost",
+		RelayAfter: 500 * time.Millisecond, ConnectTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return w
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func echoRoundTrip(t *testing.T, c *Client, target string, msg []byte) {
+	t.Helper()
+	conn, err := c.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer conn.Close()
+	go func() { conn.Write(msg); conn.CloseWrite() }()
+	got, err := io.ReadAll(conn)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: got %d bytes (%v), want %d", len(got), err, len(msg))
+	}
+}
+
+// TestDialBackViaWorker: with a dial-back worker connected, the worker
+// dials the target and dials back after the client punched towards it; the
+// data does not pass through coordinator. When the worker cannot reach the
+// client, the session is relayed through coordinator to the worker.
+func TestDialBackViaWorker(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		name := map[bool]string{false: "dial-back", true: "relay"}[refuse]
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{refuseDialBacks: refuse, serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+			w := startWorker(t, h, "worker-secret")
+			waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
+			target := echoServer(t, "127.0.0.1")
+			msg := bytes.Repeat([]byte("via worker "), 20000)
+			for i := range 3 {
+				start := time.Now()
+				echoRoundTrip(t, h.client, target, msg)
+				t.Logf("session %d: %v", i, time.Since(start))
+			}
+			ws, ss, cs := w.Stats(), h.server.Stats(), h.client.Stats()
+			if ws.Jobs != 3 || ss.Sessions != 3 {
+				t.Fatalf("worker %+v server %+v: want 3 jobs and 3 sessions", ws, ss)
+			}
+			if cs.Punches != 1 || ws.Punches < 1 {
+				t.Errorf("client punched %d times, worker saw %d punches: want one punch, for the first session only", cs.Punches, ws.Punches)
+			}
+			if refuse {
+				if ws.RelaySessions != 3 || ss.RelaySessions != 3 || cs.RelaySessions != 3 {
+					t.Errorf("worker %+v server %+v client %+v: want 3 relayed sessions", ws, ss, cs)
+				}
+				return
+			}
+			if ws.DialBackSessions != 3 || ss.DialBackSessions != 3 || ss.BytesUp != 0 {
+				t.Errorf("worker %+v server %+v: want 3 dial-back sessions carried by the worker alone", ws, ss)
+			}
+			if ws.BytesUp != 3*int64(len(msg)) || ws.BytesDown != 3*int64(len(msg)) {
+				t.Errorf("worker moved %d/%d bytes, want %d each way", ws.BytesUp, ws.BytesDown, 3*len(msg))
+			}
+		})
+	}
+}
+
+func TestWorkerBadToken(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+	w, err := NewWorker(WorkerConfig{
+		Transport: newTransport(t, "127.0.0.1"), Coordinator: h.serverTr.Conn.LocalAddr().String(), Token: "wrong",
+		Certificate: getPKI(t).cert, RootCAs: getPKI(t).pool, ServerName: "localhost",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Run(t.Context()); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("Run with a wrong token = %v, want ErrAuthFailed", err)
+	}
+	if h.server.Stats().Workers != 0 {
+		t.Fatal("worker with a wrong token joined")
+	}
+	// Without workers sessions are served by coordinator itself.
+	echoRoundTrip(t, h.client, echoServer(t, "127.0.0.1"), []byte("direct"))
+}

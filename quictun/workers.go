@@ -1,0 +1,215 @@
+package quictun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"quictunnel/internal/relay"
+)
+
+// This file is coordinator's side of dial-back workers (worker.go is the
+// worker's): workers connect with WorkerHello and take Jobs, so that
+// sessions' data flows between the worker and the client, not through
+// coordinator.
+
+// workerPeer is one connected dial-back worker.
+type workerPeer struct {
+	conn     *quic.Conn
+	observed netip.AddrPort
+	log      *slog.Logger
+}
+
+// serveWorker authenticates a worker's connection and keeps it in the pool
+// until it closes.
+func (s *Server) serveWorker(ctx context.Context, conn *quic.Conn, log *slog.Logger) {
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
+	ctrl, err := conn.AcceptStream(hctx)
+	cancel()
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
+		return
+	}
+	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	msg, err := ReadFrame(ctrl)
+	hello, ok := msg.(*WorkerHello)
+	if err != nil || !ok {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "expected worker hello")
+		log.Warn("dial-back worker refused: bad hello", "err", err)
+		return
+	}
+	if !checkWorkerToken(hello.Token, s.cfg.WorkerToken) {
+		s.stats.authFailures.Add(1)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid worker token")
+		log.Warn("dial-back worker refused: invalid worker token")
+		return
+	}
+	if hello.Version != ProtocolVersion {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeVersion), fmt.Sprintf("coordinator speaks version %d", ProtocolVersion))
+		return
+	}
+	w := &workerPeer{conn: conn, log: log}
+	if a, ok := conn.RemoteAddr().(interface{ AddrPort() netip.AddrPort }); ok {
+		ap := a.AddrPort()
+		w.observed = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if err := WriteFrame(ctrl, &Welcome{Version: ProtocolVersion, ObservedAddr: w.observed}); err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.workers[w] = 0
+	n := len(s.workers)
+	s.mu.Unlock()
+	log.Info("dial-back worker connected", "advertise", hello.Advertise, "workers", n)
+	<-conn.Context().Done()
+	s.mu.Lock()
+	delete(s.workers, w)
+	s.mu.Unlock()
+	log.Info("dial-back worker disconnected", "reason", context.Cause(conn.Context()))
+}
+
+// pickWorker returns the worker serving p, choosing the least loaded one
+// when p has none (or its worker left); nil when there are no workers.
+func (p *peer) pickWorker() *workerPeer {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.worker != nil {
+		if _, ok := s.workers[p.worker]; ok && p.worker.conn.Context().Err() == nil {
+			return p.worker
+		}
+		p.worker = nil
+	}
+	var best *workerPeer
+	for w, n := range s.workers {
+		if w.conn.Context().Err() == nil && (best == nil || n < s.workers[best]) {
+			best = w
+		}
+	}
+	if best != nil {
+		s.workers[best]++
+		p.worker = best
+		p.log.Info("client assigned to dial-back worker", "worker", best.conn.RemoteAddr())
+	}
+	return best
+}
+
+func (p *peer) releaseWorker() {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, ok := s.workers[p.worker]; ok && n > 0 {
+		s.workers[p.worker] = n - 1
+	}
+	p.worker = nil
+}
+
+// serveViaWorker hands the session to worker w. It returns false, having
+// written nothing to str, when w cannot take it: the caller serves the
+// session itself.
+func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stream, open *Open,
+	outcome func(string, error, relay.Stats)) bool {
+	js, err := w.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return false
+	}
+	p.mu.Lock()
+	reported := p.publicAddr
+	p.mu.Unlock()
+	if err := WriteFrame(js, &Job{Session: open.Session, Target: open.Target, CertSHA256: p.certHash,
+		Reported: reported, Observed: p.observed}); err != nil {
+		js.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		js.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		return false
+	}
+	jsc := newStreamConn(js, w.conn, open.Session)
+	abort := func(code ErrorCode) {
+		jsc.Reset()
+		str.CancelRead(quic.StreamErrorCode(code))
+		str.CancelWrite(quic.StreamErrorCode(code))
+	}
+	js.SetReadDeadline(time.Now().Add(p.s.cfg.TargetDialTimeout + 5*time.Second))
+	msg, err := ReadFrame(js)
+	res, ok := msg.(*JobResult)
+	if err != nil || !ok {
+		abort(CodeInternal)
+		outcome("worker_failed", fmt.Errorf("dial-back worker %s: %w", w.conn.RemoteAddr(), errors.Join(err, ErrProtocol)), relay.Stats{})
+		return true
+	}
+	if err := WriteFrame(str, &OpenResult{Code: res.Code, Reason: res.Reason, PunchTo: res.PunchTo}); err != nil {
+		abort(CodeCanceled)
+		outcome("client_gone", err, relay.Stats{})
+		return true
+	}
+	if res.Code != CodeOK {
+		jsc.Reset()
+		str.CancelRead(quic.StreamErrorCode(CodeOK))
+		str.Close()
+		p.s.stats.targetErrors.Add(1)
+		outcome("target_unreachable", errors.New(res.Reason), relay.Stats{})
+		return true
+	}
+	if res.PunchTo.IsValid() {
+		// Wait for the client's punch to have left before the worker dials.
+		str.SetReadDeadline(time.Now().Add(p.s.cfg.RelayAfter))
+		var b [1]byte
+		if _, err := io.ReadFull(str, b[:]); err != nil || b[0] != punchedMarker {
+			abort(CodeProtocol)
+			outcome("client_gone", fmt.Errorf("no punch confirmation: %w", errors.Join(err, ErrProtocol)), relay.Stats{})
+			return true
+		}
+		str.SetReadDeadline(time.Time{})
+	}
+	js.SetReadDeadline(time.Time{})
+	if _, err := js.Write([]byte{punchedMarker}); err != nil {
+		abort(CodeCanceled)
+		outcome("worker_gone", err, relay.Stats{})
+		return true
+	}
+	js.SetReadDeadline(time.Now().Add(2*p.s.cfg.RelayAfter + 5*time.Second))
+	var b [1]byte
+	_, err = io.ReadFull(js, b[:])
+	js.SetReadDeadline(time.Time{})
+	switch {
+	case err == nil && b[0] == dialBackAck:
+		// The worker's dial-back stream carries the session.
+		jsc.Close()
+		str.CancelRead(quic.StreamErrorCode(CodeOK))
+		str.Close()
+		p.s.stats.sessions.Add(1)
+		p.s.stats.dialBackSessions.Add(1)
+		outcome("ok (dial-back via worker "+w.conn.RemoteAddr().String()+")", nil, relay.Stats{})
+		return true
+	case err == nil && b[0] == relayMarker:
+	default:
+		abort(CodeDialBackFailed)
+		outcome("worker_failed", fmt.Errorf("dial-back worker %s: %w", w.conn.RemoteAddr(), errors.Join(err, ErrProtocol)), relay.Stats{})
+		return true
+	}
+	// The worker could not dial back: carry the session from the client's
+	// Open stream to the worker's Job stream.
+	if _, err := str.Write([]byte{relayMarker}); err != nil {
+		abort(CodeCanceled)
+		outcome("client_gone", err, relay.Stats{})
+		return true
+	}
+	p.s.stats.sessions.Add(1)
+	p.s.stats.relaySessions.Add(1)
+	p.s.stats.activeSessions.Add(1)
+	st, err := relay.Splice(ctx, newStreamConn(str, p.conn, open.Session), jsc)
+	p.s.stats.activeSessions.Add(-1)
+	p.s.stats.bytesUp.Add(st.AToB)
+	p.s.stats.bytesDown.Add(st.BToA)
+	status := "ok"
+	if err != nil {
+		status = "error"
+	}
+	outcome(status+" (relay via worker "+w.conn.RemoteAddr().String()+")", err, st)
+	return true
+}
