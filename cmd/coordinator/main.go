@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -25,6 +26,18 @@ func main() {
 		Name:  "coordinator",
 		Usage: "public end of the tunnel: authenticates clients, dials targets, dials back",
 		Flags: []cli.Flag{
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "role", Value: "all", EnvVars: []string{"COORDINATOR_ROLE"},
+				Usage: "all: the whole coordinator; dialback: only the dial-back part, on another address, connected to --coordinator (see docs/design.md)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "worker-token", EnvVars: []string{"COORDINATOR_WORKER_TOKEN"},
+				Usage: "secret shared by coordinator and its dial-back workers (--role dialback); without it coordinator accepts no workers"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator", EnvVars: []string{"COORDINATOR_COORDINATOR"},
+				Usage: "with --role dialback: coordinator's QUIC address, host:port"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "ca", EnvVars: []string{"COORDINATOR_CA"},
+				Usage: "with --role dialback: PEM CA certificate(s) that signed coordinator's certificate (default: system roots)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "server-name", EnvVars: []string{"COORDINATOR_SERVER_NAME"},
+				Usage: "with --role dialback: name coordinator's certificate must carry (default: host of --coordinator)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "advertise", EnvVars: []string{"COORDINATOR_ADVERTISE"},
+				Usage: "with --role dialback: public ip:port clients punch towards, one per address family (default: the address coordinator sees)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":4433", EnvVars: []string{"COORDINATOR_LISTEN"},
 				Usage: "UDP address for QUIC (clients connect here; dial-backs leave from here)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "cert", EnvVars: []string{"COORDINATOR_CERT"}, Required: true,
@@ -72,6 +85,13 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	switch c.String("role") {
+	case "all":
+	case "dialback":
+		return runWorker(ctx, c, log, accessLog, cert)
+	default:
+		return fmt.Errorf("--role %q: want all or dialback", c.String("role"))
+	}
 	var tokens []coordinator.TokenEntry
 	switch {
 	case c.String("tokens") != "":
@@ -100,6 +120,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ReporterListen:    c.String("reporter-listen"),
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		DialBackTimeout:   c.Duration("dial-back-timeout"),
+		WorkerToken:       c.String("worker-token"),
 		Logger:            log,
 		AccessLog:         accessLog,
 	})
@@ -107,4 +128,39 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// runWorker runs the dial-back part alone (--role dialback).
+func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger, cert tls.Certificate) error {
+	if c.String("coordinator") == "" || c.String("worker-token") == "" {
+		return fmt.Errorf("--role dialback needs --coordinator HOST:PORT and --worker-token (the same as coordinator's)")
+	}
+	roots, err := service.LoadRoots(c.String("ca"))
+	if err != nil {
+		return err
+	}
+	var advertise []netip.AddrPort
+	for _, a := range c.StringSlice("advertise") {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return fmt.Errorf("--advertise %q: want ip:port: %w", a, err)
+		}
+		advertise = append(advertise, ap)
+	}
+	w, err := coordinator.NewWorker(coordinator.WorkerConfig{
+		Listen:            c.String("listen"),
+		Coordinator:       c.String("coordinator"),
+		Token:             c.String("worker-token"),
+		Certificate:       cert,
+		RootCAs:           roots,
+		ServerName:        c.String("server-name"),
+		Advertise:         advertise,
+		TargetDialTimeout: c.Duration("target-dial-timeout"),
+		Logger:            log,
+		AccessLog:         accessLog,
+	})
+	if err != nil {
+		return err
+	}
+	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, w.RegisterMetrics, w.Run)
 }

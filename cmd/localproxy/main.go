@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -66,7 +65,7 @@ func main() {
 }
 
 func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
-	roots, err := loadRoots(c.String("ca"))
+	roots, err := service.LoadRoots(c.String("ca"))
 	if err != nil {
 		return err
 	}
@@ -114,20 +113,4 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, p.RegisterMetrics, p.Run)
-}
-
-// loadRoots reads --ca; an empty path means the system's roots.
-func loadRoots(path string) (*x509.CertPool, error) {
-	if path == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read --ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--ca %s: no PEM certificate found", path)
-	}
-	return pool, nil
 }

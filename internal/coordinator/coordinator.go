@@ -55,6 +55,9 @@ type Config struct {
 	PublicBind string
 	// ListNames makes "not found" pages list the exposed names.
 	ListNames bool
+	// WorkerToken, if set, lets dial-back workers (RunWorker) with this
+	// secret connect and carry sessions' dial-backs.
+	WorkerToken string
 	// DialTarget, if set, replaces the TCP dialer for targets.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger receives diagnostics. Default: discard.
@@ -112,6 +115,7 @@ func New(cfg Config) (*Coordinator, error) {
 		DialTarget:        cfg.DialTarget,
 		TargetDialTimeout: cfg.TargetDialTimeout,
 		DialBackTimeout:   cfg.DialBackTimeout,
+		WorkerToken:       cfg.WorkerToken,
 		Logger:            c.log,
 		AccessLog:         cfg.AccessLog,
 		Services:          c.services(),

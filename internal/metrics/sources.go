@@ -26,6 +26,22 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Counter("dialback_errors_total", "Sessions failed for want of a dial-back.", func() float64 { return float64(st().DialBackErrors) })
 	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })
 	r.Counter("session_bytes_down_total", "Bytes from targets to clients.", func() float64 { return float64(st().BytesDown) })
+	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })
+}
+
+// AddDialBackWorker registers a dial-back worker's metrics.
+func (r *Registry) AddDialBackWorker(w *quictun.Worker) {
+	st := func() quictun.WorkerStats { return w.Stats() }
+	r.Gauge("coordinator_connected", "1 while the connection to coordinator is up.", func() float64 { return b2f(st().Connected) })
+	r.Counter("jobs_total", "Sessions handed over by coordinator.", func() float64 { return float64(st().Jobs) })
+	r.Gauge("sessions_active", "Sessions open now.", func() float64 { return float64(st().ActiveSessions) })
+	r.Counter("dialback_sessions_total", "Sessions carried over a dial-back connection.", func() float64 { return float64(st().DialBackSessions) })
+	r.Counter("relay_sessions_total", "Sessions relayed through coordinator.", func() float64 { return float64(st().RelaySessions) })
+	r.Counter("dialback_errors_total", "Dial-backs that failed (the session was relayed).", func() float64 { return float64(st().DialBackErrors) })
+	r.Counter("target_errors_total", "Targets that could not be reached.", func() float64 { return float64(st().TargetErrors) })
+	r.Counter("punches_total", "Punch packets received from clients.", func() float64 { return float64(st().Punches) })
+	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })
+	r.Counter("session_bytes_down_total", "Bytes from targets to clients.", func() float64 { return float64(st().BytesDown) })
 }
 
 // AddTunnelClient registers localproxy's tunnel metrics.
@@ -38,6 +54,7 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	r.Gauge("sessions_pending", "Sessions waiting for their dial-back.", func() float64 { return float64(st().PendingSessions) })
 	r.Counter("dialback_timeouts_total", "Sessions whose dial-back did not arrive in time.", func() float64 { return float64(st().DialBackTimeouts) })
 	r.Counter("unknown_sessions_total", "Dial-back streams refused for an unknown or expired session id.", func() float64 { return float64(st().UnknownSessions) })
+	r.Counter("punches_total", "Sessions that punched the NAT towards a dial-back worker.", func() float64 { return float64(st().Punches) })
 	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
 		n := 0
 		for _, reg := range c.Registrations() {

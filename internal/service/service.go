@@ -14,6 +14,7 @@ package service
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -203,4 +204,21 @@ func runService(c *cli.Context, fn func(context.Context, *cli.Context, *slog.Log
 		return nil
 	}
 	return err
+}
+
+// LoadRoots reads a PEM file of CA certificates (a --ca flag); an empty
+// path means the system's roots (nil).
+func LoadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca %s: no PEM certificate found", path)
+	}
+	return pool, nil
 }
