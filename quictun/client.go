@@ -99,7 +99,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	if !c.refuseDialBacks {
-		ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
+		ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), c.quicConfig())
 		if err != nil {
 			return fmt.Errorf("start tunnel creation service: %w", err)
 		}
@@ -197,7 +197,7 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 		InsecureSkipVerify: c.cfg.InsecureSkipVerify,
 		NextProtos:         []string{ALPNControl},
 	}
-	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout))
+	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, c.quicConfig())
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
@@ -240,6 +240,14 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 		return fail(fmt.Errorf("%w: coordinator speaks %d, we speak %d", ErrVersion, w.Version, ProtocolVersion))
 	}
 	return conn, ctrl, w, nil
+}
+
+// quicConfig is the QUIC configuration of the client's connections, with
+// its keepalive.
+func (c *Client) quicConfig() *quic.Config {
+	qc := quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout)
+	qc.KeepAlivePeriod = c.cfg.KeepAlive
+	return qc
 }
 
 // natMapping describes the NAT's mapping behaviour from the public address

@@ -58,6 +58,10 @@ type ClientConfig struct {
 	MaxPendingSessions int
 	// MaxStreams bounds concurrent dial-back streams. Default 10000.
 	MaxStreams int64
+	// KeepAlive is how often the client's connections send a packet when
+	// idle, so the NAT keeps their mappings: keep it below the NAT's UDP
+	// timeout (NAT_KEEP_ALIVE_INTERVAL). Default 10s.
+	KeepAlive time.Duration
 	// Services are the local apps to expose through coordinator.
 	Services []ExposedService
 	// Logger receives diagnostics. Default: discard.
@@ -123,6 +127,7 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.ReconnectMax, 30*time.Second)
 	setDefault(&c.MaxPendingSessions, 10000)
 	setDefault(&c.MaxStreams, 10000)
+	setDefault(&c.KeepAlive, 10*time.Second)
 	if c.ServerName == "" {
 		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)
 	}

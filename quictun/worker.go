@@ -452,9 +452,14 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	} else {
 		var s *StreamConn
 		s, err = w.dialBack(ctx, wc, job, res.PunchTo.IsValid())
-		if err == nil {
+		switch {
+		case err == nil:
 			sess = s
-		} else {
+		case errors.Is(err, errDialBackStale):
+			// Only this session pays: the next one punches anew.
+			w.stats.dialBackErrors.Add(1)
+			log.Info("dial-back connection went silent (NAT mapping lost while idle?); relaying this session, the next one dials back anew", "reason", err)
+		default:
 			wc.relayUntil, wc.relayErr = time.Now().Add(relayRetry), err
 			w.stats.dialBackErrors.Add(1)
 			log.Warn("dial-back failed: relaying this client's sessions through coordinator", "reason", err, "retry_dial_back_in", relayRetry)
@@ -511,7 +516,7 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 		// The NAT forgot us while idle: the next session punches anew.
 		wc.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "dial-back connection silent")
 		wc.conn = nil
-		return nil, fmt.Errorf("dial-back connection no longer answers: %w", err)
+		return nil, fmt.Errorf("%w: %w", errDialBackStale, err)
 	}
 	var addrs []netip.AddrPort
 	var punchSource netip.AddrPort
@@ -545,6 +550,9 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 	wc.conn = nil
 	return nil, err
 }
+
+// errDialBackStale is a reused dial-back connection that no longer answers.
+var errDialBackStale = errors.New("dial-back connection no longer answers")
 
 // checkWorkerToken compares a worker's token with want in constant time.
 func checkWorkerToken(got, want string) bool {

@@ -45,6 +45,8 @@ func main() {
 				Usage: "name of this client in coordinator's logs (default: the host name)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_DIAL_BACK_TIMEOUT"},
 				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
+			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 10000, EnvVars: []string{"LOCALPROXY_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
+				Usage: "milliseconds between keepalive packets on idle tunnel connections; keep it below the NAT's UDP timeout"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stun-timeout", Value: 3 * time.Second, EnvVars: []string{"LOCALPROXY_STUN_TIMEOUT"},
 				Usage: "how long to wait for the reporter's answer at start"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose", EnvVars: []string{"LOCALPROXY_EXPOSE"},
@@ -68,6 +70,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	roots, err := service.LoadRoots(c.String("ca"))
 	if err != nil {
 		return err
+	}
+	keepalive := c.Int64("keepalive-interval")
+	if keepalive <= 0 {
+		return fmt.Errorf("--keepalive-interval (NAT_KEEP_ALIVE_INTERVAL) must be a positive number of milliseconds, got %d", keepalive)
 	}
 	if c.Bool("insecure") {
 		log.Warn("--insecure: coordinator's certificate is NOT verified; anyone on the path can impersonate it and read your traffic")
@@ -105,6 +111,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Name:            c.String("name"),
 		DialBackTimeout: c.Duration("dial-back-timeout"),
 		STUNTimeout:     c.Duration("stun-timeout"),
+		KeepAlive:       time.Duration(keepalive) * time.Millisecond,
 		IdleRestart:     c.Duration("idle-restart"),
 		Logger:          log,
 		AccessLog:       accessLog,

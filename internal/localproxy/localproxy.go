@@ -52,6 +52,9 @@ type Config struct {
 	DialBackTimeout time.Duration
 	// ConnectTimeout bounds connecting to coordinator. Default 5s.
 	ConnectTimeout time.Duration
+	// KeepAlive is how often idle tunnel connections send a packet to keep
+	// NAT mappings open. Default 10s.
+	KeepAlive time.Duration
 	// STUNTimeout bounds the reporter query at start. Default 3s.
 	STUNTimeout time.Duration
 	// IdleRestart is the idle timer of the startup workflow: after this
@@ -152,6 +155,7 @@ func New(cfg Config) (*Proxy, error) {
 		InsecureSkipVerify: cfg.Insecure,
 		DialBackTimeout:    cfg.DialBackTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
+		KeepAlive:          cfg.KeepAlive,
 		Services:           cfg.Services,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
