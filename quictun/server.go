@@ -35,7 +35,7 @@ type Server struct {
 
 type serverCounters struct {
 	clients, authFailures, sessions, activeSessions atomic.Int64
-	targetErrors, dialBackErrors                    atomic.Int64
+	targetErrors, dialBackErrors, dialBackDials     atomic.Int64
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 }
@@ -49,6 +49,7 @@ type ServerStats struct {
 	ActiveSessions int64
 	TargetErrors   int64
 	DialBackErrors int64
+	DialBackDials  int64 // dial-back connections attempted by coordinator itself
 	// DialBackSessions and RelaySessions split Sessions by path.
 	DialBackSessions int64
 	RelaySessions    int64
@@ -78,6 +79,7 @@ func (s *Server) Stats() ServerStats {
 		ActiveSessions:   s.stats.activeSessions.Load(),
 		TargetErrors:     s.stats.targetErrors.Load(),
 		DialBackErrors:   s.stats.dialBackErrors.Load(),
+		DialBackDials:    s.stats.dialBackDials.Load(),
 		DialBackSessions: s.stats.dialBackSessions.Load(),
 		RelaySessions:    s.stats.relaySessions.Load(),
 		BytesUp:          s.stats.bytesUp.Load(),
@@ -434,6 +436,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 			addrs = append(addrs, a)
 		}
 	}
+	p.s.stats.dialBackDials.Add(1)
 	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.s.cfg.Certificate, p.certHash, addrs)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package quictun
 
 import (
+	"errors"
 	"net"
 
 	"github.com/quic-go/quic-go"
@@ -28,8 +29,19 @@ func (c *StreamConn) LocalAddr() net.Addr { return c.local }
 // RemoteAddr returns the remote address of the QUIC connection.
 func (c *StreamConn) RemoteAddr() net.Addr { return c.remote }
 
-// CloseWrite ends the sending direction with FIN.
-func (c *StreamConn) CloseWrite() error { return c.Stream.Close() }
+// CloseWrite ends the sending direction with FIN. It is not an error when
+// the peer has already closed (STOP_SENDING with CodeOK): it had all it
+// wanted.
+func (c *StreamConn) CloseWrite() error {
+	err := c.Stream.Close()
+	if err != nil {
+		var se *quic.StreamError
+		if _, werr := c.Stream.Write(nil); errors.As(werr, &se) && se.Remote && ErrorCode(se.ErrorCode) == CodeOK {
+			return nil
+		}
+	}
+	return err
+}
 
 // CloseRead tells the peer to stop sending.
 func (c *StreamConn) CloseRead() error {
@@ -37,11 +49,12 @@ func (c *StreamConn) CloseRead() error {
 	return nil
 }
 
-// Close ends both directions: FIN for writing (a no-op if already sent) and
-// stop reading.
+// Close ends both directions cleanly: FIN for writing (a no-op if already
+// sent) and stop reading, telling the peer with CodeOK that nothing more is
+// wanted. Reset is the way to abort.
 func (c *StreamConn) Close() error {
 	err := c.Stream.Close()
-	c.Stream.CancelRead(quic.StreamErrorCode(CodeCanceled))
+	c.Stream.CancelRead(quic.StreamErrorCode(CodeOK))
 	return err
 }
 

@@ -24,6 +24,7 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Counter("relay_sessions_total", "Sessions relayed over the client's own connection.", func() float64 { return float64(st().RelaySessions) })
 	r.Counter("target_errors_total", "Targets that could not be reached.", func() float64 { return float64(st().TargetErrors) })
 	r.Counter("dialback_errors_total", "Sessions failed for want of a dial-back.", func() float64 { return float64(st().DialBackErrors) })
+	r.Counter("dialback_dials_total", "Dial-back connections coordinator attempted itself.", func() float64 { return float64(st().DialBackDials) })
 	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })
 	r.Counter("session_bytes_down_total", "Bytes from targets to clients.", func() float64 { return float64(st().BytesDown) })
 	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })

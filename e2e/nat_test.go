@@ -1,0 +1,282 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"quictunnel/e2e/natlab"
+)
+
+// The NAT suite runs the real binaries in a NAT lab (e2e/natlab,
+// docs/natlab.md): localproxy on the private host behind the NAT, the
+// reporter on pub1, coordinator on pub2, a dial-back worker (coordinator
+// --role dialback) on pub3 and the target web site on pub4, so that the
+// dial-back comes from an address localproxy never talked to before its
+// punch.
+
+// natSetup is one lab with the services running.
+type natSetup struct {
+	lab                          *natlab.Lab
+	reporter, coord, worker, app *natlab.Process
+	proxy                        *natlab.Process
+	target                       string // the web site's base URL
+	client                       *http.Client
+}
+
+type natOpts struct {
+	lab natlab.Options
+	// v6 makes every service address IPv6.
+	v6 bool
+	// keepalive is NAT_KEEP_ALIVE_INTERVAL for the reporter and localproxy
+	// (milliseconds; 0 keeps the defaults).
+	keepalive int
+}
+
+func startNAT(t *testing.T, o natOpts) *natSetup {
+	t.Helper()
+	l := natlab.New(t, o.lab)
+	bin := binaries(t)
+	certs, err := filepath.Abs(certsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(h *natlab.Host, port uint16) string {
+		if o.v6 {
+			return h.AddrPort6(port).String()
+		}
+		return h.AddrPort4(port).String()
+	}
+	withKeepalive := func(cmd string, args ...string) (string, []string) {
+		if o.keepalive == 0 {
+			return cmd, args
+		}
+		return "env", append([]string{fmt.Sprintf("NAT_KEEP_ALIVE_INTERVAL=%d", o.keepalive), cmd}, args...)
+	}
+	s := &natSetup{lab: l}
+	name, args := withKeepalive(filepath.Join(bin, "reporter"), "--listen", ":3478")
+	s.reporter = l.Public(1).Start(t, name, args...)
+	coordAddr := addr(l.Public(2), 4433)
+	s.coord = l.Public(2).Start(t, filepath.Join(bin, "coordinator"), "--listen", ":4433",
+		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
+		"--token", "lab-token", "--worker-token", "lab-worker-token")
+	s.worker = l.Public(3).Start(t, filepath.Join(bin, "coordinator"), "--role", "dialback", "--listen", ":4434",
+		"--coordinator", coordAddr, "--worker-token", "lab-worker-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
+		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"))
+	s.app = l.Public(4).Start(t, filepath.Join(bin, "demoapp"), "--listen", addr(l.Public(4), 8080))
+	s.target = "http://" + addr(l.Public(4), 8080)
+	waitLog(t, s.coord, "dial-back worker connected")
+	name, args = withKeepalive(filepath.Join(bin, "localproxy"), "--listen", "127.0.0.1:8118",
+		"--coordinator", coordAddr, "--reporter", addr(l.Public(1), 3478), "--token", "lab-token",
+		"--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost")
+	s.proxy = l.Client().Start(t, name, args...)
+	waitLog(t, s.proxy, "connected to coordinator")
+	proxyURL := &url.URL{Scheme: "http", Host: "127.0.0.1:8118"}
+	s.client = &http.Client{
+		Timeout: 20 * time.Second, // a hang fails the test instead of stalling it
+		Transport: &http.Transport{
+			Proxy: http.ProxyURL(proxyURL),
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return l.Client().DialTCP(ctx, addr) // inside the client's namespace
+			},
+			DisableKeepAlives: true, // every request a new session
+		},
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range []struct {
+				name string
+				p    *natlab.Process
+			}{{"localproxy", s.proxy}, {"coordinator", s.coord}, {"worker", s.worker}, {"reporter", s.reporter}} {
+				t.Logf("%s output:\n%s", p.name, p.p.Output())
+			}
+		}
+	})
+	return s
+}
+
+// waitLog waits (bounded) until p has written want.
+func waitLog(t *testing.T, p *natlab.Process, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(p.Output(), want) {
+		select {
+		case <-p.Done():
+			t.Fatalf("process exited before logging %q:\n%s", want, p.Output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log after 15s:\n%s", want, p.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// get fetches path from the web site through localproxy and checks the
+// answer came from the site; it returns how long it took.
+func (s *natSetup) get(t *testing.T, path string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	resp, err := s.client.Get(s.target + path)
+	if err != nil {
+		t.Fatalf("GET %s through localproxy: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	var echo struct{ Path string }
+	if err == nil {
+		err = json.Unmarshal(body, &echo)
+	}
+	if err != nil || resp.StatusCode != http.StatusOK || echo.Path != path {
+		t.Fatalf("GET %s: status %d, %v, body %.300s", path, resp.StatusCode, err, body)
+	}
+	return time.Since(start)
+}
+
+// countLog counts s in p's output, first waiting (bounded) for at least
+// want occurrences: a session's log line follows its response.
+func countLog(p *natlab.Process, s string, want int) int {
+	for deadline := time.Now().Add(5 * time.Second); strings.Count(p.Output(), s) < want && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return strings.Count(p.Output(), s)
+}
+
+func TestNAT(t *testing.T) {
+	t.Run("endpoint-independent: dial-back from a third host after a punch", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{})
+		for i := range 3 {
+			s.get(t, fmt.Sprintf("/eim/%d", i))
+		}
+		if n := countLog(s.worker, `outcome="ok (dial-back)"`, 3); n != 3 {
+			t.Errorf("worker carried %d sessions over dial-back, want 3", n)
+		}
+		if n := countLog(s.coord, "relay", 0); n != 0 {
+			t.Errorf("coordinator relayed: %d mentions of relay in its log", n)
+		}
+		if !strings.Contains(s.proxy.Output(), `nat_mapping="endpoint-independent`) {
+			t.Errorf("localproxy did not report an endpoint-independent mapping")
+		}
+		if !strings.Contains(s.worker.Output(), "punch_source="+s.lab.WANAddr().String()+":") {
+			t.Errorf("the worker did not see localproxy's punch come from the NAT")
+		}
+	})
+
+	t.Run("symmetric: dial-back to the punch's source", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})
+		for i := range 3 {
+			s.get(t, fmt.Sprintf("/sym/%d", i))
+		}
+		if !strings.Contains(s.proxy.Output(), `nat_mapping="address/port-dependent`) {
+			t.Errorf("localproxy did not detect the symmetric NAT")
+		}
+		if n := countLog(s.worker, `outcome="ok (dial-back)"`, 3); n != 3 {
+			t.Errorf("worker carried %d sessions over dial-back, want 3 (via the punch's source address)", n)
+		}
+	})
+
+	t.Run("symmetric, inbound UDP from the dial-back host blocked: relay, and the log says why", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})
+		block := s.lab.NAT().Command(t.Context(), "iptables", "-I", "FORWARD", "-i", "wan", "-p", "udp",
+			"-s", s.lab.Public(3).IPv4.String(), "-j", "DROP")
+		if out, err := block.CombinedOutput(); err != nil {
+			t.Fatalf("iptables: %v\n%s", err, out)
+		}
+		for i := range 3 {
+			d := s.get(t, fmt.Sprintf("/relay/%d", i))
+			t.Logf("request %d: %v", i, d.Round(time.Millisecond))
+		}
+		if n := countLog(s.coord, "relay via worker", 3); n != 3 {
+			t.Errorf("coordinator relayed %d sessions, want 3", n)
+		}
+		if !strings.Contains(s.worker.Output(), "dial-back failed: relaying this client's sessions through coordinator") ||
+			!strings.Contains(s.worker.Output(), "reason=") {
+			t.Errorf("the worker's log does not say why it relays")
+		}
+		if n := countLog(s.worker, "dial-back failed", 1); n != 1 {
+			t.Errorf("relay decision logged %d times, want once", n)
+		}
+	})
+
+	t.Run("conntrack flushed while idle", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{})
+		s.get(t, "/before")
+		if err := s.lab.FlushConntrack(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			d := s.get(t, fmt.Sprintf("/after/%d", i))
+			t.Logf("request %d after the flush: %v", i, d.Round(time.Millisecond))
+		}
+	})
+
+	for _, keepalive := range []int{1000, 0} {
+		name := "UDP timeout 3s, NAT_KEEP_ALIVE_INTERVAL=1000: dial-back survives 10s idle"
+		if keepalive == 0 {
+			name = "UDP timeout 3s, default keepalive: after 10s idle the next request re-punches or relays"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := startNAT(t, natOpts{lab: natlab.Options{UDPTimeout: 3 * time.Second}, keepalive: keepalive})
+			s.get(t, "/first")
+			time.Sleep(10 * time.Second)
+			d := s.get(t, "/after-idle")
+			t.Logf("request after 10s idle: %v", d.Round(time.Millisecond))
+			s.get(t, "/again")
+			stale := countLog(s.worker, "dial-back connection went silent", 0)
+			if keepalive != 0 {
+				if n := countLog(s.worker, `outcome="ok (dial-back)"`, 3); n != 3 || stale != 0 {
+					t.Errorf("with keepalive: %d dial-back sessions (want 3), %d stale connections (want 0)", n, stale)
+				}
+				if !strings.Contains(s.reporter.Output(), "interval=1s") {
+					t.Errorf("reporter did not keep the client alive every second")
+				}
+				return
+			}
+			if stale == 0 && countLog(s.worker, "dial-back connection established", 2) < 2 {
+				t.Errorf("without keepalive the idle dial-back connection should have been found dead and replaced")
+			}
+		})
+	}
+
+	t.Run("IPv6 behind a stateful firewall", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{lab: natlab.Options{IPv6: natlab.IPv6Firewall}, v6: true})
+		for i := range 3 {
+			s.get(t, fmt.Sprintf("/v6/%d", i))
+		}
+		if n := countLog(s.worker, `outcome="ok (dial-back)"`, 3); n != 3 {
+			t.Errorf("worker carried %d sessions over dial-back, want 3", n)
+		}
+		if !strings.Contains(s.worker.Output(), "addr=[2001:db8:1::2]:") {
+			t.Errorf("the dial-back did not go to the client's own IPv6 address")
+		}
+	})
+
+	t.Run("reporter forgets a client that went away", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{keepalive: 500})
+		waitLog(t, s.reporter, "keepalive started")
+		if err := s.lab.RemoveHost(s.lab.Client()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitLog(t, s.reporter, "keepalive stopped: client stopped answering")
+		t.Logf("reporter stopped %v after the client's namespace was deleted (interval 500ms, 3 misses)", time.Since(start).Round(time.Millisecond))
+		if !strings.Contains(s.reporter.Output(), "missed=3") {
+			t.Errorf("reporter did not stop after 3 missed pings")
+		}
+	})
+}
