@@ -62,7 +62,7 @@ func startNAT(t *testing.T, o natOpts) *natSetup {
 		return "env", append([]string{fmt.Sprintf("NAT_KEEP_ALIVE_INTERVAL=%d", o.keepalive), cmd}, args...)
 	}
 	s := &natSetup{lab: l}
-	name, args := withKeepalive(filepath.Join(bin, "reporter"), "--listen", ":3478")
+	name, args := withKeepalive(filepath.Join(bin, "reporter"), "--listen", ":3478", "--probe-listen", ":3479")
 	s.reporter = l.Public(1).Start(t, name, args...)
 	coordAddr := addr(l.Public(2), 4433)
 	s.coord = l.Public(2).Start(t, filepath.Join(bin, "coordinator"), "--listen", ":4433",
@@ -166,6 +166,10 @@ func TestNAT(t *testing.T) {
 		if !strings.Contains(s.proxy.Output(), `nat_mapping="endpoint-independent`) {
 			t.Errorf("localproxy did not report an endpoint-independent mapping")
 		}
+		waitLog(t, s.proxy, `msg="NAT behaviour"`)
+		if !strings.Contains(s.proxy.Output(), `filtering="address and port dependent`) {
+			t.Errorf("localproxy did not measure the NAT's port-restricted filtering")
+		}
 		if !strings.Contains(s.worker.Output(), "punch_source="+s.lab.WANAddr().String()+":") {
 			t.Errorf("the worker did not see localproxy's punch come from the NAT")
 		}
@@ -262,6 +266,10 @@ func TestNAT(t *testing.T) {
 		}
 		if !strings.Contains(s.worker.Output(), "addr=[2001:db8:1::2]:") {
 			t.Errorf("the dial-back did not go to the client's own IPv6 address")
+		}
+		waitLog(t, s.proxy, `msg="NAT behaviour"`)
+		if !strings.Contains(s.proxy.Output(), `filtering="address and port dependent`) {
+			t.Errorf("localproxy did not measure the firewall's filtering")
 		}
 	})
 

@@ -17,6 +17,13 @@ import (
 // so standard servers ignore it. Its value is empty.
 const AttrKeepaliveRequest stun.AttrType = 0xC001
 
+// AttrChangeRequest is RFC 5780's CHANGE-REQUEST; changePortFlag asks for
+// the answer from another port.
+const (
+	AttrChangeRequest stun.AttrType = 0x0003
+	changePortFlag                  = 0x02
+)
+
 // maxRTO caps the retransmission timeout (RFC 8489 §6.2.1 doubles it).
 const maxRTO = 3 * time.Second
 
@@ -52,6 +59,10 @@ type Client struct {
 type query struct {
 	server netip.AddrPort
 	result chan netip.AddrPort // buffered, 1
+	// anyPort accepts the answer from any port of server's address, and
+	// reports that port in from.
+	anyPort bool
+	from    chan netip.AddrPort // buffered, 1, with anyPort
 }
 
 // NewClient validates cfg and returns a client.
@@ -163,8 +174,14 @@ func (c *Client) handleResponse(m *stun.Message, from netip.AddrPort) {
 	c.mu.Lock()
 	q, ok := c.pending[m.TransactionID]
 	c.mu.Unlock()
-	if !ok || q.server != from {
+	if !ok || (q.server != from && !(q.anyPort && q.server.Addr() == from.Addr())) {
 		return // late, duplicate or spoofed
+	}
+	if q.anyPort {
+		select {
+		case q.from <- from:
+		default:
+		}
 	}
 	addr, err := mappedAddress(m)
 	if err != nil {

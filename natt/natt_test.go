@@ -104,6 +104,45 @@ func TestQuery(t *testing.T) {
 	}
 }
 
+// TestQueryFiltering: a reporter with a probe port answers change-port
+// requests from it; loopback filters nothing, so the answer gets in. A
+// reporter without one cannot tell, and says so.
+func TestQueryFiltering(t *testing.T) {
+	s, err := NewServer(ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeWithProbe(ctx, pc, probe) }()
+	t.Cleanup(func() { cancel(); <-done; pc.Close(); probe.Close() })
+
+	cs := newClientSocket(t, "127.0.0.1")
+	server := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	if got, err := cs.client.QueryFiltering(t.Context(), server); got != FilteringOpen || err != nil {
+		t.Errorf("QueryFiltering with a probe port = %v, %v; want open", got, err)
+	}
+	_, plain := startServer(t, "127.0.0.1", ServerConfig{})
+	if got, err := cs.client.QueryFiltering(t.Context(), plain); got != FilteringUnknown || err == nil {
+		t.Errorf("QueryFiltering without a probe port = %v, %v; want unknown with an error", got, err)
+	}
+	// Nobody answers at all: the client cannot tell silence from
+	// filtering, so callers probe only a reporter that just answered.
+	dead, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer dead.Close()
+	if got, _ := cs.client.QueryFiltering(t.Context(), dead.LocalAddr().(*net.UDPAddr).AddrPort()); got != FilteringRestricted {
+		t.Errorf("QueryFiltering of a silent server = %v, want restricted", got)
+	}
+}
+
 func TestQueryRetransmits(t *testing.T) {
 	_, server := startServer(t, "127.0.0.1", ServerConfig{})
 	cs := newClientSocket(t, "127.0.0.1")
@@ -348,7 +387,7 @@ func FuzzServerHandle(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		srv, _ := NewServer(ServerConfig{})
 		pc := &recordingConn{}
-		srv.handle(pc, b, netip.MustParseAddrPort("[2001:db8::1]:40000"))
+		srv.handle(pc, pc, b, netip.MustParseAddrPort("[2001:db8::1]:40000"))
 		if pc.n > 0 && pc.last > 2*len(b)+24 {
 			t.Fatalf("request of %d bytes got a %d-byte response", len(b), pc.last)
 		}

@@ -128,14 +128,35 @@ func (s *Server) Stats() ServerStats {
 // Serve answers STUN on pc and pings the clients that registered through
 // it, until ctx ends (it returns nil) or pc fails.
 func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
+	return s.ServeWithProbe(ctx, pc, nil)
+}
+
+// ServeWithProbe is Serve with a second socket, probe, on another port of
+// the same address: a Binding request carrying CHANGE-REQUEST "change
+// port" (RFC 5780) is answered from it, so that a client learns whether
+// its NAT lets in packets from a port it never sent to (filtering). A nil
+// probe answers such requests from pc, which tells the client the test
+// cannot be made.
+func (s *Server) ServeWithProbe(ctx context.Context, pc, probe net.PacketConn) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if probe != nil {
+		wg.Go(func() {
+			if err := s.read(ctx, probe, nil); err != nil {
+				s.log.Warn("reporter probe socket stopped", "err", err)
+			}
+		})
+	}
 	wg.Go(func() { s.keepalive(ctx, pc) })
+	return s.read(ctx, pc, probe)
+}
 
+// read serves requests arriving on pc until ctx ends.
+func (s *Server) read(ctx context.Context, pc, probe net.PacketConn) error {
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -154,12 +175,12 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 			continue
 		}
 		ap := ua.AddrPort()
-		s.handle(pc, buf[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		s.handle(pc, probe, buf[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 }
 
 // handle processes one datagram from a client.
-func (s *Server) handle(pc net.PacketConn, b []byte, from netip.AddrPort) {
+func (s *Server) handle(pc, probe net.PacketConn, b []byte, from netip.AddrPort) {
 	if !IsSTUN(b) {
 		s.dropped.Add(1)
 		return
@@ -179,7 +200,11 @@ func (s *Server) handle(pc net.PacketConn, b []byte, from netip.AddrPort) {
 		if resp == nil {
 			return
 		}
-		if _, err := pc.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
+		out := pc
+		if probe != nil && changePort(m) {
+			out = probe
+		}
+		if _, err := out.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
 			s.log.Debug("STUN response not sent", "to", from, "err", err)
 			return
 		}
@@ -209,6 +234,12 @@ func (s *Server) response(req *stun.Message, from netip.AddrPort) []byte {
 }
 
 // register starts (or refreshes) keepalive for a client.
+// changePort reports whether m asks for the answer from another port.
+func changePort(m *stun.Message) bool {
+	v, err := m.Get(AttrChangeRequest)
+	return err == nil && len(v) == 4 && v[3]&changePortFlag != 0
+}
+
 func (s *Server) register(pc net.PacketConn, from netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -158,7 +158,7 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	c.mu.Unlock()
 	c.stats.connects.Add(1)
 	c.log.Info("connected to coordinator", "coordinator", c.cfg.Coordinator, "public_addr", pub,
-		"observed_addr", w.ObservedAddr, "nat_mapping", natMapping(pub, w.ObservedAddr),
+		"observed_addr", w.ObservedAddr, "nat_mapping", NATMapping(pub, w.ObservedAddr),
 		"rtt", conn.ConnectionStats().SmoothedRTT.Round(time.Microsecond))
 
 	// The control stream carries nothing from coordinator yet; reading it
@@ -250,9 +250,9 @@ func (c *Client) quicConfig() *quic.Config {
 	return qc
 }
 
-// natMapping describes the NAT's mapping behaviour from the public address
+// NATMapping describes the NAT's mapping behaviour from the public address
 // two endpoints (the reporter and coordinator) saw for the same socket.
-func natMapping(reporter, coordinator netip.AddrPort) string {
+func NATMapping(reporter, coordinator netip.AddrPort) string {
 	switch {
 	case !reporter.IsValid() || !coordinator.IsValid():
 		return "unknown (no reporter answer)"

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -27,6 +28,8 @@ func main() {
 				Usage: "UDP address to serve STUN on (\":port\" serves IPv4 and IPv6)"}),
 			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 15000, EnvVars: []string{"NAT_KEEP_ALIVE_INTERVAL"},
 				Usage: "milliseconds between keepalive pings to clients that asked for them; keep it below the NAT's UDP timeout"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "probe-listen", EnvVars: []string{"REPORTER_PROBE_LISTEN"},
+				Usage: "second UDP address (another port, same IP) that answers RFC 5780 change-port requests, so clients can measure their NAT's filtering (e.g. :3479)"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "keepalive-misses", Value: 3, EnvVars: []string{"REPORTER_KEEPALIVE_MISSES"},
 				Usage: "stop pinging a client after this many unanswered pings in a row"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"REPORTER_METRICS_LISTEN"},
@@ -56,7 +59,21 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer pc.Close()
-	log.Info("reporter ready", "listen", pc.LocalAddr(), "keepalive_interval", time.Duration(interval)*time.Millisecond)
+	summary := []any{"listen", pc.LocalAddr(), "keepalive_interval", time.Duration(interval) * time.Millisecond}
+	var probe *net.UDPConn
+	if a := c.String("probe-listen"); a != "" {
+		if probe, err = service.ListenUDP(a); err != nil {
+			return fmt.Errorf("--probe-listen: %w", err)
+		}
+		defer probe.Close()
+		summary = append(summary, "probe", probe.LocalAddr())
+	}
+	log.Info("reporter ready", summary...)
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, func(r *metrics.Registry) { r.AddReporter(srv) },
-		func(ctx context.Context) error { return srv.Serve(ctx, pc) })
+		func(ctx context.Context) error {
+			if probe == nil {
+				return srv.Serve(ctx, pc)
+			}
+			return srv.ServeWithProbe(ctx, pc, probe)
+		})
 }

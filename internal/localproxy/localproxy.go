@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -125,6 +126,23 @@ type Proxy struct {
 	socket *tunnelSocket
 	client *quictun.Client
 	proxy  *httpproxy.Proxy
+
+	mu  sync.Mutex
+	nat natReport
+}
+
+// natReport is the NAT behaviour localproxy measured.
+type natReport struct {
+	Mapping   string `json:"mapping"`
+	Filtering string `json:"filtering"`
+}
+
+// NAT returns the NAT behaviour measured at start: the mapping and the
+// filtering, in words ("" until measured).
+func (p *Proxy) NAT() (mapping, filtering string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nat.Mapping, p.nat.Filtering
 }
 
 // New binds the proxy's TCP listener and the tunnel's UDP socket. Run
@@ -226,6 +244,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}()
 	proxyDone := make(chan error, 1)
 	go func() { proxyDone <- p.proxy.Serve(p.ln) }()
+	natDone := make(chan struct{})
+	go func() {
+		defer close(natDone)
+		if err == nil {
+			p.measureNAT(ctx, public)
+		}
+	}()
+	defer func() { <-natDone }()
 	idleDone := make(chan struct{})
 	go func() {
 		defer close(idleDone)
@@ -251,6 +277,39 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy stopped: %w", proxyErr)
 	}
 	return nil
+}
+
+// measureNAT measures the NAT's filtering with the reporter, waits for the
+// control connection (coordinator's view of our address gives the
+// mapping), and logs the NAT's behaviour.
+func (p *Proxy) measureNAT(ctx context.Context, public netip.AddrPort) {
+	fctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+	filtering, ferr := p.socket.filtering(fctx, p.cfg.Reporter)
+	cancel()
+	deadline := time.NewTimer(15 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !p.client.Stats().Connected {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			p.log.Info("NAT behaviour", "public_addr", public, "mapping", "unknown (coordinator not connected)", "filtering", filtering)
+			return
+		case <-tick.C:
+		}
+	}
+	st := p.client.Stats()
+	attrs := []any{"public_addr", public, "seen_by_coordinator", st.ObservedAddr,
+		"mapping", quictun.NATMapping(public, st.ObservedAddr), "filtering", filtering}
+	if ferr != nil {
+		attrs = append(attrs, "filtering_err", ferr)
+	}
+	p.mu.Lock()
+	p.nat = natReport{Mapping: quictun.NATMapping(public, st.ObservedAddr), Filtering: filtering.String()}
+	p.mu.Unlock()
+	p.log.Info("NAT behaviour", attrs...)
 }
 
 // relearnWhenIdle runs the startup workflow's STUN step again each time

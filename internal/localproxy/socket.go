@@ -62,6 +62,15 @@ func (s *tunnelSocket) read(ctx context.Context) {
 	}
 }
 
+// filtering measures the NAT's filtering with the reporter at addr.
+func (s *tunnelSocket) filtering(ctx context.Context, addr string) (natt.Filtering, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return natt.FilteringUnknown, fmt.Errorf("resolve reporter %s: %w", addr, err)
+	}
+	return s.stun.QueryFiltering(ctx, publicAddrOf(ua))
+}
+
 // publicAddr asks the reporter at addr for our public address.
 func (s *tunnelSocket) publicAddr(ctx context.Context, addr string) (netip.AddrPort, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
