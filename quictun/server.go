@@ -141,6 +141,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 	}
 	tokenHash := sha256.Sum256([]byte(hello.Token))
 	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool),
 		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
 	if grant.Client != "" {
 		p.name = grant.Client
@@ -221,8 +222,13 @@ type peer struct {
 	relayUntil time.Time // sessions go over the relay until then
 	relayErr   error     // why
 
-	dialMu   sync.Mutex // serialises dial-back connection set-up
+	dialMu   sync.Mutex // serialises dial-back connection set-up; guards the fields below
 	dialBack *quic.Conn
+	// dialRefs counts the sessions using each dial-back connection;
+	// retired connections (the client's address changed) are closed when
+	// their last session ends.
+	dialRefs map[*quic.Conn]int
+	retired  map[*quic.Conn]bool
 	worker   *workerPeer // the dial-back worker serving this client, if any
 }
 
@@ -233,7 +239,7 @@ func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
 	defer wg.Wait()
 	defer p.withdrawServices()
 	defer p.releaseWorker()
-	defer p.closeDialBack()
+	defer p.closeDialBacks()
 	wg.Go(func() { p.readControl(ctrl) })
 	for {
 		str, err := p.conn.AcceptStream(ctx)
@@ -264,7 +270,7 @@ func (p *peer) readControl(ctrl *quic.Stream) {
 			p.relayUntil = time.Time{} // a new address deserves a new dial-back attempt
 			p.mu.Unlock()
 			p.log.Info("client public address changed", "old", old, "new", m.PublicAddr)
-			p.closeDialBack() // the next session dials the new address
+			p.retireDialBack() // the next session dials the new address; live ones finish
 		default:
 			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), fmt.Sprintf("unexpected %T on control stream", msg))
 			return
@@ -346,6 +352,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	mode := "dial-back"
 	stream, err := p.openDialBack(ctx, open.Session)
 	if err == nil {
+		defer p.releaseDialBack(stream.conn)
 		wait := p.s.cfg.DialBackTimeout
 		if !p.s.cfg.DisableRelay {
 			wait = p.s.cfg.RelayAfter
@@ -412,7 +419,11 @@ func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, err
 		p.noteDialBackFailure(err)
 		return nil, err
 	}
-	return openDialBackStream(ctx, conn, id)
+	s, err := openDialBackStream(ctx, conn, id)
+	if err != nil {
+		p.releaseDialBack(conn)
+	}
+	return s, err
 }
 
 // dialBackConn returns the dial-back connection to this client, dialing it
@@ -421,6 +432,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
 	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
+		p.dialRefs[p.dialBack]++
 		return p.dialBack, nil
 	}
 	// The address coordinator observes first: dial-backs leave from the
@@ -443,6 +455,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	}
 	p.log.Info("dial-back connection established", "addr", addr)
 	p.dialBack = conn
+	p.dialRefs[conn]++
 	return conn, nil
 }
 
@@ -545,6 +558,48 @@ func (p *peer) relaying() error {
 		return fmt.Errorf("relaying since dial-back failed: %w", p.relayErr)
 	}
 	return nil
+}
+
+// releaseDialBack ends a session's use of conn, closing conn if it was
+// retired and this was its last session.
+func (p *peer) releaseDialBack(conn *quic.Conn) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	p.dialRefs[conn]--
+	if p.dialRefs[conn] > 0 {
+		return
+	}
+	delete(p.dialRefs, conn)
+	if p.retired[conn] {
+		delete(p.retired, conn)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+	}
+}
+
+// retireDialBack stops giving new sessions the current dial-back
+// connection, without cutting the sessions on it.
+func (p *peer) retireDialBack() {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if c := p.dialBack; c != nil {
+		p.dialBack = nil
+		if p.dialRefs[c] == 0 {
+			c.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+		} else {
+			p.retired[c] = true
+		}
+	}
+}
+
+// closeDialBacks closes every dial-back connection: the client is gone.
+func (p *peer) closeDialBacks() {
+	p.closeDialBack()
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	for c := range p.retired {
+		c.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "control connection closed")
+	}
+	clear(p.retired)
 }
 
 func (p *peer) closeDialBack() {

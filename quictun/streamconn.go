@@ -12,12 +12,13 @@ import (
 // peer sees an error rather than a clean end.
 type StreamConn struct {
 	*quic.Stream
+	conn          *quic.Conn
 	local, remote net.Addr
 	id            SessionID
 }
 
 func newStreamConn(s *quic.Stream, c *quic.Conn, id SessionID) *StreamConn {
-	return &StreamConn{Stream: s, local: c.LocalAddr(), remote: c.RemoteAddr(), id: id}
+	return &StreamConn{Stream: s, conn: c, local: c.LocalAddr(), remote: c.RemoteAddr(), id: id}
 }
 
 // SessionID returns the session this stream carries, as hex.
