@@ -130,6 +130,7 @@ func TestBinaries(t *testing.T) {
 		"COORDINATOR_CERT=" + filepath.Join(certs, "coordinator.pem"),
 		"COORDINATOR_KEY=" + filepath.Join(certs, "coordinator-key.pem"),
 		"COORDINATOR_TOKEN=bin-token",
+		"COORDINATOR_ALLOW_PRIVATE_TARGETS=true", // the demo app is on loopback
 		"COORDINATOR_LOG_FORMAT=json",
 	}, "coordinator")
 	config := filepath.Join(t.TempDir(), "localproxy.yaml")

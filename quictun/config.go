@@ -151,8 +151,9 @@ type ServerConfig struct {
 	// Services publishes the services clients expose. Default: none, and
 	// registrations are refused.
 	Services ServiceRegistry
-	// DialTarget opens the TCP connection to a session's target.
-	// Default: a net.Dialer with TargetDialTimeout.
+	// DialTarget opens the TCP connection to a session's target. An error
+	// wrapping ErrTargetForbidden refuses the session with
+	// CodeTargetForbidden. Default: a net.Dialer, which dials anything.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
 	// TargetDialTimeout bounds dialing a target. Default 10s.
 	TargetDialTimeout time.Duration

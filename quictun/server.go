@@ -34,7 +34,7 @@ type Server struct {
 
 type serverCounters struct {
 	clients, authFailures, sessions, activeSessions atomic.Int64
-	targetErrors, dialBackErrors                    atomic.Int64
+	targetErrors, targetsForbidden, dialBackErrors  atomic.Int64
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 }
@@ -46,7 +46,10 @@ type ServerStats struct {
 	Sessions       int64 // established since start
 	ActiveSessions int64
 	TargetErrors   int64
-	DialBackErrors int64
+	// TargetsForbidden counts sessions refused by policy: the token may
+	// not use the forward proxy, or DialTarget refused the target.
+	TargetsForbidden int64
+	DialBackErrors   int64
 	// DialBackSessions and RelaySessions split Sessions by path.
 	DialBackSessions int64
 	RelaySessions    int64
@@ -74,6 +77,7 @@ func (s *Server) Stats() ServerStats {
 		Sessions:         s.stats.sessions.Load(),
 		ActiveSessions:   s.stats.activeSessions.Load(),
 		TargetErrors:     s.stats.targetErrors.Load(),
+		TargetsForbidden: s.stats.targetsForbidden.Load(),
 		DialBackErrors:   s.stats.dialBackErrors.Load(),
 		DialBackSessions: s.stats.dialBackSessions.Load(),
 		RelaySessions:    s.stats.relaySessions.Load(),
@@ -305,6 +309,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		str.Close()
 	}
 	if p.grant.NoForward {
+		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
 		endOpen()
 		outcome("forbidden", nil, relay.Stats{})
@@ -313,6 +318,13 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
 	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
 	cancel()
+	if errors.Is(err, ErrTargetForbidden) {
+		p.s.stats.targetsForbidden.Add(1)
+		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: err.Error()})
+		endOpen()
+		outcome("forbidden", err, relay.Stats{})
+		return
+	}
 	if err != nil {
 		p.s.stats.targetErrors.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})

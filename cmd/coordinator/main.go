@@ -51,6 +51,14 @@ func main() {
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
 				Usage: "how long to try dialing back to a client"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-private-targets", EnvVars: []string{"COORDINATOR_ALLOW_PRIVATE_TARGETS"},
+				Usage: "let clients reach loopback, private, link-local and coordinator's own addresses (refused by default)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "allow-target", EnvVars: []string{"COORDINATOR_ALLOW_TARGET"},
+				Usage: "allow this target even if private: a CIDR, an IP, a host name or *.suffix (repeatable)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "only-allowed-targets", EnvVars: []string{"COORDINATOR_ONLY_ALLOWED_TARGETS"},
+				Usage: "refuse every target not on --allow-target (other host names are refused without a DNS lookup)"}),
+			altsrc.NewIntSliceFlag(&cli.IntSliceFlag{Name: "deny-port", EnvVars: []string{"COORDINATOR_DENY_PORT"},
+				Usage: "never dial targets on this port, e.g. 25 (repeatable)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"COORDINATOR_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
@@ -100,8 +108,14 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ReporterListen:    c.String("reporter-listen"),
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		DialBackTimeout:   c.Duration("dial-back-timeout"),
-		Logger:            log,
-		AccessLog:         accessLog,
+		Targets: coordinator.TargetPolicy{
+			AllowPrivate: c.Bool("allow-private-targets"),
+			Allow:        c.StringSlice("allow-target"),
+			OnlyAllowed:  c.Bool("only-allowed-targets"),
+			DenyPorts:    c.IntSlice("deny-port"),
+		},
+		Logger:    log,
+		AccessLog: accessLog,
 	})
 	if err != nil {
 		return err

@@ -55,8 +55,9 @@ type Config struct {
 	PublicBind string
 	// ListNames makes "not found" pages list the exposed names.
 	ListNames bool
-	// DialTarget, if set, replaces the TCP dialer for targets.
-	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
+	// Targets decides which targets clients may have dialed. Default:
+	// public addresses only (see TargetPolicy).
+	Targets TargetPolicy
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -67,6 +68,7 @@ type Config struct {
 type Coordinator struct {
 	cfg      Config
 	log      *slog.Logger
+	targets  *targetPolicy
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	server   *quictun.Server
@@ -94,7 +96,15 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Logger
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger}
+	own, err := ownAddrs()
+	if err != nil {
+		return nil, err
+	}
+	targets, err := cfg.Targets.compile(own)
+	if err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, targets: targets}
 	if err := c.setupPublic(); err != nil {
 		return nil, err
 	}
@@ -109,7 +119,7 @@ func New(cfg Config) (*Coordinator, error) {
 		Certificate:       cfg.Certificate,
 		Token:             cfg.Token,
 		Authorize:         c.authorize(),
-		DialTarget:        cfg.DialTarget,
+		DialTarget:        targets.dialer(),
 		TargetDialTimeout: cfg.TargetDialTimeout,
 		DialBackTimeout:   cfg.DialBackTimeout,
 		Logger:            c.log,
@@ -254,7 +264,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.server.Serve(ctx) })
 	defer c.closePublic()
-	summary := []any{"quic", c.udp.LocalAddr()}
+	summary := []any{"quic", c.udp.LocalAddr(), "targets", c.targets.String()}
 	if c.public != nil {
 		g.Go(func() error { return c.public.Serve(c.httpLn) })
 		g.Go(func() error { <-ctx.Done(); return c.public.Close() })
