@@ -20,6 +20,7 @@ type engine struct {
 	cfg    Config
 	log    *slog.Logger
 	router router
+	auth   *proxyAuth // nil: no proxy authentication
 
 	ctx    context.Context // cancelled by close: ends every connection
 	cancel context.CancelFunc

@@ -19,7 +19,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Proxy{e: newEngine(cfg, forwardRouter{cfg.Dialer})}, nil
+	e := newEngine(cfg, forwardRouter{cfg.Dialer})
+	e.auth = newProxyAuth(cfg.ProxyAuth)
+	return &Proxy{e: e}, nil
 }
 
 // Serve accepts browser connections on ln until Close; it then returns nil.

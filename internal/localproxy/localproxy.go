@@ -46,6 +46,13 @@ type Config struct {
 	ServerName string
 	// Insecure accepts any coordinator certificate.
 	Insecure bool
+	// ProxyAuth, if set, is required of browsers in Proxy-Authorization
+	// (Basic). It is required when Listen is not a loopback address,
+	// unless InsecureNoProxyAuth is set. Default: none.
+	ProxyAuth *httpproxy.Credentials
+	// InsecureNoProxyAuth lets a proxy listening beyond loopback run
+	// without ProxyAuth: anyone who reaches it can use the tunnel.
+	InsecureNoProxyAuth bool
 	// Name identifies us in coordinator's logs. Default: the host name.
 	Name string
 	// DialBackTimeout bounds the wait for a dial-back. Default 10s.
@@ -161,13 +168,19 @@ func New(cfg Config) (*Proxy, error) {
 		p.udp.Close()
 		return nil, err
 	}
-	if p.ln, err = service.ListenTCP(cfg.Listen); err != nil {
+	if p.ln, err = service.ListenTCP(cfg.Listen); err == nil {
+		err = p.checkExposure()
+		if err != nil {
+			p.ln.Close()
+		}
+	}
+	if err != nil {
 		p.tr.Close()
 		p.udp.Close()
 		return nil, err
 	}
 	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog,
-		PAC: pacFile(p.ln.Addr())})
+		PAC: pacFile(p.ln.Addr()), ProxyAuth: cfg.ProxyAuth})
 	if err != nil {
 		p.ln.Close()
 		p.tr.Close()
@@ -175,6 +188,23 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// checkExposure refuses a proxy reachable beyond this computer without
+// proxy authentication, unless InsecureNoProxyAuth forces it.
+func (p *Proxy) checkExposure() error {
+	ta, ok := p.ln.Addr().(*net.TCPAddr)
+	if !ok || ta.IP.IsLoopback() || p.cfg.ProxyAuth != nil {
+		return nil
+	}
+	if !p.cfg.InsecureNoProxyAuth {
+		return &ConfigError{"Listen", fmt.Sprintf("%s is reachable from other machines: set proxy credentials "+
+			"(--proxy-auth USER:PASSWORD or --proxy-auth-file FILE), listen on 127.0.0.1, "+
+			"or force an open proxy with --insecure-no-proxy-auth", ta)}
+	}
+	p.log.Warn("--insecure-no-proxy-auth: the proxy listens beyond loopback WITHOUT authentication; "+
+		"anyone who reaches it can use your tunnel and your token", "listen", ta)
+	return nil
 }
 
 // Addr is the browser-facing proxy's address.
