@@ -31,6 +31,12 @@ func (p *Proxy) Serve(ln net.Listener) error { return p.e.serve(ln) }
 // and waits for their goroutines.
 func (p *Proxy) Close() error { return p.e.close() }
 
+// Drain stops accepting connections, closes those waiting for a request
+// and lets the others finish the exchange or tunnel they carry. It returns
+// nil once none is left, or ctx's cause when ctx ends first; Close then
+// ends what remains.
+func (p *Proxy) Drain(ctx context.Context) error { return p.e.drain(ctx) }
+
 // Stats returns a snapshot of the proxy's counters.
 func (p *Proxy) Stats() Stats { return p.e.snapshot() }
 

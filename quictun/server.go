@@ -28,8 +28,12 @@ type Server struct {
 	log   *slog.Logger
 	stats serverCounters
 
-	mu    sync.Mutex
-	peers map[*peer]struct{}
+	mu       sync.Mutex
+	peers    map[*peer]struct{}
+	ln       *quic.Listener
+	draining bool
+	live     int           // sessions being set up or relayed
+	drained  chan struct{} // closed when live drops to 0, while draining
 }
 
 type serverCounters struct {
@@ -99,12 +103,22 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
+	s.mu.Lock()
+	s.ln = ln
+	if s.draining {
+		ln.Close()
+	}
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		conn, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
+				return nil
+			}
+			if s.isDraining() {
+				<-ctx.Done() // the clients connected still have sessions to finish
 				return nil
 			}
 			return fmt.Errorf("accept: %w", err)
@@ -185,6 +199,60 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.
 		return nil, nil, fmt.Errorf("%w: client speaks %d", ErrVersion, hello.Version)
 	}
 	return hello, ctrl, nil
+}
+
+// Drain stops accepting clients and sessions (new Opens are answered
+// CodeShutdown) and waits for the sessions in progress to end. It returns
+// nil once none is left, or ctx's cause when ctx ends first. Ending
+// Serve's context then closes everything.
+func (s *Server) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.live == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	done, n := s.drained, s.live
+	s.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d sessions still open: %w", n, context.Cause(ctx))
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// beginSession counts a session in; it reports false while draining.
+func (s *Server) beginSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.live++
+	return true
+}
+
+func (s *Server) endSession() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live--
+	if s.live == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
 }
 
 func (s *Server) addPeer(p *peer) {
@@ -308,6 +376,13 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		str.Close()
 	}
+	if !p.s.beginSession() {
+		WriteFrame(str, &OpenResult{Code: CodeShutdown, Reason: "coordinator is shutting down"})
+		endOpen()
+		outcome("shutting_down", nil, relay.Stats{})
+		return
+	}
+	defer p.s.endSession()
 	if p.grant.NoForward {
 		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})

@@ -63,6 +63,8 @@ func main() {
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
+				Usage: "on SIGTERM or SIGINT, how long sessions in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
@@ -108,6 +110,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ReporterListen:    c.String("reporter-listen"),
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		DialBackTimeout:   c.Duration("dial-back-timeout"),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		Targets: coordinator.TargetPolicy{
 			AllowPrivate: c.Bool("allow-private-targets"),
 			Allow:        c.StringSlice("allow-target"),

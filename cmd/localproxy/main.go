@@ -65,6 +65,8 @@ func main() {
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
 				Usage: "after this long without a new session, ask the reporter again and tell coordinator if the public address changed (negative: never)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_SHUTDOWN_TIMEOUT"},
+				Usage: "on SIGTERM or SIGINT, how long requests and tunnels in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
@@ -120,6 +122,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		DialBackTimeout:     c.Duration("dial-back-timeout"),
 		STUNTimeout:         c.Duration("stun-timeout"),
 		IdleRestart:         c.Duration("idle-restart"),
+		ShutdownTimeout:     c.Duration("shutdown-timeout"),
 		Logger:              log,
 		AccessLog:           accessLog,
 	})

@@ -58,6 +58,9 @@ type Config struct {
 	// Targets decides which targets clients may have dialed. Default:
 	// public addresses only (see TargetPolicy).
 	Targets TargetPolicy
+	// ShutdownTimeout is how long Run lets sessions in progress finish
+	// once its context ends. Default 0: close them at once.
+	ShutdownTimeout time.Duration
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -257,17 +260,21 @@ func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 // Server exposes the tunnel server, for status and tests.
 func (c *Coordinator) Server() *quictun.Server { return c.server }
 
-// Run serves until ctx ends, then closes every connection and socket.
+// Run serves until ctx ends, then drains for up to ShutdownTimeout (no new
+// clients or sessions; those in progress may finish) and closes every
+// connection and socket.
 func (c *Coordinator) Run(ctx context.Context) error {
 	defer c.udp.Close()
 	defer c.tr.Close()
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return c.server.Serve(ctx) })
+	hard, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	g, gctx := errgroup.WithContext(hard)
+	g.Go(func() error { return c.server.Serve(gctx) })
 	defer c.closePublic()
 	summary := []any{"quic", c.udp.LocalAddr(), "targets", c.targets.String()}
 	if c.public != nil {
 		g.Go(func() error { return c.public.Serve(c.httpLn) })
-		g.Go(func() error { <-ctx.Done(); return c.public.Close() })
+		g.Go(func() error { <-gctx.Done(); return c.public.Close() })
 		summary = append(summary, "http", c.httpLn.Addr(), "domain", c.cfg.Domain)
 	}
 	if c.cfg.PortRange != (PortRange{}) {
@@ -275,9 +282,40 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	if c.reporter != nil {
 		defer c.stunPC.Close()
-		g.Go(func() error { return c.reporter.Serve(ctx, c.stunPC) })
+		g.Go(func() error { return c.reporter.Serve(gctx, c.stunPC) })
 		summary = append(summary, "reporter", c.stunPC.LocalAddr())
 	}
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			c.drain()
+		case <-gctx.Done():
+		}
+		stop()
+		return nil
+	})
 	c.log.Info("coordinator ready", summary...)
 	return g.Wait()
+}
+
+// drain lets sessions in progress finish, for up to ShutdownTimeout.
+func (c *Coordinator) drain() {
+	if c.cfg.ShutdownTimeout <= 0 {
+		return
+	}
+	st := c.server.Stats()
+	c.log.Info("draining: no new clients or sessions", "sessions_active", st.ActiveSessions, "timeout", c.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), c.cfg.ShutdownTimeout,
+		fmt.Errorf("--shutdown-timeout %s passed", c.cfg.ShutdownTimeout))
+	defer cancel()
+	var g errgroup.Group
+	g.Go(func() error { return c.server.Drain(ctx) })
+	if c.public != nil {
+		g.Go(func() error { return c.public.Drain(ctx) })
+	}
+	if err := g.Wait(); err != nil {
+		c.log.Warn("closing sessions still open", "err", err)
+		return
+	}
+	c.log.Info("drained: every session finished")
 }

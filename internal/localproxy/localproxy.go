@@ -70,6 +70,9 @@ type Config struct {
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
+	// ShutdownTimeout is how long Run lets browser requests and tunnels in
+	// progress finish once its context ends. Default 0: close them at once.
+	ShutdownTimeout time.Duration
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per request or tunnel. Default: Logger.
@@ -242,8 +245,20 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.client.SetPublicAddr(public)
 	}
 
-	ctx, stop := context.WithCancelCause(ctx)
+	outer := ctx
+	ctx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stop(nil)
+	drained := make(chan struct{})
+	stopOuter := context.AfterFunc(outer, func() {
+		defer close(drained)
+		p.drain()
+		stop(context.Cause(outer))
+	})
+	defer func() {
+		if !stopOuter() {
+			<-drained // ends once proxy.Close has closed what was left
+		}
+	}()
 	clientDone := make(chan error, 1)
 	go func() {
 		err := p.client.Run(ctx)
@@ -267,6 +282,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case proxyErr = <-proxyDone:
+		if proxyErr == nil {
+			<-ctx.Done() // draining stopped the listener; the drain ends ctx
+		}
 		stop(proxyErr)
 	}
 	p.proxy.Close()
@@ -277,6 +295,23 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy stopped: %w", proxyErr)
 	}
 	return nil
+}
+
+// drain lets browser requests and tunnels in progress finish, for up to
+// ShutdownTimeout; the tunnel stays up meanwhile.
+func (p *Proxy) drain() {
+	if p.cfg.ShutdownTimeout <= 0 {
+		return
+	}
+	p.log.Info("draining: no new browser connections", "connections_active", p.proxy.Stats().ActiveConns, "timeout", p.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), p.cfg.ShutdownTimeout,
+		fmt.Errorf("--shutdown-timeout %s passed", p.cfg.ShutdownTimeout))
+	defer cancel()
+	if err := p.proxy.Drain(ctx); err != nil {
+		p.log.Warn("closing browser connections still open", "err", err)
+		return
+	}
+	p.log.Info("drained: every browser connection finished")
 }
 
 // relearnWhenIdle runs the startup workflow's STUN step again each time
