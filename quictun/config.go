@@ -146,7 +146,9 @@ type ServerConfig struct {
 	// Authorize is set.
 	Token string
 	// Authorize, if set, decides which tokens are valid and what each may
-	// do; it must compare in constant time. Default: Token, allowed all.
+	// do; it must compare in constant time and be safe for concurrent
+	// use. Server.Reauthorize calls it again for connected clients.
+	// Default: Token, allowed all.
 	Authorize func(token string) (Grant, bool)
 	// Services publishes the services clients expose. Default: none, and
 	// registrations are refused.

@@ -149,7 +149,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	tokenHash := sha256.Sum256([]byte(hello.Token))
-	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+	p := &peer{s: s, conn: conn, name: hello.ClientName, token: hello.Token, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
 		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
 	if grant.Client != "" {
 		p.name = grant.Client
@@ -255,6 +255,41 @@ func (s *Server) endSession() {
 	}
 }
 
+// Reauthorize checks every connected client's token again with
+// ServerConfig.Authorize (which may have changed, e.g. a tokens file
+// reloaded): a client whose token is no longer valid is disconnected with
+// CodeUnauthorized, which withdraws its services and ends its sessions;
+// the others get their new grant for later sessions and registrations.
+// It returns how many clients were disconnected.
+func (s *Server) Reauthorize() int {
+	s.mu.Lock()
+	peers := make([]*peer, 0, len(s.peers))
+	for p := range s.peers {
+		peers = append(peers, p)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, p := range peers {
+		grant, ok := s.cfg.Authorize(p.token)
+		if !ok {
+			p.log.Warn("client disconnected: token revoked")
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "token revoked")
+			n++
+			continue
+		}
+		p.mu.Lock()
+		p.grant = grant
+		p.mu.Unlock()
+	}
+	return n
+}
+
+func (p *peer) currentGrant() Grant {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.grant
+}
+
 func (s *Server) addPeer(p *peer) {
 	s.mu.Lock()
 	s.peers[p] = struct{}{}
@@ -273,12 +308,13 @@ type peer struct {
 	conn     *quic.Conn
 	name     string
 	log      *slog.Logger
-	grant    Grant
+	token    string // kept to check again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
 	observed netip.AddrPort
 
 	mu         sync.Mutex
+	grant      Grant // may change on Reauthorize
 	publicAddr netip.AddrPort
 	services   []*Service
 	relayUntil time.Time // sessions go over the relay until then
@@ -383,7 +419,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		return
 	}
 	defer p.s.endSession()
-	if p.grant.NoForward {
+	if p.currentGrant().NoForward {
 		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
 		endOpen()

@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -123,5 +126,41 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"))
+	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// reloadOnHUP re-reads the tokens file on each SIGHUP until ctx ends or
+// the returned stop is called: revoked clients are disconnected; a bad
+// file keeps the tokens in force.
+func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coordinator, path string) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			if path == "" {
+				log.Warn("SIGHUP ignored: there is no --tokens file to reload")
+				continue
+			}
+			n, err := coord.ReloadTokensFile(path)
+			if err != nil {
+				log.Error("tokens file not reloaded", "file", path, "err", err)
+				continue
+			}
+			log.Info("tokens file reloaded", "file", path, "clients_disconnected", n)
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		wg.Wait()
+	}
 }

@@ -7,10 +7,12 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -72,6 +74,7 @@ type Coordinator struct {
 	cfg      Config
 	log      *slog.Logger
 	targets  *targetPolicy
+	auth     atomic.Pointer[authFunc] // current tokens; nil with a single Token
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	server   *quictun.Server
@@ -184,12 +187,45 @@ func (c *Coordinator) setupPublic() error {
 	return nil
 }
 
-// authorize returns the token check for Tokens, or nil to use Token.
-func (c *Coordinator) authorize() func(string) (quictun.Grant, bool) {
+// authFunc checks a token; see authorizer.
+type authFunc = func(string) (quictun.Grant, bool)
+
+// authorize returns the token check for Tokens, or nil to use Token. The
+// check reads the current tokens, which ReloadTokens replaces.
+func (c *Coordinator) authorize() authFunc {
 	if len(c.cfg.Tokens) == 0 {
 		return nil
 	}
-	return authorizer(c.cfg.Tokens)
+	a := authorizer(c.cfg.Tokens)
+	c.auth.Store(&a)
+	return func(token string) (quictun.Grant, bool) { return (*c.auth.Load())(token) }
+}
+
+// ReloadTokens replaces the tokens (a coordinator started with Tokens, not
+// Token): clients whose token is gone are disconnected with the
+// unauthorized error code, which withdraws their services; changed grants
+// apply to later sessions and registrations. It returns how many clients
+// were disconnected.
+func (c *Coordinator) ReloadTokens(entries []TokenEntry) (int, error) {
+	if c.auth.Load() == nil {
+		return 0, errors.New("reload tokens: coordinator was started with a single token, not a tokens file")
+	}
+	if len(entries) == 0 {
+		return 0, errors.New("reload tokens: no tokens")
+	}
+	a := authorizer(entries)
+	c.auth.Store(&a)
+	return c.server.Reauthorize(), nil
+}
+
+// ReloadTokensFile reads the tokens file at path and applies it with
+// ReloadTokens. On any error the tokens in force stay.
+func (c *Coordinator) ReloadTokensFile(path string) (int, error) {
+	entries, err := LoadTokens(path)
+	if err != nil {
+		return 0, fmt.Errorf("reload %w; the tokens in force stay", err)
+	}
+	return c.ReloadTokens(entries)
 }
 
 // services returns the registry as a quictun.ServiceRegistry, or nil.
