@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"quictunnel/quictun"
@@ -143,14 +144,14 @@ func TestTargetPolicyDial(t *testing.T) {
 			}
 			if tt.forbidden == "no DNS" {
 				// An allowed name is resolved: the lookup is the test.
-				called := false
+				var called atomic.Bool // A and AAAA lookups run at once
 				p.resolver = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
-					called = true
+					called.Store(true)
 					return nil, errors.New("no DNS in this test")
 				}}
 				_, err := p.dialer()(t.Context(), "tcp", tt.target)
-				if err == nil || errors.Is(err, quictun.ErrTargetForbidden) || !called {
-					t.Fatalf("allowed name: err %v, looked up %v; want a lookup failure", err, called)
+				if err == nil || errors.Is(err, quictun.ErrTargetForbidden) || !called.Load() {
+					t.Fatalf("allowed name: err %v, looked up %v; want a lookup failure", err, called.Load())
 				}
 				return
 			}
