@@ -130,6 +130,7 @@ func TestBinaries(t *testing.T) {
 		"COORDINATOR_CERT=" + filepath.Join(certs, "coordinator.pem"),
 		"COORDINATOR_KEY=" + filepath.Join(certs, "coordinator-key.pem"),
 		"COORDINATOR_TOKEN=bin-token",
+		"COORDINATOR_ALLOW_PRIVATE_TARGETS=true", // the demo app is on loopback
 		"COORDINATOR_LOG_FORMAT=json",
 	}, "coordinator")
 	config := filepath.Join(t.TempDir(), "localproxy.yaml")
@@ -190,6 +191,8 @@ func TestBinaryErrors(t *testing.T) {
 		want string
 	}{
 		{"localproxy", []string{"--token", "x"}, "coordinator"},
+		{"localproxy", []string{"--token", "x", "--coordinator", "127.0.0.1:1", "--listen", "0.0.0.0:0"}, "--insecure-no-proxy-auth"},
+		{"localproxy", []string{"--token", "x", "--coordinator", "127.0.0.1:1", "--proxy-auth", "nocolon"}, "USER:PASSWORD"},
 		{"coordinator", []string{"--token", "x", "--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"}, "--cert"},
 		{"reporter", []string{"--log-level", "loud"}, "--log-level"},
 	}

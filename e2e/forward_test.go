@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"quictunnel/internal/coordinator"
 )
 
 // patternReader yields n deterministic bytes (byte i is i*7 mod 251)
@@ -303,6 +305,30 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 		_, err = l.httpClient(t, nil, false).Get("https://" + dead + "/")
 		if err == nil || !strings.Contains(err.Error(), "Bad Gateway") {
 			t.Fatalf("CONNECT to a dead target: %v, want Bad Gateway", err)
+		}
+	})
+	t.Run("loopback target is 403 by default", func(t *testing.T) {
+		l := startLab(t, labOptions{targets: &coordinator.TargetPolicy{}})
+		target := startTarget(t, "127.0.0.1", bulkHandler())
+		resp, err := l.httpClient(t, nil, false).Get(target.URL + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 403 || !strings.Contains(string(body), "loopback") || !strings.Contains(string(body), "--allow-private-targets") {
+			t.Fatalf("got %d %q, want 403 saying loopback is refused and how to allow it", resp.StatusCode, body)
+		}
+		// CONNECT too.
+		_, err = l.httpClient(t, nil, false).Get("https://" + target.Listener.Addr().String() + "/")
+		if err == nil || !strings.Contains(err.Error(), "Forbidden") {
+			t.Fatalf("CONNECT to a loopback target: %v, want Forbidden", err)
+		}
+		if st := l.coord.Server().Stats(); st.TargetsForbidden != 2 || st.Sessions != 0 || st.TargetErrors != 0 {
+			t.Fatalf("coordinator stats %+v, want 2 forbidden and no session", st)
+		}
+		if log := l.coordLog.String(); !strings.Contains(log, "outcome=forbidden") {
+			t.Fatalf("access log lacks outcome=forbidden:\n%s", log)
 		}
 	})
 	t.Run("coordinator down is 503", func(t *testing.T) {

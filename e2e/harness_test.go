@@ -96,6 +96,7 @@ type lab struct {
 	stopProxy  func()
 	proxyErr   chan error
 	coordToken string
+	targets    coordinator.TargetPolicy
 }
 
 type labOptions struct {
@@ -103,6 +104,9 @@ type labOptions struct {
 	clientToken string // default: the coordinator's token
 	reporter    string // STUN server for localproxy; default: coordinator's embedded reporter
 	idleRestart time.Duration
+	// targets is coordinator's target policy; default: private targets
+	// allowed, as everything in the lab is on loopback.
+	targets *coordinator.TargetPolicy
 }
 
 func startLab(t testing.TB, o labOptions) *lab {
@@ -110,7 +114,11 @@ func startLab(t testing.TB, o labOptions) *lab {
 	if o.host == "" {
 		o.host = "127.0.0.1"
 	}
-	l := &lab{coordLog: &logBuffer{}, proxyLog: &logBuffer{}, coordToken: "e2e-token"}
+	l := &lab{coordLog: &logBuffer{}, proxyLog: &logBuffer{}, coordToken: "e2e-token",
+		targets: coordinator.TargetPolicy{AllowPrivate: true}}
+	if o.targets != nil {
+		l.targets = *o.targets
+	}
 	if o.clientToken == "" {
 		o.clientToken = l.coordToken
 	}
@@ -164,6 +172,7 @@ func (l *lab) startCoordinator(t testing.TB, addr string) {
 		Certificate:    cert,
 		Token:          l.coordToken,
 		ReporterListen: net.JoinHostPort(host, "0"),
+		Targets:        l.targets,
 		Logger:         l.coordLog.logger(),
 	})
 	if err != nil {

@@ -21,7 +21,7 @@ func TestMetricsEndpoints(t *testing.T) {
 	certs, _ := filepath.Abs(certsDir())
 	start(t, nil, "reporter", "--listen", "127.0.0.1:"+strconv.Itoa(stunPort), "--metrics-listen", "127.0.0.1:"+strconv.Itoa(repMetrics))
 	start(t, nil, "demoapp", "--listen", "127.0.0.1:"+strconv.Itoa(appPort))
-	start(t, nil, "coordinator", "--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--token", "metrics-token",
+	start(t, nil, "coordinator", "--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--token", "metrics-token", "--allow-private-targets",
 		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 		"--metrics-listen", "127.0.0.1:"+strconv.Itoa(coordMetrics), "--pprof")
 	start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort), "--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort),

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -34,8 +35,12 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for a target's response head
 	// after the request was sent. Default 0: none (long polls must work).
 	ResponseHeaderTimeout time.Duration
-	// PAC, if set, is served at /proxy.pac as a proxy auto-config file.
+	// PAC, if set, is served at /proxy.pac as a proxy auto-config file,
+	// without authentication.
 	PAC string
+	// ProxyAuth, if set, is required of every request and CONNECT in
+	// Proxy-Authorization (Basic); others get 407. Default: none.
+	ProxyAuth *Credentials
 }
 
 func (c *Config) validate() error {
@@ -44,6 +49,8 @@ func (c *Config) validate() error {
 		return &ConfigError{"Dialer", "required"}
 	case c.MaxHeaderBytes < 0:
 		return &ConfigError{"MaxHeaderBytes", "must not be negative"}
+	case c.ProxyAuth != nil && (c.ProxyAuth.User == "" || c.ProxyAuth.Password == "" || strings.Contains(c.ProxyAuth.User, ":")):
+		return &ConfigError{"ProxyAuth", "user (without ':') and password must be non-empty"}
 	case c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 || c.ResponseHeaderTimeout < 0:
 		return &ConfigError{"Timeout", "must not be negative"}
 	}

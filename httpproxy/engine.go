@@ -20,15 +20,18 @@ type engine struct {
 	cfg    Config
 	log    *slog.Logger
 	router router
+	auth   *proxyAuth // nil: no proxy authentication
 
 	ctx    context.Context // cancelled by close: ends every connection
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	lns    map[net.Listener]struct{}
-	conns  map[net.Conn]struct{}
-	closed bool
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	conns    map[net.Conn]bool // true while waiting for the next request
+	closed   bool
+	draining bool
+	drained  chan struct{} // closed when the last connection ends, while draining
 
 	stats counters
 }
@@ -75,7 +78,7 @@ type Stats struct {
 func newEngine(cfg Config, r router) *engine {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &engine{cfg: cfg, log: cfg.Logger, router: r, ctx: ctx, cancel: cancel,
-		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]bool{}}
 }
 
 // serve accepts connections on ln until close.
@@ -93,7 +96,7 @@ func (e *engine) serve(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if e.ctx.Err() != nil {
+			if e.ctx.Err() != nil || e.isDraining() {
 				return nil
 			}
 			var ne net.Error
@@ -118,10 +121,10 @@ func (e *engine) serve(ln net.Listener) error {
 func (e *engine) track(c net.Conn) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
+	if e.closed || e.draining {
 		return false
 	}
-	e.conns[c] = struct{}{}
+	e.conns[c] = false
 	e.wg.Add(1)
 	e.stats.active.Add(1)
 	return true
@@ -131,8 +134,62 @@ func (e *engine) untrack(c net.Conn) {
 	c.Close()
 	e.mu.Lock()
 	delete(e.conns, c)
+	if len(e.conns) == 0 && e.drained != nil {
+		close(e.drained)
+		e.drained = nil
+	}
 	e.mu.Unlock()
 	e.stats.active.Add(-1)
+}
+
+func (e *engine) isDraining() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.draining
+}
+
+// setIdle marks c as waiting for its next request (or not). It reports
+// false when c should rather close because the engine is draining.
+func (e *engine) setIdle(c net.Conn, idle bool) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if idle && e.draining {
+		return false
+	}
+	e.conns[c] = idle
+	return true
+}
+
+// drain stops accepting, closes connections waiting for a request and
+// lets the others finish their exchange or tunnel; it returns when none
+// is left, or with ctx's error. close still ends what remains.
+func (e *engine) drain(ctx context.Context) error {
+	e.mu.Lock()
+	e.draining = true
+	for ln := range e.lns {
+		ln.Close()
+	}
+	for c, idle := range e.conns {
+		if idle {
+			c.Close()
+		}
+	}
+	if len(e.conns) == 0 {
+		e.mu.Unlock()
+		return nil
+	}
+	if e.drained == nil {
+		e.drained = make(chan struct{})
+	}
+	done := e.drained
+	n := len(e.conns)
+	e.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d connections still open: %w", n, context.Cause(ctx))
+	}
 }
 
 // close stops every listener and connection and waits for them.
@@ -222,8 +279,13 @@ func (e *engine) serveConn(nc net.Conn) {
 func (c *conn) readHead(first bool) (*head, error) {
 	cfg := &c.e.cfg
 	if !first {
+		if !c.e.setIdle(c.c, true) {
+			return nil, errIdle // draining: no more requests on this connection
+		}
 		c.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
-		if _, err := c.br.Peek(1); err != nil {
+		_, err := c.br.Peek(1)
+		c.e.setIdle(c.c, false)
+		if err != nil {
 			return nil, errIdle
 		}
 	}

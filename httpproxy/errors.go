@@ -18,6 +18,9 @@ type DialError struct {
 func (e *DialError) Error() string { return e.Reason }
 func (e *DialError) Unwrap() error { return e.Err }
 
+// errProxyAuth is the access-log outcome of a request refused with 407.
+var errProxyAuth = errors.New("proxy authentication required")
+
 // ConfigError reports an invalid configuration field.
 type ConfigError struct {
 	Field  string

@@ -26,13 +26,17 @@ const requestBodyGrace = time.Second
 func (c *conn) serveRequest(h *head) bool {
 	start := time.Now()
 	c.e.stats.requests.Add(1)
+	if c.e.cfg.PAC != "" && h.method == "GET" && h.target == "/proxy.pac" {
+		c.servePAC(h, start) // browsers fetch it before they know any credentials
+		return !h.close
+	}
+	if c.e.auth != nil && !c.e.auth.allows(h) {
+		c.askForCredentials(h, start)
+		return false
+	}
 	if h.method == "CONNECT" {
 		c.serveConnect(h, start)
 		return false
-	}
-	if c.e.cfg.PAC != "" && h.method == "GET" && h.target == "/proxy.pac" {
-		c.servePAC(h, start)
-		return !h.close
 	}
 	r, err := c.e.router.route(c.ctx, h, c.c)
 	if err != nil {

@@ -19,7 +19,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Proxy{e: newEngine(cfg, forwardRouter{cfg.Dialer})}, nil
+	e := newEngine(cfg, forwardRouter{cfg.Dialer})
+	e.auth = newProxyAuth(cfg.ProxyAuth)
+	return &Proxy{e: e}, nil
 }
 
 // Serve accepts browser connections on ln until Close; it then returns nil.
@@ -28,6 +30,12 @@ func (p *Proxy) Serve(ln net.Listener) error { return p.e.serve(ln) }
 // Close stops every listener, closes every browser connection and tunnel,
 // and waits for their goroutines.
 func (p *Proxy) Close() error { return p.e.close() }
+
+// Drain stops accepting connections, closes those waiting for a request
+// and lets the others finish the exchange or tunnel they carry. It returns
+// nil once none is left, or ctx's cause when ctx ends first; Close then
+// ends what remains.
+func (p *Proxy) Drain(ctx context.Context) error { return p.e.drain(ctx) }
 
 // Stats returns a snapshot of the proxy's counters.
 func (p *Proxy) Stats() Stats { return p.e.snapshot() }

@@ -76,6 +76,12 @@ func (p *ReverseProxy) Serve(ln net.Listener) error { return p.e.serve(ln) }
 // Close stops every listener and connection and waits for them.
 func (p *ReverseProxy) Close() error { return p.e.close() }
 
+// Drain stops accepting connections, closes those waiting for a request
+// and lets the others finish the exchange or tunnel they carry. It returns
+// nil once none is left, or ctx's cause when ctx ends first; Close then
+// ends what remains.
+func (p *ReverseProxy) Drain(ctx context.Context) error { return p.e.drain(ctx) }
+
 // Stats returns a snapshot of the proxy's counters.
 func (p *ReverseProxy) Stats() Stats { return p.e.snapshot() }
 

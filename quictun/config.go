@@ -151,13 +151,16 @@ type ServerConfig struct {
 	// Authorize is set.
 	Token string
 	// Authorize, if set, decides which tokens are valid and what each may
-	// do; it must compare in constant time. Default: Token, allowed all.
+	// do; it must compare in constant time and be safe for concurrent
+	// use. Server.Reauthorize calls it again for connected clients.
+	// Default: Token, allowed all.
 	Authorize func(token string) (Grant, bool)
 	// Services publishes the services clients expose. Default: none, and
 	// registrations are refused.
 	Services ServiceRegistry
-	// DialTarget opens the TCP connection to a session's target.
-	// Default: a net.Dialer with TargetDialTimeout.
+	// DialTarget opens the TCP connection to a session's target. An error
+	// wrapping ErrTargetForbidden refuses the session with
+	// CodeTargetForbidden. Default: a net.Dialer, which dials anything.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
 	// TargetDialTimeout bounds dialing a target. Default 10s.
 	TargetDialTimeout time.Duration

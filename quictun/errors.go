@@ -17,7 +17,11 @@ var (
 	ErrDialBackTimeout        = errors.New("quictun: dial-back did not arrive in time")
 	ErrSessionUnknown         = errors.New("quictun: unknown or expired session")
 	ErrTooManySessions        = errors.New("quictun: session table full")
-	ErrClosed                 = errors.New("quictun: closed")
+	// ErrTargetForbidden, wrapped in an error from ServerConfig.DialTarget,
+	// makes the session fail with CodeTargetForbidden (403) instead of
+	// CodeTargetUnreachable: the target is refused by policy.
+	ErrTargetForbidden = errors.New("target refused by coordinator's policy")
+	ErrClosed          = errors.New("quictun: closed")
 )
 
 // SessionError reports why coordinator could not open a session: the code

@@ -275,7 +275,7 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	case reg.Kind != ServiceHTTP && reg.Kind != ServiceTCP:
 		answer(CodeProtocol, fmt.Sprintf("unknown service kind %d", reg.Kind), Publication{})
 		return
-	case !p.grant.allowsName(reg.Name):
+	case !p.currentGrant().allowsName(reg.Name):
 		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
 		return
 	}

@@ -28,14 +28,19 @@ type Server struct {
 	log   *slog.Logger
 	stats serverCounters
 
-	mu      sync.Mutex
-	peers   map[*peer]struct{}
-	workers map[*workerPeer]int // dial-back workers, with the number of clients each serves
+	mu       sync.Mutex
+	peers    map[*peer]struct{}
+	workers  map[*workerPeer]int // dial-back workers, with the number of clients each serves
+	ln       *quic.Listener
+	draining bool
+	live     int           // sessions being set up or relayed
+	drained  chan struct{} // closed when live drops to 0, while draining
 }
 
 type serverCounters struct {
 	clients, authFailures, sessions, activeSessions atomic.Int64
-	targetErrors, dialBackErrors, dialBackDials     atomic.Int64
+	targetErrors, targetsForbidden, dialBackErrors  atomic.Int64
+	dialBackDials                                   atomic.Int64
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 }
@@ -48,8 +53,11 @@ type ServerStats struct {
 	Sessions       int64 // established since start
 	ActiveSessions int64
 	TargetErrors   int64
-	DialBackErrors int64
-	DialBackDials  int64 // dial-back connections attempted by coordinator itself
+	// TargetsForbidden counts sessions refused by policy: the token may
+	// not use the forward proxy, or DialTarget refused the target.
+	TargetsForbidden int64
+	DialBackErrors   int64
+	DialBackDials    int64 // dial-back connections attempted by coordinator itself
 	// DialBackSessions and RelaySessions split Sessions by path.
 	DialBackSessions int64
 	RelaySessions    int64
@@ -78,6 +86,7 @@ func (s *Server) Stats() ServerStats {
 		Sessions:         s.stats.sessions.Load(),
 		ActiveSessions:   s.stats.activeSessions.Load(),
 		TargetErrors:     s.stats.targetErrors.Load(),
+		TargetsForbidden: s.stats.targetsForbidden.Load(),
 		DialBackErrors:   s.stats.dialBackErrors.Load(),
 		DialBackDials:    s.stats.dialBackDials.Load(),
 		DialBackSessions: s.stats.dialBackSessions.Load(),
@@ -100,12 +109,22 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	defer ln.Close()
+	s.mu.Lock()
+	s.ln = ln
+	if s.draining {
+		ln.Close()
+	}
+	s.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		conn, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
+				return nil
+			}
+			if s.isDraining() {
+				<-ctx.Done() // the clients connected still have sessions to finish
 				return nil
 			}
 			return fmt.Errorf("accept: %w", err)
@@ -140,7 +159,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	tokenHash := sha256.Sum256([]byte(hello.Token))
-	p := &peer{s: s, conn: conn, name: hello.ClientName, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+	p := &peer{s: s, conn: conn, name: hello.ClientName, token: hello.Token, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
 		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool),
 		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
 	if grant.Client != "" {
@@ -193,6 +212,95 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.
 	return hello, ctrl, nil
 }
 
+// Drain stops accepting clients and sessions (new Opens are answered
+// CodeShutdown) and waits for the sessions in progress to end. It returns
+// nil once none is left, or ctx's cause when ctx ends first. Ending
+// Serve's context then closes everything.
+func (s *Server) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.live == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	done, n := s.drained, s.live
+	s.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d sessions still open: %w", n, context.Cause(ctx))
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// beginSession counts a session in; it reports false while draining.
+func (s *Server) beginSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.live++
+	return true
+}
+
+func (s *Server) endSession() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live--
+	if s.live == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
+}
+
+// Reauthorize checks every connected client's token again with
+// ServerConfig.Authorize (which may have changed, e.g. a tokens file
+// reloaded): a client whose token is no longer valid is disconnected with
+// CodeUnauthorized, which withdraws its services and ends its sessions;
+// the others get their new grant for later sessions and registrations.
+// It returns how many clients were disconnected.
+func (s *Server) Reauthorize() int {
+	s.mu.Lock()
+	peers := make([]*peer, 0, len(s.peers))
+	for p := range s.peers {
+		peers = append(peers, p)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, p := range peers {
+		grant, ok := s.cfg.Authorize(p.token)
+		if !ok {
+			p.log.Warn("client disconnected: token revoked")
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "token revoked")
+			n++
+			continue
+		}
+		p.mu.Lock()
+		p.grant = grant
+		p.mu.Unlock()
+	}
+	return n
+}
+
+func (p *peer) currentGrant() Grant {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.grant
+}
+
 func (s *Server) addPeer(p *peer) {
 	s.mu.Lock()
 	s.peers[p] = struct{}{}
@@ -211,12 +319,13 @@ type peer struct {
 	conn     *quic.Conn
 	name     string
 	log      *slog.Logger
-	grant    Grant
+	token    string // kept to check again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
 	observed netip.AddrPort
 
 	mu         sync.Mutex
+	grant      Grant // may change on Reauthorize
 	publicAddr netip.AddrPort
 	services   []*Service
 	relayUntil time.Time // sessions go over the relay until then
@@ -321,7 +430,15 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		str.Close()
 	}
-	if p.grant.NoForward {
+	if !p.s.beginSession() {
+		WriteFrame(str, &OpenResult{Code: CodeShutdown, Reason: "coordinator is shutting down"})
+		endOpen()
+		outcome("shutting_down", nil, relay.Stats{})
+		return
+	}
+	defer p.s.endSession()
+	if p.currentGrant().NoForward {
+		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
 		endOpen()
 		outcome("forbidden", nil, relay.Stats{})
@@ -335,6 +452,13 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
 	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
 	cancel()
+	if errors.Is(err, ErrTargetForbidden) {
+		p.s.stats.targetsForbidden.Add(1)
+		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: err.Error()})
+		endOpen()
+		outcome("forbidden", err, relay.Stats{})
+		return
+	}
 	if err != nil {
 		p.s.stats.targetErrors.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})

@@ -402,11 +402,15 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	target, err := w.cfg.DialTarget(dctx, "tcp", job.Target)
 	cancel()
 	if err != nil {
+		code, status := CodeTargetUnreachable, "target_unreachable"
+		if errors.Is(err, ErrTargetForbidden) {
+			code, status = CodeTargetForbidden, "forbidden"
+		}
 		w.stats.targetErrors.Add(1)
-		WriteFrame(str, &JobResult{Code: CodeTargetUnreachable, Reason: err.Error()})
+		WriteFrame(str, &JobResult{Code: code, Reason: err.Error()})
 		str.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
-		outcome("target_unreachable", err, relay.Stats{})
+		outcome(status, err, relay.Stats{})
 		return
 	}
 	wc := w.client(job.CertSHA256)

@@ -151,6 +151,11 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 		jsc.Reset()
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		str.Close()
+		if res.Code == CodeTargetForbidden {
+			p.s.stats.targetsForbidden.Add(1)
+			outcome("forbidden", errors.New(res.Reason), relay.Stats{})
+			return true
+		}
 		p.s.stats.targetErrors.Add(1)
 		outcome("target_unreachable", errors.New(res.Reason), relay.Stats{})
 		return true

@@ -43,7 +43,7 @@ start() { # name, then the command
 start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT"
 start coordinator "$BIN/coordinator" --listen "127.0.0.1:$COORD_PORT" \
   --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN" \
-  --http "127.0.0.1:$HTTP_PORT" --domain localhost
+  --http "127.0.0.1:$HTTP_PORT" --domain localhost --allow-private-targets  # the demo app is on loopback
 start demoapp "$BIN/demoapp" --listen "127.0.0.1:$APP_PORT"
 start localproxy "$BIN/localproxy" --listen "127.0.0.1:$PROXY_PORT" --coordinator "127.0.0.1:$COORD_PORT" \
   --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem \

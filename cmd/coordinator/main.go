@@ -11,6 +11,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -64,10 +67,20 @@ func main() {
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
 				Usage: "how long to try dialing back to a client"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "allow-private-targets", EnvVars: []string{"COORDINATOR_ALLOW_PRIVATE_TARGETS"},
+				Usage: "let clients reach loopback, private, link-local and coordinator's own addresses (refused by default)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "allow-target", EnvVars: []string{"COORDINATOR_ALLOW_TARGET"},
+				Usage: "allow this target even if private: a CIDR, an IP, a host name or *.suffix (repeatable)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "only-allowed-targets", EnvVars: []string{"COORDINATOR_ONLY_ALLOWED_TARGETS"},
+				Usage: "refuse every target not on --allow-target (other host names are refused without a DNS lookup)"}),
+			altsrc.NewIntSliceFlag(&cli.IntSliceFlag{Name: "deny-port", EnvVars: []string{"COORDINATOR_DENY_PORT"},
+				Usage: "never dial targets on this port, e.g. 25 (repeatable)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"COORDINATOR_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
+				Usage: "on SIGTERM or SIGINT, how long sessions in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
@@ -121,12 +134,16 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		DialBackTimeout:   c.Duration("dial-back-timeout"),
 		WorkerToken:       c.String("worker-token"),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
+		Targets:           targetPolicy(c),
 		Logger:            log,
 		AccessLog:         accessLog,
 	})
 	if err != nil {
 		return err
 	}
+	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"))
+	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
 }
 
@@ -156,6 +173,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		ServerName:        c.String("server-name"),
 		Advertise:         advertise,
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
+		Targets:           targetPolicy(c),
 		Logger:            log,
 		AccessLog:         accessLog,
 	})
@@ -163,4 +181,49 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		return err
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, w.RegisterMetrics, w.Run)
+}
+
+// reloadOnHUP re-reads the tokens file on each SIGHUP until ctx ends or
+// the returned stop is called: revoked clients are disconnected; a bad
+// file keeps the tokens in force.
+func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coordinator, path string) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			if path == "" {
+				log.Warn("SIGHUP ignored: there is no --tokens file to reload")
+				continue
+			}
+			n, err := coord.ReloadTokensFile(path)
+			if err != nil {
+				log.Error("tokens file not reloaded", "file", path, "err", err)
+				continue
+			}
+			log.Info("tokens file reloaded", "file", path, "clients_disconnected", n)
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		wg.Wait()
+	}
+}
+
+// targetPolicy is the target policy the flags give, for coordinator and
+// its dial-back workers alike.
+func targetPolicy(c *cli.Context) coordinator.TargetPolicy {
+	return coordinator.TargetPolicy{
+		AllowPrivate: c.Bool("allow-private-targets"),
+		Allow:        c.StringSlice("allow-target"),
+		OnlyAllowed:  c.Bool("only-allowed-targets"),
+		DenyPorts:    c.IntSlice("deny-port"),
+	}
 }

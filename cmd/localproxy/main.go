@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
+	"quictunnel/httpproxy"
 	"quictunnel/internal/localproxy"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
@@ -39,6 +40,12 @@ func main() {
 				Usage: "name coordinator's certificate must carry (default: the host of --coordinator)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure", EnvVars: []string{"LOCALPROXY_INSECURE"},
 				Usage: "accept any coordinator certificate (encrypted but NOT authenticated: anyone on the path can read your traffic)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "proxy-auth", EnvVars: []string{"LOCALPROXY_PROXY_AUTH"},
+				Usage: "USER:PASSWORD browsers must give (Proxy-Authorization: Basic); required when --listen is not loopback"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "proxy-auth-file", EnvVars: []string{"LOCALPROXY_PROXY_AUTH_FILE"}, TakesFile: true,
+				Usage: "file holding USER:PASSWORD, instead of --proxy-auth"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-no-proxy-auth", EnvVars: []string{"LOCALPROXY_INSECURE_NO_PROXY_AUTH"},
+				Usage: "let the proxy listen beyond loopback without --proxy-auth (anyone who reaches it can use your tunnel)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "udp-listen", Value: ":0", EnvVars: []string{"LOCALPROXY_UDP_LISTEN"},
 				Usage: "local UDP address of the tunnel socket (STUN, QUIC and dial-backs)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "name", EnvVars: []string{"LOCALPROXY_NAME"},
@@ -59,6 +66,8 @@ func main() {
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
 				Usage: "after this long without a new session, ask the reporter again and tell coordinator if the public address changed (negative: never)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_SHUTDOWN_TIMEOUT"},
+				Usage: "on SIGTERM or SIGINT, how long requests and tunnels in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
@@ -83,6 +92,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	proxyAuth, err := loadProxyAuth(c.String("proxy-auth"), c.String("proxy-auth-file"))
+	if err != nil {
+		return err
+	}
 	var services []quictun.ExposedService
 	for _, spec := range c.StringSlice("expose") {
 		svc, err := localproxy.ParseExpose(spec, quictun.ServiceHTTP)
@@ -99,25 +112,50 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		services = append(services, svc)
 	}
 	p, err := localproxy.New(localproxy.Config{
-		Services:        services,
-		Listen:          c.String("listen"),
-		UDPListen:       c.String("udp-listen"),
-		Coordinator:     c.String("coordinator"),
-		Reporter:        c.String("reporter"),
-		Token:           c.String("token"),
-		RootCAs:         roots,
-		ServerName:      c.String("server-name"),
-		Insecure:        c.Bool("insecure"),
-		Name:            c.String("name"),
-		DialBackTimeout: c.Duration("dial-back-timeout"),
-		STUNTimeout:     c.Duration("stun-timeout"),
-		KeepAlive:       time.Duration(keepalive) * time.Millisecond,
-		IdleRestart:     c.Duration("idle-restart"),
-		Logger:          log,
-		AccessLog:       accessLog,
+		Services:            services,
+		Listen:              c.String("listen"),
+		UDPListen:           c.String("udp-listen"),
+		Coordinator:         c.String("coordinator"),
+		Reporter:            c.String("reporter"),
+		Token:               c.String("token"),
+		RootCAs:             roots,
+		ServerName:          c.String("server-name"),
+		Insecure:            c.Bool("insecure"),
+		ProxyAuth:           proxyAuth,
+		InsecureNoProxyAuth: c.Bool("insecure-no-proxy-auth"),
+		Name:                c.String("name"),
+		DialBackTimeout:     c.Duration("dial-back-timeout"),
+		STUNTimeout:         c.Duration("stun-timeout"),
+		KeepAlive:           time.Duration(keepalive) * time.Millisecond,
+		IdleRestart:         c.Duration("idle-restart"),
+		ShutdownTimeout:     c.Duration("shutdown-timeout"),
+		Logger:              log,
+		AccessLog:           accessLog,
 	})
 	if err != nil {
 		return err
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, p.RegisterMetrics, p.Run)
+}
+
+// loadProxyAuth reads --proxy-auth or --proxy-auth-file; neither means no
+// proxy authentication.
+func loadProxyAuth(value, file string) (*httpproxy.Credentials, error) {
+	switch {
+	case value != "" && file != "":
+		return nil, fmt.Errorf("give --proxy-auth or --proxy-auth-file, not both")
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read --proxy-auth-file: %w", err)
+		}
+		value = string(b)
+	case value == "":
+		return nil, nil
+	}
+	cred, err := httpproxy.ParseCredentials(value)
+	if err != nil {
+		return nil, fmt.Errorf("--proxy-auth: %w", err)
+	}
+	return &cred, nil
 }

@@ -7,10 +7,12 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -55,11 +57,15 @@ type Config struct {
 	PublicBind string
 	// ListNames makes "not found" pages list the exposed names.
 	ListNames bool
-	// WorkerToken, if set, lets dial-back workers (RunWorker) with this
+	// WorkerToken, if set, lets dial-back workers (NewWorker) with this
 	// secret connect and carry sessions' dial-backs.
 	WorkerToken string
-	// DialTarget, if set, replaces the TCP dialer for targets.
-	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
+	// Targets decides which targets clients may have dialed. Default:
+	// public addresses only (see TargetPolicy).
+	Targets TargetPolicy
+	// ShutdownTimeout is how long Run lets sessions in progress finish
+	// once its context ends. Default 0: close them at once.
+	ShutdownTimeout time.Duration
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -70,6 +76,8 @@ type Config struct {
 type Coordinator struct {
 	cfg      Config
 	log      *slog.Logger
+	targets  *targetPolicy
+	auth     atomic.Pointer[authFunc] // current tokens; nil with a single Token
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	server   *quictun.Server
@@ -97,7 +105,15 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Logger
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger}
+	own, err := ownAddrs()
+	if err != nil {
+		return nil, err
+	}
+	targets, err := cfg.Targets.compile(own)
+	if err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger, targets: targets}
 	if err := c.setupPublic(); err != nil {
 		return nil, err
 	}
@@ -112,7 +128,7 @@ func New(cfg Config) (*Coordinator, error) {
 		Certificate:       cfg.Certificate,
 		Token:             cfg.Token,
 		Authorize:         c.authorize(),
-		DialTarget:        cfg.DialTarget,
+		DialTarget:        targets.dialer(),
 		TargetDialTimeout: cfg.TargetDialTimeout,
 		DialBackTimeout:   cfg.DialBackTimeout,
 		WorkerToken:       cfg.WorkerToken,
@@ -175,12 +191,45 @@ func (c *Coordinator) setupPublic() error {
 	return nil
 }
 
-// authorize returns the token check for Tokens, or nil to use Token.
-func (c *Coordinator) authorize() func(string) (quictun.Grant, bool) {
+// authFunc checks a token; see authorizer.
+type authFunc = func(string) (quictun.Grant, bool)
+
+// authorize returns the token check for Tokens, or nil to use Token. The
+// check reads the current tokens, which ReloadTokens replaces.
+func (c *Coordinator) authorize() authFunc {
 	if len(c.cfg.Tokens) == 0 {
 		return nil
 	}
-	return authorizer(c.cfg.Tokens)
+	a := authorizer(c.cfg.Tokens)
+	c.auth.Store(&a)
+	return func(token string) (quictun.Grant, bool) { return (*c.auth.Load())(token) }
+}
+
+// ReloadTokens replaces the tokens (a coordinator started with Tokens, not
+// Token): clients whose token is gone are disconnected with the
+// unauthorized error code, which withdraws their services; changed grants
+// apply to later sessions and registrations. It returns how many clients
+// were disconnected.
+func (c *Coordinator) ReloadTokens(entries []TokenEntry) (int, error) {
+	if c.auth.Load() == nil {
+		return 0, errors.New("reload tokens: coordinator was started with a single token, not a tokens file")
+	}
+	if len(entries) == 0 {
+		return 0, errors.New("reload tokens: no tokens")
+	}
+	a := authorizer(entries)
+	c.auth.Store(&a)
+	return c.server.Reauthorize(), nil
+}
+
+// ReloadTokensFile reads the tokens file at path and applies it with
+// ReloadTokens. On any error the tokens in force stay.
+func (c *Coordinator) ReloadTokensFile(path string) (int, error) {
+	entries, err := LoadTokens(path)
+	if err != nil {
+		return 0, fmt.Errorf("reload %w; the tokens in force stay", err)
+	}
+	return c.ReloadTokens(entries)
 }
 
 // services returns the registry as a quictun.ServiceRegistry, or nil.
@@ -251,17 +300,21 @@ func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 // Server exposes the tunnel server, for status and tests.
 func (c *Coordinator) Server() *quictun.Server { return c.server }
 
-// Run serves until ctx ends, then closes every connection and socket.
+// Run serves until ctx ends, then drains for up to ShutdownTimeout (no new
+// clients or sessions; those in progress may finish) and closes every
+// connection and socket.
 func (c *Coordinator) Run(ctx context.Context) error {
 	defer c.udp.Close()
 	defer c.tr.Close()
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return c.server.Serve(ctx) })
+	hard, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	g, gctx := errgroup.WithContext(hard)
+	g.Go(func() error { return c.server.Serve(gctx) })
 	defer c.closePublic()
-	summary := []any{"quic", c.udp.LocalAddr()}
+	summary := []any{"quic", c.udp.LocalAddr(), "targets", c.targets.String()}
 	if c.public != nil {
 		g.Go(func() error { return c.public.Serve(c.httpLn) })
-		g.Go(func() error { <-ctx.Done(); return c.public.Close() })
+		g.Go(func() error { <-gctx.Done(); return c.public.Close() })
 		summary = append(summary, "http", c.httpLn.Addr(), "domain", c.cfg.Domain)
 	}
 	if c.cfg.PortRange != (PortRange{}) {
@@ -269,9 +322,40 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	if c.reporter != nil {
 		defer c.stunPC.Close()
-		g.Go(func() error { return c.reporter.Serve(ctx, c.stunPC) })
+		g.Go(func() error { return c.reporter.Serve(gctx, c.stunPC) })
 		summary = append(summary, "reporter", c.stunPC.LocalAddr())
 	}
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			c.drain()
+		case <-gctx.Done():
+		}
+		stop()
+		return nil
+	})
 	c.log.Info("coordinator ready", summary...)
 	return g.Wait()
+}
+
+// drain lets sessions in progress finish, for up to ShutdownTimeout.
+func (c *Coordinator) drain() {
+	if c.cfg.ShutdownTimeout <= 0 {
+		return
+	}
+	st := c.server.Stats()
+	c.log.Info("draining: no new clients or sessions", "sessions_active", st.ActiveSessions, "timeout", c.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), c.cfg.ShutdownTimeout,
+		fmt.Errorf("--shutdown-timeout %s passed", c.cfg.ShutdownTimeout))
+	defer cancel()
+	var g errgroup.Group
+	g.Go(func() error { return c.server.Drain(ctx) })
+	if c.public != nil {
+		g.Go(func() error { return c.public.Drain(ctx) })
+	}
+	if err := g.Wait(); err != nil {
+		c.log.Warn("closing sessions still open", "err", err)
+		return
+	}
+	c.log.Info("drained: every session finished")
 }

@@ -37,10 +37,11 @@ type WorkerConfig struct {
 	Advertise []netip.AddrPort
 	// TargetDialTimeout bounds dialing a target. Default 10s.
 	TargetDialTimeout time.Duration
-	// DialTarget, if set, replaces the TCP dialer for targets.
-	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
-	Logger     *slog.Logger
-	AccessLog  *slog.Logger
+	// Targets decides which targets may be dialed, as for coordinator:
+	// give workers the same policy. Default: public addresses only.
+	Targets   TargetPolicy
+	Logger    *slog.Logger
+	AccessLog *slog.Logger
 }
 
 // Worker is a dial-back worker with its socket bound.
@@ -56,6 +57,14 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = ":4433"
 	}
+	own, err := ownAddrs()
+	if err != nil {
+		return nil, err
+	}
+	targets, err := cfg.Targets.compile(own)
+	if err != nil {
+		return nil, err
+	}
 	udp, err := service.ListenUDP(cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -64,7 +73,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	w, err := quictun.NewWorker(quictun.WorkerConfig{
 		Transport: tr, Coordinator: cfg.Coordinator, Token: cfg.Token, Certificate: cfg.Certificate,
 		RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, InsecureSkipVerify: cfg.InsecureSkipVerify,
-		Advertise: cfg.Advertise, TargetDialTimeout: cfg.TargetDialTimeout, DialTarget: cfg.DialTarget,
+		Advertise: cfg.Advertise, TargetDialTimeout: cfg.TargetDialTimeout, DialTarget: targets.dialer(),
 		Logger: cfg.Logger, AccessLog: cfg.AccessLog,
 	})
 	if err != nil {
@@ -76,6 +85,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log.Info("dial-back worker target policy", "targets", targets.String())
 	return &Worker{udp: udp, tr: tr, worker: w, log: log}, nil
 }
 

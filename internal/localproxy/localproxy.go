@@ -47,6 +47,13 @@ type Config struct {
 	ServerName string
 	// Insecure accepts any coordinator certificate.
 	Insecure bool
+	// ProxyAuth, if set, is required of browsers in Proxy-Authorization
+	// (Basic). It is required when Listen is not a loopback address,
+	// unless InsecureNoProxyAuth is set. Default: none.
+	ProxyAuth *httpproxy.Credentials
+	// InsecureNoProxyAuth lets a proxy listening beyond loopback run
+	// without ProxyAuth: anyone who reaches it can use the tunnel.
+	InsecureNoProxyAuth bool
 	// Name identifies us in coordinator's logs. Default: the host name.
 	Name string
 	// DialBackTimeout bounds the wait for a dial-back. Default 10s.
@@ -67,6 +74,9 @@ type Config struct {
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
+	// ShutdownTimeout is how long Run lets browser requests and tunnels in
+	// progress finish once its context ends. Default 0: close them at once.
+	ShutdownTimeout time.Duration
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per request or tunnel. Default: Logger.
@@ -183,13 +193,19 @@ func New(cfg Config) (*Proxy, error) {
 		p.udp.Close()
 		return nil, err
 	}
-	if p.ln, err = service.ListenTCP(cfg.Listen); err != nil {
+	if p.ln, err = service.ListenTCP(cfg.Listen); err == nil {
+		err = p.checkExposure()
+		if err != nil {
+			p.ln.Close()
+		}
+	}
+	if err != nil {
 		p.tr.Close()
 		p.udp.Close()
 		return nil, err
 	}
 	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog,
-		PAC: pacFile(p.ln.Addr())})
+		PAC: pacFile(p.ln.Addr()), ProxyAuth: cfg.ProxyAuth})
 	if err != nil {
 		p.ln.Close()
 		p.tr.Close()
@@ -197,6 +213,23 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// checkExposure refuses a proxy reachable beyond this computer without
+// proxy authentication, unless InsecureNoProxyAuth forces it.
+func (p *Proxy) checkExposure() error {
+	ta, ok := p.ln.Addr().(*net.TCPAddr)
+	if !ok || ta.IP.IsLoopback() || p.cfg.ProxyAuth != nil {
+		return nil
+	}
+	if !p.cfg.InsecureNoProxyAuth {
+		return &ConfigError{"Listen", fmt.Sprintf("%s is reachable from other machines: set proxy credentials "+
+			"(--proxy-auth USER:PASSWORD or --proxy-auth-file FILE), listen on 127.0.0.1, "+
+			"or force an open proxy with --insecure-no-proxy-auth", ta)}
+	}
+	p.log.Warn("--insecure-no-proxy-auth: the proxy listens beyond loopback WITHOUT authentication; "+
+		"anyone who reaches it can use your tunnel and your token", "listen", ta)
+	return nil
 }
 
 // Addr is the browser-facing proxy's address.
@@ -234,8 +267,20 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.client.SetPublicAddr(public)
 	}
 
-	ctx, stop := context.WithCancelCause(ctx)
+	outer := ctx
+	ctx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stop(nil)
+	drained := make(chan struct{})
+	stopOuter := context.AfterFunc(outer, func() {
+		defer close(drained)
+		p.drain()
+		stop(context.Cause(outer))
+	})
+	defer func() {
+		if !stopOuter() {
+			<-drained // ends once proxy.Close has closed what was left
+		}
+	}()
 	clientDone := make(chan error, 1)
 	go func() {
 		err := p.client.Run(ctx)
@@ -267,6 +312,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case proxyErr = <-proxyDone:
+		if proxyErr == nil {
+			<-ctx.Done() // draining stopped the listener; the drain ends ctx
+		}
 		stop(proxyErr)
 	}
 	p.proxy.Close()
@@ -310,6 +358,23 @@ func (p *Proxy) measureNAT(ctx context.Context, public netip.AddrPort) {
 	p.nat = natReport{Mapping: quictun.NATMapping(public, st.ObservedAddr), Filtering: filtering.String()}
 	p.mu.Unlock()
 	p.log.Info("NAT behaviour", attrs...)
+}
+
+// drain lets browser requests and tunnels in progress finish, for up to
+// ShutdownTimeout; the tunnel stays up meanwhile.
+func (p *Proxy) drain() {
+	if p.cfg.ShutdownTimeout <= 0 {
+		return
+	}
+	p.log.Info("draining: no new browser connections", "connections_active", p.proxy.Stats().ActiveConns, "timeout", p.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), p.cfg.ShutdownTimeout,
+		fmt.Errorf("--shutdown-timeout %s passed", p.cfg.ShutdownTimeout))
+	defer cancel()
+	if err := p.proxy.Drain(ctx); err != nil {
+		p.log.Warn("closing browser connections still open", "err", err)
+		return
+	}
+	p.log.Info("drained: every browser connection finished")
 }
 
 // relearnWhenIdle runs the startup workflow's STUN step again each time

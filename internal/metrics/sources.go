@@ -23,6 +23,7 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Counter("dialback_sessions_total", "Sessions carried over a dial-back connection.", func() float64 { return float64(st().DialBackSessions) })
 	r.Counter("relay_sessions_total", "Sessions relayed over the client's own connection.", func() float64 { return float64(st().RelaySessions) })
 	r.Counter("target_errors_total", "Targets that could not be reached.", func() float64 { return float64(st().TargetErrors) })
+	r.Counter("targets_forbidden_total", "Sessions refused by policy: target not allowed, or token barred from the forward proxy.", func() float64 { return float64(st().TargetsForbidden) })
 	r.Counter("dialback_errors_total", "Sessions failed for want of a dial-back.", func() float64 { return float64(st().DialBackErrors) })
 	r.Counter("dialback_dials_total", "Dial-back connections coordinator attempted itself.", func() float64 { return float64(st().DialBackDials) })
 	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })

@@ -1,0 +1,283 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"quictunnel/quictun"
+)
+
+// TargetPolicy decides which targets coordinator dials for clients, so
+// that it cannot be used to reach what sits behind it (SSRF). The zero
+// value refuses loopback, private, link-local, CGNAT, unspecified,
+// multicast and reserved addresses and coordinator's own addresses, and
+// dials everything else.
+//
+// The check applies to the address actually dialed, after DNS resolution,
+// so a name that resolves (or re-resolves) to a refused address is
+// refused too.
+type TargetPolicy struct {
+	// AllowPrivate opens every address class refused by default.
+	AllowPrivate bool
+	// Allow lists targets allowed even if private: a CIDR ("10.1.0.0/16"),
+	// an IP, a host name ("intranet.example") or every name under a
+	// suffix ("*.example"). An allowed name may resolve to any address.
+	Allow []string
+	// OnlyAllowed refuses everything not on Allow. A host name not on Allow
+	// is refused without a DNS lookup.
+	OnlyAllowed bool
+	// DenyPorts are ports never dialed (e.g. 25), even on allowed targets.
+	DenyPorts []int
+}
+
+// blockedPrefixes are the address classes refused unless AllowPrivate.
+// The documentation and benchmarking ranges (198.18.0.0/15,
+// 198.51.100.0/24, 203.0.113.0/24, 192.0.2.0/24, 2001:db8::/32) are not
+// among them: they are not routed on the internet, and the NAT lab uses
+// them as its public side.
+var blockedPrefixes = []struct {
+	prefix netip.Prefix
+	class  string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "unspecified"},
+	{netip.MustParsePrefix("10.0.0.0/8"), "private"},
+	{netip.MustParsePrefix("100.64.0.0/10"), "carrier-grade NAT"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("172.16.0.0/12"), "private"},
+	{netip.MustParsePrefix("192.0.0.0/24"), "reserved"},
+	{netip.MustParsePrefix("192.168.0.0/16"), "private"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
+	{netip.MustParsePrefix("::/128"), "unspecified"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "private"},
+	{netip.MustParsePrefix("fc00::/7"), "private"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+}
+
+// embeddingPrefixes carry an IPv4 address in their last 32 bits (NAT64)
+// or in bits 16-48 (6to4); the embedded address is checked too.
+var (
+	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour   = netip.MustParsePrefix("2002::/16")
+)
+
+// targetPolicy is a TargetPolicy compiled for checking.
+type targetPolicy struct {
+	allowPrivate bool
+	onlyAllowed  bool
+	prefixes     []netip.Prefix
+	names        map[string]bool
+	suffixes     []string // ".example" for "*.example"
+	denyPorts    map[int]bool
+	own          map[netip.Addr]bool
+	resolver     *net.Resolver // nil: the default
+}
+
+// compile validates p and prepares it; own are coordinator's own
+// addresses.
+func (p TargetPolicy) compile(own []netip.Addr) (*targetPolicy, error) {
+	c := &targetPolicy{allowPrivate: p.AllowPrivate, onlyAllowed: p.OnlyAllowed,
+		names: map[string]bool{}, denyPorts: map[int]bool{}, own: map[netip.Addr]bool{}}
+	for _, a := range p.Allow {
+		if err := c.addAllowed(a); err != nil {
+			return nil, &ConfigError{Field: "TargetPolicy.Allow", Reason: err.Error()}
+		}
+	}
+	for _, port := range p.DenyPorts {
+		if port < 1 || port > 65535 {
+			return nil, &ConfigError{Field: "TargetPolicy.DenyPorts", Reason: fmt.Sprintf("%d is not a port (1-65535)", port)}
+		}
+		c.denyPorts[port] = true
+	}
+	for _, a := range own {
+		c.own[a.Unmap()] = true
+	}
+	return c, nil
+}
+
+func (c *targetPolicy) addAllowed(a string) error {
+	a = strings.TrimSpace(a)
+	if pfx, err := netip.ParsePrefix(a); err == nil {
+		c.prefixes = append(c.prefixes, pfx.Masked())
+		return nil
+	}
+	if ip, err := netip.ParseAddr(a); err == nil {
+		ip = ip.Unmap()
+		c.prefixes = append(c.prefixes, netip.PrefixFrom(ip, ip.BitLen()))
+		return nil
+	}
+	name, wild := strings.CutPrefix(a, "*.")
+	name = normalizeHost(name)
+	if !validHostName(name) {
+		return fmt.Errorf("%q is not a CIDR, an IP, a host name or *.suffix", a)
+	}
+	if wild {
+		c.suffixes = append(c.suffixes, "."+name)
+	} else {
+		c.names[name] = true
+	}
+	return nil
+}
+
+// normalizeHost lower-cases a host name and drops a final dot.
+func normalizeHost(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
+
+// validHostName reports whether h is a syntactically valid DNS name.
+func validHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if !quictun.ValidServiceName(label) {
+			return false
+		}
+	}
+	return true
+}
+
+// nameAllowed reports whether host (normalised) is on the allow-list.
+func (c *targetPolicy) nameAllowed(host string) bool {
+	return c.names[host] || slices.ContainsFunc(c.suffixes, func(s string) bool { return strings.HasSuffix(host, s) })
+}
+
+// checkAddr returns why ip may not be dialed, or "" if it may.
+func (c *targetPolicy) checkAddr(ip netip.Addr) string {
+	ip = ip.Unmap().WithZone("")
+	if slices.ContainsFunc(c.prefixes, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+		return ""
+	}
+	if c.onlyAllowed {
+		return ip.String() + " is not on the allow-list (--allow-target)"
+	}
+	if c.allowPrivate {
+		return ""
+	}
+	if class := addrClass(ip); class != "" {
+		return ip.String() + " is " + class + " (--allow-private-targets or --allow-target opens it)"
+	}
+	if c.own[ip] {
+		return ip.String() + " is coordinator's own address (--allow-target opens it)"
+	}
+	return ""
+}
+
+// addrClass names the refused class ip belongs to, or "" if it is public.
+func addrClass(ip netip.Addr) string {
+	for _, b := range blockedPrefixes {
+		if b.prefix.Contains(ip) {
+			return b.class
+		}
+	}
+	b := ip.As16()
+	switch {
+	case nat64Prefix.Contains(ip):
+		if class := addrClass(netip.AddrFrom4([4]byte(b[12:16]))); class != "" {
+			return class + " (NAT64)"
+		}
+	case sixToFour.Contains(ip):
+		if class := addrClass(netip.AddrFrom4([4]byte(b[2:6]))); class != "" {
+			return class + " (6to4)"
+		}
+	}
+	return ""
+}
+
+// forbidden wraps quictun.ErrTargetForbidden with the reason.
+func forbidden(target, reason string) error {
+	return fmt.Errorf("%w: %s: %s", quictun.ErrTargetForbidden, target, reason)
+}
+
+// dialer returns the function that dials targets under the policy.
+func (c *targetPolicy) dialer() func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		host, portStr, err := net.SplitHostPort(address)
+		if err != nil {
+			return nil, fmt.Errorf("target %q: %w", address, err)
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("target %q: bad port", address)
+		}
+		if c.denyPorts[port] {
+			return nil, forbidden(address, "port "+portStr+" is denied (--deny-port)")
+		}
+		check := true // every address dialed is checked...
+		if ip, err := netip.ParseAddr(host); err == nil {
+			if reason := c.checkAddr(ip); reason != "" {
+				return nil, forbidden(address, reason)
+			}
+		} else if c.nameAllowed(normalizeHost(host)) {
+			check = false // ...except those of a name on the allow-list
+		} else if c.onlyAllowed {
+			return nil, forbidden(address, host+" is not on the allow-list (--allow-target)") // no DNS lookup
+		}
+		d := &net.Dialer{Resolver: c.resolver}
+		if check {
+			// Control sees the address being dialed after resolution, so
+			// a name resolving to a refused address is refused however
+			// its DNS answers change.
+			d.Control = func(_, addr string, _ syscall.RawConn) error {
+				ap, err := netip.ParseAddrPort(addr)
+				if err != nil {
+					return forbidden(address, "cannot check address "+addr)
+				}
+				if reason := c.checkAddr(ap.Addr()); reason != "" {
+					return forbidden(address, reason)
+				}
+				return nil
+			}
+		}
+		conn, err := d.DialContext(ctx, network, address)
+		if oe, ok := errors.AsType[*net.OpError](err); ok && errors.Is(err, quictun.ErrTargetForbidden) {
+			return nil, oe.Err // the reason, without "dial tcp ADDR:" repeating it
+		}
+		return conn, err
+	}
+}
+
+// String summarises the policy for the start-up log.
+func (c *targetPolicy) String() string {
+	var parts []string
+	switch {
+	case c.onlyAllowed:
+		parts = append(parts, "only allowed")
+	case c.allowPrivate:
+		parts = append(parts, "any (private allowed)")
+	default:
+		parts = append(parts, "public")
+	}
+	if n := len(c.prefixes) + len(c.names) + len(c.suffixes); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d allowed", n))
+	}
+	if len(c.denyPorts) > 0 {
+		ports := slices.Sorted(maps.Keys(c.denyPorts))
+		parts = append(parts, fmt.Sprintf("ports denied %v", ports))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ownAddrs returns the addresses of this host's interfaces.
+func ownAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list own addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out, nil
+}
