@@ -316,9 +316,13 @@ func TestReverseTunnel(t *testing.T) {
 					return
 				}
 				defer resp.Body.Close()
+				body, err := io.ReadAll(resp.Body)
 				var e demoapp.Echo
-				if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Path != fmt.Sprintf("/c/%d", i) || e.BodyLength != int64(len(strconv.Itoa(i))) {
-					errs <- fmt.Errorf("request %d: %+v %v", i, e, err)
+				if err == nil {
+					err = json.Unmarshal(body, &e)
+				}
+				if err != nil || e.Path != fmt.Sprintf("/c/%d", i) || e.BodyLength != int64(len(strconv.Itoa(i))) {
+					errs <- fmt.Errorf("request %d: status %d, body %.200q: %v", i, resp.StatusCode, body, err)
 				}
 			})
 		}
