@@ -76,6 +76,9 @@ func newEnv(t *testing.T) *env {
 // TestBrowsers loads both sites in each browser through the proxy, then
 // shows that with the proxy stopped the same run never reaches the sites.
 func TestBrowsers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real browsers take about a minute; skipped with -short")
+	}
 	for _, b := range browsers {
 		t.Run(b.name, func(t *testing.T) {
 			bin := lookBrowser(t, b)

@@ -80,7 +80,10 @@ func firefoxCmd(t *testing.T, bin, home, proxy, caFile, url string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "--headless", "--no-remote", "--new-instance", "--profile", profile, url)
-	cmd.Env = append(baseEnv(home), "MOZ_CRASHREPORTER_DISABLE=1", "MOZ_DISABLE_AUTO_SAFE_MODE=1")
+	// MOZ_REMOTE_SETTINGS_DEVTOOLS lets a release build take
+	// services.settings.server from the prefs (Mozilla's own test
+	// harnesses set it); otherwise remote settings are fetched regardless.
+	cmd.Env = append(baseEnv(home), "MOZ_CRASHREPORTER_DISABLE=1", "MOZ_DISABLE_AUTO_SAFE_MODE=1", "MOZ_REMOTE_SETTINGS_DEVTOOLS=1")
 	return cmd
 }
 
@@ -217,6 +220,11 @@ func firefoxPrefs(proxy string) string {
 		"browser.tabs.crashReporting.sendReport":                      false,
 		"signon.rememberSignons":                                      false,
 		"media.autoplay.default":                                      0,
+		"media.gmp-manager.updateEnabled":                             false,
+		"media.gmp-manager.url":                                       "",
+		"media.gmp-gmpopenh264.enabled":                               false,
+		"media.gmp-widevinecdm.enabled":                               false,
+		"media.eme.enabled":                                           false,
 		"media.autoplay.blocking_policy":                              0,
 	}
 	keys := make([]string, 0, len(prefs))

@@ -188,7 +188,7 @@ func (s *site) handleWS(w http.ResponseWriter, r *http.Request, user string) {
 		return
 	}
 	defer c.CloseNow()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
 	if err := c.Write(ctx, websocket.MessageText, []byte("hello "+user)); err != nil {
 		rec.Err = err.Error()

@@ -1,6 +1,7 @@
 package browser
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -46,7 +47,11 @@ type site struct {
 	srv    *http.Server
 	video  *http.ServeMux
 	mail   *http.ServeMux
-	wsWG   sync.WaitGroup // websocket handlers, which outlive Shutdown
+	// ctx ends the websocket handlers, whose hijacked connections the
+	// servers' Close does not reach.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wsWG   sync.WaitGroup
 
 	mu   sync.Mutex
 	rec  record
@@ -119,6 +124,7 @@ func startSite(t *testing.T, cfg siteConfig, cert tls.Certificate, log *slog.Log
 	t.Helper()
 	s := &site{cfg: cfg, media: makeWAV(cfg.MediaSeconds), log: log, runs: map[string]*run{},
 		rec: record{Sessions: map[string]string{}}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.video, s.mail = http.NewServeMux(), http.NewServeMux()
 	s.routeVideo()
 	s.routeMail()
@@ -141,6 +147,7 @@ func startSite(t *testing.T, cfg siteConfig, cert tls.Certificate, log *slog.Log
 		s.srvTLS.Close()
 		s.srv.Close()
 		wg.Wait()
+		s.cancel()
 		s.wsWG.Wait()
 	})
 	return s
