@@ -27,13 +27,18 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// film is made once: 10 minutes of 160x120 at 280 kbit/s, 21 MB, more
+// than a browser buffers ahead, so the seek needs a new range request.
+var film = sync.OnceValue(func() []byte {
+	return makeWebM(webmVideo{Width: 160, Height: 120, FPS: 10, Seconds: 600, FrameBytes: 3500})
+})
+
 // testSiteConfig keeps the run short: playback needs a couple of seconds
 // per video page, the long-poll three.
 var testSiteConfig = siteConfig{
-	MediaSeconds: 600, // 26 MB: more than a browser buffers ahead
-	PollHold:     3 * time.Second,
-	UploadSize:   5 << 20,
-	WSPings:      5,
+	PollHold:   3 * time.Second,
+	UploadSize: 5 << 20,
+	WSPings:    5,
 }
 
 // chain is the pages each browser visits, each reporting before the
@@ -42,7 +47,7 @@ var chain = []string{"https://video.test/", "https://mail.test/", "http://video.
 
 // runBound bounds a whole chain (Firefox's first start with a fresh
 // profile alone takes several seconds on a loaded machine).
-const runBound = 90 * time.Second
+const runBound = 150 * time.Second
 
 // env is one test's site, coordinator and localproxy.
 type env struct {
@@ -56,7 +61,9 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{ca: newTestCA(t, videoHost, mailHost), logs: &logBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.site = startSite(t, testSiteConfig, e.ca.leaf, log.With("service", "site"))
+	cfg := testSiteConfig
+	cfg.Media = film()
+	e.site = startSite(t, cfg, e.ca.leaf, log.With("service", "site"))
 	tg := newTargets(t, map[string]string{
 		videoHost + ":443": e.site.addr("https"), mailHost + ":443": e.site.addr("https"),
 		videoHost + ":80": e.site.addr("http"), mailHost + ":80": e.site.addr("http"),

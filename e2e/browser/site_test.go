@@ -25,8 +25,8 @@ const (
 
 // siteConfig sets the test site's sizes and delays.
 type siteConfig struct {
-	// MediaSeconds is the length of the generated media file.
-	MediaSeconds int
+	// Media is the film video.test plays (WebM).
+	Media []byte
 	// PollHold is how long the webmail long-poll is held open.
 	PollHold time.Duration
 	// UploadSize is the attachment size the webmail page uploads.
@@ -122,7 +122,7 @@ type verdict struct {
 // startSite serves the sites on two loopback listeners until the test ends.
 func startSite(t *testing.T, cfg siteConfig, cert tls.Certificate, log *slog.Logger) *site {
 	t.Helper()
-	s := &site{cfg: cfg, media: makeWAV(cfg.MediaSeconds), log: log, runs: map[string]*run{},
+	s := &site{cfg: cfg, media: cfg.Media, log: log, runs: map[string]*run{},
 		rec: record{Sessions: map[string]string{}}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.video, s.mail = http.NewServeMux(), http.NewServeMux()
