@@ -82,12 +82,15 @@ func newEnv(t *testing.T) *env {
 
 // TestBrowsers loads both sites in each browser through the proxy, then
 // shows that with the proxy stopped the same run never reaches the sites.
+// The two browsers run side by side, each with its own sites, coordinator
+// and localproxy.
 func TestBrowsers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real browsers take about a minute; skipped with -short")
 	}
 	for _, b := range browsers {
 		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
 			bin := lookBrowser(t, b)
 			t.Run("through_proxy", func(t *testing.T) { testThroughProxy(t, b, bin) })
 			t.Run("proxy_stopped", func(t *testing.T) { testProxyStopped(t, b, bin) })
