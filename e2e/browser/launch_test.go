@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,7 +93,20 @@ func firefoxCmd(t *testing.T, bin, home, proxy, caFile, url string) *exec.Cmd {
 // returns the command that opens url with a fresh --user-data-dir.
 func chromiumCmd(t *testing.T, bin, home, proxy, caFile, url string) *exec.Cmd {
 	nssTrust(t, filepath.Join(home, ".pki", "nssdb"), caFile)
-	cmd := exec.Command(bin, append(chromiumFlags(proxy, filepath.Join(home, "profile")), url)...)
+	profile := filepath.Join(home, "profile")
+	// Profile prefs for what flags do not reach: the password manager
+	// (it would check the login form's password against a leak list),
+	// preconnects to the search engine, sign-in.
+	if err := os.MkdirAll(filepath.Join(profile, "Default"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	prefs := `{"credentials_enable_service": false,` +
+		`"profile": {"password_manager_enabled": false, "password_manager_leak_detection": false},` +
+		`"net": {"network_prediction_options": 2}, "signin": {"allowed": false}, "search": {"suggest_enabled": false}}`
+	if err := os.WriteFile(filepath.Join(profile, "Default", "Preferences"), []byte(prefs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append(chromiumFlags(proxy, profile), url)...)
 	cmd.Env = baseEnv(home)
 	return cmd
 }
@@ -259,20 +273,27 @@ func baseEnv(home string) []string {
 
 // browserProc is a running browser in a process group of its own.
 type browserProc struct {
-	cmd  *exec.Cmd
-	out  *logBuffer
-	done chan struct{} // closed when the browser has exited
-	err  error         // its exit status, once done
+	cmd      *exec.Cmd
+	out      *logBuffer
+	done     chan struct{} // closed when the browser has exited
+	err      error         // its exit status, once done
+	stopOnce sync.Once     // never signal the group id again once it is gone
 }
 
-// launch starts the browser and registers its stop (which also removes
-// its home and profile) as a cleanup.
+// launch starts the browser in a home of its own and registers, as
+// cleanups, its stop and the removal of that home (profile included).
 func launch(t *testing.T, b browserSpec, bin, proxy string, caPEM []byte, url string) *browserProc {
 	t.Helper()
 	home, err := os.MkdirTemp("", "quictunnel-"+b.name+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs after the browser's stop below.
+	t.Cleanup(func() {
+		if err := os.RemoveAll(home); err != nil {
+			t.Errorf("remove %s profile: %v", b.name, err)
+		}
+	})
 	caFile := filepath.Join(home, "ca.pem")
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		t.Fatal(err)
@@ -282,15 +303,11 @@ func launch(t *testing.T, b browserSpec, bin, proxy string, caPEM []byte, url st
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p.cmd.WaitDelay = 5 * time.Second
 	if err := p.cmd.Start(); err != nil {
-		os.RemoveAll(home)
 		t.Fatalf("start %s: %v", b.name, err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop(t)
-		if err := os.RemoveAll(home); err != nil {
-			t.Errorf("remove %s profile: %v", b.name, err)
-		}
 		if t.Failed() {
 			t.Logf("%s output (last 4 kB):\n%s", b.name, tail(p.out.String(), 4096))
 		}
@@ -299,8 +316,12 @@ func launch(t *testing.T, b browserSpec, bin, proxy string, caPEM []byte, url st
 }
 
 // stop kills the browser's process group (its id is the browser's PID)
-// and waits until every process in it is gone.
+// and waits until every process in it is gone. Only the first call acts.
 func (p *browserProc) stop(t *testing.T) {
+	p.stopOnce.Do(func() { p.kill(t) })
+}
+
+func (p *browserProc) kill(t *testing.T) {
 	pgid := p.cmd.Process.Pid
 	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("kill browser process group %d: %v", pgid, err)
