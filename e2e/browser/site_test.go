@@ -39,7 +39,6 @@ type siteConfig struct {
 // plain HTTP, and records what it receives.
 type site struct {
 	cfg    siteConfig
-	media  []byte
 	log    *slog.Logger
 	tlsLn  net.Listener
 	httpLn net.Listener
@@ -47,8 +46,8 @@ type site struct {
 	srv    *http.Server
 	video  *http.ServeMux
 	mail   *http.ServeMux
-	// ctx ends the websocket handlers, whose hijacked connections the
-	// servers' Close does not reach.
+	// ctx is the site's lifetime; its end stops the websocket handlers,
+	// whose hijacked connections the servers' Close does not reach.
 	ctx    context.Context
 	cancel context.CancelFunc
 	wsWG   sync.WaitGroup
@@ -122,7 +121,7 @@ type verdict struct {
 // startSite serves the sites on two loopback listeners until the test ends.
 func startSite(t *testing.T, cfg siteConfig, cert tls.Certificate, log *slog.Logger) *site {
 	t.Helper()
-	s := &site{cfg: cfg, media: cfg.Media, log: log, runs: map[string]*run{},
+	s := &site{cfg: cfg, log: log, runs: map[string]*run{},
 		rec: record{Sessions: map[string]string{}}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.video, s.mail = http.NewServeMux(), http.NewServeMux()

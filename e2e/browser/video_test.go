@@ -16,13 +16,7 @@ var videoPage = template.Must(template.New("video").Parse(videoHTML))
 // routeVideo installs video.test's handlers.
 func (s *site) routeVideo() {
 	s.video.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		id, step, err := runParams(r)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		videoPage.Execute(w, map[string]any{"Run": id, "Step": step})
+		s.page(w, r, videoPage, "")
 	})
 	s.video.HandleFunc("GET /film.webm", s.handleMedia)
 	s.video.HandleFunc("/verdict", s.handleVerdict)
@@ -34,7 +28,7 @@ func (s *site) handleMedia(w http.ResponseWriter, r *http.Request) {
 	cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
 	w.Header().Set("Content-Type", "video/webm")
 	w.Header().Set("Cache-Control", "no-store")
-	http.ServeContent(cw, r, "film.webm", time.Time{}, bytes.NewReader(s.media))
+	http.ServeContent(cw, r, "film.webm", time.Time{}, bytes.NewReader(s.cfg.Media))
 	s.mu.Lock()
 	s.rec.Ranges = append(s.rec.Ranges, rangeRecord{Scheme: schemeOf(r), Range: r.Header.Get("Range"), Status: cw.status, Sent: cw.n})
 	s.mu.Unlock()
