@@ -3,7 +3,9 @@
 # lacks: openssl (certificates), coturn (turnserver and turnutils_stunclient,
 # a second STUN implementation for interop tests), iproute2, iptables and
 # conntrack (the network-namespace NAT lab), curl and procps (the demo and
-# the binary tests).
+# the binary tests), firefox-esr, chromium and libnss3-tools (certutil) for
+# the real-browser tests in e2e/browser (Debian's own builds: no browser is
+# downloaded by any other means).
 #
 # Idempotent and quiet: with everything present it does nothing (and never
 # runs apt-get update). As root it installs what is missing; otherwise it
@@ -28,6 +30,9 @@ want conntrack conntrack
 want curl curl
 want pkill procps
 want ps procps
+want firefox-esr firefox-esr
+want chromium chromium
+want certutil libnss3-tools
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 
