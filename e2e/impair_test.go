@@ -5,11 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -32,25 +34,25 @@ func (i impairment) String() string {
 // impairWAN makes the link between the lab's home router and the internet
 // router bad, in both directions, and reports how. It uses tc netem (on the
 // router's wan port and the internet router's port facing it) when the
-// kernel has it; otherwise, saying so, iptables' statistic match for the
-// loss and an NFQUEUE that holds each packet for the delay. Only lab
-// namespaces are touched. It skips the test when neither works (fails it
-// under CI).
+// kernel has it; otherwise, saying so, an NFQUEUE in the internet router
+// whose reader drops each packet with the loss probability and holds the
+// others for the delay. Only lab namespaces are touched. It skips the test
+// when neither works (fails it under CI).
 func impairWAN(t *testing.T, l *natlab.Lab, imp impairment) string {
 	t.Helper()
 	netemErr := netem(t, l, imp)
 	if netemErr == nil {
 		return "tc netem: " + imp.String()
 	}
-	t.Logf("tc netem is not available here (%v); impairing with iptables statistic (loss) and an NFQUEUE delay line instead", netemErr)
+	t.Logf("tc netem is not available here (%v); impairing with an NFQUEUE delay line that also drops instead", netemErr)
 	if err := nfqueueImpair(t, l, imp); err != nil {
-		msg := fmt.Sprintf("cannot impair the link: no netem (%v) and no iptables statistic/NFQUEUE (%v)", netemErr, err)
+		msg := fmt.Sprintf("cannot impair the link: no netem (%v) and no NFQUEUE (%v)", netemErr, err)
 		if os.Getenv("CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
 	}
-	return "iptables statistic + NFQUEUE delay line (netem unavailable): " + imp.String()
+	return "NFQUEUE delay line (netem unavailable): " + imp.String()
 }
 
 // sbinTool finds a command in $PATH or the sbin directories.
@@ -84,44 +86,40 @@ func netem(t *testing.T, l *natlab.Lab, imp impairment) error {
 		return err
 	}
 	args := []string{"root", "netem", "delay", imp.delay.String(), "loss", fmt.Sprintf("%g%%", imp.loss*100), "limit", "100000"}
-	for _, port := range []struct {
+	ports := []struct {
 		h   *natlab.Host
 		dev string
-	}{{l.NAT(), "wan"}, {l.Internet(), "nat"}} {
+	}{{l.NAT(), "wan"}, {l.Internet(), "nat"}}
+	for i, port := range ports {
 		if err := run(t.Context(), port.h, tc, append([]string{"qdisc", "add", "dev", port.dev}, args...)...); err != nil {
+			for _, added := range ports[:i] {
+				_ = run(t.Context(), added.h, tc, "qdisc", "del", "dev", added.dev, "root")
+			}
 			return err
 		}
 	}
 	return nil
 }
 
-// nfqueueImpair drops packets to and from the NAT's WAN address at random
-// in the internet router (iptables statistic) and delays the others with a
-// delay line on NFQUEUE 0 in the same namespace.
+// nfqueueImpair sends every packet to or from the NAT's WAN address
+// through a delay line on NFQUEUE 0 in the internet router. The kernel
+// splits segmentation-offload (GSO) packets before queueing them, so the
+// loss applies to each packet as it would on a wire.
 func nfqueueImpair(t *testing.T, l *natlab.Lab, imp impairment) error {
 	ipt, err := sbinTool("iptables")
 	if err != nil {
 		return err
 	}
 	inet, wan := l.Internet(), l.WANAddr().String()
-	if imp.delay > 0 {
-		d, err := newDelayLine(inet, 0, imp.delay)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(d.close)
+	d, err := newDelayLine(inet, 0, imp)
+	if err != nil {
+		return err
 	}
+	t.Cleanup(func() { t.Logf("NFQUEUE delay line: %v", d) }) // runs after close
+	t.Cleanup(d.close)
 	for _, dir := range []string{"-s", "-d"} {
-		if imp.loss > 0 {
-			if err := run(t.Context(), inet, ipt, "-A", "FORWARD", dir, wan, "-m", "statistic", "--mode", "random",
-				"--probability", fmt.Sprintf("%g", imp.loss), "-j", "DROP"); err != nil {
-				return err
-			}
-		}
-		if imp.delay > 0 {
-			if err := run(t.Context(), inet, ipt, "-A", "FORWARD", dir, wan, "-j", "NFQUEUE", "--queue-num", "0"); err != nil {
-				return err
-			}
+		if err := run(t.Context(), inet, ipt, "-A", "FORWARD", dir, wan, "-j", "NFQUEUE", "--queue-num", "0"); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -131,6 +129,7 @@ func nfqueueImpair(t *testing.T, l *natlab.Lab, imp impairment) error {
 const (
 	nfnlSubsysQueue     = 3
 	nfqnlMsgPacket      = 0
+	nfqnlMsgVerdict     = 1
 	nfqnlMsgVerdictBat  = 3
 	nfqnlMsgConfig      = 2
 	nfqaPacketHdr       = 1
@@ -140,19 +139,23 @@ const (
 	nfqaCfgQueueMaxlen  = 3
 	nfqnlCfgCmdBind     = 1
 	nfqnlCopyMeta       = 1
+	nfDrop              = 0
 	nfAccept            = 1
 	delayLineQueueLimit = 1 << 16
 )
 
-// delayLine holds every packet NFQUEUE hands it for a fixed delay, then
-// accepts it. Packets keep their order: a verdict for the newest packet due
-// accepts all older ones too (NFQNL_MSG_VERDICT_BATCH).
+// delayLine drops each packet NFQUEUE hands it with the loss probability
+// and holds the others for the delay, then accepts them. Packets keep their
+// order: a verdict for the newest packet due accepts all older ones still
+// queued too (NFQNL_MSG_VERDICT_BATCH).
 type delayLine struct {
 	f     *os.File
 	queue uint16
-	delay time.Duration
+	imp   impairment
 	due   chan queued
 	wg    sync.WaitGroup
+	// Seen and dropped count the packets, for the test's log.
+	seen, dropped atomic.Int64
 }
 
 type queued struct {
@@ -161,7 +164,7 @@ type queued struct {
 }
 
 // newDelayLine binds NFQUEUE queue in h's namespace.
-func newDelayLine(h *natlab.Host, queue uint16, delay time.Duration) (*delayLine, error) {
+func newDelayLine(h *natlab.Host, queue uint16, imp impairment) (*delayLine, error) {
 	var fd int
 	err := h.Do(func() error {
 		var err error
@@ -180,7 +183,7 @@ func newDelayLine(h *natlab.Host, queue uint16, delay time.Duration) (*delayLine
 	if err != nil {
 		return nil, err
 	}
-	d := &delayLine{f: os.NewFile(uintptr(fd), "nfqueue"), queue: queue, delay: delay, due: make(chan queued, delayLineQueueLimit)}
+	d := &delayLine{f: os.NewFile(uintptr(fd), "nfqueue"), queue: queue, imp: imp, due: make(chan queued, delayLineQueueLimit)}
 	cmd := []byte{nfqnlCfgCmdBind, 0, 0, unix.AF_INET}
 	params := binary.BigEndian.AppendUint32(nil, 0xffff)
 	params = append(params, nfqnlCopyMeta)
@@ -266,9 +269,17 @@ func (d *delayLine) read() {
 			if m.Header.Type != nfnlSubsysQueue<<8|nfqnlMsgPacket || len(m.Data) < 4 {
 				continue
 			}
-			if id, ok := packetID(m.Data[4:]); ok {
-				d.due <- queued{id, now}
+			id, ok := packetID(m.Data[4:])
+			if !ok {
+				continue
 			}
+			d.seen.Add(1)
+			if rand.Float64() < d.imp.loss {
+				d.dropped.Add(1)
+				d.verdict(nfqnlMsgVerdict, nfDrop, id)
+				continue
+			}
+			d.due <- queued{id, now}
 		}
 	}
 }
@@ -293,7 +304,7 @@ func packetID(attrs []byte) (uint32, bool) {
 // are due.
 func (d *delayLine) release() {
 	for p := range d.due {
-		if wait := time.Until(p.at.Add(d.delay)); wait > 0 {
+		if wait := time.Until(p.at.Add(d.imp.delay)); wait > 0 {
 			time.Sleep(wait)
 		}
 		last := p.id
@@ -304,8 +315,8 @@ func (d *delayLine) release() {
 				if !ok {
 					break batch
 				}
-				if wait := time.Until(q.at.Add(d.delay)); wait > 0 {
-					d.verdict(last)
+				if wait := time.Until(q.at.Add(d.imp.delay)); wait > 0 {
+					d.verdict(nfqnlMsgVerdictBat, nfAccept, last)
 					time.Sleep(wait)
 				}
 				last = q.id
@@ -313,15 +324,16 @@ func (d *delayLine) release() {
 				break batch
 			}
 		}
-		d.verdict(last)
+		d.verdict(nfqnlMsgVerdictBat, nfAccept, last)
 	}
 }
 
-// verdict accepts every queued packet up to id.
-func (d *delayLine) verdict(id uint32) {
-	v := binary.BigEndian.AppendUint32(nil, nfAccept)
+// verdict sends a verdict for packet id (typ nfqnlMsgVerdict), or for
+// every queued packet up to id (nfqnlMsgVerdictBat).
+func (d *delayLine) verdict(typ uint16, verdict, id uint32) {
+	v := binary.BigEndian.AppendUint32(nil, verdict)
 	v = binary.BigEndian.AppendUint32(v, id)
-	d.f.Write(d.message(nfqnlMsgVerdictBat, 0, nfqaVerdictHdr, v))
+	d.f.Write(d.message(typ, 0, nfqaVerdictHdr, v))
 }
 
 // close unbinds the queue (the kernel drops what is still queued) and
@@ -329,4 +341,9 @@ func (d *delayLine) verdict(id uint32) {
 func (d *delayLine) close() {
 	d.f.Close()
 	d.wg.Wait()
+}
+
+// String reports what the delay line did.
+func (d *delayLine) String() string {
+	return fmt.Sprintf("%d packets, %d dropped (%.1f%%)", d.seen.Load(), d.dropped.Load(), 100*float64(d.dropped.Load())/float64(max(d.seen.Load(), 1)))
 }
