@@ -23,6 +23,7 @@ want turnserver coturn
 want turnutils_stunclient coturn
 want ip iproute2
 want ss iproute2
+want tc iproute2
 want iptables iptables
 want ip6tables iptables
 want iptables-restore iptables
@@ -33,6 +34,12 @@ want ps procps
 want firefox-esr firefox-esr
 want chromium chromium
 want certutil libnss3-tools
+# The lossy-link test uses tc netem, which needs the kernel's sch_netem:
+# load it where the kernel has modules. Quiet either way: without netem the
+# test impairs the link with an NFQUEUE delay line and says so.
+if [ "$(id -u)" = 0 ] && [ -e /proc/modules ] && command -v modprobe >/dev/null 2>&1; then
+  modprobe -q sch_netem 2>/dev/null || true
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 

@@ -120,6 +120,17 @@ func (h *Host) DialTCP(ctx context.Context, addr string) (*net.TCPConn, error) {
 	return c, nil
 }
 
+// Do runs open inside h's namespace, for a socket of a kind the methods
+// above do not open (a netlink socket, say); closeFn, if open succeeded,
+// runs when the host or lab is removed. Any goroutine open starts runs in
+// the caller's namespace, not h's.
+func (h *Host) Do(open, closeFn func() error) error {
+	if err := h.do(open, closeFn); err != nil {
+		return fmt.Errorf("in %s: %w", h.Name, err)
+	}
+	return nil
+}
+
 // do runs open inside h's namespace and then registers closeFn to run when
 // the host goes away; if the host went away meanwhile, it closes at once.
 func (h *Host) do(open func() error, closeFn func() error) error {
