@@ -86,7 +86,7 @@ func (b *binLab) startCoordinator(t *testing.T) {
 	t.Helper()
 	args := []string{"--listen", loop(b.quicPort), "--token", binToken,
 		"--cert", filepath.Join(b.certs, "coordinator.pem"), "--key", filepath.Join(b.certs, "coordinator-key.pem"),
-		"--metrics-listen", loop(b.coordMetrics)}
+		"--metrics-listen", loop(b.coordMetrics), "--allow-private-targets"} // the targets are on loopback
 	if b.httpPort != 0 {
 		args = append(args, "--http", loop(b.httpPort), "--domain", "localhost")
 	}

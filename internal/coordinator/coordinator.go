@@ -63,6 +63,12 @@ type Config struct {
 	// Targets decides which targets clients may have dialed. Default:
 	// public addresses only (see TargetPolicy).
 	Targets TargetPolicy
+	// DialTarget, if set, replaces the target dialer and with it the
+	// Targets policy: for programs embedding coordinator that decide
+	// themselves what may be dialed (the browser tests map their test
+	// sites' names to loopback this way). Not settable from the command
+	// line.
+	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
 	// ShutdownTimeout is how long Run lets sessions in progress finish
 	// once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -128,7 +134,7 @@ func New(cfg Config) (*Coordinator, error) {
 		Certificate:       cfg.Certificate,
 		Token:             cfg.Token,
 		Authorize:         c.authorize(),
-		DialTarget:        targets.dialer(),
+		DialTarget:        c.dialTarget(),
 		TargetDialTimeout: cfg.TargetDialTimeout,
 		DialBackTimeout:   cfg.DialBackTimeout,
 		WorkerToken:       cfg.WorkerToken,
@@ -311,7 +317,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(hard)
 	g.Go(func() error { return c.server.Serve(gctx) })
 	defer c.closePublic()
-	summary := []any{"quic", c.udp.LocalAddr(), "targets", c.targets.String()}
+	targets := c.targets.String()
+	if c.cfg.DialTarget != nil {
+		targets = "decided by the embedding program (Config.DialTarget)"
+	}
+	summary := []any{"quic", c.udp.LocalAddr(), "targets", targets}
 	if c.public != nil {
 		g.Go(func() error { return c.public.Serve(c.httpLn) })
 		g.Go(func() error { <-gctx.Done(); return c.public.Close() })
@@ -358,4 +368,12 @@ func (c *Coordinator) drain() {
 		return
 	}
 	c.log.Info("drained: every session finished")
+}
+
+// dialTarget is Config.DialTarget, or the target policy's dialer.
+func (c *Coordinator) dialTarget() func(ctx context.Context, network, address string) (net.Conn, error) {
+	if c.cfg.DialTarget != nil {
+		return c.cfg.DialTarget
+	}
+	return c.targets.dialer()
 }
