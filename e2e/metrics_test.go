@@ -61,6 +61,9 @@ func TestMetricsEndpoints(t *testing.T) {
 		{coordMetrics, "quictunnel_sessions_total"},
 		{coordMetrics, "quictunnel_dialback_sessions_total"},
 		{coordMetrics, "quictunnel_clients_connected 1"},
+		{coordMetrics, `quictunnel_session_setup_seconds_bucket{le="0.00025"}`},
+		{coordMetrics, `quictunnel_dialback_seconds_bucket{le="+Inf"}`},
+		{proxyMetrics, `quictunnel_session_setup_seconds_bucket{le="10"}`},
 		{proxyMetrics, "quictunnel_proxy_requests_total"},
 		{proxyMetrics, "quictunnel_coordinator_connected 1"},
 		{repMetrics, "quictunnel_stun_requests_total "}, // 1, or 2 with localproxy's filtering probe

@@ -38,6 +38,9 @@ type Config struct {
 	// PAC, if set, is served at /proxy.pac as a proxy auto-config file,
 	// without authentication.
 	PAC string
+	// Status, if set, is served at /status (an origin-form GET to the proxy
+	// itself) as application/json, behind ProxyAuth like any request.
+	Status func() []byte
 	// ProxyAuth, if set, is required of every request and CONNECT in
 	// Proxy-Authorization (Basic); others get 407. Default: none.
 	ProxyAuth *Credentials

@@ -34,6 +34,10 @@ func (c *conn) serveRequest(h *head) bool {
 		c.askForCredentials(h, start)
 		return false
 	}
+	if c.e.cfg.Status != nil && h.method == "GET" && h.target == "/status" {
+		c.serveLocal(h, start, "application/json", c.e.cfg.Status())
+		return !h.close
+	}
 	if h.method == "CONNECT" {
 		c.serveConnect(h, start)
 		return false
@@ -305,11 +309,16 @@ func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
 
 // servePAC answers /proxy.pac.
 func (c *conn) servePAC(h *head, start time.Time) {
-	pac := c.e.cfg.PAC
-	fmt.Fprintf(c.bw, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ns-proxy-autoconfig\r\nContent-Length: %d\r\n\r\n%s", len(pac), pac)
+	c.serveLocal(h, start, "application/x-ns-proxy-autoconfig", []byte(c.e.cfg.PAC))
+}
+
+// serveLocal answers a request for the proxy's own pages with body.
+func (c *conn) serveLocal(h *head, start time.Time, contentType string, body []byte) {
+	fmt.Fprintf(c.bw, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n", contentType, len(body))
+	c.bw.Write(body)
 	c.bw.Flush()
 	c.e.countStatus(http.StatusOK)
-	c.accessLog(start, h.method, h.target, http.StatusOK, 0, int64(len(pac)), "", nil)
+	c.accessLog(start, h.method, h.target, http.StatusOK, 0, int64(len(body)), "", nil)
 }
 
 // isEOF reports whether err says the peer closed before sending anything.

@@ -52,6 +52,7 @@ type Client struct {
 type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
 	connects, relaySessions, punches                        atomic.Uint64
+	setupLatency                                            Histogram
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -67,6 +68,9 @@ type ClientStats struct {
 	BadStreams       uint64 // dial-back streams refused: malformed header
 	Connects         uint64 // control connections established
 	Punches          uint64 // sessions that punched towards a dial-back worker
+	// SetupLatency is the time from a Dial to its session being ready
+	// (coordinator reached the target and the dial-back or relay is up).
+	SetupLatency HistogramSnapshot
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -310,6 +314,7 @@ func (c *Client) Stats() ClientStats {
 	st.BadStreams = c.stats.badStreams.Load()
 	st.Connects = c.stats.connects.Load()
 	st.Punches = c.stats.punches.Load()
+	st.SetupLatency = c.stats.setupLatency.Snapshot()
 	return st
 }
 

@@ -42,6 +42,7 @@ func (c *Client) Dial(ctx context.Context, target string) (*StreamConn, error) {
 
 // dial runs one Open exchange on conn.
 func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*StreamConn, error) {
+	start := time.Now()
 	id := NewSessionID()
 	ch, err := c.table.add(id)
 	if err != nil {
@@ -133,12 +134,14 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	select {
 	case d := <-ch:
 		c.stats.sessions.Add(1)
+		c.stats.setupLatency.Observe(time.Since(start))
 		str.Close()
 		succeeded = true
 		return newStreamConn(d.stream, d.conn, id), nil
 	case <-relay:
 		relayed = true
 		c.stats.sessions.Add(1)
+		c.stats.setupLatency.Observe(time.Since(start))
 		c.stats.relaySessions.Add(1)
 		return newStreamConn(str, conn, id), nil
 	case err := <-failed:

@@ -43,6 +43,7 @@ type serverCounters struct {
 	dialBackDials                                   atomic.Int64
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
+	setupLatency, dialBackLatency                   Histogram
 }
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
@@ -63,6 +64,11 @@ type ServerStats struct {
 	RelaySessions    int64
 	BytesUp          int64
 	BytesDown        int64
+	// SetupLatency is the time from an Open to its session being ready;
+	// DialBackLatency the part spent getting an acknowledged dial-back
+	// stream (sessions that went over dial-back only).
+	SetupLatency    HistogramSnapshot
+	DialBackLatency HistogramSnapshot
 }
 
 // NewServer validates cfg and prepares a server. Serve starts it.
@@ -93,6 +99,8 @@ func (s *Server) Stats() ServerStats {
 		RelaySessions:    s.stats.relaySessions.Load(),
 		BytesUp:          s.stats.bytesUp.Load(),
 		BytesDown:        s.stats.bytesDown.Load(),
+		SetupLatency:     s.stats.setupLatency.Snapshot(),
+		DialBackLatency:  s.stats.dialBackLatency.Snapshot(),
 	}
 }
 
@@ -474,6 +482,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	}
 	var sess net.Conn
 	mode := "dial-back"
+	dialBackStart := time.Now()
 	stream, err := p.openDialBack(ctx, open.Session)
 	if err == nil {
 		defer p.releaseDialBack(stream.conn)
@@ -491,6 +500,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	case err == nil:
 		endOpen() // FIN: the dial-back stream is on its way
 		sess = stream
+		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
 		p.s.stats.dialBackSessions.Add(1)
 	case p.s.cfg.DisableRelay:
 		p.s.stats.dialBackErrors.Add(1)
@@ -513,6 +523,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		p.s.stats.relaySessions.Add(1)
 	}
 
+	p.s.stats.setupLatency.Observe(time.Since(start))
 	p.s.stats.sessions.Add(1)
 	p.s.stats.activeSessions.Add(1)
 	st, err := relay.Splice(ctx, sess, target)

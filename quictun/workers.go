@@ -115,6 +115,7 @@ func (p *peer) releaseWorker() {
 // session itself.
 func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stream, open *Open,
 	outcome func(string, error, relay.Stats)) bool {
+	start := time.Now()
 	js, err := w.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return false
@@ -172,6 +173,7 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 		str.SetReadDeadline(time.Time{})
 	}
 	js.SetReadDeadline(time.Time{})
+	dialBackStart := time.Now()
 	if _, err := js.Write([]byte{punchedMarker}); err != nil {
 		abort(CodeCanceled)
 		outcome("worker_gone", err, relay.Stats{})
@@ -189,6 +191,8 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 		str.Close()
 		p.s.stats.sessions.Add(1)
 		p.s.stats.dialBackSessions.Add(1)
+		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
+		p.s.stats.setupLatency.Observe(time.Since(start))
 		outcome("ok (dial-back via worker "+w.conn.RemoteAddr().String()+")", nil, relay.Stats{})
 		return true
 	case err == nil && b[0] == relayMarker:
@@ -206,6 +210,7 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 	}
 	p.s.stats.sessions.Add(1)
 	p.s.stats.relaySessions.Add(1)
+	p.s.stats.setupLatency.Observe(time.Since(start))
 	p.s.stats.activeSessions.Add(1)
 	st, err := relay.Splice(ctx, newStreamConn(str, p.conn, open.Session), jsc)
 	p.s.stats.activeSessions.Add(-1)

@@ -6,8 +6,13 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -71,8 +76,66 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
 				Usage: "also write one line per request or tunnel to this file (format follows --log-format)"}),
 		},
+		Commands: []*cli.Command{{
+			Name:  "status",
+			Usage: "show the running localproxy's state: coordinator connection, public address, NAT, open sessions, exposed services",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print the raw JSON (also served at http://LISTEN/status)"},
+				&cli.StringFlag{Name: "listen", Usage: "the proxy address of the localproxy to ask (default: localproxy's --listen, from flags before \"status\", the environment or --config)"},
+			},
+			Action: status,
+		}},
 		Run: run,
 	}, os.Args))
+}
+
+// status asks the localproxy listening on --listen for its state.
+func status(c *cli.Context) error {
+	proxyAuth, err := loadProxyAuth(c.String("proxy-auth"), c.String("proxy-auth-file"))
+	if err != nil {
+		return err
+	}
+	addr := c.String("listen")
+	if addr == "" && len(c.Lineage()) > 1 {
+		addr = c.Lineage()[1].String("listen") // the service's --listen, with its default
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
+		addr = net.JoinHostPort("127.0.0.1", port)
+	}
+	req, err := http.NewRequestWithContext(c.Context, "GET", "http://"+addr+"/status", nil)
+	if err != nil {
+		return err
+	}
+	if proxyAuth != nil {
+		req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(proxyAuth.User+":"+proxyAuth.Password)))
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("no localproxy answers on %s (is it running? give the same --listen or --config): %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read status from %s: %w", addr, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusProxyAuthRequired:
+		return fmt.Errorf("localproxy on %s wants proxy credentials: give the same --proxy-auth or --proxy-auth-file", addr)
+	default:
+		return fmt.Errorf("localproxy on %s answered %s", addr, resp.Status)
+	}
+	if c.Bool("json") {
+		_, err := os.Stdout.Write(body)
+		return err
+	}
+	var st localproxy.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("status from %s: %w", addr, err)
+	}
+	fmt.Print(localproxy.FormatStatus(st))
+	return nil
 }
 
 func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"time"
 
 	"quictunnel/httpproxy"
 	"quictunnel/quictun"
@@ -13,14 +14,19 @@ import (
 // tunnelDialer opens browser sessions through the QUIC tunnel and turns the
 // tunnel's errors into the HTTP status the browser sees. This is the one
 // place where that mapping lives.
-type tunnelDialer struct{ client *quictun.Client }
+type tunnelDialer struct {
+	client   *quictun.Client
+	sessions *sessionTracker
+}
 
 func (d tunnelDialer) DialTarget(ctx context.Context, target string) (net.Conn, error) {
 	conn, err := d.client.Dial(ctx, target)
 	if err != nil {
 		return nil, dialError(err)
 	}
-	return conn, nil
+	tc := &trackedConn{StreamConn: conn, t: d.sessions, target: target, start: time.Now()}
+	d.sessions.add(tc)
+	return tc, nil
 }
 
 // dialError maps a tunnel error to the status and reason a person can act

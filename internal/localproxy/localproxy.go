@@ -137,6 +137,8 @@ type Proxy struct {
 	client *quictun.Client
 	proxy  *httpproxy.Proxy
 
+	sessions sessionTracker
+
 	mu  sync.Mutex
 	nat natReport
 }
@@ -204,8 +206,8 @@ func New(cfg Config) (*Proxy, error) {
 		p.udp.Close()
 		return nil, err
 	}
-	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client}, Logger: p.log, AccessLog: cfg.AccessLog,
-		PAC: pacFile(p.ln.Addr()), ProxyAuth: cfg.ProxyAuth})
+	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client, &p.sessions}, Logger: p.log, AccessLog: cfg.AccessLog,
+		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth})
 	if err != nil {
 		p.ln.Close()
 		p.tr.Close()

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"quictunnel/quictun"
 )
 
 // Namespace prefixes every metric name.
@@ -44,6 +46,35 @@ func (r *Registry) Counter(name, help string, f func() float64) {
 // Gauge registers a gauge read from f at scrape time.
 func (r *Registry) Gauge(name, help string, f func() float64) {
 	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: name, Help: help}, f))
+}
+
+// Histogram registers a histogram of durations, in seconds, read from f
+// at scrape time.
+func (r *Registry) Histogram(name, help string, f func() quictun.HistogramSnapshot) {
+	r.reg.MustRegister(histogramFunc{
+		desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, nil, nil),
+		f:    f,
+	})
+}
+
+// histogramFunc is a Collector turning a quictun.HistogramSnapshot into a
+// Prometheus histogram.
+type histogramFunc struct {
+	desc *prometheus.Desc
+	f    func() quictun.HistogramSnapshot
+}
+
+func (h histogramFunc) Describe(ch chan<- *prometheus.Desc) { ch <- h.desc }
+
+func (h histogramFunc) Collect(ch chan<- prometheus.Metric) {
+	s := h.f()
+	buckets := make(map[float64]uint64, len(s.Bounds))
+	var cum uint64
+	for i, b := range s.Bounds {
+		cum += s.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	ch <- prometheus.MustNewConstHistogram(h.desc, s.Count, s.Sum.Seconds(), buckets)
 }
 
 // Serve answers /metrics, /healthz and, with withPprof, /debug/pprof/ on

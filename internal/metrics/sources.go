@@ -28,6 +28,10 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Counter("dialback_dials_total", "Dial-back connections coordinator attempted itself.", func() float64 { return float64(st().DialBackDials) })
 	r.Counter("session_bytes_up_total", "Bytes from clients to targets.", func() float64 { return float64(st().BytesUp) })
 	r.Counter("session_bytes_down_total", "Bytes from targets to clients.", func() float64 { return float64(st().BytesDown) })
+	r.Histogram("session_setup_seconds", "Time from a client's Open to its session being ready (target dialed, dial-back or relay up).",
+		func() quictun.HistogramSnapshot { return st().SetupLatency })
+	r.Histogram("dialback_seconds", "Time to get an acknowledged dial-back stream, for sessions carried over dial-back.",
+		func() quictun.HistogramSnapshot { return st().DialBackLatency })
 	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })
 }
 
@@ -56,6 +60,8 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	r.Gauge("sessions_pending", "Sessions waiting for their dial-back.", func() float64 { return float64(st().PendingSessions) })
 	r.Counter("dialback_timeouts_total", "Sessions whose dial-back did not arrive in time.", func() float64 { return float64(st().DialBackTimeouts) })
 	r.Counter("unknown_sessions_total", "Dial-back streams refused for an unknown or expired session id.", func() float64 { return float64(st().UnknownSessions) })
+	r.Histogram("session_setup_seconds", "Time from a browser's request for a session to the session being ready.",
+		func() quictun.HistogramSnapshot { return st().SetupLatency })
 	r.Counter("punches_total", "Sessions that punched the NAT towards a dial-back worker.", func() float64 { return float64(st().Punches) })
 	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
 		n := 0

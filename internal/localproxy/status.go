@@ -1,0 +1,219 @@
+package localproxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"quictunnel/quictun"
+)
+
+// Status is localproxy's live state, served as JSON at /status on the
+// proxy's own address and printed by `localproxy status`.
+type Status struct {
+	Proxy       string `json:"proxy"`
+	Coordinator string `json:"coordinator"`
+	Connected   bool   `json:"connected"`
+	// PublicAddr is what the reporter told us; ObservedAddr what
+	// coordinator sees.
+	PublicAddr   string `json:"public_addr,omitempty"`
+	ObservedAddr string `json:"observed_addr,omitempty"`
+	NATMapping   string `json:"nat_mapping,omitempty"`
+	NATFiltering string `json:"nat_filtering,omitempty"`
+	// SessionsTotal counts sessions since start, RelaySessions those
+	// carried over the control connection.
+	SessionsTotal uint64          `json:"sessions_total"`
+	RelaySessions uint64          `json:"relay_sessions"`
+	SetupP50      string          `json:"session_setup_p50,omitempty"`
+	SetupP99      string          `json:"session_setup_p99,omitempty"`
+	Sessions      []SessionStatus `json:"sessions"`
+	Services      []ServiceStatus `json:"services,omitempty"`
+}
+
+// SessionStatus is one open tunnel session.
+type SessionStatus struct {
+	ID        string `json:"id"`
+	Target    string `json:"target"`
+	Age       string `json:"age"`
+	BytesUp   int64  `json:"bytes_up"`
+	BytesDown int64  `json:"bytes_down"`
+}
+
+// ServiceStatus is one exposed local app.
+type ServiceStatus struct {
+	Name  string `json:"name"`
+	Kind  string `json:"kind"`
+	Local string `json:"local"`
+	URL   string `json:"url,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Status returns the live state.
+func (p *Proxy) Status() Status {
+	st := p.client.Stats()
+	mapping, filtering := p.NAT()
+	s := Status{
+		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
+		NATMapping: mapping, NATFiltering: filtering,
+		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions,
+		Sessions: p.sessions.list(),
+	}
+	if st.PublicAddr.IsValid() {
+		s.PublicAddr = st.PublicAddr.String()
+	}
+	if st.ObservedAddr.IsValid() {
+		s.ObservedAddr = st.ObservedAddr.String()
+	}
+	if st.SetupLatency.Count > 0 {
+		s.SetupP50 = "≤" + st.SetupLatency.Quantile(0.5).String()
+		s.SetupP99 = "≤" + st.SetupLatency.Quantile(0.99).String()
+	}
+	for _, r := range p.client.Registrations() {
+		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, URL: r.URL}
+		if r.Err != nil {
+			ss.Error = r.Err.Error()
+		}
+		s.Services = append(s.Services, ss)
+	}
+	return s
+}
+
+func (p *Proxy) statusJSON() []byte {
+	b, err := json.MarshalIndent(p.Status(), "", "  ")
+	if err != nil {
+		return []byte(`{"error":"` + err.Error() + `"}`)
+	}
+	return append(b, '\n')
+}
+
+// sessionTracker knows the open tunnel sessions, for Status.
+type sessionTracker struct {
+	mu   sync.Mutex
+	open map[*trackedConn]struct{}
+}
+
+func (t *sessionTracker) add(c *trackedConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open = make(map[*trackedConn]struct{})
+	}
+	t.open[c] = struct{}{}
+}
+
+func (t *sessionTracker) remove(c *trackedConn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.open, c)
+}
+
+// list returns the open sessions, oldest first.
+func (t *sessionTracker) list() []SessionStatus {
+	t.mu.Lock()
+	conns := make([]*trackedConn, 0, len(t.open))
+	for c := range t.open {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	slices.SortFunc(conns, func(a, b *trackedConn) int { return a.start.Compare(b.start) })
+	out := make([]SessionStatus, 0, len(conns))
+	for _, c := range conns {
+		out = append(out, SessionStatus{ID: c.SessionID(), Target: c.target, Age: time.Since(c.start).Round(time.Second).String(),
+			BytesUp: c.up.Load(), BytesDown: c.down.Load()})
+	}
+	return out
+}
+
+// trackedConn is a tunnel session that counts its bytes and is listed in
+// Status while open. Up is towards the target.
+type trackedConn struct {
+	*quictun.StreamConn
+	t        *sessionTracker
+	target   string
+	start    time.Time
+	up, down atomic.Int64
+	gone     sync.Once
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.StreamConn.Read(b)
+	c.down.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	n, err := c.StreamConn.Write(b)
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.gone.Do(func() { c.t.remove(c) })
+	return c.StreamConn.Close()
+}
+
+func (c *trackedConn) Reset() error {
+	c.gone.Do(func() { c.t.remove(c) })
+	return c.StreamConn.Reset()
+}
+
+// FormatStatus renders s for a person.
+func FormatStatus(s Status) string {
+	var b strings.Builder
+	state := "connected"
+	if !s.Connected {
+		state = "NOT connected (retrying)"
+	}
+	line := func(k, v string) {
+		if v != "" {
+			b.WriteString(k + strings.Repeat(" ", max(1, 16-len(k))) + v + "\n")
+		}
+	}
+	line("proxy", s.Proxy)
+	line("coordinator", s.Coordinator+" — "+state)
+	line("public address", s.PublicAddr)
+	line("seen by coord.", s.ObservedAddr)
+	line("NAT mapping", s.NATMapping)
+	line("NAT filtering", s.NATFiltering)
+	sessions := fmtUint(s.SessionsTotal) + " since start, " + fmtUint(s.RelaySessions) + " relayed"
+	if s.SetupP50 != "" {
+		sessions += "; set-up p50 " + s.SetupP50 + ", p99 " + s.SetupP99
+	}
+	line("sessions", sessions)
+	if len(s.Services) > 0 {
+		b.WriteString("\nexposed services:\n")
+		for _, svc := range s.Services {
+			where := svc.URL
+			if svc.Error != "" {
+				where = "REFUSED: " + svc.Error
+			}
+			b.WriteString("  " + svc.Name + " (" + svc.Kind + ", " + svc.Local + ") → " + where + "\n")
+		}
+	}
+	b.WriteString("\nopen sessions: " + fmtUint(uint64(len(s.Sessions))) + "\n")
+	for _, ss := range s.Sessions {
+		b.WriteString("  " + ss.Target + "  age " + ss.Age + "  up " + fmtBytes(ss.BytesUp) + "  down " + fmtBytes(ss.BytesDown) + "  " + ss.ID + "\n")
+	}
+	return b.String()
+}
+
+func fmtUint(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// fmtBytes renders n bytes with a binary unit.
+func fmtBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
