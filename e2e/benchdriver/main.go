@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,7 +40,12 @@ type config struct {
 	hold            time.Duration // how long the idle sessions are held
 	profile         time.Duration // CPU profile length
 	keep            bool          // keep the temporary directory (logs, profiles)
+	phases          []string      // which benchmarks to run
 }
+
+var allPhases = []string{"memory", "setup", "bulk", "small", "profile"}
+
+func (c *config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
 
 func (c *config) validate() error {
 	switch {
@@ -57,6 +63,11 @@ func (c *config) validate() error {
 		return errors.New("-hold must be 0 to 5m")
 	case c.profile < 0 || c.profile > time.Minute:
 		return errors.New("-profile must be 0 to 1m")
+	}
+	for _, ph := range c.phases {
+		if !slices.Contains(allPhases, ph) {
+			return fmt.Errorf("-phases: unknown %q (want some of %s)", ph, strings.Join(allPhases, ","))
+		}
 	}
 	for _, f := range []string{filepath.Join(c.bin, "coordinator"), filepath.Join(c.bin, "localproxy"),
 		filepath.Join(c.bin, "demoapp"), filepath.Join(c.certs, "coordinator.pem")} {
@@ -81,7 +92,9 @@ func main() {
 	flag.DurationVar(&cfg.hold, "hold", 30*time.Second, "how long the idle sessions are held")
 	flag.DurationVar(&cfg.profile, "profile", 6*time.Second, "CPU profile of the bulk path (0: none)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory with the logs and profiles")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "benchmarks to run, comma-separated")
 	flag.Parse()
+	cfg.phases = strings.Split(*phases, ",")
 	cfg.bulk = bulkMiB << 20
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := cfg.validate(); err != nil {
@@ -196,25 +209,31 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	rep.loadavg, _ = os.ReadFile("/proc/loadavg")
 
 	// Memory first, while the processes' heaps hold nothing else.
-	if cfg.sessions > 0 {
+	if cfg.sessions > 0 && cfg.runs("memory") {
 		log.Info("memory: opening idle sessions", "sessions", cfg.sessions, "hold", cfg.hold)
 		if err := benchMemory(ctx, cfg, l, rep); err != nil {
 			return err
 		}
 	}
-	log.Info("session set-up", "sessions", cfg.setups)
-	if err := benchSetup(ctx, cfg, l, rep); err != nil {
-		return err
+	if cfg.runs("setup") {
+		log.Info("session set-up", "sessions", cfg.setups)
+		if err := benchSetup(ctx, cfg, l, rep); err != nil {
+			return err
+		}
 	}
-	log.Info("bulk transfers", "bytes", cfg.bulk)
-	if err := benchBulk(ctx, cfg, l, rep, log); err != nil {
-		return err
+	if cfg.runs("bulk") {
+		log.Info("bulk transfers", "bytes", cfg.bulk)
+		if err := benchBulk(ctx, cfg, l, rep, log); err != nil {
+			return err
+		}
 	}
-	log.Info("small requests", "clients", cfg.clients, "each", cfg.load)
-	if err := benchSmall(ctx, cfg, l, rep); err != nil {
-		return err
+	if cfg.runs("small") {
+		log.Info("small requests", "clients", cfg.clients, "each", cfg.load)
+		if err := benchSmall(ctx, cfg, l, rep); err != nil {
+			return err
+		}
 	}
-	if cfg.profile > 0 {
+	if cfg.profile > 0 && cfg.runs("profile") {
 		log.Info("profiling the bulk path", "seconds", cfg.profile)
 		if err := benchProfile(ctx, cfg, l, rep); err != nil {
 			return err
