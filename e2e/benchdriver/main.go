@@ -58,7 +58,7 @@ func (c *config) validate() error {
 	case c.setups < 10 || c.setups > 100000:
 		return errors.New("-setups must be 10 to 100000")
 	case c.sessions < 0 || c.sessions > 15000:
-		return errors.New("-sessions must be 0 to 15000 (each holds four sockets)")
+		return errors.New("-sessions must be 0 to 15000 (each holds a socket in each of four processes)")
 	case c.hold < 0 || c.hold > 5*time.Minute:
 		return errors.New("-hold must be 0 to 5m")
 	case c.profile < 0 || c.profile > time.Minute:
@@ -188,7 +188,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	if n, err := raiseFileLimit(); err != nil || n < uint64(cfg.sessions)*2+1000 {
+	if n, err := raiseFileLimit(); err != nil || n < uint64(cfg.sessions)+1000 {
 		return fmt.Errorf("open-file limit %d is too low for %d sessions (ulimit -n): %v", n, cfg.sessions, err)
 	}
 	dir, err := os.MkdirTemp("", "quictunnel-bench-")
