@@ -195,52 +195,61 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var (
+		l       *lab
+		stopLab func()
+	)
 	if cfg.keep {
 		log.Info("logs and profiles kept", "dir", dir)
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	l, cleanup, err := startLab(ctx, cfg, dir)
-	if err != nil {
-		return err
-	}
-	defer cleanup()
 	rep := &report{cfg: cfg, started: time.Now()}
 	rep.loadavg, _ = os.ReadFile("/proc/loadavg")
-
-	// Memory first, while the processes' heaps hold nothing else.
-	if cfg.sessions > 0 && cfg.runs("memory") {
-		log.Info("memory: opening idle sessions", "sessions", cfg.sessions, "hold", cfg.hold)
-		if err := benchMemory(ctx, cfg, l, rep); err != nil {
-			return err
+	// Memory runs last, on freshly started processes: the Go runtime
+	// returns freed memory to the kernel only slowly, so after the other
+	// benchmarks RSS would start high (and ten thousand sessions would
+	// leave it high for the peak-RSS figures if it ran first).
+	phases := []struct {
+		name  string
+		fresh bool
+		run   func() error
+	}{
+		{"setup", false, func() error { return benchSetup(ctx, cfg, l, rep) }},
+		{"small", false, func() error { return benchSmall(ctx, cfg, l, rep) }},
+		{"bulk", false, func() error { return benchBulk(ctx, cfg, l, rep, log) }},
+		{"profile", false, func() error { return benchProfile(ctx, cfg, l, rep) }},
+		{"memory", true, func() error { return benchMemory(ctx, cfg, l, rep) }},
+	}
+	defer func() {
+		if stopLab != nil {
+			stopLab()
+		}
+	}()
+	for _, ph := range phases {
+		if !cfg.runs(ph.name) || ph.name == "profile" && cfg.profile == 0 || ph.name == "memory" && cfg.sessions == 0 {
+			continue
+		}
+		if l == nil || ph.fresh {
+			if l != nil {
+				if err := l.alive(); err != nil {
+					return err
+				}
+				stopLab()
+			}
+			if l, stopLab, err = startLab(ctx, cfg, dir); err != nil {
+				return err
+			}
+		}
+		log.Info("running", "benchmark", ph.name)
+		if err := ph.run(); err != nil {
+			return fmt.Errorf("%s: %w", ph.name, err)
 		}
 	}
-	if cfg.runs("setup") {
-		log.Info("session set-up", "sessions", cfg.setups)
-		if err := benchSetup(ctx, cfg, l, rep); err != nil {
+	if l != nil {
+		if err := l.alive(); err != nil {
 			return err
 		}
-	}
-	if cfg.runs("bulk") {
-		log.Info("bulk transfers", "bytes", cfg.bulk)
-		if err := benchBulk(ctx, cfg, l, rep, log); err != nil {
-			return err
-		}
-	}
-	if cfg.runs("small") {
-		log.Info("small requests", "clients", cfg.clients, "each", cfg.load)
-		if err := benchSmall(ctx, cfg, l, rep); err != nil {
-			return err
-		}
-	}
-	if cfg.profile > 0 && cfg.runs("profile") {
-		log.Info("profiling the bulk path", "seconds", cfg.profile)
-		if err := benchProfile(ctx, cfg, l, rep); err != nil {
-			return err
-		}
-	}
-	if err := l.alive(); err != nil {
-		return err
 	}
 	rep.elapsed = time.Since(rep.started)
 	md := rep.markdown(readNotes(cfg.out))
