@@ -18,9 +18,12 @@ import (
 	"syscall"
 )
 
-// BufferSize is the size of the pooled copy buffers. 64 KiB lets a single
-// read drain several QUIC STREAM frames without a per-chunk allocation.
-const BufferSize = 64 << 10
+// BufferSize is the size of the pooled copy buffers. A buffer is held
+// only while bytes flow, so its size costs idle sessions nothing; 256 KiB
+// lets one read drain many QUIC STREAM frames and keeps quic-go's sender
+// fed between two Writes (measured against 64 KiB with make bench: bulk
+// through the tunnel 8-26% faster in two alternating pairs of runs).
+const BufferSize = 256 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
 
