@@ -19,11 +19,10 @@ import (
 )
 
 // BufferSize is the size of the pooled copy buffers. A buffer is held
-// only while bytes flow, so its size costs idle sessions nothing; 256 KiB
-// lets one read drain many QUIC STREAM frames and keeps quic-go's sender
-// fed between two Writes (measured against 64 KiB with make bench: bulk
-// through the tunnel 8-26% faster in two alternating pairs of runs).
-const BufferSize = 256 << 10
+// only while bytes flow, so idle sessions pay nothing for it. 256 KiB was
+// tried with make bench: bulk a little faster (within the noise), but 64
+// busy keep-alive sessions took up to 15 MiB more peak RSS, so 64 KiB.
+const BufferSize = 64 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
 
