@@ -41,6 +41,10 @@ func (c *conn) serveConnect(h *head, start time.Time) {
 		c.accessLog(start, h.method, target, http.StatusOK, 0, 0, sessionOf(nc), err)
 		return
 	}
-	st, err := relay.Splice(c.ctx, &bufferedConn{Conn: c.c, r: c.br}, nc)
+	client := unbuffered(c.c, c.br)
+	if client == c.c {
+		c.releaseBuffers() // an idle tunnel holds no proxy buffers
+	}
+	st, err := relay.Splice(c.ctx, client, nc)
 	c.accessLog(start, h.method, target, http.StatusOK, st.AToB, st.BToA, sessionOf(nc), err)
 }

@@ -34,6 +34,10 @@ type engine struct {
 	drained  chan struct{} // closed when the last connection ends, while draining
 
 	stats counters
+
+	// Client connections' buffers, reused: a CONNECT gives them back as
+	// soon as its tunnel is up, so idle tunnels hold none.
+	readers, writers sync.Pool
 }
 
 // router decides where a request goes.
@@ -259,9 +263,18 @@ func (u *upstream) close() {
 func (e *engine) serveConn(nc net.Conn) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
-	c := &conn{e: e, c: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 16<<10),
-		ctx: ctx, client: nc.RemoteAddr().String()}
-	defer func() { c.up.close() }()
+	c := &conn{e: e, c: nc, ctx: ctx, client: nc.RemoteAddr().String()}
+	c.br, _ = e.readers.Get().(*bufio.Reader)
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(nil, 16<<10)
+	}
+	c.bw, _ = e.writers.Get().(*bufio.Writer)
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(nil, 16<<10)
+	}
+	c.br.Reset(nc)
+	c.bw.Reset(nc)
+	defer func() { c.up.close(); c.releaseBuffers() }()
 	for first := true; ; first = false {
 		h, err := c.readHead(first)
 		if err != nil {
@@ -296,6 +309,21 @@ func (c *conn) readHead(first bool) (*head, error) {
 }
 
 var errIdle = errors.New("idle")
+
+// releaseBuffers gives c's buffers back to the engine; c reads and writes
+// no more through them. Every goroutine using them (a request body's) has
+// ended by then.
+func (c *conn) releaseBuffers() {
+	if c.br != nil {
+		c.br.Reset(nil)
+		c.e.readers.Put(c.br)
+	}
+	if c.bw != nil {
+		c.bw.Reset(nil)
+		c.e.writers.Put(c.bw)
+	}
+	c.br, c.bw = nil, nil
+}
 
 // headError answers a request head that could not be read, if the client
 // is still there to read the answer.

@@ -169,7 +169,7 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 			return false, err
 		}
 		c.up = nil // the connection now belongs to the splice
-		st, err := relay.Splice(c.ctx, &bufferedConn{Conn: c.c, r: c.br}, &bufferedConn{Conn: u.c, r: u.br})
+		st, err := relay.Splice(c.ctx, unbuffered(c.c, c.br), unbuffered(u.c, u.br))
 		up, down = st.AToB, st.BToA
 		return false, err
 	}
@@ -324,6 +324,17 @@ func (c *conn) serveLocal(h *head, start time.Time, contentType string, body []b
 // isEOF reports whether err says the peer closed before sending anything.
 func isEOF(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// unbuffered returns nc itself when r holds none of its bytes (the usual
+// case: the client waits for the answer before sending more), so a relay
+// reads nc directly and holds no buffer while idle; otherwise a
+// bufferedConn that drains r first.
+func unbuffered(nc net.Conn, r *bufio.Reader) net.Conn {
+	if r.Buffered() == 0 {
+		return nc
+	}
+	return &bufferedConn{Conn: nc, r: r}
 }
 
 // bufferedConn is a connection whose first bytes were already read into a

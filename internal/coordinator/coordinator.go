@@ -128,6 +128,11 @@ func New(cfg Config) (*Coordinator, error) {
 		c.closePublic()
 		return nil, err
 	}
+	if advice, err := service.SetUDPBuffers(udp); err != nil {
+		c.log.Warn("could not size the UDP socket buffers", "err", err)
+	} else if advice != "" {
+		c.log.Warn(advice)
+	}
 	c.udp, c.tr = udp, &quic.Transport{Conn: udp}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
 		Transport:         c.tr,

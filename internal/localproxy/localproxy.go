@@ -168,6 +168,11 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	if advice, err := service.SetUDPBuffers(udp); err != nil {
+		p.log.Warn("could not size the UDP socket buffers", "err", err)
+	} else if advice != "" {
+		p.log.Warn(advice)
+	}
 	p.udp = udp
 	p.tr = &quic.Transport{Conn: udp}
 	if p.socket, err = newTunnelSocket(p.tr, p.log); err != nil {

@@ -1,0 +1,343 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// procStat is a figure for each tunnel process: [0] localproxy,
+// [1] coordinator.
+type procStat[T any] [2]T
+
+// cpuOf samples both tunnel processes' CPU time.
+func cpuOf(l *lab) (procStat[time.Duration], error) {
+	var out procStat[time.Duration]
+	for i, p := range l.procs() {
+		t, err := p.cpuTime()
+		if err != nil {
+			return out, err
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+func rssOf(l *lab) (rss, peak procStat[int64], err error) {
+	for i, p := range l.procs() {
+		if rss[i], peak[i], err = p.memory(); err != nil {
+			return
+		}
+	}
+	return
+}
+
+func resetPeaks(l *lab) error {
+	for _, p := range l.procs() {
+		if err := p.resetPeak(); err != nil {
+			return fmt.Errorf("reset peak RSS of %s: %w", p.name, err)
+		}
+	}
+	return nil
+}
+
+// measured runs f with both tunnel processes' CPU time and peak RSS
+// counted around it.
+func measured(l *lab, f func() error) (elapsed time.Duration, cpu procStat[time.Duration], peak procStat[int64], err error) {
+	if err = resetPeaks(l); err != nil {
+		return
+	}
+	c0, err := cpuOf(l)
+	if err != nil {
+		return
+	}
+	t0 := time.Now()
+	if err = f(); err != nil {
+		return
+	}
+	elapsed = time.Since(t0)
+	c1, err := cpuOf(l)
+	if err != nil {
+		return
+	}
+	for i := range cpu {
+		cpu[i] = c1[i] - c0[i]
+	}
+	_, peak, err = rssOf(l)
+	return
+}
+
+// memResult is the idle-session memory benchmark's outcome.
+type memResult struct {
+	sessions, opened, answered int
+	openTime                   time.Duration
+	before, held, after        procStat[int64] // RSS
+	goBefore, goHeld           procStat[int]   // goroutines
+	heapBefore, heapHeld       procStat[float64]
+	stackBefore, stackHeld     procStat[float64]
+	heapTop                    procStat[string]
+	openErr, askErr            error
+}
+
+var runtimeMetrics = []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"}
+
+func (l *lab) metricsBases() []string { return []string{l.lpMetrics, l.coMetrics} }
+
+// runtimeSample reads goroutines, heap and stack in use of both processes.
+func runtimeSample(ctx context.Context, l *lab) (g procStat[int], heap, stack procStat[float64], err error) {
+	for i, base := range l.metricsBases() {
+		if g[i], err = goroutines(ctx, base); err != nil {
+			return
+		}
+		var m map[string]float64
+		if m, err = goMetrics(ctx, base, runtimeMetrics...); err != nil {
+			return
+		}
+		heap[i], stack[i] = m[runtimeMetrics[0]], m[runtimeMetrics[1]]
+	}
+	return
+}
+
+// benchMemory opens cfg.sessions CONNECT sessions to the demo app, one
+// request each, holds them idle for cfg.hold, then asks every one again.
+func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
+	m := &memResult{sessions: cfg.sessions}
+	rep.mem = m
+	var err error
+	time.Sleep(time.Second) // let start-up garbage settle
+	if m.goBefore, m.heapBefore, m.stackBefore, err = runtimeSample(ctx, l); err != nil {
+		return err
+	}
+	if m.before, _, err = rssOf(l); err != nil {
+		return err
+	}
+	sessions := make([]*held, cfg.sessions)
+	defer func() {
+		for _, h := range sessions {
+			if h != nil {
+				h.c.Close()
+			}
+		}
+	}()
+	t0 := time.Now()
+	failed, ferr := parallel(ctx, cfg.sessions, 64, func(i int) error {
+		h, err := openHeld(ctx, l.proxy, l.app)
+		sessions[i] = h
+		return err
+	})
+	m.openTime, m.opened, m.openErr = time.Since(t0), cfg.sessions-failed, ferr
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// Hold: the heap profile and runtime figures halfway, RSS at the end.
+	select {
+	case <-time.After(cfg.hold / 2):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if m.goHeld, m.heapHeld, m.stackHeld, err = runtimeSample(ctx, l); err != nil {
+		return err
+	}
+	for i, p := range l.procs() {
+		file := filepath.Join(l.dir, p.name+".heap.pb.gz")
+		if err := fetch(ctx, l.metricsBases()[i]+"/debug/pprof/heap", file); err != nil {
+			return err
+		}
+		if m.heapTop[i], err = pprofTop(ctx, filepath.Join(cfg.bin, p.name), file, "-sample_index=inuse_space", "-nodecount=12"); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-time.After(cfg.hold - cfg.hold/2):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if m.held, _, err = rssOf(l); err != nil {
+		return err
+	}
+	failed, m.askErr = parallel(ctx, cfg.sessions, 64, func(i int) error {
+		if sessions[i] == nil {
+			return errors.New("never opened")
+		}
+		return sessions[i].ask()
+	})
+	m.answered = cfg.sessions - failed
+	for i, h := range sessions {
+		if h != nil {
+			h.c.Close()
+			sessions[i] = nil
+		}
+	}
+	time.Sleep(3 * time.Second)
+	m.after, _, err = rssOf(l)
+	return err
+}
+
+// setupResult is the session set-up benchmark's outcome.
+type setupResult struct {
+	n                int
+	direct, tunnel   []time.Duration
+	directP, tunnelP [2]time.Duration // p50, p99
+}
+
+// benchSetup times new sessions, direct and CONNECT alternately so both
+// see the same load from the rest of the machine.
+func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
+	s := &setupResult{n: cfg.setups}
+	rep.setup = s
+	for range cfg.setups {
+		d, err := firstByte(ctx, l.app, "")
+		if err != nil {
+			return fmt.Errorf("direct set-up: %w", err)
+		}
+		t, err := firstByte(ctx, l.app, l.proxy)
+		if err != nil {
+			return fmt.Errorf("CONNECT set-up: %w", err)
+		}
+		s.direct, s.tunnel = append(s.direct, d), append(s.tunnel, t)
+	}
+	s.directP, s.tunnelP = percentiles(s.direct), percentiles(s.tunnel)
+	return nil
+}
+
+func percentiles(d []time.Duration) [2]time.Duration {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return [2]time.Duration{d[len(d)/2], d[len(d)*99/100]}
+}
+
+// bulkRow is one bulk transfer through the tunnel next to the same one
+// made directly just before it.
+type bulkRow struct {
+	route, dir     string
+	bytes          int64
+	tunnel, direct time.Duration
+	cpu            procStat[time.Duration]
+	peak           procStat[int64]
+}
+
+func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.Logger) error {
+	direct := directRoute(l.app)
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)} {
+		for _, dir := range []struct {
+			name string
+			f    func(context.Context, route, int64) error
+		}{{"download", download}, {"upload", upload}} {
+			row := bulkRow{route: r.name, dir: dir.name, bytes: cfg.bulk}
+			t0 := time.Now()
+			if err := dir.f(ctx, direct, cfg.bulk); err != nil {
+				return err
+			}
+			row.direct = time.Since(t0)
+			var err error
+			row.tunnel, row.cpu, row.peak, err = measured(l, func() error { return dir.f(ctx, r, cfg.bulk) })
+			if err != nil {
+				return err
+			}
+			log.Info("bulk", "route", r.name, "dir", dir.name, "MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.tunnel)),
+				"direct MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.direct)))
+			rep.bulk = append(rep.bulk, row)
+		}
+	}
+	return nil
+}
+
+func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
+
+// smallRow is one small-request load through the tunnel next to the same
+// load made directly just before it.
+type smallRow struct {
+	route          string
+	tunnel, direct loadResult
+	cpu            procStat[time.Duration]
+	peak           procStat[int64]
+}
+
+func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
+	direct := directRoute(l.app)
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)} {
+		row := smallRow{route: r.name}
+		var err error
+		if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
+			return err
+		}
+		_, row.cpu, row.peak, err = measured(l, func() error {
+			var err error
+			row.tunnel, err = smallLoad(ctx, r, cfg.clients, cfg.load)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		rep.small = append(rep.small, row)
+	}
+	return nil
+}
+
+// benchProfile takes a CPU profile of both tunnel processes while bulk
+// downloads run through CONNECT.
+func benchProfile(ctx context.Context, cfg config, l *lab, rep *report) error {
+	secs := max(int(cfg.profile.Seconds()), 1)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var moved int64
+	wg.Go(func() {
+		// Bounded: at most 256 transfers, and only while profiling.
+		for range 256 {
+			if pctx.Err() != nil || download(pctx, connectRoute(l.app, l.proxy), 64<<20) != nil {
+				return
+			}
+			moved += 64 << 20
+		}
+	})
+	errs := make([]error, 2)
+	files := make([]string, 2)
+	var pw sync.WaitGroup
+	for i, p := range l.procs() {
+		files[i] = filepath.Join(l.dir, p.name+".cpu.pb.gz")
+		pw.Go(func() {
+			errs[i] = fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", l.metricsBases()[i], secs), files[i])
+		})
+	}
+	pw.Wait()
+	cancel()
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	rep.profileSecs, rep.profileMoved = secs, moved
+	for i, p := range l.procs() {
+		var err error
+		if rep.cpuTop[i], err = pprofTop(ctx, filepath.Join(cfg.bin, p.name), files[i], "-nodecount=25"); err != nil {
+			return err
+		}
+		if rep.cpuCum[i], err = pprofTop(ctx, filepath.Join(cfg.bin, p.name), files[i], "-cum", "-nodecount=25"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pprofTop renders a profile's top table with go tool pprof.
+func pprofTop(ctx context.Context, bin, file string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", append(append([]string{"tool", "pprof", "-top"}, args...), bin, file)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof %s: %w\n%s", file, err, out)
+	}
+	var keep []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(line, "File:") && !strings.HasPrefix(line, "Build ID:") && !strings.HasPrefix(line, "Time:") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n"), nil
+}

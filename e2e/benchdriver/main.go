@@ -1,0 +1,280 @@
+// Command benchdriver is `make bench`: it starts the real binaries
+// (bin/demoapp, bin/coordinator, bin/localproxy) on loopback, measures
+// every figure of issue 6 through the tunnel and the same figure directly
+// (no tunnel) in the same run, and writes the tables with their ratios to
+// docs/benchmarks.md (and standard output).
+//
+//	go run ./e2e/benchdriver -bin bin -out docs/benchmarks.md
+//
+// Everything is bounded: 1 GiB per bulk transfer, a fixed duration per
+// load, a fixed count of sessions; the whole run takes a few minutes on
+// two cores. The part of the output file after the notes marker is kept
+// from one run to the next: that is where people write what the numbers
+// and profiles say.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the driver's settings (flags).
+type config struct {
+	bin, certs, out string
+	bulk            int64         // bytes per bulk transfer
+	clients         int           // concurrent keep-alive clients of the small-request load
+	load            time.Duration // duration of each small-request load
+	setups          int           // sessions of the set-up benchmark
+	sessions        int           // idle sessions of the memory benchmark
+	hold            time.Duration // how long the idle sessions are held
+	profile         time.Duration // CPU profile length
+	keep            bool          // keep the temporary directory (logs, profiles)
+	phases          []string      // which benchmarks to run
+}
+
+var allPhases = []string{"memory", "setup", "bulk", "small", "profile"}
+
+func (c *config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
+
+func (c *config) validate() error {
+	switch {
+	case c.bulk < 1<<20 || c.bulk > 16<<30:
+		return errors.New("-bulk must be 1 MiB to 16 GiB")
+	case c.clients < 1 || c.clients > 1024:
+		return errors.New("-clients must be 1 to 1024")
+	case c.load < 100*time.Millisecond || c.load > time.Minute:
+		return errors.New("-load must be 100ms to 1m")
+	case c.setups < 10 || c.setups > 100000:
+		return errors.New("-setups must be 10 to 100000")
+	case c.sessions < 0 || c.sessions > 15000:
+		return errors.New("-sessions must be 0 to 15000 (each holds a socket in each of four processes)")
+	case c.hold < 0 || c.hold > 5*time.Minute:
+		return errors.New("-hold must be 0 to 5m")
+	case c.profile < 0 || c.profile > time.Minute:
+		return errors.New("-profile must be 0 to 1m")
+	}
+	for _, ph := range c.phases {
+		if !slices.Contains(allPhases, ph) {
+			return fmt.Errorf("-phases: unknown %q (want some of %s)", ph, strings.Join(allPhases, ","))
+		}
+	}
+	for _, f := range []string{filepath.Join(c.bin, "coordinator"), filepath.Join(c.bin, "localproxy"),
+		filepath.Join(c.bin, "demoapp"), filepath.Join(c.certs, "coordinator.pem")} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%w (run make build first)", err)
+		}
+	}
+	return nil
+}
+
+func main() {
+	var cfg config
+	var bulkMiB int64
+	flag.StringVar(&cfg.bin, "bin", "bin", "directory of the built binaries")
+	flag.StringVar(&cfg.certs, "certs", "testdata/certs", "directory of the test certificates")
+	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "markdown file to write (empty: standard output only)")
+	flag.Int64Var(&bulkMiB, "bulk-mib", 1024, "MiB per bulk download and upload")
+	flag.IntVar(&cfg.clients, "clients", 64, "concurrent keep-alive clients of the small-request load")
+	flag.DurationVar(&cfg.load, "load", 5*time.Second, "duration of each small-request load")
+	flag.IntVar(&cfg.setups, "setups", 1000, "new sessions timed by the set-up benchmark")
+	flag.IntVar(&cfg.sessions, "sessions", 10000, "idle sessions held by the memory benchmark")
+	flag.DurationVar(&cfg.hold, "hold", 30*time.Second, "how long the idle sessions are held")
+	flag.DurationVar(&cfg.profile, "profile", 6*time.Second, "CPU profile of the bulk path (0: none)")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory with the logs and profiles")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "benchmarks to run, comma-separated")
+	flag.Parse()
+	cfg.phases = strings.Split(*phases, ",")
+	cfg.bulk = bulkMiB << 20
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := cfg.validate(); err != nil {
+		log.Error("bad settings", "err", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("bench failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+// lab is the running system under test.
+type lab struct {
+	app, proxy, public         string // TCP addresses
+	lpMetrics, coMetrics       string // http://host:port of the metrics/pprof listeners
+	demo, coordinator, localpx *proc
+	dir                        string
+}
+
+func (l *lab) procs() []*proc { return []*proc{l.localpx, l.coordinator} }
+
+func (l *lab) alive() error {
+	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited())
+}
+
+func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
+	tcp, err := ports("tcp", 5)
+	if err != nil {
+		return nil, nil, err
+	}
+	udp, err := ports("udp", 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]),
+		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), dir: dir}
+	var started []*proc
+	cleanup := func() {
+		for i := len(started) - 1; i >= 0; i-- {
+			started[i].stop()
+		}
+	}
+	token := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	certs, _ := filepath.Abs(cfg.certs)
+	for _, s := range []struct {
+		p    **proc
+		name string
+		args []string
+	}{
+		{&l.demo, "demoapp", []string{"--listen", l.app}},
+		{&l.coordinator, "coordinator", []string{"--listen", addr(udp[0]), "--reporter-listen", addr(udp[1]),
+			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
+			"--token", token, "--http", l.public, "--domain", "localhost",
+			"--metrics-listen", addr(tcp[3]), "--pprof"}},
+		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
+			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
+			"--token", token, "--expose", "app=" + l.app, "--metrics-listen", addr(tcp[4]), "--pprof"}},
+	} {
+		p, err := startProc(dir, cfg.bin, s.name, s.args...)
+		if err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		*s.p = p
+		started = append(started, p)
+	}
+	// Ready when a request passes each way.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public)} {
+		for {
+			lctx, c := context.WithTimeout(ctx, 2*time.Second)
+			_, err := smallLoad(lctx, r, 1, time.Millisecond)
+			c()
+			if err == nil {
+				break
+			}
+			if aerr := l.alive(); aerr != nil || time.Now().After(deadline) || ctx.Err() != nil {
+				cleanup()
+				return nil, nil, fmt.Errorf("the lab did not come up (%v): %w", err, errors.Join(aerr, ctx.Err()))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return l, cleanup, nil
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	if n, err := raiseFileLimit(); err != nil || n < uint64(cfg.sessions)+1000 {
+		return fmt.Errorf("open-file limit %d is too low for %d sessions (ulimit -n): %v", n, cfg.sessions, err)
+	}
+	dir, err := os.MkdirTemp("", "quictunnel-bench-")
+	if err != nil {
+		return err
+	}
+	var (
+		l       *lab
+		stopLab func()
+	)
+	if cfg.keep {
+		log.Info("logs and profiles kept", "dir", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	rep := &report{cfg: cfg, started: time.Now()}
+	rep.loadavg, _ = os.ReadFile("/proc/loadavg")
+	// Memory runs last, on freshly started processes: the Go runtime
+	// returns freed memory to the kernel only slowly, so after the other
+	// benchmarks RSS would start high (and ten thousand sessions would
+	// leave it high for the peak-RSS figures if it ran first).
+	phases := []struct {
+		name  string
+		fresh bool
+		run   func() error
+	}{
+		{"setup", false, func() error { return benchSetup(ctx, cfg, l, rep) }},
+		{"small", false, func() error { return benchSmall(ctx, cfg, l, rep) }},
+		{"bulk", false, func() error { return benchBulk(ctx, cfg, l, rep, log) }},
+		{"profile", false, func() error { return benchProfile(ctx, cfg, l, rep) }},
+		{"memory", true, func() error { return benchMemory(ctx, cfg, l, rep) }},
+	}
+	defer func() {
+		if stopLab != nil {
+			stopLab()
+		}
+	}()
+	for _, ph := range phases {
+		if !cfg.runs(ph.name) || ph.name == "profile" && cfg.profile == 0 || ph.name == "memory" && cfg.sessions == 0 {
+			continue
+		}
+		if l == nil || ph.fresh {
+			if l != nil {
+				if err := l.alive(); err != nil {
+					return err
+				}
+				stopLab()
+			}
+			if l, stopLab, err = startLab(ctx, cfg, dir); err != nil {
+				return err
+			}
+		}
+		log.Info("running", "benchmark", ph.name)
+		if err := ph.run(); err != nil {
+			return fmt.Errorf("%s: %w", ph.name, err)
+		}
+	}
+	if l != nil {
+		if err := l.alive(); err != nil {
+			return err
+		}
+	}
+	rep.elapsed = time.Since(rep.started)
+	md := rep.markdown(readNotes(cfg.out))
+	fmt.Print(md)
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {
+			return err
+		}
+		log.Info("wrote " + cfg.out)
+	}
+	return nil
+}
+
+// notesMarker starts the hand-written part of the output file, which a
+// new run keeps.
+const notesMarker = "<!-- notes: written by hand, kept by make bench -->"
+
+func readNotes(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	_, notes, ok := strings.Cut(string(b), notesMarker)
+	if !ok {
+		return ""
+	}
+	return strings.TrimLeft(notes, "\n")
+}

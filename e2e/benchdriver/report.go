@@ -1,0 +1,279 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// report collects every figure of one run.
+type report struct {
+	cfg          config
+	started      time.Time
+	elapsed      time.Duration
+	loadavg      []byte
+	mem          *memResult
+	setup        *setupResult
+	bulk         []bulkRow
+	small        []smallRow
+	profileSecs  int
+	profileMoved int64
+	cpuTop       procStat[string]
+	cpuCum       procStat[string]
+}
+
+var procNames = [2]string{"localproxy", "coordinator"}
+
+const (
+	mib = 1 << 20
+	gib = 1 << 30
+)
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d.Microseconds())/1000) }
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**not met**"
+}
+
+// cpuPerGiB is CPU seconds per GiB moved.
+func cpuPerGiB(cpu time.Duration, bytes int64) float64 {
+	return cpu.Seconds() / (float64(bytes) / gib)
+}
+
+func (r *report) markdown(notes string) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	kernel, _ := exec.Command("uname", "-r").Output()
+	p("# Benchmarks")
+	p("")
+	p("Made by `make bench` (e2e/benchdriver) on %s in %s: %d cores, %s, Linux %s, %s; load average at the start %s.",
+		r.started.Format("2006-01-02"), r.elapsed.Round(time.Second), runtime.NumCPU(), runtime.GOARCH,
+		strings.TrimSpace(string(kernel)), runtime.Version(), strings.Join(strings.Fields(string(r.loadavg))[:3], " "))
+	p("The real binaries (bin/demoapp, bin/coordinator, bin/localproxy, default settings, info-level logs to a file)")
+	p("run on loopback with the driver; all share the same cores. Every tunnel figure is next to the same measurement")
+	p("made directly (driver → demoapp) just before it; ratio = through the tunnel / direct. CPU is user+sys from")
+	p("/proc/PID/stat of each tunnel process, peak RSS is VmHWM (reset before each measurement).")
+	p("")
+	r.targets(p)
+	r.bulkTable(p)
+	r.smallTable(p)
+	r.setupTable(p)
+	r.memTable(p)
+	r.profiles(p)
+	p("")
+	p(notesMarker)
+	p("")
+	b.WriteString(notes)
+	return b.String()
+}
+
+type printer func(format string, args ...any)
+
+func (r *report) targets(p printer) {
+	p("## Targets (issue 6)")
+	p("")
+	p("| target | measured | |")
+	p("|---|---|---|")
+	worstRatio := func(prefix string) (float64, string) {
+		w, what := 1e9, ""
+		for _, row := range r.bulk {
+			if strings.HasPrefix(row.route, prefix) {
+				if x := row.direct.Seconds() / row.tunnel.Seconds(); x < w {
+					w, what = x, row.route+" "+row.dir
+				}
+			}
+		}
+		return w, what
+	}
+	if w, what := worstRatio("reverse"); what != "" {
+		p("| reverse bulk ≥ 0.12× direct | %.2f× (lowest: %s) | %s |", w, what, verdict(w >= 0.12))
+	}
+	if w, what := worstRatio("forward"); what != "" {
+		p("| forward bulk (absolute-form and CONNECT) ≥ 0.15× | %.2f× (lowest: %s) | %s |", w, what, verdict(w >= 0.15))
+	}
+	for _, row := range r.small {
+		x := row.tunnel.rate() / row.direct.rate()
+		want := 0.15
+		if strings.HasPrefix(row.route, "reverse") {
+			want = 0.35
+		}
+		p("| %s req/s ≥ %.2f× | %.2f× | %s |", row.route, want, x, verdict(x >= want))
+		if strings.HasPrefix(row.route, "reverse") {
+			q := row.tunnel.p99.Seconds() / row.direct.p99.Seconds()
+			p("| reverse p99 ≤ 2× direct p99 | %.2f× (%s vs %s ms) | %s |", q, ms(row.tunnel.p99), ms(row.direct.p99), verdict(q <= 2))
+		}
+	}
+	worstCPU, what := 0.0, ""
+	for _, row := range r.bulk {
+		if c := cpuPerGiB(row.cpu[0]+row.cpu[1], row.bytes); c > worstCPU {
+			worstCPU, what = c, row.route+" "+row.dir
+		}
+	}
+	if what != "" {
+		p("| both tunnel processes ≤ 4 CPU-s per GiB | %.2f (highest: %s) | %s |", worstCPU, what, verdict(worstCPU <= 4))
+	}
+	if s := r.setup; s != nil {
+		d := s.tunnelP[0] - s.directP[0]
+		p("| session set-up p50 ≤ direct + 1 ms | +%s ms (%s vs %s) | %s |", ms(d), ms(s.tunnelP[0]), ms(s.directP[0]), verdict(d <= time.Millisecond))
+	}
+	var peak procStat[int64]
+	for _, row := range r.small {
+		for i := range peak {
+			peak[i] = max(peak[i], row.peak[i])
+		}
+	}
+	if len(r.small) > 0 {
+		p("| peak RSS ≤ 30 MiB per process, 64-client load | localproxy %.1f MiB, coordinator %.1f MiB | %s |",
+			float64(peak[0])/mib, float64(peak[1])/mib, verdict(max(peak[0], peak[1]) <= 30*mib))
+	}
+	if m := r.mem; m != nil && m.opened > 0 {
+		per := m.perSession()
+		p("| ≤ 20 KiB per idle open session (%d sessions) | localproxy %.1f KiB, coordinator %.1f KiB | %s |",
+			m.sessions, per[0]/1024, per[1]/1024, verdict(max(per[0], per[1]) <= 20*1024 && m.answered == m.sessions))
+	}
+	p("")
+}
+
+func (m *memResult) perSession() [2]float64 {
+	var out [2]float64
+	for i := range out {
+		out[i] = float64(m.held[i]-m.before[i]) / float64(m.opened)
+	}
+	return out
+}
+
+func (r *report) bulkTable(p printer) {
+	if len(r.bulk) == 0 {
+		return
+	}
+	p("## Bulk transfers (%d MiB each)", r.cfg.bulk/mib)
+	p("")
+	p("Download is GET /bytes from the demo app, upload a POST the demo app reads whole (and hashes) before answering;")
+	p("CONNECT carries plain HTTP so both sides of the comparison move the same bytes.")
+	p("")
+	p("| path | direction | MB/s | direct MB/s | ratio | CPU-s/GiB localproxy | coordinator | both | peak RSS MiB localproxy / coordinator |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	for _, row := range r.bulk {
+		t, d := mbps(row.bytes, row.tunnel), mbps(row.bytes, row.direct)
+		p("| %s | %s | %.0f | %.0f | %s | %.2f | %.2f | %.2f | %.1f / %.1f |", row.route, row.dir, t, d, ratio(t, d),
+			cpuPerGiB(row.cpu[0], row.bytes), cpuPerGiB(row.cpu[1], row.bytes), cpuPerGiB(row.cpu[0]+row.cpu[1], row.bytes),
+			float64(row.peak[0])/mib, float64(row.peak[1])/mib)
+	}
+	p("")
+}
+
+func (r *report) smallTable(p printer) {
+	if len(r.small) == 0 {
+		return
+	}
+	p("## Small requests (%d concurrent keep-alive clients, GET /healthz, %s each)", r.cfg.clients, r.cfg.load)
+	p("")
+	p("| path | req/s | direct req/s | ratio | p50 ms | direct p50 | p99 ms | direct p99 | p99 ratio | CPU-ms per 1000 req (both) | peak RSS MiB localproxy / coordinator |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, row := range r.small {
+		t, d := row.tunnel, row.direct
+		p("| %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %.0f | %.1f / %.1f |", row.route, t.rate(), d.rate(), ratio(t.rate(), d.rate()),
+			ms(t.p50), ms(d.p50), ms(t.p99), ms(d.p99), ratio(t.p99.Seconds(), d.p99.Seconds()),
+			float64((row.cpu[0]+row.cpu[1]).Milliseconds())/float64(t.requests)*1000,
+			float64(row.peak[0])/mib, float64(row.peak[1])/mib)
+	}
+	p("")
+}
+
+func (r *report) setupTable(p printer) {
+	s := r.setup
+	if s == nil {
+		return
+	}
+	p("## Session set-up (%d new sessions each, alternating)", s.n)
+	p("")
+	p("New connection to the first byte of the answer to one small request. Direct: TCP connect + request. Tunnel: TCP")
+	p("connect to localproxy, CONNECT (a new tunnel session: Open stream, coordinator dials the target, dial-back")
+	p("stream, ack; no QUIC handshake), 200, then the same request.")
+	p("")
+	p("| path | p50 ms | p99 ms |")
+	p("|---|---|---|")
+	p("| direct | %s | %s |", ms(s.directP[0]), ms(s.directP[1]))
+	p("| forward CONNECT, new session | %s | %s |", ms(s.tunnelP[0]), ms(s.tunnelP[1]))
+	p("| difference | +%s | +%s |", ms(s.tunnelP[0]-s.directP[0]), ms(s.tunnelP[1]-s.directP[1]))
+	p("")
+}
+
+func (r *report) memTable(p printer) {
+	m := r.mem
+	if m == nil {
+		return
+	}
+	p("## Memory per idle session (%d CONNECT sessions held %s)", m.sessions, r.cfg.hold)
+	p("")
+	p("Each session is a CONNECT to the demo app with one request answered; all are then left idle for %s and", r.cfg.hold)
+	p("asked again. Opened %d in %s; %d of %d answered afterwards.", m.opened, m.openTime.Round(time.Millisecond), m.answered, m.sessions)
+	if m.openErr != nil {
+		p("First error opening: `%v`.", m.openErr)
+	}
+	if m.askErr != nil {
+		p("First error asking again: `%v`.", m.askErr)
+	}
+	p("")
+	p("| process | RSS before | RSS held | per 1,000 sessions | per session | RSS after closing | goroutines per session | heap in use per session | stacks per session |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	per := m.perSession()
+	for i, name := range procNames {
+		n := float64(max(m.opened, 1))
+		p("| %s | %.1f MiB | %.1f MiB | %.2f MiB | %.1f KiB | %.1f MiB | %.2f | %.1f KiB | %.1f KiB |", name,
+			float64(m.before[i])/mib, float64(m.held[i])/mib, per[i]*1000/mib, per[i]/1024, float64(m.after[i])/mib,
+			float64(m.goHeld[i]-m.goBefore[i])/n, (m.heapHeld[i]-m.heapBefore[i])/n/1024, (m.stackHeld[i]-m.stackBefore[i])/n/1024)
+	}
+	p("")
+	for i, name := range procNames {
+		if m.heapTop[i] == "" {
+			continue
+		}
+		p("<details><summary>%s: heap in use while the sessions are held (pprof -top, inuse_space)</summary>", name)
+		p("")
+		p("```")
+		p("%s", m.heapTop[i])
+		p("```")
+		p("</details>")
+		p("")
+	}
+}
+
+func (r *report) profiles(p printer) {
+	if r.cpuTop[0] == "" {
+		return
+	}
+	p("## CPU profile of the bulk path")
+	p("")
+	p("%d s CPU profiles (`--pprof` on `--metrics-listen`, /debug/pprof/profile) of both tunnel processes while",
+		r.profileSecs)
+	p("64 MiB downloads ran through CONNECT (%d MiB completed).", r.profileMoved/mib)
+	p("")
+	for i, name := range procNames {
+		p("### %s", name)
+		p("")
+		p("```")
+		p("%s", r.cpuTop[i])
+		p("```")
+		p("")
+		p("<details><summary>%s, cumulative (-cum)</summary>", name)
+		p("")
+		p("```")
+		p("%s", r.cpuCum[i])
+		p("```")
+		p("</details>")
+		p("")
+	}
+}
