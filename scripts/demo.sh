@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts reporter, coordinator, a demo app and localproxy on loopback, sends a
+# Starts reporter, coordinator (with a dial-back worker: coordinator --role
+# dialback), a demo app and localproxy on loopback, sends a
 # request through the tunnel, prints how to use it, and keeps running until
 # Ctrl-C. With DEMO_EXIT=1 it stops after the check (used by tests).
 set -euo pipefail
@@ -9,9 +10,12 @@ BIN=${BIN:-bin}
 PROXY_PORT=${PROXY_PORT:-8118}
 COORD_PORT=${COORD_PORT:-4433}
 STUN_PORT=${STUN_PORT:-3478}
+PROBE_PORT=${PROBE_PORT:-3479}
+DIALBACK_PORT=${DIALBACK_PORT:-4434}
 APP_PORT=${APP_PORT:-3000}
 HTTP_PORT=${HTTP_PORT:-8080}
 TOKEN=${TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
+WORKER_TOKEN=${WORKER_TOKEN:-worker-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/quictunnel-demo.XXXXXX")
 
 for tool in curl ss; do
@@ -25,11 +29,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$HTTP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp"; do
+for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$HTTP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp" "$PROBE_PORT/udp" "$DIALBACK_PORT/udp"; do
   proto=${port#*/}; num=${port%/*}
   if { [ "$proto" = tcp ] && ss -Hltn "sport = :$num" 2>/dev/null | grep -q .; } ||
      { [ "$proto" = udp ] && ss -Hlun "sport = :$num" 2>/dev/null | grep -q .; }; then
-    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, HTTP_PORT, COORD_PORT or STUN_PORT to free ones" >&2
+    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, HTTP_PORT, COORD_PORT, STUN_PORT, PROBE_PORT or DIALBACK_PORT to free ones" >&2
     exit 1
   fi
 done
@@ -40,10 +44,15 @@ start() { # name, then the command
   pids+=($!)
 }
 
-start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT"
+start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT" --probe-listen "127.0.0.1:$PROBE_PORT"
 start coordinator "$BIN/coordinator" --listen "127.0.0.1:$COORD_PORT" \
   --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN" \
+  --worker-token "$WORKER_TOKEN" \
   --http "127.0.0.1:$HTTP_PORT" --domain localhost --allow-private-targets  # the demo app is on loopback
+# The dial-back part on its own address: it dials the targets and dials back to localproxy.
+start dialback "$BIN/coordinator" --role dialback --listen "127.0.0.1:$DIALBACK_PORT" \
+  --coordinator "127.0.0.1:$COORD_PORT" --worker-token "$WORKER_TOKEN" --ca testdata/certs/ca.pem --server-name localhost \
+  --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --allow-private-targets
 start demoapp "$BIN/demoapp" --listen "127.0.0.1:$APP_PORT"
 start localproxy "$BIN/localproxy" --listen "127.0.0.1:$PROXY_PORT" --coordinator "127.0.0.1:$COORD_PORT" \
   --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem \
@@ -82,13 +91,14 @@ fi
 
 cat <<EOF
 == quictunnel demo: all services up on loopback ==
-  reporter     udp 127.0.0.1:$STUN_PORT
+  reporter     udp 127.0.0.1:$STUN_PORT  (filtering probe: udp $PROBE_PORT)
   coordinator  udp 127.0.0.1:$COORD_PORT   (token: $TOKEN)
+  dial-back    udp 127.0.0.1:$DIALBACK_PORT   (coordinator --role dialback: dials targets, dials back to localproxy)
   demo app     http://127.0.0.1:$APP_PORT
   localproxy   http://127.0.0.1:$PROXY_PORT  <- point your browser here
   public port  http://app.localhost:$HTTP_PORT/  -> the demo app, through the tunnel (reverse direction)
 
-A request went browser -> localproxy -> coordinator -> demo app and back:
+A request went browser -> localproxy -> coordinator -> dial-back worker -> demo app and back:
 $out
 
 The reverse direction works too: a request to coordinator's public port (Host: app.localhost) reached the
@@ -101,6 +111,9 @@ Try it:
 
 Firefox: Settings > General > Network Settings > Manual proxy configuration:
   HTTP Proxy 127.0.0.1  Port $PROXY_PORT, and tick "Also use this proxy for HTTPS".
+
+What localproxy sees now ($BIN/localproxy status --listen 127.0.0.1:$PROXY_PORT):
+$("$BIN/localproxy" status --listen "127.0.0.1:$PROXY_PORT" 2>&1 | sed 's/^/  /')
 
 Logs (one line per request/session): $LOGDIR
 EOF
