@@ -158,6 +158,31 @@ func TestBinaries(t *testing.T) {
 	waitFor(t, "the public address in localproxy's log", func() bool {
 		return strings.Contains(lp.out.String(), "public address learnt from reporter")
 	})
+
+	// localproxy status, with the listen address from the same config
+	// file, while a slow download is open.
+	slow, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/bytes?n=%d", appPort, 64<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Body.Close()
+	if _, err := io.ReadFull(slow.Body, make([]byte, 1<<10)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binaries(t), "localproxy"), "--config", config, "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("localproxy status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"— connected", "public address  127.0.0.1:", "NAT mapping     endpoint-independent",
+		"open sessions: 1", fmt.Sprintf("127.0.0.1:%d  age", appPort)} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("localproxy status lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = exec.Command(filepath.Join(binaries(t), "localproxy"), "status", "--listen", "127.0.0.1:1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is it running?") {
+		t.Errorf("localproxy status with nothing listening: %v\n%s", err, out)
+	}
 }
 
 // TestHelpListsEveryFlag checks --help explains each flag with its
