@@ -385,7 +385,7 @@ func (p *Proxy) drain() {
 }
 
 // relearnWhenIdle runs the startup workflow's STUN step again each time
-// IdleRestart passes without a new session, and reports a changed public
+// IdleRestart passes without a new session or a byte moved, and reports a changed public
 // address to coordinator. It returns when ctx ends.
 func (p *Proxy) relearnWhenIdle(ctx context.Context, public netip.AddrPort) {
 	if p.cfg.IdleRestart < 0 {
@@ -393,15 +393,17 @@ func (p *Proxy) relearnWhenIdle(ctx context.Context, public netip.AddrPort) {
 	}
 	t := time.NewTicker(p.cfg.IdleRestart)
 	defer t.Stop()
-	sessions := p.client.Stats().Sessions
+	sessions, moved := p.client.Stats().Sessions, p.sessions.bytes()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if n := p.client.Stats().Sessions; n != sessions {
-			sessions = n // busy: the mapping is in use, nothing to do
+		// Any new session or byte moved renews the timer: the mapping is
+		// in use, nothing to do.
+		if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
+			sessions, moved = n, b
 			continue
 		}
 		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)

@@ -93,8 +93,9 @@ func (p *Proxy) statusJSON() []byte {
 
 // sessionTracker knows the open tunnel sessions, for Status.
 type sessionTracker struct {
-	mu   sync.Mutex
-	open map[*trackedConn]struct{}
+	mu     sync.Mutex
+	open   map[*trackedConn]struct{}
+	closed int64 // bytes moved by sessions no longer open
 }
 
 func (t *sessionTracker) add(c *trackedConn) {
@@ -110,6 +111,19 @@ func (t *sessionTracker) remove(c *trackedConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.open, c)
+	t.closed += c.up.Load() + c.down.Load()
+}
+
+// bytes returns the bytes every session moved so far, both ways: the idle
+// timer's measure of activity.
+func (t *sessionTracker) bytes() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.closed
+	for c := range t.open {
+		n += c.up.Load() + c.down.Load()
+	}
+	return n
 }
 
 // list returns the open sessions, oldest first.
