@@ -22,7 +22,7 @@ import (
 const (
 	// reverseAckTimeout bounds the wait for ReverseAck: a client that does
 	// not acknowledge within it (plus a few RTTs) is taken for gone.
-	reverseAckTimeout = 3 * time.Second
+	reverseAckTimeout = 1500 * time.Millisecond
 	// localDialTimeout bounds localproxy dialing a local app.
 	localDialTimeout = 5 * time.Second
 )
