@@ -397,3 +397,38 @@ func TestAccessLog(t *testing.T) {
 		t.Fatalf("OpenAccessLog in a missing dir = %v", err)
 	}
 }
+
+// FuzzConfigFile feeds arbitrary --config files to a service: it runs
+// (exit 0) or refuses with a usage error (exit 2) naming the file, and
+// never panics or half-applies a file it refused.
+func FuzzConfigFile(f *testing.F) {
+	for _, seed := range []string{
+		"listen: from-config\ntimeout: 7s\nverbose: true\n",
+		"listen: [1, 2]\n", "timeout: forever\n", "unknown: 1\n", "listen: &a x\nverbose: *a\n", "", "\t:\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(t.TempDir(), "svc.yaml")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var got settings
+		code, _, stderr := runApp(t, testApp(&got), "--config", path)
+		switch code {
+		case 0:
+			if !got.ran {
+				t.Fatalf("exit 0 without running")
+			}
+		case 1, 2:
+			if got.ran {
+				t.Fatalf("ran although the config was refused: %s", stderr)
+			}
+			if !strings.Contains(stderr, "svc:") {
+				t.Fatalf("refusal without the service's name: %q", stderr)
+			}
+		default:
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+	})
+}
