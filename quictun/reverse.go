@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -23,6 +24,9 @@ const (
 	// reverseAckTimeout bounds the wait for ReverseAck: a client that does
 	// not acknowledge within it (plus a few RTTs) is taken for gone.
 	reverseAckTimeout = 1500 * time.Millisecond
+	// reverseSlowAckLimit bounds the wait for a client that is alive (its
+	// QUIC stack answers) but slow to take a reverse session.
+	reverseSlowAckLimit = 10 * time.Second
 	// localDialTimeout bounds localproxy dialing a local app.
 	localDialTimeout = 5 * time.Second
 )
@@ -229,18 +233,8 @@ func (svc *Service) Dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 	if err := WriteFrame(str, &ReverseOpen{Session: id, Service: svc.Name, Remote: remote}); err != nil {
 		return fail(fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err))
 	}
-	ackWait := reverseAckTimeout + 4*p.conn.ConnectionStats().SmoothedRTT
-	str.SetReadDeadline(time.Now().Add(ackWait))
-	if msg, err := ReadFrame(str); err != nil {
-		if ctx.Err() != nil {
-			return fail(context.Cause(ctx))
-		}
-		// The client does not answer: it is gone. Close its connection so
-		// its names are withdrawn now, not at the idle timeout.
-		p.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "client did not answer a reverse session")
-		return fail(fmt.Errorf("%w: %s did not answer within %s: %w", ErrClientOffline, svc.Client, ackWait.Round(time.Millisecond), err))
-	} else if _, ok := msg.(*ReverseAck); !ok {
-		return fail(fmt.Errorf("%w: expected reverse ack, got %T", ErrProtocol, msg))
+	if err := p.awaitReverseAck(ctx, str, svc); err != nil {
+		return fail(err)
 	}
 	str.SetReadDeadline(time.Now().Add(localDialTimeout + 2*time.Second))
 	msg, err := ReadFrame(str)
@@ -259,6 +253,48 @@ func (svc *Service) Dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 	}
 	str.SetReadDeadline(time.Time{})
 	return newStreamConn(str, p.conn, id), nil
+}
+
+// awaitReverseAck waits for the client's ReverseAck on str. A client that
+// sends nothing at all within reverseAckTimeout (plus a few RTTs) — not
+// even the QUIC acknowledgements its stack owes for ReverseOpen — is gone:
+// its connection is closed so its names are withdrawn now, not at the idle
+// timeout. A client that is alive but slow (loaded) only fails this
+// session, after reverseSlowAckLimit.
+func (p *peer) awaitReverseAck(ctx context.Context, str *quic.Stream, svc *Service) error {
+	ackWait := reverseAckTimeout + 4*p.conn.ConnectionStats().SmoothedRTT
+	heard := p.conn.ConnectionStats().PacketsReceived
+	giveUp := time.Now().Add(reverseSlowAckLimit)
+	var ack [3]byte // ReverseAck: type, zero length
+	for got := 0; got < len(ack); {
+		str.SetReadDeadline(time.Now().Add(ackWait))
+		n, err := str.Read(ack[got:])
+		got += n
+		if err == nil || got == len(ack) {
+			continue
+		}
+		switch {
+		case ctx.Err() != nil:
+			return context.Cause(ctx)
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
+		}
+		now := p.conn.ConnectionStats().PacketsReceived
+		if now == heard {
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "client did not answer a reverse session")
+			return fmt.Errorf("%w: %s sent nothing within %s", ErrClientOffline, svc.Client, ackWait.Round(time.Millisecond))
+		}
+		if time.Now().After(giveUp) {
+			return &SessionError{Target: svc.Name, Code: CodeTimeout,
+				Reason: fmt.Sprintf("client %s is connected but did not take the session within %s", svc.Client, reverseSlowAckLimit)}
+		}
+		heard = now // alive, just slow: wait again
+	}
+	str.SetReadDeadline(time.Time{})
+	if ack[0] != msgReverseAck || ack[1] != 0 || ack[2] != 0 {
+		return fmt.Errorf("%w: expected reverse ack, got % x", ErrProtocol, ack)
+	}
+	return nil
 }
 
 // serveRegister handles one Register from p.
