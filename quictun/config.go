@@ -53,8 +53,8 @@ type ClientConfig struct {
 	// ReconnectMin and ReconnectMax bound the exponential backoff (with
 	// jitter) between reconnection attempts. Defaults 250ms and 30s.
 	ReconnectMin, ReconnectMax time.Duration
-	// MaxPendingSessions bounds sessions waiting for their dial-back.
-	// Default 10000.
+	// MaxPendingSessions bounds sessions waiting for their dial-back; a
+	// Dial beyond it fails with ErrTooManySessions. Default 10000.
 	MaxPendingSessions int
 	// MaxStreams bounds concurrent dial-back streams. Default 10000.
 	MaxStreams int64
@@ -180,6 +180,14 @@ type ServerConfig struct {
 	HelloTimeout time.Duration
 	// MaxStreams bounds concurrent session set-ups per client. Default 10000.
 	MaxStreams int64
+	// MaxSessionsPerClient bounds the forward sessions one client
+	// connection has open at once (being set up or carrying data); an Open
+	// beyond it is answered CodeLimit. Default 1000.
+	MaxSessionsPerClient int
+	// MaxClients bounds the clients connected at once; a client beyond it
+	// is refused, once authenticated, by closing its connection with
+	// CodeLimit. Dial-back workers do not count. Default 10000.
+	MaxClients int
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -194,6 +202,10 @@ func (c *ServerConfig) validate() error {
 		return &ConfigError{"Certificate", "required"}
 	case c.Token == "" && c.Authorize == nil:
 		return &ConfigError{"Token", "required"}
+	case c.MaxSessionsPerClient < 0:
+		return &ConfigError{"MaxSessionsPerClient", "negative"}
+	case c.MaxClients < 0:
+		return &ConfigError{"MaxClients", "negative"}
 	}
 	return nil
 }
@@ -204,6 +216,8 @@ func (c *ServerConfig) setDefaults() {
 	setDefault(&c.HelloTimeout, 10*time.Second)
 	setDefault(&c.RelayAfter, 2*time.Second)
 	setDefault(&c.MaxStreams, 10000)
+	setDefault(&c.MaxSessionsPerClient, 1000)
+	setDefault(&c.MaxClients, 10000)
 	if c.DialTarget == nil {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}
 		c.DialTarget = d.DialContext

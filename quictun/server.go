@@ -44,6 +44,7 @@ type serverCounters struct {
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 	setupLatency, dialBackLatency                   Histogram
+	limits                                          limitHits
 }
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
@@ -69,6 +70,9 @@ type ServerStats struct {
 	// stream (sessions that went over dial-back only).
 	SetupLatency    HistogramSnapshot
 	DialBackLatency HistogramSnapshot
+	// LimitHits counts, by limit name (LimitSessionsPerClient,
+	// LimitClients), the sessions and clients refused for a limit.
+	LimitHits map[string]int64
 }
 
 // NewServer validates cfg and prepares a server. Serve starts it.
@@ -101,6 +105,7 @@ func (s *Server) Stats() ServerStats {
 		BytesDown:        s.stats.bytesDown.Load(),
 		SetupLatency:     s.stats.setupLatency.Snapshot(),
 		DialBackLatency:  s.stats.dialBackLatency.Snapshot(),
+		LimitHits:        s.stats.limits.snapshot(),
 	}
 }
 
@@ -182,12 +187,18 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 	if a, ok := s.cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		welcome.DialBackFrom = a.AddrPort()
 	}
+	if !s.addPeer(p) {
+		s.stats.limits.hit(s.log, LimitClients, "client refused: too many clients connected",
+			"client", p.name, "client_addr", conn.RemoteAddr(), "max_clients", s.cfg.MaxClients)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeLimit),
+			fmt.Sprintf("coordinator has %d clients connected, its limit (max-clients)", s.cfg.MaxClients))
+		return
+	}
+	defer s.removePeer(p)
 	if err := WriteFrame(ctrl, welcome); err != nil {
 		log.Warn("client lost during handshake", "err", err)
 		return
 	}
-	s.addPeer(p)
-	defer s.removePeer(p)
 	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", p.observed)
 	p.serve(ctx, ctrl)
 	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
@@ -303,16 +314,39 @@ func (s *Server) Reauthorize() int {
 	return n
 }
 
+// beginSession counts a forward session of p in; it reports false when p
+// has MaxSessionsPerClient open.
+func (p *peer) beginSession() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sessions >= p.s.cfg.MaxSessionsPerClient {
+		return false
+	}
+	p.sessions++
+	return true
+}
+
+func (p *peer) endSession() {
+	p.mu.Lock()
+	p.sessions--
+	p.mu.Unlock()
+}
+
 func (p *peer) currentGrant() Grant {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.grant
 }
 
-func (s *Server) addPeer(p *peer) {
+// addPeer counts p in; it reports false when MaxClients are connected.
+func (s *Server) addPeer(p *peer) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.peers) >= s.cfg.MaxClients {
+		return false
+	}
 	s.peers[p] = struct{}{}
-	s.mu.Unlock()
+	return true
 }
 
 func (s *Server) removePeer(p *peer) {
@@ -333,6 +367,7 @@ type peer struct {
 	observed netip.AddrPort
 
 	mu         sync.Mutex
+	sessions   int   // forward sessions open, up to MaxSessionsPerClient
 	grant      Grant // may change on Reauthorize
 	publicAddr netip.AddrPort
 	services   []*Service
@@ -445,6 +480,17 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		return
 	}
 	defer p.s.endSession()
+	if !p.beginSession() {
+		max := p.s.cfg.MaxSessionsPerClient
+		p.s.stats.limits.hit(p.log, LimitSessionsPerClient, "session refused: client has too many sessions open",
+			"max_sessions_per_client", max)
+		WriteFrame(str, &OpenResult{Code: CodeLimit,
+			Reason: fmt.Sprintf("this client has %d sessions open, coordinator's limit (max-sessions-per-client)", max)})
+		endOpen()
+		outcome("limit", nil, relay.Stats{})
+		return
+	}
+	defer p.endSession()
 	if p.currentGrant().NoForward {
 		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})

@@ -69,6 +69,11 @@ type Config struct {
 	// sites' names to loopback this way). Not settable from the command
 	// line.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
+	// MaxSessionsPerClient bounds the forward sessions one client has
+	// open through coordinator at once. Default 1000.
+	MaxSessionsPerClient int
+	// MaxClients bounds the clients connected at once. Default 10000.
+	MaxClients int
 	// ShutdownTimeout is how long Run lets sessions in progress finish
 	// once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -135,17 +140,19 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	c.udp, c.tr = udp, &quic.Transport{Conn: udp}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
-		Transport:         c.tr,
-		Certificate:       cfg.Certificate,
-		Token:             cfg.Token,
-		Authorize:         c.authorize(),
-		DialTarget:        c.dialTarget(),
-		TargetDialTimeout: cfg.TargetDialTimeout,
-		DialBackTimeout:   cfg.DialBackTimeout,
-		WorkerToken:       cfg.WorkerToken,
-		Logger:            c.log,
-		AccessLog:         cfg.AccessLog,
-		Services:          c.services(),
+		Transport:            c.tr,
+		Certificate:          cfg.Certificate,
+		Token:                cfg.Token,
+		Authorize:            c.authorize(),
+		DialTarget:           c.dialTarget(),
+		TargetDialTimeout:    cfg.TargetDialTimeout,
+		DialBackTimeout:      cfg.DialBackTimeout,
+		WorkerToken:          cfg.WorkerToken,
+		MaxSessionsPerClient: cfg.MaxSessionsPerClient,
+		MaxClients:           cfg.MaxClients,
+		Logger:               c.log,
+		AccessLog:            cfg.AccessLog,
+		Services:             c.services(),
 	})
 	if err != nil {
 		c.tr.Close()

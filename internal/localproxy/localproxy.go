@@ -71,6 +71,9 @@ type Config struct {
 	// coordinator, so later dial-backs reach it. Default 1m; negative
 	// turns it off.
 	IdleRestart time.Duration
+	// MaxPendingSessions bounds sessions waiting for their dial-back;
+	// requests beyond it get 503. Default 10000.
+	MaxPendingSessions int
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
@@ -191,6 +194,7 @@ func New(cfg Config) (*Proxy, error) {
 		DialBackTimeout:    cfg.DialBackTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		KeepAlive:          cfg.KeepAlive,
+		MaxPendingSessions: cfg.MaxPendingSessions,
 		Services:           cfg.Services,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
