@@ -49,12 +49,15 @@ type serverCounters struct {
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
 type ServerStats struct {
-	Clients        int // connected now
-	Workers        int // dial-back workers connected now
-	AuthFailures   int64
-	Sessions       int64 // established since start
-	ActiveSessions int64
-	TargetErrors   int64
+	Clients int // connected now
+	Workers int // dial-back workers connected now
+	// WorkersDraining counts the connected workers that take no more
+	// clients (Worker.Drain).
+	WorkersDraining int
+	AuthFailures    int64
+	Sessions        int64 // established since start
+	ActiveSessions  int64
+	TargetErrors    int64
 	// TargetsForbidden counts sessions refused by policy: the token may
 	// not use the forward proxy, or DialTarget refused the target.
 	TargetsForbidden int64
@@ -88,10 +91,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 func (s *Server) Stats() ServerStats {
 	s.mu.Lock()
 	n, nw := len(s.peers), len(s.workers)
+	nd := 0
+	for w := range s.workers {
+		if w.draining.Load() {
+			nd++
+		}
+	}
 	s.mu.Unlock()
 	return ServerStats{
 		Clients:          n,
 		Workers:          nw,
+		WorkersDraining:  nd,
 		AuthFailures:     s.stats.authFailures.Load(),
 		Sessions:         s.stats.sessions.Load(),
 		ActiveSessions:   s.stats.activeSessions.Load(),

@@ -180,6 +180,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		Advertise:         advertise,
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		Targets:           targetPolicy(c),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		Logger:            log,
 		AccessLog:         accessLog,
 	})
