@@ -205,6 +205,9 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 		InsecureSkipVerify: c.cfg.InsecureSkipVerify,
 		NextProtos:         []string{ALPNControl},
 	}
+	if c.cfg.Certificate != nil {
+		tlsConf.Certificates = []tls.Certificate{*c.cfg.Certificate}
+	}
 	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, c.quicConfig())
 	if err != nil {
 		var cve *tls.CertificateVerificationError

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -127,6 +128,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		Certificates: []tls.Certificate{s.cfg.Certificate},
 		NextProtos:   []string{ALPNControl, ALPNWorker},
 	}
+	if s.cfg.ClientCAs != nil {
+		// Workers present none; clients must (checked in serveClient).
+		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
+	}
 	ln, err := s.cfg.Transport.Listen(tlsConf, quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -174,17 +179,16 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		log.Warn("client refused", "err", err)
 		return
 	}
-	grant, ok := s.cfg.Authorize(hello.Token)
+	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool)}
+	grant, ok, why := s.authenticate(conn, hello, p)
 	if !ok {
 		s.stats.authFailures.Add(1)
-		log.Warn("client refused: invalid token", "client", hello.ClientName)
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid token")
+		log.Warn("client refused: "+why, "client", hello.ClientName, "identity", p.identity)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), why)
 		return
 	}
-	tokenHash := sha256.Sum256([]byte(hello.Token))
-	p := &peer{s: s, conn: conn, name: hello.ClientName, token: hello.Token, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
-		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool),
-		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
+	p.grant = grant
 	if grant.Client != "" {
 		p.name = grant.Client
 	}
@@ -212,6 +216,47 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", p.observed)
 	p.serve(ctx, ctrl)
 	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
+}
+
+// authenticate checks a new client by its certificate (with ClientCAs)
+// or its token, and sets p's identity or token and owner. On refusal it
+// returns the reason, which is sent to the client.
+func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (Grant, bool, string) {
+	if s.cfg.ClientCAs == nil {
+		grant, ok := s.cfg.Authorize(hello.Token)
+		if !ok {
+			return Grant{}, false, "invalid token"
+		}
+		tokenHash := sha256.Sum256([]byte(hello.Token))
+		p.token, p.owner = hello.Token, hex.EncodeToString(tokenHash[:8])+"/"+hello.ClientName
+		return grant, true, ""
+	}
+	chains := conn.ConnectionState().TLS.VerifiedChains
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return Grant{}, false, "client certificate required"
+	}
+	p.identity = certIdentity(chains[0][0])
+	if p.identity == "" {
+		return Grant{}, false, "client certificate names no one (no common name or DNS name)"
+	}
+	grant, ok := s.cfg.AuthorizeCert(p.identity)
+	if !ok {
+		return Grant{}, false, fmt.Sprintf("certificate identity %q is not authorized", p.identity)
+	}
+	p.owner = "cert/" + p.identity
+	return grant, true, ""
+}
+
+// certIdentity names a client certificate's holder: its subject common
+// name, else its first DNS name.
+func certIdentity(c *x509.Certificate) string {
+	if c.Subject.CommonName != "" {
+		return c.Subject.CommonName
+	}
+	if len(c.DNSNames) > 0 {
+		return c.DNSNames[0]
+	}
+	return ""
 }
 
 func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, error) {
@@ -310,10 +355,15 @@ func (s *Server) Reauthorize() int {
 	s.mu.Unlock()
 	n := 0
 	for _, p := range peers {
-		grant, ok := s.cfg.Authorize(p.token)
+		authorize, what := s.cfg.Authorize, "token"
+		id := p.token
+		if p.identity != "" {
+			authorize, what, id = s.cfg.AuthorizeCert, "certificate identity", p.identity
+		}
+		grant, ok := authorize(id)
 		if !ok {
-			p.log.Warn("client disconnected: token revoked")
-			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "token revoked")
+			p.log.Warn("client disconnected: " + what + " revoked")
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), what+" revoked")
 			n++
 			continue
 		}
@@ -372,6 +422,7 @@ type peer struct {
 	name     string
 	log      *slog.Logger
 	token    string // kept to check again on Reauthorize
+	identity string // from the client certificate, with ClientCAs; checked again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
 	observed netip.AddrPort

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -51,6 +52,8 @@ func main() {
 				Usage: "shared secret clients must present (or use --tokens)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "tokens", EnvVars: []string{"COORDINATOR_TOKENS"},
 				Usage: "YAML file of per-client tokens, each optionally limited to service names (see docs/operations.md)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-ca", EnvVars: []string{"COORDINATOR_CLIENT_CA"}, TakesFile: true,
+				Usage: "PEM CA certificate(s): clients must present a certificate it signed (mutual TLS) instead of a token; its name picks the --tokens entry with that client name"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
@@ -115,8 +118,12 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		if tokens, err = coordinator.LoadTokens(c.String("tokens")); err != nil {
 			return err
 		}
-	case c.String("token") == "":
-		return fmt.Errorf("set --token (one shared secret) or --tokens FILE (per-client tokens)")
+	case c.String("token") == "" && c.String("client-ca") == "":
+		return fmt.Errorf("set --token (one shared secret), --tokens FILE (per-client tokens) or --client-ca FILE (client certificates)")
+	}
+	clientCAs, err := loadClientCAs(c.String("client-ca"))
+	if err != nil {
+		return err
 	}
 	var ports coordinator.PortRange
 	if r := c.String("port-range"); r != "" {
@@ -134,6 +141,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Certificate:          cert,
 		Token:                c.String("token"),
 		Tokens:               tokens,
+		ClientCAs:            clientCAs,
 		ReporterListen:       c.String("reporter-listen"),
 		TargetDialTimeout:    c.Duration("target-dial-timeout"),
 		DialBackTimeout:      c.Duration("dial-back-timeout"),
@@ -151,6 +159,22 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"))
 	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// loadClientCAs reads --client-ca; no file means no client certificates.
+func loadClientCAs(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--client-ca %s: no PEM certificate found", path)
+	}
+	return pool, nil
 }
 
 // runWorker runs the dial-back part alone (--role dialback).

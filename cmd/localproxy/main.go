@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -37,8 +38,12 @@ func main() {
 				Usage: "coordinator's QUIC address, host:port"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter", EnvVars: []string{"LOCALPROXY_REPORTER"},
 				Usage: "STUN reporter address, host:port, to learn the public address (default: the coordinator's host, port 3478)"}),
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"}, Required: true,
-				Usage: "token coordinator expects"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"},
+				Usage: "token coordinator expects (not needed with --client-cert)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-cert", EnvVars: []string{"LOCALPROXY_CLIENT_CERT"}, TakesFile: true,
+				Usage: "PEM client certificate to present to a coordinator run with --client-ca (mutual TLS), with --client-key"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-key", EnvVars: []string{"LOCALPROXY_CLIENT_KEY"}, TakesFile: true,
+				Usage: "PEM private key of --client-cert"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "ca", EnvVars: []string{"LOCALPROXY_CA"},
 				Usage: "PEM file of a CA (or self-signed certificate) to trust for coordinator, instead of the system's CAs"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "server-name", EnvVars: []string{"LOCALPROXY_SERVER_NAME"},
@@ -176,7 +181,19 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		}
 		services = append(services, svc)
 	}
+	var clientCert *tls.Certificate
+	switch certFile, keyFile := c.String("client-cert"), c.String("client-key"); {
+	case certFile != "" && keyFile != "":
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("load --client-cert/--client-key: %w", err)
+		}
+		clientCert = &cert
+	case certFile != "" || keyFile != "":
+		return fmt.Errorf("give --client-cert and --client-key together")
+	}
 	p, err := localproxy.New(localproxy.Config{
+		ClientCertificate:   clientCert,
 		Services:            services,
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),

@@ -7,6 +7,7 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,12 @@ type Config struct {
 	// Tokens, if set, replaces Token: one entry per client, each possibly
 	// limited to certain service names or barred from the forward proxy.
 	Tokens []TokenEntry
+	// ClientCAs, if set, makes clients authenticate with a certificate
+	// signed by one of these CAs instead of a token (mutual TLS). The
+	// certificate's name (common name, else first DNS name) picks the
+	// Tokens entry with that client name, whose grant applies; without
+	// Tokens every such client may do everything.
+	ClientCAs *x509.CertPool
 	// ReporterListen, if set, runs a STUN reporter on this UDP address.
 	ReporterListen string
 	// ReporterKeepAlive is the embedded reporter's keepalive interval.
@@ -89,6 +96,7 @@ type Coordinator struct {
 	log      *slog.Logger
 	targets  *targetPolicy
 	auth     atomic.Pointer[authFunc] // current tokens; nil with a single Token
+	certAuth atomic.Pointer[authFunc] // current grants by certificate identity; nil without Tokens
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	server   *quictun.Server
@@ -144,6 +152,8 @@ func New(cfg Config) (*Coordinator, error) {
 		Certificate:          cfg.Certificate,
 		Token:                cfg.Token,
 		Authorize:            c.authorize(),
+		ClientCAs:            cfg.ClientCAs,
+		AuthorizeCert:        c.authorizeCert(),
 		DialTarget:           c.dialTarget(),
 		TargetDialTimeout:    cfg.TargetDialTimeout,
 		DialBackTimeout:      cfg.DialBackTimeout,
@@ -223,6 +233,17 @@ func (c *Coordinator) authorize() authFunc {
 	return func(token string) (quictun.Grant, bool) { return (*c.auth.Load())(token) }
 }
 
+// authorizeCert returns the certificate identity check for Tokens, or nil
+// (every identity allowed) without.
+func (c *Coordinator) authorizeCert() authFunc {
+	if len(c.cfg.Tokens) == 0 {
+		return nil
+	}
+	a := certAuthorizer(c.cfg.Tokens)
+	c.certAuth.Store(&a)
+	return func(id string) (quictun.Grant, bool) { return (*c.certAuth.Load())(id) }
+}
+
 // ReloadTokens replaces the tokens (a coordinator started with Tokens, not
 // Token): clients whose token is gone are disconnected with the
 // unauthorized error code, which withdraws their services; changed grants
@@ -235,8 +256,9 @@ func (c *Coordinator) ReloadTokens(entries []TokenEntry) (int, error) {
 	if len(entries) == 0 {
 		return 0, errors.New("reload tokens: no tokens")
 	}
-	a := authorizer(entries)
+	a, ca := authorizer(entries), certAuthorizer(entries)
 	c.auth.Store(&a)
+	c.certAuth.Store(&ca)
 	return c.server.Reauthorize(), nil
 }
 
