@@ -50,15 +50,12 @@ type serverCounters struct {
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
 type ServerStats struct {
-	Clients int // connected now
-	Workers int // dial-back workers connected now
-	// WorkersDraining counts the connected workers that take no more
-	// clients (Worker.Drain).
-	WorkersDraining int
-	AuthFailures    int64
-	Sessions        int64 // established since start
-	ActiveSessions  int64
-	TargetErrors    int64
+	Clients        int // connected now
+	Workers        int // dial-back workers connected now
+	AuthFailures   int64
+	Sessions       int64 // established since start
+	ActiveSessions int64
+	TargetErrors   int64
 	// TargetsForbidden counts sessions refused by policy: the token may
 	// not use the forward proxy, or DialTarget refused the target.
 	TargetsForbidden int64
@@ -77,6 +74,9 @@ type ServerStats struct {
 	// LimitHits counts, by limit name (LimitSessionsPerClient,
 	// LimitClients), the sessions and clients refused for a limit.
 	LimitHits map[string]int64
+	// WorkersDraining counts the connected workers that take no more
+	// clients (Worker.Drain).
+	WorkersDraining int
 }
 
 // NewServer validates cfg and prepares a server. Serve starts it.
