@@ -33,6 +33,7 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Histogram("dialback_seconds", "Time to get an acknowledged dial-back stream, for sessions carried over dial-back.",
 		func() quictun.HistogramSnapshot { return st().DialBackLatency })
 	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })
+	r.Gauge("dialback_workers_draining", "Dial-back workers connected but taking no more clients (stopping).", func() float64 { return float64(st().WorkersDraining) })
 	r.LabeledCounter("limit_hits_total", "Sessions or clients refused because a limit was hit, by limit.", "limit",
 		[]string{quictun.LimitSessionsPerClient, quictun.LimitClients}, func() map[string]int64 { return st().LimitHits })
 }
