@@ -74,6 +74,15 @@ func TestMetricsEndpoints(t *testing.T) {
 			t.Errorf("metrics on :%d lack %q", c.port, c.want)
 		}
 	}
+	// Limit series exist before their first hit, so alerts can use them.
+	for port, want := range map[int]string{
+		coordMetrics: `quictunnel_limit_hits_total{limit="sessions_per_client"} 0`,
+		proxyMetrics: `quictunnel_limit_hits_total{limit="pending_sessions"} 0`,
+	} {
+		if !strings.Contains(get(port, "/metrics"), want) {
+			t.Errorf("metrics on :%d lack %q", port, want)
+		}
+	}
 	waitFor(t, "a counted session", func() bool {
 		return !strings.Contains(get(coordMetrics, "/metrics"), "quictunnel_sessions_total 0\n")
 	})

@@ -52,23 +52,32 @@ func halfwayTarget(t *testing.T, size int) (addr string, started <-chan struct{}
 	return srv.Listener.Addr().String(), st, rel, sum
 }
 
-// TestGracefulShutdown sends SIGTERM to coordinator, then to localproxy,
-// while a download is half done: the download completes intact, a new
-// request in the meantime is turned away, and each process exits 0.
+// TestGracefulShutdown sends SIGTERM to coordinator, to localproxy, then
+// to a dial-back worker, while a download is half done: the download
+// completes intact, a new request in the meantime is turned away (or, for
+// the worker, served by coordinator itself), and each process exits 0.
 func TestGracefulShutdown(t *testing.T) {
-	for _, victim := range []string{"coordinator", "localproxy"} {
+	for _, victim := range []string{"coordinator", "localproxy", "worker"} {
 		t.Run(victim, func(t *testing.T) {
 			quicPort, stunPort, proxyPort := freeUDPPort(t), freeUDPPort(t), freeTCPPort(t)
 			certs, _ := filepath.Abs(certsDir())
 			coord := start(t, nil, "coordinator", "--listen", "127.0.0.1:"+strconv.Itoa(quicPort),
 				"--reporter-listen", "127.0.0.1:"+strconv.Itoa(stunPort),
 				"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
-				"--token", "drain-token", "--allow-private-targets", "--shutdown-timeout", "60s")
+				"--token", "drain-token", "--allow-private-targets", "--shutdown-timeout", "60s", "--worker-token", "drain-worker-token")
+			var worker *process
+			if victim == "worker" {
+				worker = start(t, nil, "coordinator", "--role", "dialback", "--listen", "127.0.0.1:"+strconv.Itoa(freeUDPPort(t)),
+					"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--worker-token", "drain-worker-token",
+					"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
+					"--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost", "--allow-private-targets", "--shutdown-timeout", "60s")
+				waitFor(t, "the worker connected", func() bool { return strings.Contains(coord.out.String(), "dial-back worker connected") })
+			}
 			lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort),
 				"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--reporter", "127.0.0.1:"+strconv.Itoa(stunPort),
 				"--token", "drain-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
 				"--shutdown-timeout", "60s")
-			proc := map[string]*process{"coordinator": coord, "localproxy": lp}[victim]
+			proc := map[string]*process{"coordinator": coord, "localproxy": lp, "worker": worker}[victim]
 
 			target, started, release, want := halfwayTarget(t, 8<<20)
 			proxyURL, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(proxyPort))
@@ -107,10 +116,28 @@ func TestGracefulShutdown(t *testing.T) {
 			go func() { exited <- proc.signalAndWait(t, syscall.SIGTERM) }()
 			waitFor(t, victim+" draining", func() bool { return strings.Contains(proc.out.String(), "draining") })
 
-			// A new request is turned away meanwhile.
-			resp, err := client.Get("http://" + target + "/new")
+			// A new request is turned away meanwhile, or served by
+			// coordinator itself when a worker drains.
 			switch victim {
+			case "worker":
+				waitFor(t, "coordinator to see the worker draining", func() bool {
+					return strings.Contains(coord.out.String(), "dial-back worker draining")
+				})
+				other := startTarget(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "new") }))
+				resp, err := client.Get(other.URL + "/new")
+				if err != nil {
+					t.Fatalf("new request while the worker drains: %v", err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(body) != "new" {
+					t.Errorf("new request while the worker drains: %d %q, want 200", resp.StatusCode, body)
+				}
+				if n := strings.Count(coord.out.String(), "via worker"); n != 1 {
+					t.Errorf("%d sessions went via the worker, want 1 (the download):\n%s", n, coord.out)
+				}
 			case "coordinator":
+				resp, err := client.Get("http://" + target + "/new")
 				if err != nil {
 					t.Fatalf("new request while coordinator drains: %v, want a 503", err)
 				}
@@ -120,6 +147,7 @@ func TestGracefulShutdown(t *testing.T) {
 					t.Errorf("new request while coordinator drains: %d %q, want 503 shutting down", resp.StatusCode, body)
 				}
 			case "localproxy":
+				resp, err := client.Get("http://" + target + "/new")
 				if err == nil {
 					resp.Body.Close()
 					t.Errorf("new request while localproxy drains: %d, want the connection refused", resp.StatusCode)

@@ -53,6 +53,7 @@ type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
 	connects, relaySessions, punches                        atomic.Uint64
 	setupLatency                                            Histogram
+	limits                                                  limitHits
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -71,6 +72,9 @@ type ClientStats struct {
 	// SetupLatency is the time from a Dial to its session being ready
 	// (coordinator reached the target and the dial-back or relay is up).
 	SetupLatency HistogramSnapshot
+	// LimitHits counts, by limit name (LimitPendingSessions), the
+	// sessions refused for a limit.
+	LimitHits map[string]int64
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -201,6 +205,9 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 		InsecureSkipVerify: c.cfg.InsecureSkipVerify,
 		NextProtos:         []string{ALPNControl},
 	}
+	if c.cfg.Certificate != nil {
+		tlsConf.Certificates = []tls.Certificate{*c.cfg.Certificate}
+	}
 	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, c.quicConfig())
 	if err != nil {
 		var cve *tls.CertificateVerificationError
@@ -315,6 +322,7 @@ func (c *Client) Stats() ClientStats {
 	st.Connects = c.stats.connects.Load()
 	st.Punches = c.stats.punches.Load()
 	st.SetupLatency = c.stats.setupLatency.Snapshot()
+	st.LimitHits = c.stats.limits.snapshot()
 	return st
 }
 

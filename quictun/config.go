@@ -24,8 +24,11 @@ type ClientConfig struct {
 	Transport *quic.Transport
 	// Coordinator is coordinator's address, "host:port". Required.
 	Coordinator string
-	// Token authenticates this client. Required.
+	// Token authenticates this client. Required unless Certificate is set.
 	Token string
+	// Certificate, if set, is presented to coordinator as client
+	// certificate (mutual TLS), for a coordinator with ServerConfig.ClientCAs.
+	Certificate *tls.Certificate
 	// Name identifies the client in coordinator's logs. Default: none.
 	Name string
 	// RootCAs verifies coordinator's certificate. Default: the system roots.
@@ -53,8 +56,8 @@ type ClientConfig struct {
 	// ReconnectMin and ReconnectMax bound the exponential backoff (with
 	// jitter) between reconnection attempts. Defaults 250ms and 30s.
 	ReconnectMin, ReconnectMax time.Duration
-	// MaxPendingSessions bounds sessions waiting for their dial-back.
-	// Default 10000.
+	// MaxPendingSessions bounds sessions waiting for their dial-back; a
+	// Dial beyond it fails with ErrTooManySessions. Default 10000.
 	MaxPendingSessions int
 	// MaxStreams bounds concurrent dial-back streams. Default 10000.
 	MaxStreams int64
@@ -76,8 +79,8 @@ func (c *ClientConfig) validate() error {
 		return &ConfigError{"Transport", "required"}
 	case c.Coordinator == "":
 		return &ConfigError{"Coordinator", "required"}
-	case c.Token == "":
-		return &ConfigError{"Token", "required"}
+	case c.Token == "" && c.Certificate == nil:
+		return &ConfigError{"Token", "required unless a client Certificate is given"}
 	case len(c.Token) > maxTokenLen:
 		return &ConfigError{"Token", "longer than 1024 bytes"}
 	case len(c.Name) > maxNameLen:
@@ -148,8 +151,19 @@ type ServerConfig struct {
 	// client certificate on dial-backs. Required.
 	Certificate tls.Certificate
 	// Token is the shared secret clients must present. Required unless
-	// Authorize is set.
+	// Authorize or ClientCAs is set.
 	Token string
+	// ClientCAs, if set, makes clients authenticate with a certificate
+	// signed by one of these CAs (mutual TLS) instead of a token: a client
+	// without one is refused with CodeUnauthorized, a certificate from
+	// another CA fails the TLS handshake, and the token in Hello is
+	// ignored. Dial-back workers still use WorkerToken.
+	ClientCAs *x509.CertPool
+	// AuthorizeCert decides what the client whose certificate names
+	// identity (its subject common name, else its first DNS name) may do;
+	// it must be safe for concurrent use. Server.Reauthorize calls it
+	// again for connected clients. Default: everything, as that client.
+	AuthorizeCert func(identity string) (Grant, bool)
 	// Authorize, if set, decides which tokens are valid and what each may
 	// do; it must compare in constant time and be safe for concurrent
 	// use. Server.Reauthorize calls it again for connected clients.
@@ -180,6 +194,14 @@ type ServerConfig struct {
 	HelloTimeout time.Duration
 	// MaxStreams bounds concurrent session set-ups per client. Default 10000.
 	MaxStreams int64
+	// MaxSessionsPerClient bounds the forward sessions one client
+	// connection has open at once (being set up or carrying data); an Open
+	// beyond it is answered CodeLimit. Default 1000.
+	MaxSessionsPerClient int
+	// MaxClients bounds the clients connected at once; a client beyond it
+	// is refused, once authenticated, by closing its connection with
+	// CodeLimit. Dial-back workers do not count. Default 10000.
+	MaxClients int
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -192,8 +214,12 @@ func (c *ServerConfig) validate() error {
 		return &ConfigError{"Transport", "required"}
 	case len(c.Certificate.Certificate) == 0:
 		return &ConfigError{"Certificate", "required"}
-	case c.Token == "" && c.Authorize == nil:
-		return &ConfigError{"Token", "required"}
+	case c.Token == "" && c.Authorize == nil && c.ClientCAs == nil:
+		return &ConfigError{"Token", "required unless Authorize or ClientCAs is set"}
+	case c.MaxSessionsPerClient < 0:
+		return &ConfigError{"MaxSessionsPerClient", "negative"}
+	case c.MaxClients < 0:
+		return &ConfigError{"MaxClients", "negative"}
 	}
 	return nil
 }
@@ -204,9 +230,14 @@ func (c *ServerConfig) setDefaults() {
 	setDefault(&c.HelloTimeout, 10*time.Second)
 	setDefault(&c.RelayAfter, 2*time.Second)
 	setDefault(&c.MaxStreams, 10000)
+	setDefault(&c.MaxSessionsPerClient, 1000)
+	setDefault(&c.MaxClients, 10000)
 	if c.DialTarget == nil {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}
 		c.DialTarget = d.DialContext
+	}
+	if c.AuthorizeCert == nil {
+		c.AuthorizeCert = func(id string) (Grant, bool) { return Grant{Client: id}, true }
 	}
 	if c.Authorize == nil {
 		token := []byte(c.Token)

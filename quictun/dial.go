@@ -46,7 +46,9 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	id := NewSessionID()
 	ch, err := c.table.add(id)
 	if err != nil {
-		return nil, fmt.Errorf("open session to %s: %w", target, err)
+		c.stats.limits.hit(c.log, LimitPendingSessions, "session refused: too many sessions waiting for their dial-back",
+			"target", target, "max_pending_sessions", c.cfg.MaxPendingSessions)
+		return nil, fmt.Errorf("open session to %s: %w (%d, max-pending-sessions)", target, err, c.cfg.MaxPendingSessions)
 	}
 	defer func() {
 		// Still registered means we gave up: refuse a late stream.

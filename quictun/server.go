@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ type serverCounters struct {
 	dialBackSessions, relaySessions                 atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 	setupLatency, dialBackLatency                   Histogram
+	limits                                          limitHits
 }
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
@@ -69,6 +71,12 @@ type ServerStats struct {
 	// stream (sessions that went over dial-back only).
 	SetupLatency    HistogramSnapshot
 	DialBackLatency HistogramSnapshot
+	// LimitHits counts, by limit name (LimitSessionsPerClient,
+	// LimitClients), the sessions and clients refused for a limit.
+	LimitHits map[string]int64
+	// WorkersDraining counts the connected workers that take no more
+	// clients (Worker.Drain).
+	WorkersDraining int
 }
 
 // NewServer validates cfg and prepares a server. Serve starts it.
@@ -84,10 +92,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 func (s *Server) Stats() ServerStats {
 	s.mu.Lock()
 	n, nw := len(s.peers), len(s.workers)
+	nd := 0
+	for w := range s.workers {
+		if w.draining.Load() {
+			nd++
+		}
+	}
 	s.mu.Unlock()
 	return ServerStats{
 		Clients:          n,
 		Workers:          nw,
+		WorkersDraining:  nd,
 		AuthFailures:     s.stats.authFailures.Load(),
 		Sessions:         s.stats.sessions.Load(),
 		ActiveSessions:   s.stats.activeSessions.Load(),
@@ -101,6 +116,7 @@ func (s *Server) Stats() ServerStats {
 		BytesDown:        s.stats.bytesDown.Load(),
 		SetupLatency:     s.stats.setupLatency.Snapshot(),
 		DialBackLatency:  s.stats.dialBackLatency.Snapshot(),
+		LimitHits:        s.stats.limits.snapshot(),
 	}
 }
 
@@ -111,6 +127,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{s.cfg.Certificate},
 		NextProtos:   []string{ALPNControl, ALPNWorker},
+	}
+	if s.cfg.ClientCAs != nil {
+		// Workers present none; clients must (checked in serveClient).
+		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
 	}
 	ln, err := s.cfg.Transport.Listen(tlsConf, quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout))
 	if err != nil {
@@ -159,17 +179,16 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		log.Warn("client refused", "err", err)
 		return
 	}
-	grant, ok := s.cfg.Authorize(hello.Token)
+	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool)}
+	grant, ok, why := s.authenticate(conn, hello, p)
 	if !ok {
 		s.stats.authFailures.Add(1)
-		log.Warn("client refused: invalid token", "client", hello.ClientName)
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid token")
+		log.Warn("client refused: "+why, "client", hello.ClientName, "identity", p.identity)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), why)
 		return
 	}
-	tokenHash := sha256.Sum256([]byte(hello.Token))
-	p := &peer{s: s, conn: conn, name: hello.ClientName, token: hello.Token, grant: grant, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
-		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool),
-		owner: hex.EncodeToString(tokenHash[:8]) + "/" + hello.ClientName}
+	p.grant = grant
 	if grant.Client != "" {
 		p.name = grant.Client
 	}
@@ -182,15 +201,62 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 	if a, ok := s.cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		welcome.DialBackFrom = a.AddrPort()
 	}
+	if !s.addPeer(p) {
+		s.stats.limits.hit(s.log, LimitClients, "client refused: too many clients connected",
+			"client", p.name, "client_addr", conn.RemoteAddr(), "max_clients", s.cfg.MaxClients)
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeLimit),
+			fmt.Sprintf("coordinator has %d clients connected, its limit (max-clients)", s.cfg.MaxClients))
+		return
+	}
+	defer s.removePeer(p)
 	if err := WriteFrame(ctrl, welcome); err != nil {
 		log.Warn("client lost during handshake", "err", err)
 		return
 	}
-	s.addPeer(p)
-	defer s.removePeer(p)
 	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", p.observed)
 	p.serve(ctx, ctrl)
 	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
+}
+
+// authenticate checks a new client by its certificate (with ClientCAs)
+// or its token, and sets p's identity or token and owner. On refusal it
+// returns the reason, which is sent to the client.
+func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (Grant, bool, string) {
+	if s.cfg.ClientCAs == nil {
+		grant, ok := s.cfg.Authorize(hello.Token)
+		if !ok {
+			return Grant{}, false, "invalid token"
+		}
+		tokenHash := sha256.Sum256([]byte(hello.Token))
+		p.token, p.owner = hello.Token, hex.EncodeToString(tokenHash[:8])+"/"+hello.ClientName
+		return grant, true, ""
+	}
+	chains := conn.ConnectionState().TLS.VerifiedChains
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return Grant{}, false, "client certificate required"
+	}
+	p.identity = certIdentity(chains[0][0])
+	if p.identity == "" {
+		return Grant{}, false, "client certificate names no one (no common name or DNS name)"
+	}
+	grant, ok := s.cfg.AuthorizeCert(p.identity)
+	if !ok {
+		return Grant{}, false, fmt.Sprintf("certificate identity %q is not authorized", p.identity)
+	}
+	p.owner = "cert/" + p.identity
+	return grant, true, ""
+}
+
+// certIdentity names a client certificate's holder: its subject common
+// name, else its first DNS name.
+func certIdentity(c *x509.Certificate) string {
+	if c.Subject.CommonName != "" {
+		return c.Subject.CommonName
+	}
+	if len(c.DNSNames) > 0 {
+		return c.DNSNames[0]
+	}
+	return ""
 }
 
 func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, error) {
@@ -289,10 +355,15 @@ func (s *Server) Reauthorize() int {
 	s.mu.Unlock()
 	n := 0
 	for _, p := range peers {
-		grant, ok := s.cfg.Authorize(p.token)
+		authorize, what := s.cfg.Authorize, "token"
+		id := p.token
+		if p.identity != "" {
+			authorize, what, id = s.cfg.AuthorizeCert, "certificate identity", p.identity
+		}
+		grant, ok := authorize(id)
 		if !ok {
-			p.log.Warn("client disconnected: token revoked")
-			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "token revoked")
+			p.log.Warn("client disconnected: " + what + " revoked")
+			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), what+" revoked")
 			n++
 			continue
 		}
@@ -303,16 +374,39 @@ func (s *Server) Reauthorize() int {
 	return n
 }
 
+// beginSession counts a forward session of p in; it reports false when p
+// has MaxSessionsPerClient open.
+func (p *peer) beginSession() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sessions >= p.s.cfg.MaxSessionsPerClient {
+		return false
+	}
+	p.sessions++
+	return true
+}
+
+func (p *peer) endSession() {
+	p.mu.Lock()
+	p.sessions--
+	p.mu.Unlock()
+}
+
 func (p *peer) currentGrant() Grant {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.grant
 }
 
-func (s *Server) addPeer(p *peer) {
+// addPeer counts p in; it reports false when MaxClients are connected.
+func (s *Server) addPeer(p *peer) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.peers) >= s.cfg.MaxClients {
+		return false
+	}
 	s.peers[p] = struct{}{}
-	s.mu.Unlock()
+	return true
 }
 
 func (s *Server) removePeer(p *peer) {
@@ -328,11 +422,13 @@ type peer struct {
 	name     string
 	log      *slog.Logger
 	token    string // kept to check again on Reauthorize
+	identity string // from the client certificate, with ClientCAs; checked again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
 	observed netip.AddrPort
 
 	mu         sync.Mutex
+	sessions   int   // forward sessions open, up to MaxSessionsPerClient
 	grant      Grant // may change on Reauthorize
 	publicAddr netip.AddrPort
 	services   []*Service
@@ -445,6 +541,17 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		return
 	}
 	defer p.s.endSession()
+	if !p.beginSession() {
+		max := p.s.cfg.MaxSessionsPerClient
+		p.s.stats.limits.hit(p.log, LimitSessionsPerClient, "session refused: client has too many sessions open",
+			"max_sessions_per_client", max)
+		WriteFrame(str, &OpenResult{Code: CodeLimit,
+			Reason: fmt.Sprintf("this client has %d sessions open, coordinator's limit (max-sessions-per-client)", max)})
+		endOpen()
+		outcome("limit", nil, relay.Stats{})
+		return
+	}
+	defer p.endSession()
 	if p.currentGrant().NoForward {
 		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})

@@ -55,7 +55,11 @@ package quictun
 //     then the reported and observed addresses. On success it writes
 //     dialBackAck on the Job stream and relays on the dial-back stream;
 //     otherwise it writes relayMarker and relays on the Job stream, which
-//     coordinator splices to the Open stream (5a).
+//     coordinator splices to the Open stream (5a). A worker that is
+//     draining closes its side of its first stream (FIN after
+//     WorkerHello): coordinator gives it no more clients. A Job reaching it
+//     after that is reset with CodeShutdown before any JobResult, and
+//     coordinator serves that Open itself.
 //  5a. Relay: when the dial-back cannot be established within RelayAfter
 //     (a symmetric NAT, inbound UDP blocked), coordinator writes the single
 //     byte RelayMarker on the Open stream instead of ending it, and the

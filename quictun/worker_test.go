@@ -110,3 +110,66 @@ func TestWorkerBadToken(t *testing.T) {
 	// Without workers sessions are served by coordinator itself.
 	echoRoundTrip(t, h.client, echoServer(t, "127.0.0.1"), []byte("direct"))
 }
+
+// TestWorkerDrain: a draining worker takes no new sessions (coordinator
+// serves them itself), lets its live session finish, and Drain returns
+// once it has.
+func TestWorkerDrain(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+	w := startWorker(t, h, "worker-secret")
+	waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
+	target := echoServer(t, "127.0.0.1")
+	live, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	echoOnce := func(msg string) {
+		t.Helper()
+		if _, err := live.Write([]byte(msg)); err != nil {
+			t.Fatalf("write on the live session: %v", err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(live, got); err != nil || string(got) != msg {
+			t.Fatalf("echo on the live session: %q, %v", got, err)
+		}
+	}
+	echoOnce("before drain")
+	if ws := w.Stats(); ws.Jobs != 1 || ws.ActiveSessions != 1 {
+		t.Fatalf("worker %+v: want the session on the worker", ws)
+	}
+
+	drained := make(chan error, 1)
+	go func() { drained <- w.Drain(t.Context()) }()
+	waitFor(t, "coordinator to see the worker draining", func() bool { return h.server.Stats().WorkersDraining == 1 })
+	echoRoundTrip(t, h.client, target, []byte("served by coordinator"))
+	if ws, ss := w.Stats(), h.server.Stats(); ws.Jobs != 1 || ss.DialBackDials == 0 {
+		t.Fatalf("worker %+v server %+v: want the new session served by coordinator itself", ws, ss)
+	}
+	echoOnce("during drain")
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain returned %v with a session still open", err)
+	default:
+	}
+	live.Close()
+	if err := <-drained; err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+}
+
+// TestDrainingWorkerRefusesJobs: a job reaching a worker that is draining
+// (before coordinator learnt it) is refused, and coordinator serves the
+// session itself.
+func TestDrainingWorkerRefusesJobs(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+	w := startWorker(t, h, "worker-secret")
+	waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
+	w.mu.Lock()
+	w.draining = true // without telling coordinator
+	w.mu.Unlock()
+	echoRoundTrip(t, h.client, echoServer(t, "127.0.0.1"), []byte("refused by the worker"))
+	if ws, ss := w.Stats(), h.server.Stats(); ws.Jobs != 0 || ss.Sessions != 1 || ss.DialBackDials != 1 {
+		t.Fatalf("worker %+v server %+v: want the session served by coordinator itself", ws, ss)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -24,6 +25,7 @@ type workerPeer struct {
 	conn     *quic.Conn
 	observed netip.AddrPort
 	log      *slog.Logger
+	draining atomic.Bool // the worker closed its control stream: no new clients for it
 }
 
 // serveWorker authenticates a worker's connection and keeps it in the pool
@@ -67,6 +69,17 @@ func (s *Server) serveWorker(ctx context.Context, conn *quic.Conn, log *slog.Log
 	n := len(s.workers)
 	s.mu.Unlock()
 	log.Info("dial-back worker connected", "advertise", hello.Advertise, "workers", n)
+	// The worker sends nothing more on its control stream; closing it
+	// (FIN) means it is draining and takes no more jobs.
+	ctrl.SetReadDeadline(time.Time{})
+	msg, err = ReadFrame(ctrl)
+	switch {
+	case errors.Is(err, io.EOF):
+		w.draining.Store(true)
+		log.Info("dial-back worker draining: its clients move to other workers or to coordinator")
+	case err == nil:
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), fmt.Sprintf("unexpected %T on worker control stream", msg))
+	}
 	<-conn.Context().Done()
 	s.mu.Lock()
 	delete(s.workers, w)
@@ -81,14 +94,18 @@ func (p *peer) pickWorker() *workerPeer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p.worker != nil {
-		if _, ok := s.workers[p.worker]; ok && p.worker.conn.Context().Err() == nil {
+		n, ok := s.workers[p.worker]
+		if ok && p.worker.conn.Context().Err() == nil && !p.worker.draining.Load() {
 			return p.worker
+		}
+		if ok && n > 0 {
+			s.workers[p.worker] = n - 1
 		}
 		p.worker = nil
 	}
 	var best *workerPeer
 	for w, n := range s.workers {
-		if w.conn.Context().Err() == nil && (best == nil || n < s.workers[best]) {
+		if w.conn.Context().Err() == nil && !w.draining.Load() && (best == nil || n < s.workers[best]) {
 			best = w
 		}
 	}
@@ -138,6 +155,10 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 	js.SetReadDeadline(time.Now().Add(p.s.cfg.TargetDialTimeout + 5*time.Second))
 	msg, err := ReadFrame(js)
 	res, ok := msg.(*JobResult)
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote && ErrorCode(se.ErrorCode) == CodeShutdown {
+		return false // the worker is draining: nothing was written to str yet
+	}
 	if err != nil || !ok {
 		abort(CodeInternal)
 		outcome("worker_failed", fmt.Errorf("dial-back worker %s: %w", w.conn.RemoteAddr(), errors.Join(err, ErrProtocol)), relay.Stats{})

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -51,6 +52,8 @@ func main() {
 				Usage: "shared secret clients must present (or use --tokens)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "tokens", EnvVars: []string{"COORDINATOR_TOKENS"},
 				Usage: "YAML file of per-client tokens, each optionally limited to service names (see docs/operations.md)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-ca", EnvVars: []string{"COORDINATOR_CLIENT_CA"}, TakesFile: true,
+				Usage: "PEM CA certificate(s): clients must present a certificate it signed (mutual TLS) instead of a token; its name picks the --tokens entry with that client name"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
@@ -79,6 +82,10 @@ func main() {
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-sessions-per-client", Value: 1000, EnvVars: []string{"COORDINATOR_MAX_SESSIONS_PER_CLIENT"},
+				Usage: "most forward sessions one client may have open through coordinator at once; beyond it the browser gets 503"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-clients", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_CLIENTS"},
+				Usage: "most clients connected at once; others are refused until one leaves"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM or SIGINT, how long sessions in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
@@ -111,8 +118,12 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		if tokens, err = coordinator.LoadTokens(c.String("tokens")); err != nil {
 			return err
 		}
-	case c.String("token") == "":
-		return fmt.Errorf("set --token (one shared secret) or --tokens FILE (per-client tokens)")
+	case c.String("token") == "" && c.String("client-ca") == "":
+		return fmt.Errorf("set --token (one shared secret), --tokens FILE (per-client tokens) or --client-ca FILE (client certificates)")
+	}
+	clientCAs, err := loadClientCAs(c.String("client-ca"))
+	if err != nil {
+		return err
 	}
 	var ports coordinator.PortRange
 	if r := c.String("port-range"); r != "" {
@@ -121,23 +132,26 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		}
 	}
 	coord, err := coordinator.New(coordinator.Config{
-		HTTPListen:        c.String("http"),
-		Domain:            c.String("domain"),
-		PortRange:         ports,
-		PublicBind:        c.String("public-bind"),
-		ListNames:         c.Bool("list-names"),
-		Listen:            c.String("listen"),
-		Certificate:       cert,
-		Token:             c.String("token"),
-		Tokens:            tokens,
-		ReporterListen:    c.String("reporter-listen"),
-		TargetDialTimeout: c.Duration("target-dial-timeout"),
-		DialBackTimeout:   c.Duration("dial-back-timeout"),
-		WorkerToken:       c.String("worker-token"),
-		ShutdownTimeout:   c.Duration("shutdown-timeout"),
-		Targets:           targetPolicy(c),
-		Logger:            log,
-		AccessLog:         accessLog,
+		HTTPListen:           c.String("http"),
+		Domain:               c.String("domain"),
+		PortRange:            ports,
+		PublicBind:           c.String("public-bind"),
+		ListNames:            c.Bool("list-names"),
+		Listen:               c.String("listen"),
+		Certificate:          cert,
+		Token:                c.String("token"),
+		Tokens:               tokens,
+		ClientCAs:            clientCAs,
+		ReporterListen:       c.String("reporter-listen"),
+		TargetDialTimeout:    c.Duration("target-dial-timeout"),
+		DialBackTimeout:      c.Duration("dial-back-timeout"),
+		WorkerToken:          c.String("worker-token"),
+		ShutdownTimeout:      c.Duration("shutdown-timeout"),
+		MaxSessionsPerClient: c.Int("max-sessions-per-client"),
+		MaxClients:           c.Int("max-clients"),
+		Targets:              targetPolicy(c),
+		Logger:               log,
+		AccessLog:            accessLog,
 	})
 	if err != nil {
 		return err
@@ -145,6 +159,22 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"))
 	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// loadClientCAs reads --client-ca; no file means no client certificates.
+func loadClientCAs(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("--client-ca %s: no PEM certificate found", path)
+	}
+	return pool, nil
 }
 
 // runWorker runs the dial-back part alone (--role dialback).
@@ -174,6 +204,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		Advertise:         advertise,
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		Targets:           targetPolicy(c),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		Logger:            log,
 		AccessLog:         accessLog,
 	})

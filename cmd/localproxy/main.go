@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -37,8 +38,12 @@ func main() {
 				Usage: "coordinator's QUIC address, host:port"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter", EnvVars: []string{"LOCALPROXY_REPORTER"},
 				Usage: "STUN reporter address, host:port, to learn the public address (default: the coordinator's host, port 3478)"}),
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"}, Required: true,
-				Usage: "token coordinator expects"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"},
+				Usage: "token coordinator expects (not needed with --client-cert)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-cert", EnvVars: []string{"LOCALPROXY_CLIENT_CERT"}, TakesFile: true,
+				Usage: "PEM client certificate to present to a coordinator run with --client-ca (mutual TLS), with --client-key"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "client-key", EnvVars: []string{"LOCALPROXY_CLIENT_KEY"}, TakesFile: true,
+				Usage: "PEM private key of --client-cert"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "ca", EnvVars: []string{"LOCALPROXY_CA"},
 				Usage: "PEM file of a CA (or self-signed certificate) to trust for coordinator, instead of the system's CAs"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "server-name", EnvVars: []string{"LOCALPROXY_SERVER_NAME"},
@@ -59,6 +64,8 @@ func main() {
 				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
 			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 10000, EnvVars: []string{"LOCALPROXY_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
 				Usage: "milliseconds between keepalive packets on idle tunnel connections; keep it below the NAT's UDP timeout"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-pending-sessions", Value: 10000, EnvVars: []string{"LOCALPROXY_MAX_PENDING_SESSIONS"},
+				Usage: "most sessions waiting for their dial-back at once; requests beyond it get 503"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stun-timeout", Value: 3 * time.Second, EnvVars: []string{"LOCALPROXY_STUN_TIMEOUT"},
 				Usage: "how long to wait for the reporter's answer at start"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose", EnvVars: []string{"LOCALPROXY_EXPOSE"},
@@ -174,7 +181,19 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		}
 		services = append(services, svc)
 	}
+	var clientCert *tls.Certificate
+	switch certFile, keyFile := c.String("client-cert"), c.String("client-key"); {
+	case certFile != "" && keyFile != "":
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("load --client-cert/--client-key: %w", err)
+		}
+		clientCert = &cert
+	case certFile != "" || keyFile != "":
+		return fmt.Errorf("give --client-cert and --client-key together")
+	}
 	p, err := localproxy.New(localproxy.Config{
+		ClientCertificate:   clientCert,
 		Services:            services,
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),
@@ -191,6 +210,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		STUNTimeout:         c.Duration("stun-timeout"),
 		KeepAlive:           time.Duration(keepalive) * time.Millisecond,
 		IdleRestart:         c.Duration("idle-restart"),
+		MaxPendingSessions:  c.Int("max-pending-sessions"),
 		ShutdownTimeout:     c.Duration("shutdown-timeout"),
 		Logger:              log,
 		AccessLog:           accessLog,

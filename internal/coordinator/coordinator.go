@@ -7,6 +7,7 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,12 @@ type Config struct {
 	// Tokens, if set, replaces Token: one entry per client, each possibly
 	// limited to certain service names or barred from the forward proxy.
 	Tokens []TokenEntry
+	// ClientCAs, if set, makes clients authenticate with a certificate
+	// signed by one of these CAs instead of a token (mutual TLS). The
+	// certificate's name (common name, else first DNS name) picks the
+	// Tokens entry with that client name, whose grant applies; without
+	// Tokens every such client may do everything.
+	ClientCAs *x509.CertPool
 	// ReporterListen, if set, runs a STUN reporter on this UDP address.
 	ReporterListen string
 	// ReporterKeepAlive is the embedded reporter's keepalive interval.
@@ -69,6 +76,11 @@ type Config struct {
 	// sites' names to loopback this way). Not settable from the command
 	// line.
 	DialTarget func(ctx context.Context, network, address string) (net.Conn, error)
+	// MaxSessionsPerClient bounds the forward sessions one client has
+	// open through coordinator at once. Default 1000.
+	MaxSessionsPerClient int
+	// MaxClients bounds the clients connected at once. Default 10000.
+	MaxClients int
 	// ShutdownTimeout is how long Run lets sessions in progress finish
 	// once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -84,6 +96,7 @@ type Coordinator struct {
 	log      *slog.Logger
 	targets  *targetPolicy
 	auth     atomic.Pointer[authFunc] // current tokens; nil with a single Token
+	certAuth atomic.Pointer[authFunc] // current grants by certificate identity; nil without Tokens
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	server   *quictun.Server
@@ -135,17 +148,21 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	c.udp, c.tr = udp, &quic.Transport{Conn: udp}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
-		Transport:         c.tr,
-		Certificate:       cfg.Certificate,
-		Token:             cfg.Token,
-		Authorize:         c.authorize(),
-		DialTarget:        c.dialTarget(),
-		TargetDialTimeout: cfg.TargetDialTimeout,
-		DialBackTimeout:   cfg.DialBackTimeout,
-		WorkerToken:       cfg.WorkerToken,
-		Logger:            c.log,
-		AccessLog:         cfg.AccessLog,
-		Services:          c.services(),
+		Transport:            c.tr,
+		Certificate:          cfg.Certificate,
+		Token:                cfg.Token,
+		Authorize:            c.authorize(),
+		ClientCAs:            cfg.ClientCAs,
+		AuthorizeCert:        c.authorizeCert(),
+		DialTarget:           c.dialTarget(),
+		TargetDialTimeout:    cfg.TargetDialTimeout,
+		DialBackTimeout:      cfg.DialBackTimeout,
+		WorkerToken:          cfg.WorkerToken,
+		MaxSessionsPerClient: cfg.MaxSessionsPerClient,
+		MaxClients:           cfg.MaxClients,
+		Logger:               c.log,
+		AccessLog:            cfg.AccessLog,
+		Services:             c.services(),
 	})
 	if err != nil {
 		c.tr.Close()
@@ -216,6 +233,17 @@ func (c *Coordinator) authorize() authFunc {
 	return func(token string) (quictun.Grant, bool) { return (*c.auth.Load())(token) }
 }
 
+// authorizeCert returns the certificate identity check for Tokens, or nil
+// (every identity allowed) without.
+func (c *Coordinator) authorizeCert() authFunc {
+	if len(c.cfg.Tokens) == 0 {
+		return nil
+	}
+	a := certAuthorizer(c.cfg.Tokens)
+	c.certAuth.Store(&a)
+	return func(id string) (quictun.Grant, bool) { return (*c.certAuth.Load())(id) }
+}
+
 // ReloadTokens replaces the tokens (a coordinator started with Tokens, not
 // Token): clients whose token is gone are disconnected with the
 // unauthorized error code, which withdraws their services; changed grants
@@ -228,8 +256,9 @@ func (c *Coordinator) ReloadTokens(entries []TokenEntry) (int, error) {
 	if len(entries) == 0 {
 		return 0, errors.New("reload tokens: no tokens")
 	}
-	a := authorizer(entries)
+	a, ca := authorizer(entries), certAuthorizer(entries)
 	c.auth.Store(&a)
+	c.certAuth.Store(&ca)
 	return c.server.Reauthorize(), nil
 }
 

@@ -13,7 +13,8 @@ import (
 
 // TokenEntry is one client's entry in a tokens file.
 type TokenEntry struct {
-	// Token is the secret; at least 16 characters.
+	// Token is the secret; at least 16 characters. An entry without one
+	// serves only the client with a certificate (ClientCAs) naming Client.
 	Token string `yaml:"token"`
 	// Client names the client in logs. Default: the name it gives.
 	Client string `yaml:"client"`
@@ -30,8 +31,8 @@ const minTokenLen = 16
 // ParseTokens parses a tokens file:
 //
 //	tokens:
-//	  - token: 8f1c...            # required, at least 16 characters
-//	    client: alice-laptop      # optional
+//	  - token: 8f1c...            # at least 16 characters; may be absent with client
+//	    client: alice-laptop      # optional; with client certificates, the certificate's name
 //	    names: [app, api]         # optional: service names it may expose
 //	    forward: false            # optional: no forward proxy
 func ParseTokens(data []byte) ([]TokenEntry, error) {
@@ -47,6 +48,10 @@ func ParseTokens(data []byte) ([]TokenEntry, error) {
 	seen := map[string]bool{}
 	for i, e := range f.Tokens {
 		switch {
+		case e.Token == "" && e.Client != "":
+			// For a client certificate naming e.Client.
+		case e.Token == "":
+			return nil, fmt.Errorf("tokens file: entry %d: neither token nor client", i+1)
 		case len(e.Token) < minTokenLen:
 			return nil, fmt.Errorf("tokens file: entry %d: token shorter than %d characters", i+1, minTokenLen)
 		case seen[e.Token]:
@@ -59,9 +64,38 @@ func ParseTokens(data []byte) ([]TokenEntry, error) {
 				}
 			}
 		}
-		seen[e.Token] = true
+		if e.Token != "" {
+			seen[e.Token] = true
+		}
 	}
 	return f.Tokens, nil
+}
+
+// grant is what e allows.
+func (e TokenEntry) grant() quictun.Grant {
+	g := quictun.Grant{Client: e.Client}
+	if e.Names != nil {
+		g.Names = append([]string{}, *e.Names...)
+	}
+	if e.Forward != nil && !*e.Forward {
+		g.NoForward = true
+	}
+	return g
+}
+
+// certAuthorizer gives a client certificate's identity the grant of the
+// first entry whose client it is; identities without an entry are refused.
+func certAuthorizer(entries []TokenEntry) func(string) (quictun.Grant, bool) {
+	grants := map[string]quictun.Grant{}
+	for _, e := range entries {
+		if _, dup := grants[e.Client]; e.Client != "" && !dup {
+			grants[e.Client] = e.grant()
+		}
+	}
+	return func(id string) (quictun.Grant, bool) {
+		g, ok := grants[id]
+		return g, ok
+	}
 }
 
 // LoadTokens reads and parses a tokens file.
@@ -80,16 +114,11 @@ func authorizer(entries []TokenEntry) func(string) (quictun.Grant, bool) {
 		sum   [32]byte
 		grant quictun.Grant
 	}
-	list := make([]hashed, len(entries))
-	for i, e := range entries {
-		g := quictun.Grant{Client: e.Client}
-		if e.Names != nil {
-			g.Names = append([]string{}, *e.Names...)
+	var list []hashed
+	for _, e := range entries {
+		if e.Token != "" { // entries without a token are for certificates only
+			list = append(list, hashed{sha256.Sum256([]byte(e.Token)), e.grant()})
 		}
-		if e.Forward != nil && !*e.Forward {
-			g.NoForward = true
-		}
-		list[i] = hashed{sha256.Sum256([]byte(e.Token)), g}
 	}
 	return func(token string) (quictun.Grant, bool) {
 		sum := sha256.Sum256([]byte(token))

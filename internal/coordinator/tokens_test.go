@@ -35,9 +35,31 @@ tokens:
 		t.Error("a wrong token was accepted")
 	}
 
+	// Client certificates: the identity picks the entry by client name;
+	// an entry without a token serves certificates only.
+	entries, err = ParseTokens([]byte("tokens:\n  - token: aaaaaaaaaaaaaaaa1\n    client: alice\n    names: [app]\n" +
+		"  - client: bob\n    forward: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certAuth := certAuthorizer(entries)
+	if g, ok := certAuth("alice"); !ok || !slices.Equal(g.Names, []string{"app"}) {
+		t.Errorf("certificate alice: %+v %v", g, ok)
+	}
+	if g, ok := certAuth("bob"); !ok || !g.NoForward {
+		t.Errorf("certificate bob: %+v %v", g, ok)
+	}
+	if _, ok := certAuth("carol"); ok {
+		t.Error("a certificate without an entry was accepted")
+	}
+	if _, ok := authorizer(entries)(""); ok {
+		t.Error("the empty token was accepted because of a certificate-only entry")
+	}
+
 	for _, bad := range []string{
 		"tokens: []",
 		"tokens:\n  - token: short",
+		"tokens:\n  - names: [app]", // neither token nor client
 		"tokens:\n  - token: aaaaaaaaaaaaaaaa1\n  - token: aaaaaaaaaaaaaaaa1",
 		"tokens:\n  - token: aaaaaaaaaaaaaaaa1\n    names: [bad_name]",
 		"not yaml: [",
@@ -58,8 +80,14 @@ func FuzzParseTokens(f *testing.F) {
 		if err != nil {
 			return
 		}
-		auth := authorizer(entries)
+		auth, certAuth := authorizer(entries), certAuthorizer(entries)
 		for _, e := range entries {
+			if e.Token == "" {
+				if _, ok := certAuth(e.Client); !ok {
+					t.Fatalf("certificate entry %q from %q does not authorize", e.Client, s)
+				}
+				continue
+			}
 			if _, ok := auth(e.Token); !ok {
 				t.Fatalf("token %q from %q does not authorize", e.Token, s)
 			}

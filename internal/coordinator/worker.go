@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -39,17 +41,22 @@ type WorkerConfig struct {
 	TargetDialTimeout time.Duration
 	// Targets decides which targets may be dialed, as for coordinator:
 	// give workers the same policy. Default: public addresses only.
-	Targets   TargetPolicy
-	Logger    *slog.Logger
-	AccessLog *slog.Logger
+	Targets TargetPolicy
+	// ShutdownTimeout is how long Run lets sessions in progress finish
+	// once its context ends; no new ones are taken meanwhile. Default 0:
+	// close them at once.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	AccessLog       *slog.Logger
 }
 
 // Worker is a dial-back worker with its socket bound.
 type Worker struct {
-	udp    *net.UDPConn
-	tr     *quic.Transport
-	worker *quictun.Worker
-	log    *slog.Logger
+	udp      *net.UDPConn
+	tr       *quic.Transport
+	worker   *quictun.Worker
+	log      *slog.Logger
+	shutdown time.Duration
 }
 
 // NewWorker binds the worker's socket. Run serves.
@@ -86,7 +93,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log.Info("dial-back worker target policy", "targets", targets.String())
-	return &Worker{udp: udp, tr: tr, worker: w, log: log}, nil
+	return &Worker{udp: udp, tr: tr, worker: w, log: log, shutdown: cfg.ShutdownTimeout}, nil
 }
 
 // Addr is the worker's UDP address.
@@ -98,10 +105,42 @@ func (w *Worker) Stats() quictun.WorkerStats { return w.worker.Stats() }
 // RegisterMetrics adds the worker's metrics to r.
 func (w *Worker) RegisterMetrics(r *metrics.Registry) { r.AddDialBackWorker(w.worker) }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends, then drains for up to ShutdownTimeout (no new
+// jobs; coordinator stops giving the worker clients; sessions in progress
+// may finish) and closes everything.
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.udp.Close()
 	defer w.tr.Close()
+	hard, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			w.drain()
+		case <-hard.Done():
+		}
+		stop()
+	})
 	w.log.Info("dial-back worker ready", "udp", w.udp.LocalAddr())
-	return w.worker.Run(ctx)
+	err := w.worker.Run(hard)
+	stop()
+	return err
+}
+
+// drain lets sessions in progress finish, for up to ShutdownTimeout.
+func (w *Worker) drain() {
+	if w.shutdown <= 0 {
+		return
+	}
+	w.log.Info("draining: no new jobs", "sessions_active", w.worker.Stats().ActiveSessions, "timeout", w.shutdown)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), w.shutdown,
+		fmt.Errorf("--shutdown-timeout %s passed", w.shutdown))
+	defer cancel()
+	if err := w.worker.Drain(ctx); err != nil {
+		w.log.Warn("closing sessions still open", "err", err)
+		return
+	}
+	w.log.Info("drained: every session finished")
 }

@@ -22,6 +22,7 @@ func TestDialErrorStatus(t *testing.T) {
 		{fmt.Errorf("x: %w", quictun.ErrDialBackTimeout), 504},
 		{fmt.Errorf("x: %w", quictun.ErrCoordinatorUnavailable), 503},
 		{quictun.ErrTooManySessions, 503},
+		{&quictun.SessionError{Code: quictun.CodeLimit, Reason: "this client has 1000 sessions open (max-sessions-per-client)"}, 503},
 		{context.DeadlineExceeded, 504},
 		{errors.New("other"), 502},
 	}

@@ -6,6 +6,7 @@ package localproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -38,8 +39,11 @@ type Config struct {
 	// Reporter is the STUN server, "host:port". Default: coordinator's
 	// host, port 3478.
 	Reporter string
-	// Token authenticates us to coordinator. Required.
+	// Token authenticates us to coordinator. Required unless
+	// ClientCertificate is set.
 	Token string
+	// ClientCertificate, if set, is presented to coordinator (mutual TLS).
+	ClientCertificate *tls.Certificate
 	// RootCAs verifies coordinator. Default: the system's roots.
 	RootCAs *x509.CertPool
 	// ServerName is the name coordinator's certificate must carry.
@@ -71,6 +75,9 @@ type Config struct {
 	// coordinator, so later dial-backs reach it. Default 1m; negative
 	// turns it off.
 	IdleRestart time.Duration
+	// MaxPendingSessions bounds sessions waiting for their dial-back;
+	// requests beyond it get 503. Default 10000.
+	MaxPendingSessions int
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
@@ -92,8 +99,8 @@ func (c *Config) setDefaults() error {
 	if c.Coordinator == "" {
 		return &ConfigError{"Coordinator", "required (host:port of coordinator)"}
 	}
-	if c.Token == "" {
-		return &ConfigError{"Token", "required"}
+	if c.Token == "" && c.ClientCertificate == nil {
+		return &ConfigError{"Token", "required unless a client certificate is given"}
 	}
 	host, _, err := net.SplitHostPort(c.Coordinator)
 	if err != nil {
@@ -184,6 +191,7 @@ func New(cfg Config) (*Proxy, error) {
 		Transport:          p.tr,
 		Coordinator:        cfg.Coordinator,
 		Token:              cfg.Token,
+		Certificate:        cfg.ClientCertificate,
 		Name:               cfg.Name,
 		RootCAs:            cfg.RootCAs,
 		ServerName:         cfg.ServerName,
@@ -191,6 +199,7 @@ func New(cfg Config) (*Proxy, error) {
 		DialBackTimeout:    cfg.DialBackTimeout,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		KeepAlive:          cfg.KeepAlive,
+		MaxPendingSessions: cfg.MaxPendingSessions,
 		Services:           cfg.Services,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,

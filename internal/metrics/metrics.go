@@ -57,6 +57,33 @@ func (r *Registry) Histogram(name, help string, f func() quictun.HistogramSnapsh
 	})
 }
 
+// LabeledCounter registers a counter with one label, one series per
+// value in values (so series exist before their first count), read from f
+// at scrape time.
+func (r *Registry) LabeledCounter(name, help, label string, values []string, f func() map[string]int64) {
+	r.reg.MustRegister(labeledCounterFunc{
+		desc:   prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, []string{label}, nil),
+		values: values,
+		f:      f,
+	})
+}
+
+// labeledCounterFunc is a Collector for LabeledCounter.
+type labeledCounterFunc struct {
+	desc   *prometheus.Desc
+	values []string
+	f      func() map[string]int64
+}
+
+func (c labeledCounterFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c labeledCounterFunc) Collect(ch chan<- prometheus.Metric) {
+	m := c.f()
+	for _, v := range c.values {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(m[v]), v)
+	}
+}
+
 // histogramFunc is a Collector turning a quictun.HistogramSnapshot into a
 // Prometheus histogram.
 type histogramFunc struct {

@@ -33,6 +33,9 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	r.Histogram("dialback_seconds", "Time to get an acknowledged dial-back stream, for sessions carried over dial-back.",
 		func() quictun.HistogramSnapshot { return st().DialBackLatency })
 	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })
+	r.Gauge("dialback_workers_draining", "Dial-back workers connected but taking no more clients (stopping).", func() float64 { return float64(st().WorkersDraining) })
+	r.LabeledCounter("limit_hits_total", "Sessions or clients refused because a limit was hit, by limit.", "limit",
+		[]string{quictun.LimitSessionsPerClient, quictun.LimitClients}, func() map[string]int64 { return st().LimitHits })
 }
 
 // AddDialBackWorker registers a dial-back worker's metrics.
@@ -63,6 +66,8 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	r.Histogram("session_setup_seconds", "Time from a browser's request for a session to the session being ready.",
 		func() quictun.HistogramSnapshot { return st().SetupLatency })
 	r.Counter("punches_total", "Sessions that punched the NAT towards a dial-back worker.", func() float64 { return float64(st().Punches) })
+	r.LabeledCounter("limit_hits_total", "Sessions refused because a limit was hit, by limit.", "limit",
+		[]string{quictun.LimitPendingSessions}, func() map[string]int64 { return st().LimitHits })
 	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
 		n := 0
 		for _, reg := range c.Registrations() {
