@@ -196,7 +196,7 @@ type ServerConfig struct {
 	MaxStreams int64
 	// MaxSessionsPerClient bounds the forward sessions one client
 	// connection has open at once (being set up or carrying data); an Open
-	// beyond it is answered CodeLimit. Default 1000.
+	// beyond it is answered CodeLimit. Default 10000.
 	MaxSessionsPerClient int
 	// MaxClients bounds the clients connected at once; a client beyond it
 	// is refused, once authenticated, by closing its connection with
@@ -230,7 +230,7 @@ func (c *ServerConfig) setDefaults() {
 	setDefault(&c.HelloTimeout, 10*time.Second)
 	setDefault(&c.RelayAfter, 2*time.Second)
 	setDefault(&c.MaxStreams, 10000)
-	setDefault(&c.MaxSessionsPerClient, 1000)
+	setDefault(&c.MaxSessionsPerClient, 10000)
 	setDefault(&c.MaxClients, 10000)
 	if c.DialTarget == nil {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}

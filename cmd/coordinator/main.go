@@ -82,7 +82,7 @@ func main() {
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
-			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-sessions-per-client", Value: 1000, EnvVars: []string{"COORDINATOR_MAX_SESSIONS_PER_CLIENT"},
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-sessions-per-client", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_SESSIONS_PER_CLIENT"},
 				Usage: "most forward sessions one client may have open through coordinator at once; beyond it the browser gets 503"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-clients", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_CLIENTS"},
 				Usage: "most clients connected at once; others are refused until one leaves"}),

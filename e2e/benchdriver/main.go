@@ -154,6 +154,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		{&l.coordinator, "coordinator", []string{"--listen", addr(udp[0]), "--reporter-listen", addr(udp[1]),
 			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 			"--token", token, "--http", l.public, "--domain", "localhost",
+			"--allow-private-targets", // the demo app is on loopback
 			"--metrics-listen", addr(tcp[3]), "--pprof"}},
 		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
@@ -179,7 +180,10 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 			}
 			if aerr := l.alive(); aerr != nil || time.Now().After(deadline) || ctx.Err() != nil {
 				cleanup()
-				return nil, nil, fmt.Errorf("the lab did not come up (%v): %w", err, errors.Join(aerr, ctx.Err()))
+				if why := errors.Join(aerr, ctx.Err()); why != nil {
+					return nil, nil, fmt.Errorf("the lab did not come up (%v): %w", err, why)
+				}
+				return nil, nil, fmt.Errorf("the lab did not come up: %w", err)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
