@@ -109,16 +109,24 @@ func (c *Client) query(ctx context.Context, server netip.AddrPort, keepalive boo
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("build STUN request: %w", err)
 	}
-	q := &query{server: server, result: make(chan netip.AddrPort, 1)}
+	if keepalive {
+		c.mu.Lock()
+		c.keepalives[server] = true
+		c.mu.Unlock()
+	}
+	return c.transact(ctx, req, &query{server: server, result: make(chan netip.AddrPort, 1)}, maxRetransmits)
+}
+
+// transact sends req to q.server, retransmitting with exponential backoff
+// up to tries times, and returns the mapped address of the answer, or
+// ErrNoResponse.
+func (c *Client) transact(ctx context.Context, req *stun.Message, q *query, tries int) (netip.AddrPort, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return netip.AddrPort{}, ErrClosed
 	}
 	c.pending[req.TransactionID] = q
-	if keepalive {
-		c.keepalives[server] = true
-	}
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
@@ -131,11 +139,11 @@ func (c *Client) query(ctx context.Context, server netip.AddrPort, keepalive boo
 	defer timer.Stop()
 	<-timer.C
 	for sent := 0; ; sent++ {
-		if sent == maxRetransmits {
-			return netip.AddrPort{}, fmt.Errorf("%w: %s after %d requests", ErrNoResponse, server, sent)
+		if sent == tries {
+			return netip.AddrPort{}, fmt.Errorf("%w: %s after %d requests", ErrNoResponse, q.server, sent)
 		}
-		if _, err := c.cfg.Send(req.Raw, server); err != nil {
-			c.log.Debug("STUN request not sent", "server", server, "err", err)
+		if _, err := c.cfg.Send(req.Raw, q.server); err != nil {
+			c.log.Debug("STUN request not sent", "server", q.server, "err", err)
 		}
 		timer.Reset(rto)
 		select {
@@ -144,7 +152,7 @@ func (c *Client) query(ctx context.Context, server netip.AddrPort, keepalive boo
 		case <-timer.C:
 			rto = min(2*rto, maxRTO)
 		case <-ctx.Done():
-			return netip.AddrPort{}, fmt.Errorf("%w: %s after %d requests: %w", ErrNoResponse, server, sent+1, context.Cause(ctx))
+			return netip.AddrPort{}, fmt.Errorf("%w: %s after %d requests: %w", ErrNoResponse, q.server, sent+1, context.Cause(ctx))
 		}
 	}
 }

@@ -2,9 +2,9 @@ package natt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
-	"time"
 
 	"github.com/pion/stun/v2"
 )
@@ -51,38 +51,15 @@ func (c *Client) QueryFiltering(ctx context.Context, server netip.AddrPort) (Fil
 		return FilteringUnknown, fmt.Errorf("build STUN request: %w", err)
 	}
 	q := &query{server: server, result: make(chan netip.AddrPort, 1), anyPort: true, from: make(chan netip.AddrPort, 1)}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return FilteringUnknown, ErrClosed
+	_, err = c.transact(ctx, req, q, probeTries)
+	switch {
+	case errors.Is(err, ErrNoResponse) && ctx.Err() == nil:
+		return FilteringRestricted, nil
+	case err != nil:
+		return FilteringUnknown, err
 	}
-	c.pending[req.TransactionID] = q
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.pending, req.TransactionID)
-		c.mu.Unlock()
-	}()
-	rto := c.cfg.RTO
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	<-timer.C
-	for range probeTries {
-		if _, err := c.cfg.Send(req.Raw, server); err != nil {
-			c.log.Debug("STUN request not sent", "server", server, "err", err)
-		}
-		timer.Reset(rto)
-		select {
-		case <-q.result:
-			if from := <-q.from; from.Port() != server.Port() {
-				return FilteringOpen, nil
-			}
-			return FilteringUnknown, fmt.Errorf("%s answered from the same port: it has no probe port", server)
-		case <-timer.C:
-			rto = min(2*rto, maxRTO)
-		case <-ctx.Done():
-			return FilteringUnknown, context.Cause(ctx)
-		}
+	if from := <-q.from; from.Port() != server.Port() {
+		return FilteringOpen, nil
 	}
-	return FilteringRestricted, nil
+	return FilteringUnknown, fmt.Errorf("%s answered from the same port: it has no probe port", server)
 }

@@ -221,17 +221,28 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 		}
 		return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
-	fail := func(err error) (*quic.Conn, *quic.Stream, *Welcome, error) {
+	c.mu.Lock()
+	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
+	c.mu.Unlock()
+	ctrl, w, err := greet(ctx, conn, hello)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return conn, ctrl, w, nil
+}
+
+// greet opens conn's control stream, sends hello (Hello or WorkerHello) and
+// reads coordinator's Welcome, within ctx. On failure it closes conn; a
+// refused token is ErrAuthFailed.
+func greet(ctx context.Context, conn *quic.Conn, hello frame) (*quic.Stream, *Welcome, error) {
+	fail := func(err error) (*quic.Stream, *Welcome, error) {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "handshake failed")
-		return nil, nil, nil, authError(err)
+		return nil, nil, authError(err)
 	}
 	ctrl, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return fail(fmt.Errorf("open control stream: %w", err))
 	}
-	c.mu.Lock()
-	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
-	c.mu.Unlock()
 	if err := WriteFrame(ctrl, hello); err != nil {
 		return fail(fmt.Errorf("send hello: %w", err))
 	}
@@ -250,7 +261,7 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	if w.Version != ProtocolVersion {
 		return fail(fmt.Errorf("%w: coordinator speaks %d, we speak %d", ErrVersion, w.Version, ProtocolVersion))
 	}
-	return conn, ctrl, w, nil
+	return ctrl, w, nil
 }
 
 // quicConfig is the QUIC configuration of the client's connections, with

@@ -338,30 +338,9 @@ func (w *Worker) connect(ctx context.Context) (*quic.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
-	fail := func(err error) (*quic.Conn, error) {
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "handshake failed")
-		return nil, authError(err)
-	}
-	ctrl, err := conn.OpenStreamSync(ctx)
+	ctrl, welcome, err := greet(ctx, conn, &WorkerHello{Version: ProtocolVersion, Token: w.cfg.Token, Advertise: w.cfg.Advertise})
 	if err != nil {
-		return fail(fmt.Errorf("open control stream: %w", err))
-	}
-	if err := WriteFrame(ctrl, &WorkerHello{Version: ProtocolVersion, Token: w.cfg.Token, Advertise: w.cfg.Advertise}); err != nil {
-		return fail(fmt.Errorf("send worker hello: %w", err))
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		ctrl.SetReadDeadline(dl)
-	}
-	msg, err := ReadFrame(ctrl)
-	if err != nil {
-		return fail(fmt.Errorf("read welcome: %w", err))
-	}
-	welcome, ok := msg.(*Welcome)
-	if !ok {
-		return fail(fmt.Errorf("%w: expected welcome, got %T", ErrProtocol, msg))
-	}
-	if welcome.Version != ProtocolVersion {
-		return fail(fmt.Errorf("%w: coordinator speaks %d, we speak %d", ErrVersion, welcome.Version, ProtocolVersion))
+		return nil, err
 	}
 	ctrl.CancelRead(quic.StreamErrorCode(CodeOK))
 	w.mu.Lock()
