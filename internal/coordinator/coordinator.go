@@ -146,7 +146,13 @@ func New(cfg Config) (*Coordinator, error) {
 	} else if advice != "" {
 		c.log.Warn(advice)
 	}
-	c.udp, c.tr = udp, &quic.Transport{Conn: udp}
+	resetKey, err := statelessResetKey(cfg.Certificate)
+	if err != nil {
+		udp.Close()
+		c.closePublic()
+		return nil, err
+	}
+	c.udp, c.tr = udp, &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
 		Transport:            c.tr,
 		Certificate:          cfg.Certificate,
