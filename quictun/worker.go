@@ -115,6 +115,7 @@ type Worker struct {
 	cfg     WorkerConfig
 	log     *slog.Logger
 	punches *punchBook
+	jobs    sync.WaitGroup // every serveJob, whichever connection brought it
 
 	mu        sync.Mutex
 	connected bool
@@ -196,6 +197,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer w.jobs.Wait() // after cancel and closeClients have ended them
 	defer cancel()
 	wg.Go(func() { w.readPunches(ctx) })
 	defer w.closeClients()
@@ -308,14 +310,15 @@ func (w *Worker) connectAndServe(ctx context.Context) error {
 		w.connected, w.ctrl = false, nil
 		w.mu.Unlock()
 	}()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		str, err := conn.AcceptStream(ctx)
 		if err != nil {
 			return authError(context.Cause(conn.Context()))
 		}
-		wg.Go(func() { w.serveJob(ctx, conn, str) })
+		// Jobs belong to the worker, not to this connection: a session
+		// carried over dial-back outlives a lost coordinator connection,
+		// and the worker reconnects meanwhile.
+		w.jobs.Go(func() { w.serveJob(ctx, conn, str) })
 	}
 }
 
@@ -456,8 +459,11 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		outcome(status, err, relay.Stats{})
 		return
 	}
+	// A client's sessions share its dial-back connection; only dialing a
+	// new one is done by one job at a time, with wc.mu held until it is
+	// settled, so that the client punches once.
 	wc := w.client(job.CertSHA256)
-	wc.mu.Lock() // held until the dial-back is settled: one dial per client at a time
+	wc.mu.Lock()
 	locked := true
 	unlock := func() {
 		if locked {
@@ -466,13 +472,19 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		}
 	}
 	defer unlock()
-	relaying := time.Now().Before(wc.relayUntil)
-	res := &JobResult{Code: CodeOK}
-	clientAddr := job.Reported
-	if !clientAddr.IsValid() {
-		clientAddr = job.Observed
+	relaying, relayErr := time.Now().Before(wc.relayUntil), wc.relayErr
+	var live *quic.Conn
+	if wc.live() {
+		live = wc.conn
 	}
-	if !relaying && !wc.live() {
+	res := &JobResult{Code: CodeOK}
+	if relaying || live != nil {
+		unlock()
+	} else {
+		clientAddr := job.Reported
+		if !clientAddr.IsValid() {
+			clientAddr = job.Observed
+		}
 		res.PunchTo = w.punchTo(clientAddr)
 	}
 	if err := WriteFrame(str, res); err != nil {
@@ -494,25 +506,27 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 
 	var sess net.Conn
 	mode := "dial-back"
-	if relaying {
-		err = fmt.Errorf("relaying since dial-back failed: %w", wc.relayErr)
-	} else {
-		var s *StreamConn
-		s, err = w.dialBack(ctx, wc, job, res.PunchTo.IsValid())
-		switch {
-		case err == nil:
-			sess = s
-		case errors.Is(err, errDialBackStale):
+	var s *StreamConn
+	switch {
+	case relaying:
+		err = fmt.Errorf("relaying since dial-back failed: %w", relayErr)
+	case live != nil:
+		if s, err = w.reuseDialBack(ctx, wc, live, job.Session); err != nil {
 			// Only this session pays: the next one punches anew.
 			w.stats.dialBackErrors.Add(1)
 			log.Info("dial-back connection went silent (NAT mapping lost while idle?); relaying this session, the next one dials back anew", "reason", err)
-		default:
+		}
+	default:
+		if s, err = w.dialBack(ctx, wc, job, res.PunchTo.IsValid()); err != nil {
 			wc.relayUntil, wc.relayErr = time.Now().Add(relayRetry), err
 			w.stats.dialBackErrors.Add(1)
 			log.Warn("dial-back failed: relaying this client's sessions through coordinator", "reason", err, "retry_dial_back_in", relayRetry)
 		}
+		unlock()
 	}
-	unlock()
+	if err == nil {
+		sess = s
+	}
 	if err == nil {
 		if _, err := str.Write([]byte{dialBackAck}); err != nil {
 			sess.(*StreamConn).Reset()
@@ -547,24 +561,34 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	outcome(status+" ("+mode+")", err, st)
 }
 
-// dialBack returns an acknowledged dial-back stream for job, reusing the
-// client's connection or dialing a new one. Called with wc.mu held.
+// reuseDialBack returns an acknowledged stream for session id on the
+// client's live dial-back connection conn. One that does not answer (the
+// NAT forgot us while idle) is closed and forgotten, so that the next
+// session punches anew.
+func (w *Worker) reuseDialBack(ctx context.Context, wc *workerClient, conn *quic.Conn, id SessionID) (*StreamConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.RelayAfter)
+	defer cancel()
+	s, err := openDialBackStream(ctx, conn, id)
+	if err == nil {
+		if err = awaitAck(s, w.cfg.RelayAfter); err == nil {
+			return s, nil
+		}
+		s.Reset()
+	}
+	conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "dial-back connection silent")
+	wc.mu.Lock()
+	if wc.conn == conn {
+		wc.conn = nil
+	}
+	wc.mu.Unlock()
+	return nil, fmt.Errorf("%w: %w", errDialBackStale, err)
+}
+
+// dialBack dials a new dial-back connection for job's client and returns
+// an acknowledged stream on it. Called with wc.mu held.
 func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punched bool) (*StreamConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RelayAfter)
 	defer cancel()
-	if wc.live() {
-		s, err := openDialBackStream(ctx, wc.conn, job.Session)
-		if err == nil {
-			if err = awaitAck(s, w.cfg.RelayAfter); err == nil {
-				return s, nil
-			}
-			s.Reset()
-		}
-		// The NAT forgot us while idle: the next session punches anew.
-		wc.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "dial-back connection silent")
-		wc.conn = nil
-		return nil, fmt.Errorf("%w: %w", errDialBackStale, err)
-	}
 	var addrs []netip.AddrPort
 	var punchSource netip.AddrPort
 	if punched {

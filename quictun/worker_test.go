@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
 	"testing"
 	"time"
 )
@@ -39,16 +41,25 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func echoRoundTrip(t *testing.T, c *Client, target string, msg []byte) {
 	t.Helper()
-	conn, err := c.Dial(t.Context(), target)
+	if err := echoOnce(t.Context(), c, target, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoOnce sends msg through a new session to an echo target and checks
+// it comes back; safe to call from any goroutine.
+func echoOnce(ctx context.Context, c *Client, target string, msg []byte) error {
+	conn, err := c.Dial(ctx, target)
 	if err != nil {
-		t.Fatalf("Dial: %v", err)
+		return fmt.Errorf("Dial: %w", err)
 	}
 	defer conn.Close()
 	go func() { conn.Write(msg); conn.CloseWrite() }()
 	got, err := io.ReadAll(conn)
 	if err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo: got %d bytes (%v), want %d", len(got), err, len(msg))
+		return fmt.Errorf("echo: got %d bytes (%v), want %d", len(got), err, len(msg))
 	}
+	return nil
 }
 
 // TestDialBackViaWorker: with a dial-back worker connected, the worker
@@ -171,5 +182,27 @@ func TestDrainingWorkerRefusesJobs(t *testing.T) {
 	echoRoundTrip(t, h.client, echoServer(t, "127.0.0.1"), []byte("refused by the worker"))
 	if ws, ss := w.Stats(), h.server.Stats(); ws.Jobs != 0 || ss.Sessions != 1 || ss.DialBackDials != 1 {
 		t.Fatalf("worker %+v server %+v: want the session served by coordinator itself", ws, ss)
+	}
+}
+
+// TestWorkerConcurrentSessions: many sessions of one client at once share
+// one dial-back connection, dialed (and punched for) once.
+func TestWorkerConcurrentSessions(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+	w := startWorker(t, h, "worker-secret")
+	waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
+	target := echoServer(t, "127.0.0.1")
+	echoRoundTrip(t, h.client, target, []byte("first")) // dials and punches
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if err := echoOnce(t.Context(), h.client, target, fmt.Appendf(nil, "session %d", i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if ws, cs := w.Stats(), h.client.Stats(); ws.DialBackSessions != 21 || cs.Punches != 1 {
+		t.Errorf("worker %+v, client punched %d times: want 21 dial-back sessions and one punch", ws, cs.Punches)
 	}
 }
