@@ -24,6 +24,21 @@ const sessionHeaderTimeout = 5 * time.Second
 // ErrCoordinatorUnavailable, a *SessionError from coordinator (for example
 // CodeTargetUnreachable), ErrDialBackTimeout, or ctx's cause.
 func (c *Client) Dial(ctx context.Context, target string) (*StreamConn, error) {
+	type result struct {
+		sc  *StreamConn
+		err error
+	}
+	// The caller's goroutine usually lives on as the session's relay: keep
+	// its stack small (see onFreshStack).
+	r := onFreshStack(func() result {
+		sc, err := c.dialSession(ctx, target)
+		return result{sc, err}
+	})
+	return r.sc, r.err
+}
+
+// dialSession is Dial, on the caller's goroutine.
+func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, error) {
 	conn, err := c.controlConn(ctx)
 	if err != nil {
 		return nil, err

@@ -564,71 +564,16 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 			return
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
-	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
-	cancel()
-	if errors.Is(err, ErrTargetForbidden) {
-		p.s.stats.targetsForbidden.Add(1)
-		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: err.Error()})
-		endOpen()
-		outcome("forbidden", err, relay.Stats{})
-		return
+	// The set-up's deep calls run on a goroutine of their own (see
+	// onFreshStack); this one lives on, mostly idle, as the relay.
+	su := onFreshStack(func() sessionSetup { return p.setUpSession(ctx, str, open, log, outcome, endOpen) })
+	if su.dialBack != nil {
+		defer p.releaseDialBack(su.dialBack)
 	}
-	if err != nil {
-		p.s.stats.targetErrors.Add(1)
-		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})
-		endOpen()
-		outcome("target_unreachable", err, relay.Stats{})
-		return
+	if su.sess == nil {
+		return // refused or failed, answered and logged
 	}
-	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
-		target.Close()
-		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
-		outcome("client_gone", err, relay.Stats{})
-		return
-	}
-	var sess net.Conn
-	mode := "dial-back"
-	dialBackStart := time.Now()
-	stream, err := p.openDialBack(ctx, open.Session)
-	if err == nil {
-		defer p.releaseDialBack(stream.conn)
-		wait := p.s.cfg.DialBackTimeout
-		if !p.s.cfg.DisableRelay {
-			wait = p.s.cfg.RelayAfter
-		}
-		if err = awaitAck(stream, wait); err != nil {
-			stream.Reset()
-			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
-			p.noteDialBackFailure(err)
-		}
-	}
-	switch {
-	case err == nil:
-		endOpen() // FIN: the dial-back stream is on its way
-		sess = stream
-		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
-		p.s.stats.dialBackSessions.Add(1)
-	case p.s.cfg.DisableRelay:
-		p.s.stats.dialBackErrors.Add(1)
-		str.CancelWrite(quic.StreamErrorCode(CodeDialBackFailed))
-		str.CancelRead(quic.StreamErrorCode(CodeDialBackFailed))
-		target.Close()
-		log.Warn("dial-back failed", "err", err)
-		outcome("dial_back_failed", err, relay.Stats{})
-		return
-	default:
-		// Carry the session over the client's own connection instead.
-		if _, err := str.Write([]byte{relayMarker}); err != nil {
-			target.Close()
-			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
-			outcome("client_gone", err, relay.Stats{})
-			return
-		}
-		mode = "relay"
-		sess = newStreamConn(str, p.conn, open.Session)
-		p.s.stats.relaySessions.Add(1)
-	}
+	sess, target, mode := su.sess, su.target, su.mode
 
 	p.s.stats.setupLatency.Observe(time.Since(start))
 	p.s.stats.sessions.Add(1)
@@ -642,6 +587,84 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		status = "error"
 	}
 	outcome(status+" ("+mode+")", err, st)
+}
+
+// sessionSetup is a forward session ready to relay (sess set), or one that
+// was refused or failed, answered and logged (sess nil).
+type sessionSetup struct {
+	sess, target net.Conn
+	mode         string     // "dial-back" or "relay"
+	dialBack     *quic.Conn // the dial-back connection it holds a reference to, if any
+}
+
+// setUpSession dials the target, answers Open and dials back (or falls
+// back to the relay).
+func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, log *slog.Logger,
+	outcome func(string, error, relay.Stats), endOpen func()) (su sessionSetup) {
+	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
+	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
+	cancel()
+	if errors.Is(err, ErrTargetForbidden) {
+		p.s.stats.targetsForbidden.Add(1)
+		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: err.Error()})
+		endOpen()
+		outcome("forbidden", err, relay.Stats{})
+		return su
+	}
+	if err != nil {
+		p.s.stats.targetErrors.Add(1)
+		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: err.Error()})
+		endOpen()
+		outcome("target_unreachable", err, relay.Stats{})
+		return su
+	}
+	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
+		target.Close()
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		outcome("client_gone", err, relay.Stats{})
+		return su
+	}
+	dialBackStart := time.Now()
+	stream, err := p.openDialBack(ctx, open.Session)
+	if err == nil {
+		su.dialBack = stream.conn // released by the caller when the session ends
+		wait := p.s.cfg.DialBackTimeout
+		if !p.s.cfg.DisableRelay {
+			wait = p.s.cfg.RelayAfter
+		}
+		if err = awaitAck(stream, wait); err != nil {
+			stream.Reset()
+			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
+			p.noteDialBackFailure(err)
+		}
+	}
+	switch {
+	case err == nil:
+		endOpen() // FIN: the dial-back stream is on its way
+		su.sess, su.mode = stream, "dial-back"
+		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
+		p.s.stats.dialBackSessions.Add(1)
+	case p.s.cfg.DisableRelay:
+		p.s.stats.dialBackErrors.Add(1)
+		str.CancelWrite(quic.StreamErrorCode(CodeDialBackFailed))
+		str.CancelRead(quic.StreamErrorCode(CodeDialBackFailed))
+		target.Close()
+		log.Warn("dial-back failed", "err", err)
+		outcome("dial_back_failed", err, relay.Stats{})
+		return su
+	default:
+		// Carry the session over the client's own connection instead.
+		if _, err := str.Write([]byte{relayMarker}); err != nil {
+			target.Close()
+			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+			outcome("client_gone", err, relay.Stats{})
+			return su
+		}
+		su.sess, su.mode = newStreamConn(str, p.conn, open.Session), "relay"
+		p.s.stats.relaySessions.Add(1)
+	}
+	su.target = target
+	return su
 }
 
 // openDialBack opens a stream for session id on the dial-back connection,
