@@ -56,13 +56,19 @@ func OpenAccessLog(path, format string) (*slog.Logger, io.Closer, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("--access-log: %w", err)
 	}
-	log, err := NewLogger(f, format, "info")
+	out := newBatchWriter(f)
+	log, err := NewLogger(out, format, "info")
 	if err != nil { // unreachable: the format was checked above
+		out.Close()
 		f.Close()
 		return nil, nil, err
 	}
-	return log, f, nil
+	return log, closerFunc(func() error { out.Close(); return f.Close() }), nil
 }
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // AccessLogger returns the logger for request lines: log itself when path
 // is empty, otherwise a logger that writes every record both to log's

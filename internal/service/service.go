@@ -149,7 +149,9 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 			if err := checkRequired(c, required, app.Flags); err != nil {
 				return err
 			}
-			log, err := NewLogger(stderr, c.String("log-format"), c.String("log-level"))
+			out := newBatchWriter(stderr)
+			defer out.Close() // flushes the last lines before Main prints or returns
+			log, err := NewLogger(out, c.String("log-format"), c.String("log-level"))
 			if err != nil {
 				return err
 			}
