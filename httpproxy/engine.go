@@ -259,6 +259,12 @@ func (u *upstream) close() {
 	}
 }
 
+// connBufferSize is the size of the buffered reader and writer on each
+// side of a connection. Heads pass through them, but a longer line is read
+// in pieces (readLine) and a large body bypasses them, so they need not be
+// big: 8 KiB each keeps 64 busy keep-alive clients to a few MiB.
+const connBufferSize = 8 << 10
+
 // serveConn reads requests from c until it closes or asks to.
 func (e *engine) serveConn(nc net.Conn) {
 	ctx, cancel := context.WithCancel(e.ctx)
@@ -266,11 +272,11 @@ func (e *engine) serveConn(nc net.Conn) {
 	c := &conn{e: e, c: nc, ctx: ctx, client: nc.RemoteAddr().String()}
 	c.br, _ = e.readers.Get().(*bufio.Reader)
 	if c.br == nil {
-		c.br = bufio.NewReaderSize(nil, 16<<10)
+		c.br = bufio.NewReaderSize(nil, connBufferSize)
 	}
 	c.bw, _ = e.writers.Get().(*bufio.Writer)
 	if c.bw == nil {
-		c.bw = bufio.NewWriterSize(nil, 16<<10)
+		c.bw = bufio.NewWriterSize(nil, connBufferSize)
 	}
 	c.br.Reset(nc)
 	c.bw.Reset(nc)

@@ -177,10 +177,24 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 	kind := resp.responseBody(h.method)
 	closeAfter := h.close || resp.close || kind == bodyUntilClose
 	c.writeResponseHead(resp, closeAfter, false)
+	length := resp.contentLength
+	if kind == bodyLength {
+		// The part of the body that came in with the head goes out in the
+		// same write as the head, when it fits: one write(2) for a small
+		// response instead of two.
+		if n := min(length, int64(u.br.Buffered())); n > 0 && n <= int64(c.bw.Available()) {
+			b, _ := u.br.Peek(int(n))
+			c.bw.Write(b)
+			u.br.Discard(int(n))
+			length -= n
+			down = n
+		}
+	}
 	if err := c.bw.Flush(); err != nil {
 		return false, err
 	}
-	down, err = copyBody(kind, resp.contentLength, c.c, c.bw, u.br)
+	rest, err := copyBody(kind, length, c.c, c.bw, u.br)
+	down += rest
 	if err != nil {
 		return false, fmt.Errorf("response body: %w", err)
 	}
@@ -210,7 +224,7 @@ func (c *conn) redial(r *route) (bool, error) {
 	if err != nil {
 		return true, err
 	}
-	c.up = &upstream{key: r.key, c: nc, br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 16<<10), session: sessionOf(nc)}
+	c.up = &upstream{key: r.key, c: nc, br: bufio.NewReaderSize(nc, connBufferSize), bw: bufio.NewWriterSize(nc, connBufferSize), session: sessionOf(nc)}
 	return true, nil
 }
 

@@ -18,13 +18,65 @@ import (
 	"syscall"
 )
 
-// BufferSize is the size of the pooled copy buffers. A buffer is held
-// only while bytes flow, so idle sessions pay nothing for it. 256 KiB was
-// tried with make bench: bulk a little faster (within the noise), but 64
-// busy keep-alive sessions took up to 15 MiB more peak RSS, so 64 KiB.
+// BufferSize is the size of the pooled buffers a relay copies bulk
+// transfers with. A buffer is held only while bytes flow, so idle
+// sessions pay nothing for it. 256 KiB was tried with make bench: bulk a
+// little faster (within the noise), but 64 busy keep-alive sessions took
+// up to 15 MiB more peak RSS, so 64 KiB.
 const BufferSize = 64 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
+// smallBufferSize is the size of the buffer a relay starts each burst of
+// bytes with; it moves to a BufferSize one when a read fills it. Requests,
+// responses and TLS records of interactive traffic fit, so many busy
+// sessions moving small messages do not each pin 64 KiB.
+const smallBufferSize = 8 << 10
+
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}
+)
+
+// burstBuffer hands a pump its copy buffer for one burst of bytes: small
+// at first, large from the first read that fills it, given back (put)
+// when the burst ends.
+type burstBuffer struct{ bp *[]byte }
+
+// get returns the buffer to read into, taking one if needed.
+func (b *burstBuffer) get() []byte {
+	if b.bp == nil {
+		b.bp = smallBufPool.Get().(*[]byte)
+	}
+	return *b.bp
+}
+
+// filled is told how many bytes the last read put into the buffer. It
+// reports whether the burst goes on: a read that fills the buffer says
+// more is waiting (and moves a small buffer up to a large one); one that
+// does not ends the burst, and the buffer goes back.
+func (b *burstBuffer) filled(n int) bool {
+	if n < len(*b.bp) {
+		b.put()
+		return false
+	}
+	if len(*b.bp) == smallBufferSize {
+		smallBufPool.Put(b.bp)
+		b.bp = bufPool.Get().(*[]byte)
+	}
+	return true
+}
+
+// put gives the buffer back, if one is held.
+func (b *burstBuffer) put() {
+	switch {
+	case b.bp == nil:
+		return
+	case len(*b.bp) == smallBufferSize:
+		smallBufPool.Put(b.bp)
+	default:
+		bufPool.Put(b.bp)
+	}
+	b.bp = nil
+}
 
 // Stats counts the bytes a relay moved in each direction.
 type Stats struct {
@@ -158,27 +210,29 @@ func pump(dst io.Writer, src net.Conn) (int64, error) {
 }
 
 // pumpPeek waits in Peek, then reads what has arrived into a pooled
-// buffer and writes it on, keeping the buffer while reads fill it.
+// buffer and writes it on, keeping a buffer while reads fill it.
 func pumpPeek(dst io.Writer, src io.Reader, p peeker) (int64, error) {
-	var total int64
+	var (
+		total int64
+		buf   burstBuffer
+	)
+	defer buf.put()
 	one := make([]byte, 1)
 	for {
 		// Peek's error, if any, is the one Read reports next.
 		p.Peek(one)
-		bp := bufPool.Get().(*[]byte)
 		for {
-			n, rerr := src.Read(*bp)
-			w, werr := write(dst, (*bp)[:n])
+			b := buf.get()
+			n, rerr := src.Read(b)
+			w, werr := write(dst, b[:n])
 			total += int64(w)
 			if werr != nil || rerr != nil {
-				bufPool.Put(bp)
 				return total, endOf(werr, rerr)
 			}
-			if n < len(*bp) {
+			if !buf.filled(n) {
 				break // drained: give the buffer back while waiting
 			}
 		}
-		bufPool.Put(bp)
 	}
 }
 
@@ -188,32 +242,26 @@ func pumpPeek(dst io.Writer, src io.Reader, p peeker) (int64, error) {
 func pumpTCP(dst io.Writer, rc syscall.RawConn) (int64, error) {
 	var (
 		total int64
-		bp    *[]byte
+		buf   burstBuffer
+		b     []byte
 		n     int
 		rerr  error
 	)
 	read := func(fd uintptr) bool {
-		if bp == nil {
-			bp = bufPool.Get().(*[]byte)
-		}
+		b = buf.get()
 		for {
-			n, rerr = syscall.Read(int(fd), *bp)
+			n, rerr = syscall.Read(int(fd), b)
 			if rerr != syscall.EINTR {
 				break
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			bufPool.Put(bp)
-			bp = nil
+			buf.put()
 			return false // wait for readability without a buffer
 		}
 		return true
 	}
-	defer func() {
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-	}()
+	defer buf.put()
 	for {
 		if err := rc.Read(read); err != nil {
 			return total, err // closed, or a deadline
@@ -224,15 +272,12 @@ func pumpTCP(dst io.Writer, rc syscall.RawConn) (int64, error) {
 		case n == 0:
 			return total, nil // EOF
 		}
-		w, werr := write(dst, (*bp)[:n])
+		w, werr := write(dst, b[:n])
 		total += int64(w)
 		if werr != nil {
 			return total, werr
 		}
-		if n < len(*bp) {
-			bufPool.Put(bp)
-			bp = nil
-		}
+		buf.filled(n)
 	}
 }
 
