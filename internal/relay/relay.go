@@ -36,24 +36,33 @@ var (
 	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}
 )
 
-// burstBuffer hands a pump its copy buffer for one burst of bytes: small
-// at first, large from the first read that fills it, given back (put)
-// when the burst ends.
-type burstBuffer struct{ bp *[]byte }
+// burstBuffer hands a pump its copy buffer: small at first, large from
+// the first read that fills it, given back (put) when a read does not fill
+// it. The next buffer is large again as long as reads bring more than a
+// small one holds, so a bulk transfer keeps reading 64 KiB at a time.
+type burstBuffer struct {
+	bp    *[]byte
+	large bool // take a large buffer next
+}
 
 // get returns the buffer to read into, taking one if needed.
 func (b *burstBuffer) get() []byte {
 	if b.bp == nil {
-		b.bp = smallBufPool.Get().(*[]byte)
+		if b.large {
+			b.bp = bufPool.Get().(*[]byte)
+		} else {
+			b.bp = smallBufPool.Get().(*[]byte)
+		}
 	}
 	return *b.bp
 }
 
 // filled is told how many bytes the last read put into the buffer. It
-// reports whether the burst goes on: a read that fills the buffer says
-// more is waiting (and moves a small buffer up to a large one); one that
-// does not ends the burst, and the buffer goes back.
+// reports whether more is waiting: a read that fills the buffer says so
+// (and moves a small buffer up to a large one); one that does not gives
+// the buffer back.
 func (b *burstBuffer) filled(n int) bool {
+	b.large = n >= smallBufferSize
 	if n < len(*b.bp) {
 		b.put()
 		return false

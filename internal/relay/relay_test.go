@@ -190,3 +190,32 @@ func BenchmarkPump(b *testing.B) {
 		b.Fatalf("pumped %d of %d bytes: %v", n, total, err)
 	}
 }
+
+func TestBurstBuffer(t *testing.T) {
+	const small, large = smallBufferSize, BufferSize
+	for _, tc := range []struct {
+		name  string
+		reads []int // bytes each read brings, capped at the buffer's size
+		sizes []int // size of the buffer each read gets
+	}{
+		{"small messages stay small", []int{100, 200, 300}, []int{small, small, small}},
+		{"a full small buffer moves up", []int{small, 100}, []int{small, large}},
+		{"bulk keeps large buffers", []int{small, 40 << 10, 50 << 10, large, 20 << 10}, []int{small, large, large, large, large}},
+		{"back to small after a small read", []int{small, 40 << 10, 100, 100}, []int{small, large, large, small}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b burstBuffer
+			defer b.put()
+			for i, n := range tc.reads {
+				buf := b.get()
+				if len(buf) != tc.sizes[i] {
+					t.Fatalf("read %d: buffer of %d bytes, want %d", i, len(buf), tc.sizes[i])
+				}
+				more := b.filled(min(n, len(buf)))
+				if more != (n >= len(buf)) {
+					t.Fatalf("read %d: filled(%d) = %v with a %d-byte buffer", i, n, more, len(buf))
+				}
+			}
+		})
+	}
+}
