@@ -363,7 +363,12 @@ func (c *conn) accessLog(start time.Time, method, target string, status int, up,
 		attrs = append(attrs, slog.String("session", session))
 	}
 	outcome := "ok"
-	if err != nil {
+	switch {
+	case err == nil:
+	case clientGone(err):
+		outcome = "canceled"
+		attrs = append(attrs, slog.String("err", err.Error()))
+	default:
 		outcome = err.Error()
 	}
 	attrs = append(attrs, slog.String("outcome", outcome))

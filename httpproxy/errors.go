@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"syscall"
 )
 
 // DialError lets a Dialer choose the status the browser sees and the
@@ -17,6 +18,14 @@ type DialError struct {
 
 func (e *DialError) Error() string { return e.Reason }
 func (e *DialError) Unwrap() error { return e.Err }
+
+// clientGone reports whether err says the client hung up: a browser
+// closing a connection it no longer needs (a video seeking abandons its
+// range request), not a fault. Upstreams here are tunnel streams, whose
+// errors are QUIC's, so a socket error like these is the client's.
+func clientGone(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOTCONN)
+}
 
 // errProxyAuth is the access-log outcome of a request refused with 407.
 var errProxyAuth = errors.New("proxy authentication required")

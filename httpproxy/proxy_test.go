@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -360,3 +361,64 @@ func FuzzChunkedRelay(f *testing.F) {
 		}
 	})
 }
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestClientHangingUpIsCanceled(t *testing.T) {
+	// A target sending a body far larger than the client will read.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	defer func() { ln.Close(); wg.Wait() }()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		const size = 256 << 20
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		io.CopyN(c, zeros{}, size) // ends when the proxy gives up on it
+	})
+	var log syncBuffer
+	_, proxy := startProxy(t, Config{AccessLog: slog.New(slog.NewTextHandler(&log, nil))})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET http://%s/big HTTP/1.1\r\nHost: x\r\n\r\n", ln.Addr())
+	if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).SetLinger(0) // hang up with a reset, as browsers do
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(log.String(), "msg=request") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := log.String(); !strings.Contains(got, "outcome=canceled") || !strings.Contains(got, "err=") {
+		t.Fatalf("access log does not say the client canceled:\n%s", got)
+	}
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

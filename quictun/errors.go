@@ -39,6 +39,21 @@ func (e *SessionError) Error() string {
 	return fmt.Sprintf("session to %s: %s: %s", e.Target, e.Code, e.Reason)
 }
 
+// Outcome names how a relayed session ended, for access logs: "ok",
+// "canceled" when the other end of the tunnel abandoned it (a browser
+// closing a connection it no longer needs, a public client going away:
+// routine, not a fault), or "error".
+func Outcome(err error) string {
+	var se *quic.StreamError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &se) && se.Remote && ErrorCode(se.ErrorCode) == CodeCanceled:
+		return "canceled"
+	}
+	return "error"
+}
+
 // ConfigError reports an invalid configuration field.
 type ConfigError struct {
 	Field  string

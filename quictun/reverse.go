@@ -169,11 +169,7 @@ func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.S
 		return
 	}
 	st, err := relay.Splice(ctx, newStreamConn(str, conn, ro.Session), app)
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-	}
-	log(outcome, err, st)
+	log(Outcome(err), err, st)
 }
 
 // Errors of the reverse direction.

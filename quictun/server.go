@@ -582,11 +582,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	p.s.stats.activeSessions.Add(-1)
 	p.s.stats.bytesUp.Add(st.AToB)
 	p.s.stats.bytesDown.Add(st.BToA)
-	status := "ok"
-	if err != nil {
-		status = "error"
-	}
-	outcome(status+" ("+mode+")", err, st)
+	outcome(Outcome(err)+" ("+mode+")", err, st)
 }
 
 // sessionSetup is a forward session ready to relay (sess set), or one that

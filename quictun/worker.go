@@ -554,11 +554,7 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	w.stats.activeSessions.Add(-1)
 	w.stats.bytesUp.Add(st.AToB)
 	w.stats.bytesDown.Add(st.BToA)
-	status := "ok"
-	if err != nil {
-		status = "error"
-	}
-	outcome(status+" ("+mode+")", err, st)
+	outcome(Outcome(err)+" ("+mode+")", err, st)
 }
 
 // reuseDialBack returns an acknowledged stream for session id on the

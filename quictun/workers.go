@@ -237,10 +237,6 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 	p.s.stats.activeSessions.Add(-1)
 	p.s.stats.bytesUp.Add(st.AToB)
 	p.s.stats.bytesDown.Add(st.BToA)
-	status := "ok"
-	if err != nil {
-		status = "error"
-	}
-	outcome(status+" (relay via worker "+w.conn.RemoteAddr().String()+")", err, st)
+	outcome(Outcome(err)+" (relay via worker "+w.conn.RemoteAddr().String()+")", err, st)
 	return true
 }

@@ -263,9 +263,8 @@ func relayTCP(ctx context.Context, c net.Conn, svc *quictun.Service, accessLog *
 		return
 	}
 	st, err := relay.Splice(ctx, c, stream)
-	outcome := "ok"
+	outcome := quictun.Outcome(err)
 	if err != nil {
-		outcome = "error"
 		attrs = append(attrs, "err", err)
 	}
 	accessLog.Info("public connection", append(attrs, "session", stream.SessionID(), "bytes_in", st.AToB, "bytes_out", st.BToA,

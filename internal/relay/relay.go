@@ -333,8 +333,9 @@ func reset(c net.Conn) {
 
 // IsClosed reports whether err only says that a connection was closed or
 // reset by its peer: the normal end of a relay, not a fault worth reporting.
+// (ENOTCONN is what half-closing a socket its peer has reset returns.)
 func IsClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOTCONN) ||
 		errors.Is(err, os.ErrDeadlineExceeded)
 }
