@@ -80,16 +80,19 @@ func readLines(br *bufio.Reader, limit int) ([]string, error) {
 
 // readLine reads one line of at most limit bytes, without its terminator.
 func readLine(br *bufio.Reader, limit int) (string, error) {
-	var buf []byte
+	var buf []byte // only for a line longer than br's buffer
 	for {
 		chunk, err := br.ReadSlice('\n')
 		if len(buf)+len(chunk) > limit+2 {
 			return "", errHeadTooLarge
 		}
-		buf = append(buf, chunk...)
 		if err == nil {
-			break
+			if buf == nil {
+				return lineString(chunk) // the usual case: no copy but the string
+			}
+			return lineString(append(buf, chunk...))
 		}
+		buf = append(buf, chunk...)
 		if !errors.Is(err, bufio.ErrBufferFull) {
 			if len(buf) > 0 && errors.Is(err, io.EOF) {
 				return "", fmt.Errorf("%w: head ends mid-line", errMalformed)
@@ -97,11 +100,16 @@ func readLine(br *bufio.Reader, limit int) (string, error) {
 			return "", err
 		}
 	}
-	buf = bytes.TrimSuffix(buf[:len(buf)-1], []byte{'\r'})
-	if bytes.IndexByte(buf, '\r') >= 0 || bytes.IndexByte(buf, 0) >= 0 {
+}
+
+// lineString returns line (ending in LF) without its CRLF or LF, refusing
+// a stray CR or NUL inside it.
+func lineString(line []byte) (string, error) {
+	line = bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'})
+	if bytes.IndexByte(line, '\r') >= 0 || bytes.IndexByte(line, 0) >= 0 {
 		return "", fmt.Errorf("%w: stray CR or NUL in a header line", errMalformed)
 	}
-	return string(buf), nil
+	return string(line), nil
 }
 
 // errMalformed marks a message that breaks HTTP/1.1 syntax: 400.

@@ -422,3 +422,33 @@ func TestClientHangingUpIsCanceled(t *testing.T) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+func TestHeaderLinesLongerThanBuffers(t *testing.T) {
+	// Lines several times connBufferSize, both ways: read in pieces,
+	// passed on whole.
+	long := strings.Repeat("c", 3*connBufferSize+17)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	defer func() { ln.Close(); wg.Wait() }()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		got := req.Header.Get("Cookie")
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Long: %s\r\nContent-Length: %d\r\n\r\n%s", long, len(got), got)
+	})
+	_, proxy := startProxy(t, Config{})
+	resp, body := rawExchange(t, proxy, "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\nCookie: "+long+"\r\n\r\n")
+	if body != long {
+		t.Errorf("target received a Cookie of %d bytes, want %d", len(body), len(long))
+	}
+	if got := resp.Header.Get("X-Long"); got != long {
+		t.Errorf("client received X-Long of %d bytes, want %d", len(got), len(long))
+	}
+}
