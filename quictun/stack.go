@@ -7,8 +7,8 @@ package quictun
 // idle sessions do not cause, so the deep calls of setting a session up
 // (dialing, QUIC stream writes, context and timer plumbing) would pin
 // their stack growth for the session's whole life. Run here, they cost
-// one goroutine start instead: make bench measured 4 KiB less per idle
-// session in each of localproxy and coordinator.
+// one goroutine start instead (make bench, stacks per idle session:
+// localproxy 12 → 8 KiB, coordinator 10 → 8 KiB).
 func onFreshStack[T any](f func() T) T {
 	c := make(chan T, 1)
 	go func() { c <- f() }()

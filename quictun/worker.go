@@ -444,6 +444,25 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		str.CancelWrite(quic.StreamErrorCode(code))
 	}
 
+	// The set-up's deep calls run on a goroutine of their own (see
+	// onFreshStack); this one lives on, mostly idle, as the relay.
+	su := onFreshStack(func() sessionSetup { return w.setUpJob(ctx, coord, str, job, log, outcome, fail) })
+	if su.sess == nil {
+		return // failed, answered and logged
+	}
+	sess, target, mode := su.sess, su.target, su.mode
+	w.stats.activeSessions.Add(1)
+	st, err := relay.Splice(ctx, sess, target)
+	w.stats.activeSessions.Add(-1)
+	w.stats.bytesUp.Add(st.AToB)
+	w.stats.bytesDown.Add(st.BToA)
+	outcome(Outcome(err)+" ("+mode+")", err, st)
+}
+
+// setUpJob dials the target, answers the job and dials back to the
+// client (or falls back to the relay through coordinator).
+func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Stream, job *Job, log *slog.Logger,
+	outcome func(string, error, relay.Stats), fail func(ErrorCode)) (su sessionSetup) {
 	dctx, cancel := context.WithTimeout(ctx, w.cfg.TargetDialTimeout)
 	target, err := w.cfg.DialTarget(dctx, "tcp", job.Target)
 	cancel()
@@ -457,7 +476,7 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		str.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		outcome(status, err, relay.Stats{})
-		return
+		return su
 	}
 	// A client's sessions share its dial-back connection; only dialing a
 	// new one is done by one job at a time, with wc.mu held until it is
@@ -491,7 +510,7 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		target.Close()
 		fail(CodeCanceled)
 		outcome("coordinator_gone", err, relay.Stats{})
-		return
+		return su
 	}
 	// Coordinator says go once the client has punched (or at once).
 	str.SetReadDeadline(time.Now().Add(w.cfg.RelayAfter + 5*time.Second))
@@ -500,12 +519,10 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		target.Close()
 		fail(CodeCanceled)
 		outcome("client_gone", err, relay.Stats{})
-		return
+		return su
 	}
 	str.SetReadDeadline(time.Time{})
 
-	var sess net.Conn
-	mode := "dial-back"
 	var s *StreamConn
 	switch {
 	case relaying:
@@ -525,36 +542,29 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		unlock()
 	}
 	if err == nil {
-		sess = s
-	}
-	if err == nil {
 		if _, err := str.Write([]byte{dialBackAck}); err != nil {
-			sess.(*StreamConn).Reset()
+			s.Reset()
 			target.Close()
 			fail(CodeCanceled)
 			outcome("coordinator_gone", err, relay.Stats{})
-			return
+			return su
 		}
 		str.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		w.stats.dialBackSessions.Add(1)
+		su.sess, su.mode = s, "dial-back"
 	} else {
 		if _, err := str.Write([]byte{relayMarker}); err != nil {
 			target.Close()
 			fail(CodeCanceled)
 			outcome("coordinator_gone", err, relay.Stats{})
-			return
+			return su
 		}
-		mode = "relay"
-		sess = newStreamConn(str, coord, job.Session)
+		su.sess, su.mode = newStreamConn(str, coord, job.Session), "relay"
 		w.stats.relaySessions.Add(1)
 	}
-	w.stats.activeSessions.Add(1)
-	st, err := relay.Splice(ctx, sess, target)
-	w.stats.activeSessions.Add(-1)
-	w.stats.bytesUp.Add(st.AToB)
-	w.stats.bytesDown.Add(st.BToA)
-	outcome(Outcome(err)+" ("+mode+")", err, st)
+	su.target = target
+	return su
 }
 
 // reuseDialBack returns an acknowledged stream for session id on the
