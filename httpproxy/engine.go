@@ -49,12 +49,12 @@ type router interface {
 
 // route is one request's upstream.
 type route struct {
-	key        string          // upstream connections are reused while it stays the same
-	target     string          // for logs
-	requestURI string          // request-target sent upstream
-	addHost    string          // Host value to add when the request has none
-	drop       map[string]bool // lower-case names of fields not to forward
-	extra      []string        // fields to add, as header lines
+	key        string   // upstream connections are reused while it stays the same
+	target     string   // for logs
+	requestURI string   // request-target sent upstream
+	addHost    string   // Host value to add when the request has none
+	drop       []string // names of fields not to forward
+	extra      []string // fields to add, as header lines
 	dial       func(ctx context.Context) (net.Conn, error)
 }
 
@@ -235,13 +235,14 @@ func (e *engine) countStatus(code int) {
 
 // conn is one client connection.
 type conn struct {
-	e      *engine
-	c      net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	ctx    context.Context // ends when the connection is done
-	client string
-	up     *upstream // reused while the route key stays the same
+	e       *engine
+	c       net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	ctx     context.Context // ends when the connection is done
+	client  string
+	up      *upstream // reused while the route key stays the same
+	scratch []byte    // where heads are built, reused from one to the next
 }
 
 // upstream is an open connection to a target.
@@ -320,6 +321,7 @@ var errIdle = errors.New("idle")
 // no more through them. Every goroutine using them (a request body's) has
 // ended by then.
 func (c *conn) releaseBuffers() {
+	c.scratch = nil
 	if c.br != nil {
 		c.br.Reset(nil)
 		c.e.readers.Put(c.br)
@@ -354,11 +356,12 @@ func (c *conn) writeError(status int, reason string) {
 
 // accessLog writes the line for one request or tunnel.
 func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) {
-	attrs := []slog.Attr{
+	attrs := make([]slog.Attr, 0, 11)
+	attrs = append(attrs,
 		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
 		slog.Int("status", status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
 		slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
-	}
+	)
 	if session != "" {
 		attrs = append(attrs, slog.String("session", session))
 	}

@@ -239,17 +239,17 @@ func (c *conn) session() string {
 // request-target rewritten, hop-by-hop fields dropped, every other line as
 // received, in order.
 func (c *conn) writeRequestHead(h *head, r *route) error {
-	b := make([]byte, 0, 1024)
+	b := c.scratch[:0]
 	b = append(b, h.method...)
 	b = append(b, ' ')
 	b = append(b, r.requestURI...)
 	b = append(b, " HTTP/1.1\r\n"...)
-	keep := map[string]bool{}
+	var keep []string
 	if te, ok := h.get("TE"); ok && strings.EqualFold(te, "trailers") {
-		keep["te"] = true
+		keep = append(keep, "te")
 	}
 	if h.upgrade {
-		keep["upgrade"] = true
+		keep = append(keep, "upgrade")
 	}
 	b = h.appendFields(b, keep, r.drop)
 	if _, ok := h.get("Host"); !ok && r.addHost != "" {
@@ -268,6 +268,7 @@ func (c *conn) writeRequestHead(h *head, r *route) error {
 		b = append(b, "Connection: keep-alive\r\n"...)
 	}
 	b = append(b, "\r\n"...)
+	c.scratch = b
 	if _, err := c.up.bw.Write(b); err != nil {
 		return err
 	}
@@ -300,15 +301,15 @@ func (c *conn) readFinalResponse(h *head, u *upstream) (*head, error) {
 // writeResponseHead buffers a response head for the client: status line,
 // fields as received minus hop-by-hop ones, and our own Connection field.
 func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
-	b := make([]byte, 0, 1024)
+	b := c.scratch[:0]
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(resp.status), 10)
 	b = append(b, ' ')
 	b = append(b, resp.reason...)
 	b = append(b, "\r\n"...)
-	var keep map[string]bool
+	var keep []string
 	if upgrade {
-		keep = map[string]bool{"upgrade": true}
+		keep = []string{"upgrade"}
 	}
 	b = resp.appendFields(b, keep, nil)
 	switch {
@@ -318,6 +319,7 @@ func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
 		b = append(b, "Connection: close\r\n"...)
 	}
 	b = append(b, "\r\n"...)
+	c.scratch = b
 	c.bw.Write(b)
 }
 

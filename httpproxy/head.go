@@ -34,7 +34,22 @@ type head struct {
 	close         bool // the sender will close after this message
 	upgrade       bool // Connection: upgrade with an Upgrade field
 	expect100     bool
-	hopByHop      map[string]bool // lower-case names to drop when forwarding
+	connTokens    []string // lower-case names listed in Connection: hop-by-hop too
+}
+
+// hopByHop are the fields that concern one connection only (RFC 9110
+// §7.6.1), never forwarded unless kept on purpose.
+var hopByHop = []string{"connection", "proxy-connection", "keep-alive", "proxy-authorization",
+	"proxy-authenticate", "upgrade", "te"}
+
+// containsFold reports whether names holds name, ignoring case.
+func containsFold(names []string, name string) bool {
+	for _, n := range names {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // get returns the value of the first field named name (case-insensitive).
@@ -173,8 +188,6 @@ func parseVersion(v string) (major, minor int, ok bool) {
 func (h *head) parseFields(lines []string) error {
 	h.fields = make([]field, 0, len(lines))
 	h.contentLength = -1
-	h.hopByHop = map[string]bool{"connection": true, "proxy-connection": true, "keep-alive": true,
-		"proxy-authorization": true, "proxy-authenticate": true, "upgrade": true, "te": true}
 	var upgradeToken, keepAlive bool
 	for _, line := range lines {
 		if line[0] == ' ' || line[0] == '\t' {
@@ -186,8 +199,8 @@ func (h *head) parseFields(lines []string) error {
 		}
 		value = strings.Trim(value, " \t")
 		h.fields = append(h.fields, field{raw: line, name: name, value: value})
-		switch strings.ToLower(name) {
-		case "connection":
+		switch {
+		case strings.EqualFold(name, "connection"):
 			for _, tok := range strings.Split(value, ",") {
 				tok = strings.ToLower(strings.TrimSpace(tok))
 				switch tok {
@@ -200,9 +213,9 @@ func (h *head) parseFields(lines []string) error {
 				case "upgrade":
 					upgradeToken = true
 				}
-				h.hopByHop[tok] = true
+				h.connTokens = append(h.connTokens, tok)
 			}
-		case "expect":
+		case strings.EqualFold(name, "expect"):
 			h.expect100 = strings.EqualFold(value, "100-continue")
 		}
 	}
@@ -316,11 +329,11 @@ func (h *head) responseBody(method string) bodyKind {
 
 // appendFields appends the fields to b, leaving out hop-by-hop ones and
 // those named in drop; keep names hop-by-hop fields that must stay
-// (Upgrade on an upgrade). Names in both maps are lower-case.
-func (h *head) appendFields(b []byte, keep, drop map[string]bool) []byte {
+// (Upgrade on an upgrade). Names match whatever their case.
+func (h *head) appendFields(b []byte, keep, drop []string) []byte {
 	for _, f := range h.fields {
-		lower := strings.ToLower(f.name)
-		if (h.hopByHop[lower] && !keep[lower]) || drop[lower] {
+		hop := containsFold(hopByHop, f.name) || containsFold(h.connTokens, f.name)
+		if (hop && !containsFold(keep, f.name)) || containsFold(drop, f.name) {
 			continue
 		}
 		b = append(b, f.raw...)

@@ -121,7 +121,7 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 		key:        b.Name(),
 		target:     host + uri,
 		requestURI: uri,
-		drop:       map[string]bool{"x-forwarded-for": true, "x-forwarded-proto": true, "x-forwarded-host": true},
+		drop:       forwardedNames,
 		extra:      forwardedFields(h, remote, host, rr.proto),
 		dial:       func(ctx context.Context) (net.Conn, error) { return b.Dial(ctx, remote) },
 	}, nil
@@ -130,6 +130,9 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 func (reverseRouter) connect(context.Context, string) (*route, error) {
 	return nil, fmt.Errorf("CONNECT is not served here: this is the public side of exposed apps")
 }
+
+// forwardedNames are the fields forwardedFields replaces.
+var forwardedNames = []string{"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 
 // forwardedFields builds the fields that tell the app who asked:
 // X-Forwarded-For (earlier hops kept, the client appended),
