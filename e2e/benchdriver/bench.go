@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -221,33 +222,74 @@ type bulkRow struct {
 	tunnel, direct time.Duration
 	cpu            procStat[time.Duration]
 	peak           procStat[int64]
+	ratios         []float64 // tunnel/direct of every round, in run order
 }
 
+// benchBulk moves cfg.bulk bytes each way on each path, directly and
+// through the tunnel, cfg.rounds times, and keeps each transfer's median
+// pair (by ratio).
 func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.Logger) error {
 	direct := directRoute(l.app)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)} {
-		for _, dir := range []struct {
-			name string
-			f    func(context.Context, route, int64) error
-		}{{"download", download}, {"upload", upload}} {
-			row := bulkRow{route: r.name, dir: dir.name, bytes: cfg.bulk}
-			t0 := time.Now()
-			if err := dir.f(ctx, direct, cfg.bulk); err != nil {
-				return err
+	type transfer struct {
+		name string
+		f    func(context.Context, route, int64) error
+	}
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)}
+	dirs := []transfer{{"download", download}, {"upload", upload}}
+	rounds := make([][]bulkRow, len(routes)*len(dirs))
+	for range cfg.rounds {
+		for i, r := range routes {
+			for j, dir := range dirs {
+				row, err := bulkPair(ctx, cfg, l, direct, r, dir.name, dir.f, log)
+				if err != nil {
+					return err
+				}
+				rounds[i*len(dirs)+j] = append(rounds[i*len(dirs)+j], row)
 			}
-			row.direct = time.Since(t0)
-			var err error
-			row.tunnel, row.cpu, row.peak, err = measured(l, func() error { return dir.f(ctx, r, cfg.bulk) })
-			if err != nil {
-				return err
-			}
-			log.Info("bulk", "route", r.name, "dir", dir.name, "MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.tunnel)),
-				"direct MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.direct)))
-			rep.bulk = append(rep.bulk, row)
 		}
+	}
+	for _, rows := range rounds {
+		row, ratios := median(rows, bulkRow.ratio)
+		row.ratios = ratios
+		rep.bulk = append(rep.bulk, row)
 	}
 	return nil
 }
+
+// bulkPair moves cfg.bulk bytes directly, then through r.
+func bulkPair(ctx context.Context, cfg config, l *lab, direct, r route, dir string,
+	f func(context.Context, route, int64) error, log *slog.Logger) (bulkRow, error) {
+	row := bulkRow{route: r.name, dir: dir, bytes: cfg.bulk}
+	t0 := time.Now()
+	if err := f(ctx, direct, cfg.bulk); err != nil {
+		return row, err
+	}
+	row.direct = time.Since(t0)
+	var err error
+	row.tunnel, row.cpu, row.peak, err = measured(l, func() error { return f(ctx, r, cfg.bulk) })
+	if err != nil {
+		return row, err
+	}
+	log.Info("bulk", "route", r.name, "dir", dir, "MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.tunnel)),
+		"direct MB/s", fmt.Sprintf("%.0f", mbps(row.bytes, row.direct)))
+	return row, nil
+}
+
+// median returns the row with the median key (the lower middle one of an
+// even count) and every row's key, in run order.
+func median[T any](rows []T, key func(T) float64) (T, []float64) {
+	keys := make([]float64, len(rows))
+	for i, r := range rows {
+		keys[i] = key(r)
+	}
+	byKey := slices.Clone(rows)
+	slices.SortStableFunc(byKey, func(a, b T) int { return cmp.Compare(key(a), key(b)) })
+	return byKey[(len(byKey)-1)/2], keys
+}
+
+func (row bulkRow) ratio() float64 { return row.direct.Seconds() / row.tunnel.Seconds() }
+
+func (row smallRow) ratio() float64 { return row.tunnel.rate() / row.direct.rate() }
 
 func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }
 
@@ -258,24 +300,40 @@ type smallRow struct {
 	tunnel, direct loadResult
 	cpu            procStat[time.Duration]
 	peak           procStat[int64]
+	ratios         []float64 // tunnel/direct req/s of every round, in run order
 }
 
+// benchSmall runs the small-request load on each path, directly and
+// through the tunnel, cfg.rounds times, and keeps each path's median pair
+// (by ratio). Peak RSS is the highest of every round.
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)} {
-		row := smallRow{route: r.name}
-		var err error
-		if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
-			return err
-		}
-		_, row.cpu, row.peak, err = measured(l, func() error {
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)}
+	rounds := make([][]smallRow, len(routes))
+	for range cfg.rounds {
+		for i, r := range routes {
+			row := smallRow{route: r.name}
 			var err error
-			row.tunnel, err = smallLoad(ctx, r, cfg.clients, cfg.load)
-			return err
-		})
-		if err != nil {
-			return err
+			if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
+				return err
+			}
+			_, row.cpu, row.peak, err = measured(l, func() error {
+				var err error
+				row.tunnel, err = smallLoad(ctx, r, cfg.clients, cfg.load)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			for k := range rep.smallPeak {
+				rep.smallPeak[k] = max(rep.smallPeak[k], row.peak[k])
+			}
+			rounds[i] = append(rounds[i], row)
 		}
+	}
+	for _, rows := range rounds {
+		row, ratios := median(rows, smallRow.ratio)
+		row.ratios = ratios
 		rep.small = append(rep.small, row)
 	}
 	return nil

@@ -7,8 +7,10 @@
 //	go run ./e2e/benchdriver -bin bin -out docs/benchmarks.md
 //
 // Everything is bounded: 1 GiB per bulk transfer, a fixed duration per
-// load, a fixed count of sessions; the whole run takes a few minutes on
-// two cores. The part of the output file after the notes marker is kept
+// load, a fixed count of sessions, three rounds of the bulk and
+// small-request comparisons (the median pair is reported, as in the
+// issue's figures for other tunnels); the whole run takes about six
+// minutes on two cores. The part of the output file after the notes marker is kept
 // from one run to the next: that is where people write what the numbers
 // and profiles say.
 package main
@@ -39,6 +41,7 @@ type config struct {
 	sessions        int           // idle sessions of the memory benchmark
 	hold            time.Duration // how long the idle sessions are held
 	profile         time.Duration // CPU profile length
+	rounds          int           // bulk and small-request comparisons repeated, the median reported
 	keep            bool          // keep the temporary directory (logs, profiles)
 	phases          []string      // which benchmarks to run
 }
@@ -63,6 +66,8 @@ func (c *config) validate() error {
 		return errors.New("-hold must be 0 to 5m")
 	case c.profile < 0 || c.profile > time.Minute:
 		return errors.New("-profile must be 0 to 1m")
+	case c.rounds < 1 || c.rounds > 9:
+		return errors.New("-rounds must be 1 to 9")
 	}
 	for _, ph := range c.phases {
 		if !slices.Contains(allPhases, ph) {
@@ -91,6 +96,7 @@ func main() {
 	flag.IntVar(&cfg.sessions, "sessions", 10000, "idle sessions held by the memory benchmark")
 	flag.DurationVar(&cfg.hold, "hold", 30*time.Second, "how long the idle sessions are held")
 	flag.DurationVar(&cfg.profile, "profile", 6*time.Second, "CPU profile of the bulk path (0: none)")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of the bulk and small-request comparisons (each a tunnel/direct pair); the median is reported")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory with the logs and profiles")
 	phases := flag.String("phases", strings.Join(allPhases, ","), "benchmarks to run, comma-separated")
 	flag.Parse()
