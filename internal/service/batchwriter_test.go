@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // lockedBuffer records writes; each Write is one batch.
@@ -77,5 +78,23 @@ func TestBatchWriterAfterClose(t *testing.T) {
 	b.Write([]byte("after\n"))
 	if got := out.buf.String(); got != "before\nafter\n" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestBatchWriterDoesNotWaitForClose(t *testing.T) {
+	var out lockedBuffer
+	b := newBatchWriter(&out)
+	defer b.Close()
+	b.Write([]byte("alone\n"))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		out.mu.Lock()
+		got := out.buf.String()
+		out.mu.Unlock()
+		if got == "alone\n" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a lone line was not written out before Close (got %q)", got)
+		}
 	}
 }
