@@ -124,6 +124,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Logger
 	}
+	if err := checkCertEntries(cfg.Tokens, cfg.ClientCAs != nil, cfg.Logger); err != nil {
+		return nil, err
+	}
 	own, err := ownAddrs()
 	if err != nil {
 		return nil, err

@@ -3,7 +3,9 @@ package coordinator
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"gopkg.in/yaml.v3"
@@ -69,6 +71,30 @@ func ParseTokens(data []byte) ([]TokenEntry, error) {
 		}
 	}
 	return f.Tokens, nil
+}
+
+// checkCertEntries refuses tokens whose every entry is for a client
+// certificate when client certificates are not asked for (no --client-ca):
+// no client could connect. Some such entries among tokens are only
+// warned about.
+func checkCertEntries(entries []TokenEntry, clientCAs bool, log *slog.Logger) error {
+	if clientCAs || len(entries) == 0 {
+		return nil
+	}
+	var certOnly []string
+	for _, e := range entries {
+		if e.Token == "" {
+			certOnly = append(certOnly, e.Client)
+		}
+	}
+	switch {
+	case len(certOnly) == len(entries):
+		return errors.New("every tokens file entry is for a client certificate (no token), but client certificates are not asked for: give --client-ca, or tokens")
+	case len(certOnly) > 0:
+		log.Warn("tokens file entries without a token are for client certificates, which are not asked for (no --client-ca): these clients cannot connect",
+			"clients", certOnly)
+	}
+	return nil
 }
 
 // grant is what e allows.

@@ -1,7 +1,10 @@
 package coordinator
 
 import (
+	"bytes"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -93,4 +96,33 @@ func FuzzParseTokens(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestCheckCertEntries(t *testing.T) {
+	tok := TokenEntry{Token: "0123456789abcdef", Client: "alice"}
+	cert := TokenEntry{Client: "bob-laptop"}
+	for _, tc := range []struct {
+		name      string
+		entries   []TokenEntry
+		clientCAs bool
+		wantErr   bool
+		wantWarn  bool
+	}{
+		{"tokens only", []TokenEntry{tok}, false, false, false},
+		{"certificates with --client-ca", []TokenEntry{cert}, true, false, false},
+		{"only certificates, no --client-ca", []TokenEntry{cert}, false, true, false},
+		{"some certificates, no --client-ca", []TokenEntry{tok, cert}, false, false, true},
+		{"a single token, no file", nil, false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logged bytes.Buffer
+			err := checkCertEntries(tc.entries, tc.clientCAs, slog.New(slog.NewTextHandler(&logged, nil)))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error: %v", err, tc.wantErr)
+			}
+			if warned := strings.Contains(logged.String(), "bob-laptop"); warned != tc.wantWarn {
+				t.Fatalf("warning %q, want one: %v", logged.String(), tc.wantWarn)
+			}
+		})
+	}
 }
