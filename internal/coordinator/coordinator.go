@@ -265,6 +265,9 @@ func (c *Coordinator) ReloadTokens(entries []TokenEntry) (int, error) {
 	if len(entries) == 0 {
 		return 0, errors.New("reload tokens: no tokens")
 	}
+	if err := checkCertEntries(entries, c.cfg.ClientCAs != nil, c.log); err != nil {
+		return 0, fmt.Errorf("reload tokens: %w", err)
+	}
 	a, ca := authorizer(entries), certAuthorizer(entries)
 	c.auth.Store(&a)
 	c.certAuth.Store(&ca)
