@@ -50,6 +50,13 @@ type ClientConfig struct {
 	// DialBackTimeout bounds the wait for the dial-back stream once
 	// coordinator has reached the target. Default 10s.
 	DialBackTimeout time.Duration
+	// SilenceTimeout is how long a session being opened may go without a
+	// single packet from coordinator (a live one acknowledges the Open
+	// within a round trip, however slow the target) before the connection
+	// is taken for dead and closed: the session fails then, and later
+	// ones reconnect, instead of waiting for OpenTimeout or the QUIC idle
+	// timeout (30 s). Default 5s.
+	SilenceTimeout time.Duration
 	// ConnectTimeout bounds one attempt to connect to coordinator, and how
 	// long Dial waits for a connection while none is up. Default 5s.
 	ConnectTimeout time.Duration
@@ -125,6 +132,7 @@ func ValidServiceName(name string) bool {
 func (c *ClientConfig) setDefaults() {
 	setDefault(&c.OpenTimeout, 15*time.Second)
 	setDefault(&c.DialBackTimeout, 10*time.Second)
+	setDefault(&c.SilenceTimeout, 5*time.Second)
 	setDefault(&c.ConnectTimeout, 5*time.Second)
 	setDefault(&c.ReconnectMin, 250*time.Millisecond)
 	setDefault(&c.ReconnectMax, 30*time.Second)

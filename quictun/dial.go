@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -44,7 +45,8 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 		return nil, err
 	}
 	sc, err := c.dial(ctx, conn, target)
-	if err != nil && errors.Is(err, ErrCoordinatorUnavailable) && conn.Context().Err() != nil && ctx.Err() == nil {
+	if err != nil && errors.Is(err, ErrCoordinatorUnavailable) && !errors.Is(err, errCoordinatorSilent) &&
+		conn.Context().Err() != nil && ctx.Err() == nil {
 		// The control connection died under us (coordinator restarted):
 		// try once more on the next one.
 		if conn, err = c.controlConn(ctx); err != nil {
@@ -55,8 +57,12 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 	return sc, err
 }
 
+// errCoordinatorSilent is why Dial gave up on a coordinator that sent
+// nothing for SilenceTimeout.
+var errCoordinatorSilent = fmt.Errorf("%w: coordinator stopped answering", ErrCoordinatorUnavailable)
+
 // dial runs one Open exchange on conn.
-func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*StreamConn, error) {
+func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *StreamConn, err error) {
 	start := time.Now()
 	id := NewSessionID()
 	ch, err := c.table.add(id)
@@ -91,6 +97,25 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (*Str
 	}()
 	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
 	defer stop()
+
+	// Watch for a coordinator gone silent (see SilenceTimeout): any packet
+	// from it, an acknowledgement of the Open at least, proves it alive.
+	received := conn.ConnectionStats().PacketsReceived
+	var silent atomic.Bool
+	watchdog := time.AfterFunc(c.cfg.SilenceTimeout, func() {
+		if conn.ConnectionStats().PacketsReceived == received {
+			silent.Store(true)
+			c.log.Warn("coordinator stopped answering: closing the connection to it", "coordinator", conn.RemoteAddr(),
+				"silent_for", c.cfg.SilenceTimeout)
+			conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "coordinator stopped answering")
+		}
+	})
+	defer watchdog.Stop()
+	defer func() {
+		if silent.Load() && err != nil {
+			err = fmt.Errorf("%w: no packet from it in %s", errCoordinatorSilent, c.cfg.SilenceTimeout)
+		}
+	}()
 
 	if err := WriteFrame(str, &Open{Session: id, Target: target}); err != nil {
 		return nil, c.openError(ctx, target, err)

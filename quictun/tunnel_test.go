@@ -574,3 +574,48 @@ func TestRelayWhenDialBackConnectionDies(t *testing.T) {
 		t.Errorf("server stats %+v: want one dial-back then one relayed session", st)
 	}
 }
+
+func TestSilentCoordinatorIsGivenUp(t *testing.T) {
+	// coordinator's socket closes under it without a word (a crash, a dead
+	// path): a session being opened fails once nothing has come back for
+	// SilenceTimeout, naming why, rather than after OpenTimeout or the QUIC
+	// idle timeout.
+	h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) {
+		c.SilenceTimeout = 300 * time.Millisecond
+		c.OpenTimeout = time.Minute
+	}})
+	target := echoServer(t, "127.0.0.1")
+	sc, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	h.serverTr.Conn.Close()
+	_, err = h.client.Dial(t.Context(), target)
+	if !errors.Is(err, ErrCoordinatorUnavailable) || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("Dial = %v, want ErrCoordinatorUnavailable saying coordinator stopped answering", err)
+	}
+}
+
+func TestSlowTargetIsNotSilence(t *testing.T) {
+	// A target that takes longer than SilenceTimeout to answer is not a
+	// dead coordinator: coordinator acknowledges the Open meanwhile.
+	h := newHarness(t, harnessOpts{
+		clientMod: func(c *ClientConfig) { c.SilenceTimeout = 100 * time.Millisecond },
+		serverMod: func(c *ServerConfig) {
+			c.DialTarget = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				select {
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}
+		},
+	})
+	sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatalf("Dial through a slow target: %v", err)
+	}
+	sc.Close()
+}
