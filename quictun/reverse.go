@@ -125,6 +125,24 @@ func (c *Client) serveReverse(ctx context.Context, conn *quic.Conn) {
 // handleReverse connects one public connection to its local app.
 func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.Stream) {
 	start := time.Now()
+	// The set-up runs on a goroutine of its own (see onFreshStack); this
+	// one lives on, mostly idle, as the relay.
+	var ro *ReverseOpen
+	app := onFreshStack(func() net.Conn {
+		var app net.Conn
+		ro, app = c.setUpReverse(ctx, str, start)
+		return app
+	})
+	if app == nil {
+		return // refused or failed, answered (and logged once identified)
+	}
+	st, err := relay.Splice(ctx, newStreamConn(str, conn, ro.Session), app)
+	c.logReverse(start, ro, Outcome(err), err, st)
+}
+
+// setUpReverse reads ReverseOpen and dials the local app. It returns the
+// app's connection, or nil when the session was refused or failed.
+func (c *Client) setUpReverse(ctx context.Context, str *quic.Stream, start time.Time) (*ReverseOpen, net.Conn) {
 	str.SetReadDeadline(start.Add(sessionHeaderTimeout))
 	msg, err := ReadFrame(str)
 	str.SetReadDeadline(time.Time{})
@@ -132,26 +150,18 @@ func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.S
 	if err != nil || !ok {
 		str.CancelRead(quic.StreamErrorCode(CodeProtocol))
 		str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
-		return
+		return nil, nil
 	}
 	if err := WriteFrame(str, &ReverseAck{}); err != nil {
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
-		return
-	}
-	log := func(outcome string, err error, st relay.Stats) {
-		attrs := []any{"session", ro.Session, "service", ro.Service, "remote", ro.Remote,
-			"bytes_in", st.AToB, "bytes_out", st.BToA, "duration", time.Since(start).Round(time.Microsecond), "outcome", outcome}
-		if err != nil {
-			attrs = append(attrs, "err", err)
-		}
-		c.cfg.AccessLog.Info("reverse session", attrs...)
+		return ro, nil
 	}
 	i := slices.IndexFunc(c.cfg.Services, func(s ExposedService) bool { return s.Name == ro.Service })
 	if i < 0 {
 		WriteFrame(str, &OpenResult{Code: CodeUnknownService, Reason: fmt.Sprintf("this client does not expose %q", ro.Service)})
 		str.Close()
-		log("unknown_service", nil, relay.Stats{})
-		return
+		c.logReverse(start, ro, "unknown_service", nil, relay.Stats{})
+		return ro, nil
 	}
 	local := c.cfg.Services[i].Local
 	dctx, cancel := context.WithTimeout(ctx, localDialTimeout)
@@ -160,16 +170,25 @@ func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.S
 	if err != nil {
 		WriteFrame(str, &OpenResult{Code: CodeTargetUnreachable, Reason: fmt.Sprintf("local app %s: %v", local, errors.Unwrap(err))})
 		str.Close()
-		log("local_app_unreachable", err, relay.Stats{})
-		return
+		c.logReverse(start, ro, "local_app_unreachable", err, relay.Stats{})
+		return ro, nil
 	}
 	if err := WriteFrame(str, &OpenResult{Code: CodeOK}); err != nil {
 		app.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
-		return
+		return ro, nil
 	}
-	st, err := relay.Splice(ctx, newStreamConn(str, conn, ro.Session), app)
-	log(Outcome(err), err, st)
+	return ro, app
+}
+
+// logReverse writes a reverse session's access-log line.
+func (c *Client) logReverse(start time.Time, ro *ReverseOpen, outcome string, err error, st relay.Stats) {
+	attrs := []any{"session", ro.Session, "service", ro.Service, "remote", ro.Remote,
+		"bytes_in", st.AToB, "bytes_out", st.BToA, "duration", time.Since(start).Round(time.Microsecond), "outcome", outcome}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	c.cfg.AccessLog.Info("reverse session", attrs...)
 }
 
 // Errors of the reverse direction.
@@ -213,6 +232,21 @@ type ServiceRegistry interface {
 // remote. Errors: ErrClientOffline, or a *SessionError saying why the
 // client could not reach its app.
 func (svc *Service) Dial(ctx context.Context, remote netip.AddrPort) (*StreamConn, error) {
+	type result struct {
+		sc  *StreamConn
+		err error
+	}
+	// The caller's goroutine usually lives on as the session's relay: keep
+	// its stack small (see onFreshStack).
+	r := onFreshStack(func() result {
+		sc, err := svc.dial(ctx, remote)
+		return result{sc, err}
+	})
+	return r.sc, r.err
+}
+
+// dial is Dial, on the caller's goroutine.
+func (svc *Service) dial(ctx context.Context, remote netip.AddrPort) (*StreamConn, error) {
 	p := svc.peer
 	id := NewSessionID()
 	str, err := p.conn.OpenStreamSync(ctx)
