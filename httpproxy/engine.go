@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -271,16 +272,7 @@ func (e *engine) serveConn(nc net.Conn) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
 	c := &conn{e: e, c: nc, ctx: ctx, client: nc.RemoteAddr().String()}
-	c.br, _ = e.readers.Get().(*bufio.Reader)
-	if c.br == nil {
-		c.br = bufio.NewReaderSize(nil, connBufferSize)
-	}
-	c.bw, _ = e.writers.Get().(*bufio.Writer)
-	if c.bw == nil {
-		c.bw = bufio.NewWriterSize(nil, connBufferSize)
-	}
-	c.br.Reset(nc)
-	c.bw.Reset(nc)
+	c.br, c.bw = e.reader(nc), e.writer(nc)
 	defer func() { c.up.close(); c.releaseBuffers() }()
 	for first := true; ; first = false {
 		h, err := c.readHead(first)
@@ -303,7 +295,7 @@ func (c *conn) readHead(first bool) (*head, error) {
 			return nil, errIdle // draining: no more requests on this connection
 		}
 		c.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
-		_, err := c.br.Peek(1)
+		err := c.waitIdle()
 		c.e.setIdle(c.c, false)
 		if err != nil {
 			return nil, errIdle
@@ -317,18 +309,75 @@ func (c *conn) readHead(first bool) (*head, error) {
 
 var errIdle = errors.New("idle")
 
+// reader and writer take a connection buffer from the pools.
+func (e *engine) reader(r io.Reader) *bufio.Reader {
+	br, _ := e.readers.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(nil, connBufferSize)
+	}
+	br.Reset(r)
+	return br
+}
+
+func (e *engine) writer(w io.Writer) *bufio.Writer {
+	bw, _ := e.writers.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, connBufferSize)
+	}
+	bw.Reset(w)
+	return bw
+}
+
+func (e *engine) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	e.readers.Put(br)
+}
+
+func (e *engine) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	e.writers.Put(bw)
+}
+
+// waitIdle waits for the first byte of the next request on a keep-alive
+// connection. When no buffer holds data, it gives the buffers of both
+// sides back while it waits (in the netpoller, see waitReadable): an idle
+// keep-alive connection, of which browsers keep many, then holds no 32 KiB
+// of buffers, only its sockets and goroutine.
+func (c *conn) waitIdle() error {
+	u := c.up
+	parkUp := u != nil && u.br.Buffered() == 0 && u.bw.Buffered() == 0
+	if c.br.Buffered() > 0 || c.bw.Buffered() > 0 || !canWaitReadable(c.c) {
+		_, err := c.br.Peek(1)
+		return err
+	}
+	c.e.putReader(c.br)
+	c.e.putWriter(c.bw)
+	if parkUp {
+		c.e.putReader(u.br)
+		c.e.putWriter(u.bw)
+	}
+	_, err := waitReadable(c.c)
+	c.br, c.bw = c.e.reader(c.c), c.e.writer(c.c)
+	if parkUp {
+		u.br, u.bw = c.e.reader(u.c), c.e.writer(u.c)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = c.br.Peek(1)
+	return err
+}
+
 // releaseBuffers gives c's buffers back to the engine; c reads and writes
 // no more through them. Every goroutine using them (a request body's) has
 // ended by then.
 func (c *conn) releaseBuffers() {
 	c.scratch = nil
 	if c.br != nil {
-		c.br.Reset(nil)
-		c.e.readers.Put(c.br)
+		c.e.putReader(c.br)
 	}
 	if c.bw != nil {
-		c.bw.Reset(nil)
-		c.e.writers.Put(c.bw)
+		c.e.putWriter(c.bw)
 	}
 	c.br, c.bw = nil, nil
 }

@@ -224,7 +224,7 @@ func (c *conn) redial(r *route) (bool, error) {
 	if err != nil {
 		return true, err
 	}
-	c.up = &upstream{key: r.key, c: nc, br: bufio.NewReaderSize(nc, connBufferSize), bw: bufio.NewWriterSize(nc, connBufferSize), session: sessionOf(nc)}
+	c.up = &upstream{key: r.key, c: nc, br: c.e.reader(nc), bw: c.e.writer(nc), session: sessionOf(nc)}
 	return true, nil
 }
 

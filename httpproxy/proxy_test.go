@@ -452,3 +452,56 @@ func TestHeaderLinesLongerThanBuffers(t *testing.T) {
 		t.Errorf("client received X-Long of %d bytes, want %d", len(got), len(long))
 	}
 }
+
+func TestKeepAliveAcrossIdleWaits(t *testing.T) {
+	// While a keep-alive connection waits for its next request, its
+	// buffers (and its upstream's) go back to the pool; requests after the
+	// wait, one at a time or pipelined, must still reuse the upstream and
+	// be answered in order.
+	var conns atomic.Int32
+	target := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}))
+	target.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	target.Start()
+	defer target.Close()
+	_, proxy := startProxy(t, Config{})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	get := func(paths ...string) {
+		t.Helper()
+		var reqs strings.Builder
+		for _, p := range paths {
+			fmt.Fprintf(&reqs, "GET %s/%s HTTP/1.1\r\nHost: x\r\n\r\n", target.URL, p)
+		}
+		io.WriteString(c, reqs.String()) // all at once: pipelined when more than one
+		for _, p := range paths {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "/"+p {
+				t.Fatalf("answer %q to /%s", body, p)
+			}
+		}
+	}
+	get("a")
+	time.Sleep(50 * time.Millisecond) // idle: buffers parked
+	get("b")
+	time.Sleep(50 * time.Millisecond)
+	get("c", "d", "e")
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("target saw %d connections, want the upstream reused: 1", n)
+	}
+}
