@@ -40,6 +40,9 @@ type Client struct {
 	registrations []Registration
 
 	stats clientCounters
+	// silentConn is the last control connection found silent (see
+	// SilenceTimeout), so that is logged once per connection.
+	silentConn atomic.Pointer[quic.Conn]
 
 	// refuseDialBacks leaves the tunnel creation service off, so dial-back
 	// packets vanish as behind a NAT that lets nothing in. Tests only.

@@ -52,10 +52,10 @@ type ClientConfig struct {
 	DialBackTimeout time.Duration
 	// SilenceTimeout is how long a session being opened may go without a
 	// single packet from coordinator (a live one acknowledges the Open
-	// within a round trip, however slow the target) before the connection
-	// is taken for dead and closed: the session fails then, and later
-	// ones reconnect, instead of waiting for OpenTimeout or the QUIC idle
-	// timeout (30 s). Default 5s.
+	// within a round trip, however slow the target) before it fails with
+	// ErrCoordinatorUnavailable, instead of waiting for OpenTimeout. The
+	// connection itself is left to the QUIC idle timeout (30 s), so a path
+	// that comes back keeps its sessions. Default 5s.
 	SilenceTimeout time.Duration
 	// ConnectTimeout bounds one attempt to connect to coordinator, and how
 	// long Dial waits for a connection while none is up. Default 5s.

@@ -100,14 +100,19 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 
 	// Watch for a coordinator gone silent (see SilenceTimeout): any packet
 	// from it, an acknowledgement of the Open at least, proves it alive.
+	// The session is given up; the connection is left to the QUIC idle
+	// timeout, so that a path that comes back keeps its sessions.
 	received := conn.ConnectionStats().PacketsReceived
 	var silent atomic.Bool
 	watchdog := time.AfterFunc(c.cfg.SilenceTimeout, func() {
 		if conn.ConnectionStats().PacketsReceived == received {
 			silent.Store(true)
-			c.log.Warn("coordinator stopped answering: closing the connection to it", "coordinator", conn.RemoteAddr(),
-				"silent_for", c.cfg.SilenceTimeout)
-			conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "coordinator stopped answering")
+			if c.silentConn.Swap(conn) != conn { // once per connection
+				c.log.Warn("coordinator stopped answering: sessions are refused until it answers again or the connection times out",
+					"coordinator", conn.RemoteAddr(), "silent_for", c.cfg.SilenceTimeout)
+			}
+			str.CancelRead(quic.StreamErrorCode(CodeTimeout))
+			str.CancelWrite(quic.StreamErrorCode(CodeTimeout))
 		}
 	})
 	defer watchdog.Stop()
