@@ -63,6 +63,26 @@ func startProxy(t *testing.T, cfg Config) (*Proxy, string) {
 	return p, ln.Addr().String()
 }
 
+// rawTarget serves one TCP connection with serve and returns its
+// address; the end of the test closes it and waits for serve.
+func rawTarget(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		serve(c)
+	})
+	return ln.Addr().String()
+}
+
 // rawExchange sends raw request bytes to the proxy and returns the parsed
 // response with its body.
 func rawExchange(t *testing.T, proxy, req string) (*http.Response, string) {
@@ -85,14 +105,7 @@ func rawExchange(t *testing.T, proxy, req string) (*http.Response, string) {
 
 func TestHopByHopAndOrder(t *testing.T) {
 	// A raw target that returns the head it received as the body.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	var wg sync.WaitGroup
-	defer func() { ln.Close(); wg.Wait() }()
-	wg.Go(func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	target := rawTarget(t, func(c net.Conn) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		var head bytes.Buffer
@@ -106,7 +119,6 @@ func TestHopByHopAndOrder(t *testing.T) {
 		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nKeep-Alive: timeout=5\r\nX-Resp: B\r\n\r\n%s", head.Len(), head.String())
 	})
 	_, proxy := startProxy(t, Config{})
-	target := ln.Addr().String()
 	resp, body := rawExchange(t, proxy, "GET http://"+target+"/a%20b?c=d HTTP/1.1\r\n"+
 		"Host: "+target+"\r\nX-B: 2\r\nx-a: 1\r\nX-B: 3\r\nConnection: X-Drop, keep-alive\r\nX-Drop: gone\r\n"+
 		"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\r\n")
@@ -204,20 +216,13 @@ func TestBodies(t *testing.T) {
 
 func TestCloseDelimitedResponse(t *testing.T) {
 	// A target with no framing: the body ends when it closes.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	var wg sync.WaitGroup
-	defer func() { ln.Close(); wg.Wait() }()
-	wg.Go(func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	target := rawTarget(t, func(c net.Conn) {
 		http.ReadRequest(bufio.NewReader(c))
 		io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\nuntil close")
 		c.Close()
 	})
 	_, proxy := startProxy(t, Config{})
-	resp, body := rawExchange(t, proxy, "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, body := rawExchange(t, proxy, "GET http://"+target+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	if body != "until close" || !resp.Close {
 		t.Fatalf("body %q close %v", body, resp.Close)
 	}
@@ -382,14 +387,7 @@ func (s *syncBuffer) String() string {
 
 func TestClientHangingUpIsCanceled(t *testing.T) {
 	// A target sending a body far larger than the client will read.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	var wg sync.WaitGroup
-	defer func() { ln.Close(); wg.Wait() }()
-	wg.Go(func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	target := rawTarget(t, func(c net.Conn) {
 		defer c.Close()
 		http.ReadRequest(bufio.NewReader(c))
 		const size = 256 << 20
@@ -403,7 +401,7 @@ func TestClientHangingUpIsCanceled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(c, "GET http://%s/big HTTP/1.1\r\nHost: x\r\n\r\n", ln.Addr())
+	fmt.Fprintf(c, "GET http://%s/big HTTP/1.1\r\nHost: x\r\n\r\n", target)
 	if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
 		t.Fatal(err)
 	}
@@ -427,14 +425,7 @@ func TestHeaderLinesLongerThanBuffers(t *testing.T) {
 	// Lines several times connBufferSize, both ways: read in pieces,
 	// passed on whole.
 	long := strings.Repeat("c", 3*connBufferSize+17)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	var wg sync.WaitGroup
-	defer func() { ln.Close(); wg.Wait() }()
-	wg.Go(func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	target := rawTarget(t, func(c net.Conn) {
 		defer c.Close()
 		req, err := http.ReadRequest(bufio.NewReader(c))
 		if err != nil {
@@ -444,7 +435,7 @@ func TestHeaderLinesLongerThanBuffers(t *testing.T) {
 		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Long: %s\r\nContent-Length: %d\r\n\r\n%s", long, len(got), got)
 	})
 	_, proxy := startProxy(t, Config{})
-	resp, body := rawExchange(t, proxy, "GET http://"+ln.Addr().String()+"/ HTTP/1.1\r\nHost: x\r\nCookie: "+long+"\r\n\r\n")
+	resp, body := rawExchange(t, proxy, "GET http://"+target+"/ HTTP/1.1\r\nHost: x\r\nCookie: "+long+"\r\n\r\n")
 	if body != long {
 		t.Errorf("target received a Cookie of %d bytes, want %d", len(body), len(long))
 	}
