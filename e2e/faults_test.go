@@ -499,7 +499,7 @@ func TestBadTokenFlood(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	jobs := make(chan int)
-	var refused, other atomic.Int64
+	var refused, resets, other atomic.Int64
 	var firstOther atomic.Value
 	var wg sync.WaitGroup
 	floodStart := time.Now()
@@ -508,9 +508,17 @@ func TestBadTokenFlood(t *testing.T) {
 			for i := range jobs {
 				err := badTokenClient(ctx, qtr, coordAddr, tlsConf, fmt.Sprintf("bad-token-%d", i))
 				var ae *quic.ApplicationError
-				if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quic.ApplicationErrorCode(quictun.CodeUnauthorized) {
+				var sr *quic.StatelessResetError
+				switch {
+				case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quic.ApplicationErrorCode(quictun.CodeUnauthorized):
 					refused.Add(1)
-				} else {
+				case errors.As(err, &sr):
+					// coordinator refused it, but the close was lost in the
+					// flood and the connection already forgotten when the
+					// client spoke again: auth_failures_total below says
+					// whether every one was refused.
+					resets.Add(1)
+				default:
 					other.Add(1)
 					firstOther.CompareAndSwap(nil, fmt.Sprint(err))
 				}
@@ -552,8 +560,12 @@ func TestBadTokenFlood(t *testing.T) {
 	floodTook := time.Since(floodStart)
 	waitFor(t, "the second client to connect", func() bool { return strings.Contains(second.out.String(), "connected to coordinator") })
 
-	if refused.Load() != bad {
-		t.Fatalf("%d of %d bad-token connections refused as unauthorized; %d ended otherwise (first: %v)", refused.Load(), bad, other.Load(), firstOther.Load())
+	if other.Load() != 0 {
+		t.Fatalf("%d of %d bad-token connections refused as unauthorized, %d reset after a lost close; %d ended otherwise (first: %v)",
+			refused.Load(), bad, resets.Load(), other.Load(), firstOther.Load())
+	}
+	if n := resets.Load(); n > 0 {
+		t.Logf("%d bad-token clients saw a stateless reset: coordinator's close to them was lost in the flood", n)
 	}
 	if v, err := metric(b.coordMetrics, "quictunnel_auth_failures_total"); err != nil || v != bad {
 		t.Errorf("auth_failures_total %v (%v), want %d", v, err, bad)
