@@ -29,13 +29,12 @@ type Server struct {
 	log   *slog.Logger
 	stats serverCounters
 
-	mu       sync.Mutex
-	peers    map[*peer]struct{}
-	workers  map[*workerPeer]int // dial-back workers, with the number of clients each serves
-	ln       *quic.Listener
-	draining bool
-	live     int           // sessions being set up or relayed
-	drained  chan struct{} // closed when live drops to 0, while draining
+	mu      sync.Mutex
+	peers   map[*peer]struct{}
+	workers map[*workerPeer]int // dial-back workers, with the number of clients each serves
+	ln      *quic.Listener
+
+	sessions drainGate // sessions being set up or relayed
 }
 
 type serverCounters struct {
@@ -139,7 +138,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer ln.Close()
 	s.mu.Lock()
 	s.ln = ln
-	if s.draining {
+	if s.sessions.isStopped() {
 		ln.Close()
 	}
 	s.mu.Unlock()
@@ -151,7 +150,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if s.isDraining() {
+			if s.sessions.isStopped() {
 				<-ctx.Done() // the clients connected still have sessions to finish
 				return nil
 			}
@@ -291,53 +290,13 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.
 // nil once none is left, or ctx's cause when ctx ends first. Ending
 // Serve's context then closes everything.
 func (s *Server) Drain(ctx context.Context) error {
+	s.sessions.stop()
 	s.mu.Lock()
-	s.draining = true
 	if s.ln != nil {
 		s.ln.Close()
 	}
-	if s.live == 0 {
-		s.mu.Unlock()
-		return nil
-	}
-	if s.drained == nil {
-		s.drained = make(chan struct{})
-	}
-	done, n := s.drained, s.live
 	s.mu.Unlock()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%d sessions still open: %w", n, context.Cause(ctx))
-	}
-}
-
-func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
-
-// beginSession counts a session in; it reports false while draining.
-func (s *Server) beginSession() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining {
-		return false
-	}
-	s.live++
-	return true
-}
-
-func (s *Server) endSession() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.live--
-	if s.live == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
-	}
+	return s.sessions.wait(ctx)
 }
 
 // Reauthorize checks every connected client's token again with
@@ -534,13 +493,13 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		str.Close()
 	}
-	if !p.s.beginSession() {
+	if !p.s.sessions.begin() {
 		WriteFrame(str, &OpenResult{Code: CodeShutdown, Reason: "coordinator is shutting down"})
 		endOpen()
 		outcome("shutting_down", nil, relay.Stats{})
 		return
 	}
-	defer p.s.endSession()
+	defer p.s.sessions.end()
 	if !p.beginSession() {
 		max := p.s.cfg.MaxSessionsPerClient
 		p.s.stats.limits.hit(p.log, LimitSessionsPerClient, "session refused: client has too many sessions open",

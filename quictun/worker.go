@@ -121,10 +121,9 @@ type Worker struct {
 	connected bool
 	observed  netip.AddrPort // our address as coordinator sees it
 	clients   map[[32]byte]*workerClient
-	ctrl      *quic.Stream  // control stream to coordinator; nil while down
-	draining  bool          // Drain called: no more jobs
-	live      int           // jobs being served
-	drained   chan struct{} // closed when live drops to 0, while draining
+	ctrl      *quic.Stream // control stream to coordinator; nil while down
+
+	sessions drainGate // jobs being served; stopped by Drain
 
 	stats workerCounters
 }
@@ -233,47 +232,13 @@ func (w *Worker) Run(ctx context.Context) error {
 // returns nil once no session is left, or ctx's cause when ctx ends
 // first. Ending Run's context then closes everything.
 func (w *Worker) Drain(ctx context.Context) error {
+	w.sessions.stop()
 	w.mu.Lock()
-	w.draining = true
 	if w.ctrl != nil {
 		w.ctrl.Close()
 	}
-	if w.live == 0 {
-		w.mu.Unlock()
-		return nil
-	}
-	if w.drained == nil {
-		w.drained = make(chan struct{})
-	}
-	done, n := w.drained, w.live
 	w.mu.Unlock()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%d sessions still open: %w", n, context.Cause(ctx))
-	}
-}
-
-// beginJob counts a job in; it reports false while draining.
-func (w *Worker) beginJob() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.draining {
-		return false
-	}
-	w.live++
-	return true
-}
-
-func (w *Worker) endJob() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.live--
-	if w.live == 0 && w.drained != nil {
-		close(w.drained)
-		w.drained = nil
-	}
+	return w.sessions.wait(ctx)
 }
 
 // readPunches records the source of every punch arriving on the socket.
@@ -348,7 +313,7 @@ func (w *Worker) connect(ctx context.Context) (*quic.Conn, error) {
 	ctrl.CancelRead(quic.StreamErrorCode(CodeOK))
 	w.mu.Lock()
 	w.connected, w.observed, w.ctrl = true, welcome.ObservedAddr, ctrl
-	if w.draining {
+	if w.sessions.isStopped() {
 		ctrl.Close() // we take no jobs: coordinator gives us no clients
 	}
 	w.mu.Unlock()
@@ -421,13 +386,13 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		return
 	}
 	str.SetReadDeadline(time.Time{})
-	if !w.beginJob() {
+	if !w.sessions.begin() {
 		// Draining: coordinator, seeing nothing answered, serves it itself.
 		str.CancelRead(quic.StreamErrorCode(CodeShutdown))
 		str.CancelWrite(quic.StreamErrorCode(CodeShutdown))
 		return
 	}
-	defer w.endJob()
+	defer w.sessions.end()
 	w.stats.jobs.Add(1)
 	start := time.Now()
 	log := w.log.With("session", job.Session, "target", job.Target)

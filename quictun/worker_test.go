@@ -176,9 +176,7 @@ func TestDrainingWorkerRefusesJobs(t *testing.T) {
 	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
 	w := startWorker(t, h, "worker-secret")
 	waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
-	w.mu.Lock()
-	w.draining = true // without telling coordinator
-	w.mu.Unlock()
+	w.sessions.stop() // without telling coordinator
 	echoRoundTrip(t, h.client, echoServer(t, "127.0.0.1"), []byte("refused by the worker"))
 	if ws, ss := w.Stats(), h.server.Stats(); ws.Jobs != 0 || ss.Sessions != 1 || ss.DialBackDials != 1 {
 		t.Fatalf("worker %+v server %+v: want the session served by coordinator itself", ws, ss)
