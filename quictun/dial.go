@@ -118,7 +118,8 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 	defer watchdog.Stop()
 	defer func() {
 		if silent.Load() && err != nil {
-			err = fmt.Errorf("%w: no packet from it in %s", errCoordinatorSilent, c.cfg.SilenceTimeout)
+			err = fmt.Errorf("%w: no packet from it in %s (is coordinator running, and is the network to it up?)",
+				errCoordinatorSilent, c.cfg.SilenceTimeout)
 		}
 	}()
 
