@@ -420,3 +420,65 @@ func TestPACFile(t *testing.T) {
 		t.Fatalf("PAC: %d %q %v", resp.StatusCode, body, resp.Header)
 	}
 }
+
+// TestFastOpen: with fast open, plain requests, TLS through CONNECT and
+// errors all work; sessions skip the dial-back, and a request to a target
+// coordinator cannot reach still gets its 502 (a CONNECT, answered before
+// the target was tried, is closed instead).
+func TestFastOpen(t *testing.T) {
+	l := startLab(t, labOptions{fastOpen: true})
+	target := startTarget(t, "127.0.0.1", bulkHandler())
+	client := l.httpClient(t, nil, false)
+	const size = 8 << 20
+	resp, err := client.Get(target.URL + "/bytes?n=" + strconv.Itoa(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != size || hex.EncodeToString(h.Sum(nil)) != patternSHA(size) {
+		t.Fatalf("download: %d bytes, %v, or wrong bytes", n, err)
+	}
+
+	tlsTarget := httptest.NewTLSServer(bulkHandler())
+	defer tlsTarget.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(tlsTarget.Certificate())
+	resp, err = l.httpClient(t, roots, false).Post(tlsTarget.URL+"/up", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatalf("POST through CONNECT: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("POST 5 %x", sha256.Sum256([]byte("hello"))); string(body) != want {
+		t.Fatalf("answer %q, want %q", body, want)
+	}
+
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	resp, err = client.Get("http://" + dead + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || !strings.Contains(string(body), "refused") {
+		t.Fatalf("got %d %q, want 502 saying the connection was refused", resp.StatusCode, body)
+	}
+	if _, err := l.httpClient(t, nil, false).Get("https://" + dead + "/"); err == nil {
+		t.Fatal("CONNECT to a dead target succeeded")
+	}
+
+	st := l.coord.Server().Stats()
+	if st.FastOpenSessions < 2 || st.DialBackSessions != 0 || st.DialBackDials != 0 {
+		t.Fatalf("coordinator stats %+v: want fast-open sessions only, no dial-back", st)
+	}
+	client.CloseIdleConnections()
+	waitFor(t, "access log lines", func() bool {
+		return strings.Contains(l.coordLog.String(), "(fast-open)") &&
+			strings.Contains(l.proxyLog.String(), "method=CONNECT target="+dead+" status=200") &&
+			strings.Contains(l.proxyLog.String(), "target unreachable")
+	})
+}

@@ -107,6 +107,8 @@ type labOptions struct {
 	// targets is coordinator's target policy; default: private targets
 	// allowed, as everything in the lab is on loopback.
 	targets *coordinator.TargetPolicy
+	// fastOpen turns on localproxy's fast open.
+	fastOpen bool
 }
 
 func startLab(t testing.TB, o labOptions) *lab {
@@ -139,6 +141,7 @@ func startLab(t testing.TB, o labOptions) *lab {
 		Name:           "e2e",
 		ConnectTimeout: 2 * time.Second,
 		IdleRestart:    o.idleRestart,
+		FastOpen:       o.fastOpen,
 		Logger:         l.proxyLog.logger(),
 	})
 	if err != nil {

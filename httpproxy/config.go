@@ -11,6 +11,9 @@ import (
 
 // Dialer opens a byte stream to target ("host:port") for one browser
 // connection. A returned *DialError chooses the status the browser sees.
+// A Dialer may also return before the target is reached and fail the
+// connection's first Read with a *DialError: a request then gets that
+// status, a CONNECT (already answered 200) is closed.
 type Dialer interface {
 	DialTarget(ctx context.Context, target string) (net.Conn, error)
 }

@@ -146,7 +146,15 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 		}
 	}
 	if err != nil {
-		c.writeError(http.StatusBadGateway, fmt.Sprintf("bad response from %s: %v", r.key, err))
+		var de *DialError
+		if errors.As(err, &de) {
+			// A Dialer that answers before reaching the target (fast
+			// open) reports the failure here.
+			status = de.Status
+			c.writeError(de.Status, de.Reason)
+		} else {
+			c.writeError(http.StatusBadGateway, fmt.Sprintf("bad response from %s: %v", r.key, err))
+		}
 		waitBody(0)
 		return false, err
 	}

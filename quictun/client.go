@@ -55,6 +55,7 @@ type Client struct {
 type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
 	connects, relaySessions, punches                        atomic.Uint64
+	fastOpenSessions                                        atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
 }
@@ -65,7 +66,8 @@ type ClientStats struct {
 	PublicAddr       netip.AddrPort
 	ObservedAddr     netip.AddrPort // as coordinator saw us
 	Sessions         uint64         // sessions established
-	RelaySessions    uint64         // of which carried over the control connection
+	RelaySessions    uint64         // of which relayed over the control connection after a failed dial-back
+	FastOpenSessions uint64         // of which opened with fast open (also over the control connection)
 	PendingSessions  int            // waiting for their dial-back now
 	DialBackTimeouts uint64
 	UnknownSessions  uint64 // dial-back streams refused: unknown or expired id
@@ -329,6 +331,7 @@ func (c *Client) Stats() ClientStats {
 	c.mu.Unlock()
 	st.Sessions = c.stats.sessions.Load()
 	st.RelaySessions = c.stats.relaySessions.Load()
+	st.FastOpenSessions = c.stats.fastOpenSessions.Load()
 	st.PendingSessions = c.table.len()
 	st.DialBackTimeouts = c.stats.dialBackTimeouts.Load()
 	st.UnknownSessions = c.stats.unknownSessions.Load()

@@ -57,6 +57,13 @@ type ClientConfig struct {
 	// connection itself is left to the QUIC idle timeout (30 s), so a path
 	// that comes back keeps its sessions. Default 5s.
 	SilenceTimeout time.Duration
+	// FastOpen makes Dial return as soon as it has sent a FastOpen,
+	// without waiting for coordinator: the caller writes at once, and
+	// coordinator relays the session on the Open stream instead of dialing
+	// back. Saves a round trip per session (a browser's CONNECT gets its
+	// 200 at once); the price is that a target coordinator cannot reach is
+	// reported on the first Read, as a *SessionError, not by Dial.
+	FastOpen bool
 	// ConnectTimeout bounds one attempt to connect to coordinator, and how
 	// long Dial waits for a connection while none is up. Default 5s.
 	ConnectTimeout time.Duration

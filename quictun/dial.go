@@ -44,7 +44,11 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 	if err != nil {
 		return nil, err
 	}
-	sc, err := c.dial(ctx, conn, target)
+	dial := c.dial
+	if c.cfg.FastOpen {
+		dial = c.dialFast
+	}
+	sc, err := dial(ctx, conn, target)
 	if err != nil && errors.Is(err, ErrCoordinatorUnavailable) && !errors.Is(err, errCoordinatorSilent) &&
 		conn.Context().Err() != nil && ctx.Err() == nil {
 		// The control connection died under us (coordinator restarted):
@@ -52,9 +56,88 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 		if conn, err = c.controlConn(ctx); err != nil {
 			return nil, err
 		}
-		sc, err = c.dial(ctx, conn, target)
+		sc, err = dial(ctx, conn, target)
 	}
 	return sc, err
+}
+
+// dialFast sends a FastOpen on a new stream of conn and returns the stream
+// at once; coordinator's answer is read by its first Read or Peek (see
+// StreamConn.awaitAnswer), under the same time limits as dial's.
+func (c *Client) dialFast(ctx context.Context, conn *quic.Conn, target string) (*StreamConn, error) {
+	start := time.Now()
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open stream: %w", ErrCoordinatorUnavailable, err)
+	}
+	id := NewSessionID()
+	if err := WriteFrame(str, &Open{Session: id, Target: target, Fast: true}); err != nil {
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		return nil, c.openError(ctx, target, err)
+	}
+
+	// The limits dial enforces with deadlines, enforced here by resetting
+	// the stream: the reader waiting for the answer then gets an error.
+	var silent, late atomic.Bool
+	abort := func(flag *atomic.Bool) {
+		flag.Store(true)
+		str.CancelRead(quic.StreamErrorCode(CodeTimeout))
+		str.CancelWrite(quic.StreamErrorCode(CodeTimeout))
+	}
+	received := conn.ConnectionStats().PacketsReceived
+	watchdog := time.AfterFunc(c.cfg.SilenceTimeout, func() {
+		if conn.ConnectionStats().PacketsReceived == received {
+			if c.silentConn.Swap(conn) != conn {
+				c.log.Warn("coordinator stopped answering: sessions are refused until it answers again or the connection times out",
+					"coordinator", conn.RemoteAddr(), "silent_for", c.cfg.SilenceTimeout)
+			}
+			abort(&silent)
+		}
+	})
+	deadline := time.AfterFunc(c.cfg.OpenTimeout, func() { abort(&late) })
+
+	sc := newStreamConn(str, conn, id)
+	sc.awaitAnswer = func() error {
+		msg, err := ReadFrame(str)
+		watchdog.Stop()
+		deadline.Stop()
+		switch {
+		case err == nil:
+		case silent.Load():
+			return fmt.Errorf("%w: no packet from it in %s (is coordinator running, and is the network to it up?)",
+				errCoordinatorSilent, c.cfg.SilenceTimeout)
+		case late.Load():
+			return &SessionError{Target: target, Code: CodeTimeout, Reason: "coordinator did not answer in time"}
+		case isRemoteCode(err, CodeProtocol):
+			return &SessionError{Target: target, Code: CodeProtocol,
+				Reason: "coordinator refused the fast open (is it older than localproxy? update it, or turn fast open off)"}
+		default:
+			return c.openError(context.Background(), target, err)
+		}
+		res, ok := msg.(*OpenResult)
+		switch {
+		case !ok:
+			err = fmt.Errorf("%w: expected open result, got %T", ErrProtocol, msg)
+		case res.Code != CodeOK:
+			err = &SessionError{Target: target, Code: res.Code, Reason: res.Reason}
+		default:
+			c.stats.sessions.Add(1)
+			c.stats.fastOpenSessions.Add(1)
+			c.stats.setupLatency.Observe(time.Since(start))
+			return nil
+		}
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		return err
+	}
+	return sc, nil
+}
+
+// isRemoteCode reports whether err is the peer resetting a stream with code.
+func isRemoteCode(err error, code ErrorCode) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote && ErrorCode(se.ErrorCode) == code
 }
 
 // errCoordinatorSilent is why Dial gave up on a coordinator that sent

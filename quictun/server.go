@@ -42,6 +42,7 @@ type serverCounters struct {
 	targetErrors, targetsForbidden, dialBackErrors  atomic.Int64
 	dialBackDials                                   atomic.Int64
 	dialBackSessions, relaySessions                 atomic.Int64
+	fastOpenSessions                                atomic.Int64
 	bytesUp, bytesDown                              atomic.Int64
 	setupLatency, dialBackLatency                   Histogram
 	limits                                          limitHits
@@ -60,9 +61,11 @@ type ServerStats struct {
 	TargetsForbidden int64
 	DialBackErrors   int64
 	DialBackDials    int64 // dial-back connections attempted by coordinator itself
-	// DialBackSessions and RelaySessions split Sessions by path.
+	// DialBackSessions, RelaySessions and FastOpenSessions split Sessions
+	// by path.
 	DialBackSessions int64
 	RelaySessions    int64
+	FastOpenSessions int64
 	BytesUp          int64
 	BytesDown        int64
 	// SetupLatency is the time from an Open to its session being ready;
@@ -111,6 +114,7 @@ func (s *Server) Stats() ServerStats {
 		DialBackDials:    s.stats.dialBackDials.Load(),
 		DialBackSessions: s.stats.dialBackSessions.Load(),
 		RelaySessions:    s.stats.relaySessions.Load(),
+		FastOpenSessions: s.stats.fastOpenSessions.Load(),
 		BytesUp:          s.stats.bytesUp.Load(),
 		BytesDown:        s.stats.bytesDown.Load(),
 		SetupLatency:     s.stats.setupLatency.Snapshot(),
@@ -518,7 +522,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		outcome("forbidden", nil, relay.Stats{})
 		return
 	}
-	if w := p.pickWorker(); w != nil {
+	if w := p.pickWorker(); w != nil && !open.Fast {
 		if p.serveViaWorker(ctx, w, str, open, outcome) {
 			return
 		}
@@ -548,12 +552,12 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 // was refused or failed, answered and logged (sess nil).
 type sessionSetup struct {
 	sess, target net.Conn
-	mode         string     // "dial-back" or "relay"
+	mode         string     // "dial-back", "relay" or "fast-open"
 	dialBack     *quic.Conn // the dial-back connection it holds a reference to, if any
 }
 
 // setUpSession dials the target, answers Open and dials back (or falls
-// back to the relay).
+// back to the relay); a FastOpen is relayed on its own stream.
 func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, log *slog.Logger,
 	outcome func(string, error, relay.Stats), endOpen func()) (su sessionSetup) {
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
@@ -577,6 +581,12 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 		target.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		outcome("client_gone", err, relay.Stats{})
+		return su
+	}
+	if open.Fast {
+		// The client's bytes already follow the FastOpen on this stream.
+		su.sess, su.mode, su.target = newStreamConn(str, p.conn, open.Session), "fast-open", target
+		p.s.stats.fastOpenSessions.Add(1)
 		return su
 	}
 	dialBackStart := time.Now()

@@ -3,6 +3,7 @@ package quictun
 import (
 	"errors"
 	"net"
+	"sync"
 
 	"github.com/quic-go/quic-go"
 )
@@ -15,6 +16,51 @@ type StreamConn struct {
 	conn          *quic.Conn
 	local, remote net.Addr
 	id            SessionID
+
+	// awaitAnswer, when set (a fast open), reads coordinator's answer
+	// from the stream; the first Read or Peek calls it, once, and every
+	// Read and Peek returns its error.
+	awaitAnswer func() error
+	answerOnce  sync.Once
+	answerErr   error
+}
+
+// answer reads coordinator's answer to a fast open, once.
+func (c *StreamConn) answer() error {
+	c.answerOnce.Do(func() { c.answerErr = c.awaitAnswer() })
+	return c.answerErr
+}
+
+// Read reads session bytes; for a fast open, after coordinator's answer.
+func (c *StreamConn) Read(b []byte) (int, error) {
+	if c.awaitAnswer != nil {
+		if err := c.answer(); err != nil {
+			return 0, err
+		}
+	}
+	return c.Stream.Read(b)
+}
+
+// Write writes session bytes. For a fast open refused by coordinator, it
+// fails with coordinator's answer rather than the stream's reset.
+func (c *StreamConn) Write(b []byte) (int, error) {
+	n, err := c.Stream.Write(b)
+	if err != nil && c.awaitAnswer != nil {
+		if aerr := c.answer(); aerr != nil {
+			return n, aerr
+		}
+	}
+	return n, err
+}
+
+// Peek is like Read without consuming.
+func (c *StreamConn) Peek(b []byte) (int, error) {
+	if c.awaitAnswer != nil {
+		if err := c.answer(); err != nil {
+			return 0, err
+		}
+	}
+	return c.Stream.Peek(b)
 }
 
 func newStreamConn(s *quic.Stream, c *quic.Conn, id SessionID) *StreamConn {

@@ -60,6 +60,13 @@ package quictun
 //     WorkerHello): coordinator gives it no more clients. A Job reaching it
 //     after that is reset with CodeShutdown before any JobResult, and
 //     coordinator serves that Open itself.
+//  4b. Fast open (localproxy --fast-open): localproxy writes FastOpen instead
+//     of Open and, without waiting, the session's bytes after it on the same
+//     stream. coordinator dials the target, answers OpenResult and, on
+//     CodeOK, relays the session on that stream: no dial-back, no worker.
+//     localproxy reads the OpenResult before the session's first byte. This
+//     saves the round trip a browser's CONNECT otherwise waits for; the
+//     price is that the browser has its 200 before the target is reached.
 //  5a. Relay: when the dial-back cannot be established within RelayAfter
 //     (a symmetric NAT, inbound UDP blocked), coordinator writes the single
 //     byte RelayMarker on the Open stream instead of ending it, and the
@@ -96,6 +103,7 @@ package quictun
 //	AddrUpdate  (0x03): public addr
 //	Open        (0x10): session id [16]byte, target string ("host:port")
 //	OpenResult  (0x11): code uint16 (ErrorCode; 0 is success), reason string
+//	FastOpen    (0x12): as Open; see 4b
 //	Register    (0x20): kind uint8 (1 http, 2 tcp), name string, port uint16
 //	                    (public port wanted; 0: none for http, any for tcp)
 //	RegisterResult (0x21): code uint16, reason string, port uint16, url string
@@ -157,6 +165,7 @@ const (
 	msgAddrUpdate     uint8 = 0x03
 	msgOpen           uint8 = 0x10
 	msgOpenResult     uint8 = 0x11
+	msgFastOpen       uint8 = 0x12
 	msgRegister       uint8 = 0x20
 	msgRegisterResult uint8 = 0x21
 	msgReverseOpen    uint8 = 0x30
@@ -257,6 +266,10 @@ type AddrUpdate struct {
 type Open struct {
 	Session SessionID
 	Target  string
+	// Fast makes it a FastOpen: the session's bytes follow on the same
+	// stream at once, and coordinator relays the session on it, with no
+	// dial-back.
+	Fast bool
 }
 
 // OpenResult answers Open.
@@ -345,10 +358,15 @@ type frame interface {
 	appendBody(b []byte) []byte
 }
 
-func (*Hello) msgType() uint8          { return msgHello }
-func (*Welcome) msgType() uint8        { return msgWelcome }
-func (*AddrUpdate) msgType() uint8     { return msgAddrUpdate }
-func (*Open) msgType() uint8           { return msgOpen }
+func (*Hello) msgType() uint8      { return msgHello }
+func (*Welcome) msgType() uint8    { return msgWelcome }
+func (*AddrUpdate) msgType() uint8 { return msgAddrUpdate }
+func (m *Open) msgType() uint8 {
+	if m.Fast {
+		return msgFastOpen
+	}
+	return msgOpen
+}
 func (*OpenResult) msgType() uint8     { return msgOpenResult }
 func (*Register) msgType() uint8       { return msgRegister }
 func (*RegisterResult) msgType() uint8 { return msgRegisterResult }
@@ -485,8 +503,8 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 		m = &Welcome{Version: d.u8(), ObservedAddr: d.addr(), DialBackFrom: d.addr()}
 	case msgAddrUpdate:
 		m = &AddrUpdate{PublicAddr: d.addr()}
-	case msgOpen:
-		o := &Open{}
+	case msgOpen, msgFastOpen:
+		o := &Open{Fast: typ == msgFastOpen}
 		copy(o.Session[:], d.bytes(SessionIDSize))
 		o.Target = d.str(maxTargetLen)
 		m = o

@@ -92,6 +92,11 @@ func main() {
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
 		Run: run,
+		// quic-go handles each connection on one goroutine; with the few
+		// clients coordinator usually has, more cores mostly add hand-offs
+		// between them (docs/benchmarks.md: ~25% more CPU per GiB on two
+		// cores). A server with many busy clients raises --procs.
+		Procs: 1,
 	}, os.Args))
 }
 

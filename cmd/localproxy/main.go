@@ -62,6 +62,8 @@ func main() {
 				Usage: "name of this client in coordinator's logs (default: the host name)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_DIAL_BACK_TIMEOUT"},
 				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fast-open", EnvVars: []string{"LOCALPROXY_FAST_OPEN"},
+				Usage: "answer CONNECT at once and send the browser's first bytes with the session's opening: one round trip less per connection, but an unreachable site closes the connection instead of showing a 502 page; sessions go over the connection to coordinator, without dial-back"}),
 			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 10000, EnvVars: []string{"LOCALPROXY_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
 				Usage: "milliseconds between keepalive packets on idle tunnel connections; keep it below the NAT's UDP timeout"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-pending-sessions", Value: 10000, EnvVars: []string{"LOCALPROXY_MAX_PENDING_SESSIONS"},
@@ -93,6 +95,10 @@ func main() {
 			Action: status,
 		}},
 		Run: run,
+		// One person's traffic over one QUIC connection, which quic-go
+		// handles on one goroutine: a second core mostly adds hand-offs
+		// between cores (docs/benchmarks.md: 20-30% more CPU per GiB).
+		Procs: 1,
 	}, os.Args))
 }
 
@@ -207,6 +213,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		InsecureNoProxyAuth: c.Bool("insecure-no-proxy-auth"),
 		Name:                c.String("name"),
 		DialBackTimeout:     c.Duration("dial-back-timeout"),
+		FastOpen:            c.Bool("fast-open"),
 		STUNTimeout:         c.Duration("stun-timeout"),
 		KeepAlive:           time.Duration(keepalive) * time.Millisecond,
 		IdleRestart:         c.Duration("idle-restart"),

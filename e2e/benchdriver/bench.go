@@ -183,13 +183,14 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 
 // setupResult is the session set-up benchmark's outcome.
 type setupResult struct {
-	n                int
-	direct, tunnel   []time.Duration
-	directP, tunnelP [2]time.Duration // p50, p99
+	n                       int
+	direct, tunnel, fast    []time.Duration
+	directP, tunnelP, fastP [2]time.Duration // p50, p99
 }
 
-// benchSetup times new sessions, direct and CONNECT alternately so both
-// see the same load from the rest of the machine.
+// benchSetup times new sessions, direct, CONNECT and CONNECT with fast
+// open in turn, so all three see the same load from the rest of the
+// machine.
 func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 	s := &setupResult{n: cfg.setups}
 	rep.setup = s
@@ -202,9 +203,13 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 		if err != nil {
 			return fmt.Errorf("CONNECT set-up: %w", err)
 		}
-		s.direct, s.tunnel = append(s.direct, d), append(s.tunnel, t)
+		f, err := firstByte(ctx, l.app, l.fastProxy)
+		if err != nil {
+			return fmt.Errorf("CONNECT set-up with fast open: %w", err)
+		}
+		s.direct, s.tunnel, s.fast = append(s.direct, d), append(s.tunnel, t), append(s.fast, f)
 	}
-	s.directP, s.tunnelP = percentiles(s.direct), percentiles(s.tunnel)
+	s.directP, s.tunnelP, s.fastP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast)
 	return nil
 }
 

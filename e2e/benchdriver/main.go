@@ -120,19 +120,21 @@ func main() {
 // lab is the running system under test.
 type lab struct {
 	app, proxy, public         string // TCP addresses
+	fastProxy                  string // a second localproxy's, with --fast-open (set-up benchmark only)
 	lpMetrics, coMetrics       string // http://host:port of the metrics/pprof listeners
 	demo, coordinator, localpx *proc
+	localpxFast                *proc
 	dir                        string
 }
 
 func (l *lab) procs() []*proc { return []*proc{l.localpx, l.coordinator} }
 
 func (l *lab) alive() error {
-	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited())
+	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited())
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 5)
+	tcp, err := ports("tcp", 6)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -141,7 +143,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		return nil, nil, err
 	}
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
-	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]),
+	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), fastProxy: addr(tcp[5]),
 		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), dir: dir}
 	var started []*proc
 	cleanup := func() {
@@ -165,6 +167,9 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
 			"--token", token, "--expose", "app=" + l.app, "--metrics-listen", addr(tcp[4]), "--pprof"}},
+		{&l.localpxFast, "localproxy+fast-open", []string{"--listen", l.fastProxy, "--coordinator", addr(udp[0]),
+			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
+			"--token", token, "--name", "fast-open", "--fast-open"}},
 	} {
 		p, err := startProc(dir, cfg.bin, s.name, s.args...)
 		if err != nil {
@@ -176,7 +181,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public)} {
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), absoluteFormRoute(l.app, l.fastProxy)} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
 			_, err := smallLoad(lctx, r, 1, time.Millisecond)

@@ -28,14 +28,17 @@ type proc struct {
 	err  error
 }
 
-// startProc runs bin/name with args, its output in dir/name.log.
+// startProc runs bin/name with args, its output in dir/name.log. A name
+// may carry a suffix after "+" (localproxy+fast-open): the log takes the
+// whole name, the binary the part before it.
 func startProc(dir, bin, name string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, name+".log")
+	binName, _, _ := strings.Cut(name, "+")
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	cmd := exec.Command(filepath.Join(bin, name), args...)
+	cmd := exec.Command(filepath.Join(bin, binName), args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()

@@ -29,6 +29,13 @@ func (d tunnelDialer) DialTarget(ctx context.Context, target string) (net.Conn, 
 	return tc, nil
 }
 
+// isOpenFailure reports whether err says a session could not be opened,
+// rather than that one failed after it was.
+func isOpenFailure(err error) bool {
+	var se *quictun.SessionError
+	return errors.As(err, &se) || errors.Is(err, quictun.ErrCoordinatorUnavailable)
+}
+
 // dialError maps a tunnel error to the status and reason a person can act
 // on: 502 the target is unreachable, 503 coordinator is, 504 something took
 // too long, 403 the target is not allowed.

@@ -62,6 +62,9 @@ type Config struct {
 	Name string
 	// DialBackTimeout bounds the wait for a dial-back. Default 10s.
 	DialBackTimeout time.Duration
+	// FastOpen opens sessions without waiting for coordinator (see
+	// quictun.ClientConfig.FastOpen): CONNECT is answered at once.
+	FastOpen bool
 	// ConnectTimeout bounds connecting to coordinator. Default 5s.
 	ConnectTimeout time.Duration
 	// KeepAlive is how often idle tunnel connections send a packet to keep
@@ -197,6 +200,7 @@ func New(cfg Config) (*Proxy, error) {
 		ServerName:         cfg.ServerName,
 		InsecureSkipVerify: cfg.Insecure,
 		DialBackTimeout:    cfg.DialBackTimeout,
+		FastOpen:           cfg.FastOpen,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		KeepAlive:          cfg.KeepAlive,
 		MaxPendingSessions: cfg.MaxPendingSessions,

@@ -157,6 +157,10 @@ type trackedConn struct {
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.StreamConn.Read(b)
 	c.down.Add(int64(n))
+	if err != nil && isOpenFailure(err) {
+		// A fast open's answer: the same status a failed Dial gets.
+		err = dialError(err)
+	}
 	return n, err
 }
 

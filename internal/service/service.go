@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -49,6 +50,11 @@ type App struct {
 	// nil, or ctx's error, after a clean stop. log is the service's logger
 	// (stderr, --log-format, --log-level).
 	Run func(ctx context.Context, c *cli.Context, log *slog.Logger) error
+	// Procs is the default of --procs: how many cores the service's Go
+	// code runs on at once (GOMAXPROCS). 0 leaves Go's default (all the
+	// cores it may use), as does a GOMAXPROCS environment variable when
+	// --procs is not given.
+	Procs int
 }
 
 // Main runs app with args (os.Args) and returns the process exit code:
@@ -83,8 +89,8 @@ func envPrefix(name string) string {
 	return strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
 }
 
-// commonFlags returns --config, --log-format and --log-level.
-func commonFlags(prefix string) []cli.Flag {
+// commonFlags returns --config, --log-format, --log-level and --procs.
+func commonFlags(prefix string, procs int) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "config", EnvVars: []string{prefix + "CONFIG"}, TakesFile: true,
 			Usage: "YAML `FILE` of settings; keys are the long flag names (e.g. log-level: debug)"},
@@ -92,6 +98,8 @@ func commonFlags(prefix string) []cli.Flag {
 			Usage: "log format: text or json"}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{prefix + "LOG_LEVEL"},
 			Usage: "log level: debug, info, warn or error"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "procs", Value: procs, EnvVars: []string{prefix + "PROCS"},
+			Usage: "how many CPU cores the service runs on at once (GOMAXPROCS); 0: all of them"}),
 	}
 }
 
@@ -104,7 +112,7 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 		return fail(2, err)
 	}
 	required := takeRequired(app.Flags)
-	flags := append(commonFlags(envPrefix(app.Name)), app.Flags...)
+	flags := append(commonFlags(envPrefix(app.Name), app.Procs), app.Flags...)
 	usageError := func(c *cli.Context, err error, _ bool) error {
 		return fmt.Errorf("%w (see %s --help)", err, app.Name)
 	}
@@ -149,6 +157,9 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 			if err := checkRequired(c, required, app.Flags); err != nil {
 				return err
 			}
+			if err := setProcs(c); err != nil {
+				return err
+			}
 			out := newBatchWriter(stderr)
 			defer out.Close() // flushes the last lines before Main prints or returns
 			log, err := NewLogger(out, c.String("log-format"), c.String("log-level"))
@@ -168,6 +179,22 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 		return fail(2, err)
 	}
 	return 0
+}
+
+// setProcs applies --procs.
+func setProcs(c *cli.Context) error {
+	n := c.Int("procs")
+	switch {
+	case n < 0:
+		return fmt.Errorf("--procs must be 0 (all cores) or more, got %d", n)
+	case !c.IsSet("procs") && os.Getenv("GOMAXPROCS") != "":
+		// The environment says; Go has applied it.
+	case n > 0:
+		runtime.GOMAXPROCS(n)
+	case c.IsSet("procs"):
+		runtime.SetDefaultGOMAXPROCS() // 0 given: all cores, whatever GOMAXPROCS says
+	}
+	return nil
 }
 
 // oneLine joins the lines of a multi-line message (some yaml and

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -431,4 +432,61 @@ func FuzzConfigFile(f *testing.F) {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}
 	})
+}
+
+func TestProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	tests := []struct {
+		name     string
+		defaults int
+		args     []string
+		env      map[string]string
+		want     int // -1: untouched; -2: Go's default without GOMAXPROCS
+		wantCode int
+	}{
+		{name: "app default", defaults: 1, want: 1},
+		{name: "flag beats default", defaults: 1, args: []string{"--procs", "3"}, want: 3},
+		{name: "environment", defaults: 1, env: map[string]string{"SVC_PROCS": "2"}, want: 2},
+		{name: "GOMAXPROCS wins over the default", defaults: 1, env: map[string]string{"GOMAXPROCS": "5"}, want: -1},
+		{name: "no default", want: -1},
+		{name: "0 is all cores, whatever GOMAXPROCS says", defaults: 1, args: []string{"--procs", "0"},
+			env: map[string]string{"GOMAXPROCS": "5"}, want: -2},
+		{name: "negative", args: []string{"--procs", "-1"}, wantCode: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			runtime.SetDefaultGOMAXPROCS()
+			all := runtime.GOMAXPROCS(0)
+			const sentinel = 7 // what GOMAXPROCS is when the app leaves it alone
+			runtime.GOMAXPROCS(sentinel)
+			var got int
+			app := App{Name: "svc", Procs: tt.defaults, Run: func(context.Context, *cli.Context, *slog.Logger) error {
+				got = runtime.GOMAXPROCS(0)
+				return nil
+			}}
+			code, _, stderr := runApp(t, app, tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d: %s", code, tt.wantCode, stderr)
+			}
+			if code != 0 {
+				if !strings.Contains(stderr, "--procs") {
+					t.Errorf("error %q does not name --procs", stderr)
+				}
+				return
+			}
+			want := tt.want
+			switch want {
+			case -1:
+				want = sentinel
+			case -2:
+				want = all
+			}
+			if got != want {
+				t.Errorf("GOMAXPROCS = %d, want %d", got, want)
+			}
+		})
+	}
 }

@@ -1,0 +1,203 @@
+package quictun
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func fastOpen(c *ClientConfig) { c.FastOpen = true }
+
+func TestFastOpenEcho(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{host: host, clientMod: fastOpen})
+			target := echoServer(t, host)
+			conn, err := h.client.Dial(t.Context(), target)
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer conn.Close()
+			// Written before coordinator has even read the FastOpen.
+			payload := bytes.Repeat([]byte("fast open bytes!"), 1<<16) // 1 MiB
+			go func() {
+				conn.Write(payload)
+				conn.CloseWrite()
+			}()
+			got, err := io.ReadAll(conn)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if sha256.Sum256(got) != sha256.Sum256(payload) {
+				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
+			}
+			if st := h.client.Stats(); st.Sessions != 1 || st.FastOpenSessions != 1 || st.PendingSessions != 0 {
+				t.Errorf("client stats = %+v", st)
+			}
+			if st := h.server.Stats(); st.FastOpenSessions != 1 || st.DialBackDials != 0 || st.DialBackSessions != 0 {
+				t.Errorf("server stats = %+v: want one fast-open session and no dial-back", st)
+			}
+		})
+	}
+}
+
+func TestFastOpenConcurrentSessions(t *testing.T) {
+	h := newHarness(t, harnessOpts{clientMod: fastOpen})
+	target := echoServer(t, "127.0.0.1")
+	const n = 100
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			conn, err := h.client.Dial(t.Context(), target)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			msg := fmt.Appendf(nil, "session %d", i)
+			conn.Write(msg)
+			conn.CloseWrite()
+			got, err := io.ReadAll(conn)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = fmt.Errorf("session %d: got %q", i, got)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if st := h.server.Stats(); st.FastOpenSessions != n {
+		t.Errorf("server fast-open sessions = %d, want %d", st.FastOpenSessions, n)
+	}
+}
+
+// TestFastOpenFailures: Dial succeeds at once; the first Read reports
+// what coordinator answered, as Dial does without fast open.
+func TestFastOpenFailures(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	tests := []struct {
+		name      string
+		serverMod func(*ServerConfig)
+		target    string
+		code      ErrorCode
+	}{
+		{name: "target unreachable", target: dead, code: CodeTargetUnreachable},
+		{name: "target forbidden", target: "127.0.0.1:9", code: CodeTargetForbidden,
+			serverMod: func(c *ServerConfig) {
+				c.DialTarget = func(context.Context, string, string) (net.Conn, error) {
+					return nil, fmt.Errorf("%w: not on the list", ErrTargetForbidden)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{clientMod: fastOpen, serverMod: tt.serverMod})
+			conn, err := h.client.Dial(t.Context(), tt.target)
+			if err != nil {
+				t.Fatalf("Dial = %v; a fast open fails on Read", err)
+			}
+			defer conn.Close()
+			conn.Write([]byte("GET / HTTP/1.1\r\n\r\n")) // goes nowhere, harmlessly
+			_, err = conn.Read(make([]byte, 10))
+			var se *SessionError
+			if !errors.As(err, &se) || se.Code != tt.code || se.Reason == "" {
+				t.Fatalf("Read = %v, want SessionError with %v and a reason", err, tt.code)
+			}
+			if _, err2 := conn.Peek(make([]byte, 1)); !errors.Is(err2, err) {
+				t.Errorf("Peek after the failure = %v, want the same error", err2)
+			}
+			if st := h.client.Stats(); st.Sessions != 0 {
+				t.Errorf("client counted %d sessions for a failed open", st.Sessions)
+			}
+		})
+	}
+}
+
+func TestFastOpenSilentCoordinator(t *testing.T) {
+	h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) {
+		c.FastOpen = true
+		c.SilenceTimeout = 300 * time.Millisecond
+		c.OpenTimeout = time.Minute
+	}})
+	target := echoServer(t, "127.0.0.1")
+	sc, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	h.serverTr.Conn.Close()
+	time.Sleep(200 * time.Millisecond) // see TestSilentCoordinatorIsGivenUp
+	sc, err = h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatalf("Dial = %v; a fast open fails on Read", err)
+	}
+	defer sc.Close()
+	_, err = sc.Read(make([]byte, 1))
+	if !errors.Is(err, ErrCoordinatorUnavailable) || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("Read = %v, want ErrCoordinatorUnavailable saying coordinator stopped answering", err)
+	}
+}
+
+func TestFastOpenSlowTarget(t *testing.T) {
+	// Slower than SilenceTimeout, within OpenTimeout: the session works.
+	h := newHarness(t, harnessOpts{
+		clientMod: func(c *ClientConfig) { c.FastOpen = true; c.SilenceTimeout = 100 * time.Millisecond },
+		serverMod: func(c *ServerConfig) {
+			c.DialTarget = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				select {
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}
+		},
+	})
+	sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	sc.Write([]byte("late"))
+	sc.CloseWrite()
+	if got, err := io.ReadAll(sc); err != nil || string(got) != "late" {
+		t.Fatalf("read %q, %v through a slow target", got, err)
+	}
+}
+
+func TestFastOpenAnswerTimeout(t *testing.T) {
+	// A target dial that outlasts OpenTimeout fails the session with
+	// CodeTimeout, like Dial's wait for OpenResult.
+	h := newHarness(t, harnessOpts{
+		clientMod: func(c *ClientConfig) { c.FastOpen = true; c.OpenTimeout = 300 * time.Millisecond },
+		serverMod: func(c *ServerConfig) {
+			c.DialTarget = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			c.TargetDialTimeout = 3 * time.Second
+		},
+	})
+	sc, err := h.client.Dial(t.Context(), "127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	_, err = sc.Read(make([]byte, 1))
+	var se *SessionError
+	if !errors.As(err, &se) || se.Code != CodeTimeout {
+		t.Fatalf("Read = %v, want SessionError with CodeTimeout", err)
+	}
+}
