@@ -98,10 +98,13 @@ func (c *Client) dialFast(ctx context.Context, conn *quic.Conn, target string) (
 	deadline := time.AfterFunc(c.cfg.OpenTimeout, func() { abort(&late) })
 
 	sc := newStreamConn(str, conn, id)
-	sc.awaitAnswer = func() error {
-		msg, err := ReadFrame(str)
+	sc.stopAnswer = func() {
 		watchdog.Stop()
 		deadline.Stop()
+	}
+	sc.awaitAnswer = func() error {
+		msg, err := ReadFrame(str)
+		sc.stopAnswer()
 		switch {
 		case err == nil:
 		case silent.Load():

@@ -21,6 +21,7 @@ type StreamConn struct {
 	// from the stream; the first Read or Peek calls it, once, and every
 	// Read and Peek returns its error.
 	awaitAnswer func() error
+	stopAnswer  func() // stops awaitAnswer's timers when the session ends unread
 	answerOnce  sync.Once
 	answerErr   error
 }
@@ -100,6 +101,9 @@ func (c *StreamConn) CloseRead() error {
 // sent) and stop reading, telling the peer with CodeOK that nothing more is
 // wanted. Reset is the way to abort.
 func (c *StreamConn) Close() error {
+	if c.stopAnswer != nil {
+		c.stopAnswer()
+	}
 	err := c.Stream.Close()
 	c.Stream.CancelRead(quic.StreamErrorCode(CodeOK))
 	return err
@@ -108,6 +112,9 @@ func (c *StreamConn) Close() error {
 // Reset aborts both directions, so data not yet delivered is reported to
 // the peer as an error instead of looking like a clean end of stream.
 func (c *StreamConn) Reset() error {
+	if c.stopAnswer != nil {
+		c.stopAnswer()
+	}
 	c.Stream.CancelWrite(quic.StreamErrorCode(CodeCanceled))
 	c.Stream.CancelRead(quic.StreamErrorCode(CodeCanceled))
 	return nil

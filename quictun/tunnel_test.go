@@ -103,7 +103,7 @@ type harnessOpts struct {
 	refuseDialBacks bool
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
 	if o.host == "" {
 		o.host = "127.0.0.1"
@@ -142,7 +142,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	return h
 }
 
-func (h *harness) startServer(t *testing.T, o harnessOpts) {
+func (h *harness) startServer(t testing.TB, o harnessOpts) {
 	sc := ServerConfig{Transport: h.serverTr, Certificate: getPKI(t).cert, Token: o.serverToken}
 	if o.serverMod != nil {
 		o.serverMod(&sc)
@@ -168,7 +168,7 @@ func (h *harness) stopServer() {
 
 // echoServer is a TCP target that echoes, and closes its write side when
 // the client does (half-close).
-func echoServer(t *testing.T, host string) string {
+func echoServer(t testing.TB, host string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
