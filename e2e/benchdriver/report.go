@@ -72,7 +72,8 @@ func (r *report) markdown(notes string) string {
 		r.started.Format("2006-01-02"), r.elapsed.Round(time.Second), runtime.NumCPU(), runtime.GOARCH,
 		strings.TrimSpace(string(kernel)), runtime.Version(), strings.Join(strings.Fields(string(r.loadavg))[:3], " "))
 	p("The real binaries (bin/demoapp, bin/coordinator, bin/localproxy, default settings, info-level logs to a file)")
-	p("run on loopback with the driver; all share the same cores. Every tunnel figure is next to the same measurement")
+	p("run on loopback with the driver; all share the same cores. A second localproxy with `--fast-open` is used by the")
+	p("set-up benchmark only. Every tunnel figure is next to the same measurement")
 	p("made directly (driver → demoapp) just before it; ratio = through the tunnel / direct. CPU is user+sys from")
 	p("/proc/PID/stat of each tunnel process, peak RSS is VmHWM (reset before each measurement).")
 	p("")
