@@ -43,10 +43,12 @@ func (c *StreamConn) Read(b []byte) (int, error) {
 }
 
 // Write writes session bytes. For a fast open refused by coordinator, it
-// fails with coordinator's answer rather than the stream's reset.
+// fails with coordinator's answer (which came before the refusal) rather
+// than the stream's reset.
 func (c *StreamConn) Write(b []byte) (int, error) {
 	n, err := c.Stream.Write(b)
-	if err != nil && c.awaitAnswer != nil {
+	var se *quic.StreamError
+	if err != nil && c.awaitAnswer != nil && errors.As(err, &se) && se.Remote {
 		if aerr := c.answer(); aerr != nil {
 			return n, aerr
 		}
