@@ -26,13 +26,15 @@ type Status struct {
 	NATMapping   string `json:"nat_mapping,omitempty"`
 	NATFiltering string `json:"nat_filtering,omitempty"`
 	// SessionsTotal counts sessions since start, RelaySessions those
-	// carried over the control connection.
-	SessionsTotal uint64          `json:"sessions_total"`
-	RelaySessions uint64          `json:"relay_sessions"`
-	SetupP50      string          `json:"session_setup_p50,omitempty"`
-	SetupP99      string          `json:"session_setup_p99,omitempty"`
-	Sessions      []SessionStatus `json:"sessions"`
-	Services      []ServiceStatus `json:"services,omitempty"`
+	// relayed over the control connection after a failed dial-back,
+	// FastOpenSessions those opened with fast open.
+	SessionsTotal    uint64          `json:"sessions_total"`
+	RelaySessions    uint64          `json:"relay_sessions"`
+	FastOpenSessions uint64          `json:"fast_open_sessions"`
+	SetupP50         string          `json:"session_setup_p50,omitempty"`
+	SetupP99         string          `json:"session_setup_p99,omitempty"`
+	Sessions         []SessionStatus `json:"sessions"`
+	Services         []ServiceStatus `json:"services,omitempty"`
 }
 
 // SessionStatus is one open tunnel session.
@@ -60,7 +62,7 @@ func (p *Proxy) Status() Status {
 	s := Status{
 		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
 		NATMapping: mapping, NATFiltering: filtering,
-		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions,
+		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions, FastOpenSessions: st.FastOpenSessions,
 		Sessions: p.sessions.list(),
 	}
 	if st.PublicAddr.IsValid() {
@@ -199,6 +201,9 @@ func FormatStatus(s Status) string {
 	line("NAT mapping", s.NATMapping)
 	line("NAT filtering", s.NATFiltering)
 	sessions := fmtUint(s.SessionsTotal) + " since start, " + fmtUint(s.RelaySessions) + " relayed"
+	if s.FastOpenSessions > 0 {
+		sessions += ", " + fmtUint(s.FastOpenSessions) + " fast open"
+	}
 	if s.SetupP50 != "" {
 		sessions += "; set-up p50 " + s.SetupP50 + ", p99 " + s.SetupP99
 	}
