@@ -94,9 +94,9 @@ func main() {
 		Run: run,
 		// quic-go handles each connection on one goroutine; with the few
 		// clients coordinator usually has, more cores mostly add hand-offs
-		// between them (docs/benchmarks.md: ~25% more CPU per GiB on two
-		// cores). A server with many busy clients raises --procs.
-		Procs: 1,
+		// between them (docs/benchmarks.md: ~25% more CPU per GiB with both
+		// of two cores). A server with many busy clients raises --procs.
+		Procs: service.HalfTheCores(),
 	}, os.Args))
 }
 

@@ -96,9 +96,10 @@ func main() {
 		}},
 		Run: run,
 		// One person's traffic over one QUIC connection, which quic-go
-		// handles on one goroutine: a second core mostly adds hand-offs
-		// between cores (docs/benchmarks.md: 20-30% more CPU per GiB).
-		Procs: 1,
+		// handles on one goroutine: on two cores, the second mostly added
+		// hand-offs between cores (docs/benchmarks.md: 20-25% more CPU
+		// per GiB), and the browser needs cores too.
+		Procs: service.HalfTheCores(),
 	}, os.Args))
 }
 

@@ -181,6 +181,15 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 	return 0
 }
 
+// HalfTheCores is half the cores Go would use (GOMAXPROCS's default, which
+// follows CPU affinity and cgroup limits), at least one: a default for
+// --procs that leaves the rest of a small machine to the browser, the
+// exposed apps and the other tunnel end, and still lets a big one spread a
+// tunnel's stages (socket reads, packet processing, copies) over cores.
+func HalfTheCores() int {
+	return max(1, runtime.GOMAXPROCS(0)/2)
+}
+
 // setProcs applies --procs.
 func setProcs(c *cli.Context) error {
 	n := c.Int("procs")
