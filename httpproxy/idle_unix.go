@@ -20,7 +20,15 @@ func waitReadable(c net.Conn) (bool, error) {
 		return false, nil
 	}
 	var b [1]byte
+	polled := false
 	err = rc.Read(func(fd uintptr) bool {
+		if polled {
+			// Called again because the netpoller saw the socket readable:
+			// the caller's read finds the bytes without a second look
+			// here, and waits again itself after a spurious wake-up.
+			return true
+		}
+		polled = true
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return err != syscall.EAGAIN && err != syscall.EINTR // anything else: let the read see it
 	})
