@@ -155,14 +155,7 @@ func TestFastOpenSlowTarget(t *testing.T) {
 	h := newHarness(t, harnessOpts{
 		clientMod: func(c *ClientConfig) { c.FastOpen = true; c.SilenceTimeout = 100 * time.Millisecond },
 		serverMod: func(c *ServerConfig) {
-			c.DialTarget = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				select {
-				case <-time.After(time.Second):
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-				return (&net.Dialer{}).DialContext(ctx, network, addr)
-			}
+			c.DialTarget = slowDialer(time.Second)
 		},
 	})
 	sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))

@@ -601,20 +601,25 @@ func TestSilentCoordinatorIsGivenUp(t *testing.T) {
 	}
 }
 
+// slowDialer dials targets after waiting d, like a slow target network.
+func slowDialer(d time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+}
+
 func TestSlowTargetIsNotSilence(t *testing.T) {
 	// A target that takes longer than SilenceTimeout to answer is not a
 	// dead coordinator: coordinator acknowledges the Open meanwhile.
 	h := newHarness(t, harnessOpts{
 		clientMod: func(c *ClientConfig) { c.SilenceTimeout = 100 * time.Millisecond },
 		serverMod: func(c *ServerConfig) {
-			c.DialTarget = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				select {
-				case <-time.After(time.Second):
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-				return (&net.Dialer{}).DialContext(ctx, network, addr)
-			}
+			c.DialTarget = slowDialer(time.Second)
 		},
 	})
 	sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
