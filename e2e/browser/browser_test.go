@@ -57,7 +57,9 @@ type env struct {
 	logs *logBuffer
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv starts the sites, coordinator and localproxy (with fast open if
+// fastOpen) for one browser run.
+func newEnv(t *testing.T, fastOpen bool) *env {
 	t.Helper()
 	e := &env{ca: newTestCA(t, videoHost, mailHost), logs: &logBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -68,7 +70,7 @@ func newEnv(t *testing.T) *env {
 		videoHost + ":443": e.site.addr("https"), mailHost + ":443": e.site.addr("https"),
 		videoHost + ":80": e.site.addr("http"), mailHost + ":80": e.site.addr("http"),
 	})
-	e.lab = startLab(t, tg, log)
+	e.lab = startLab(t, tg, log, fastOpen)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("site, coordinator and localproxy log (last 16 kB):\n%s", tail(e.logs.String(), 16<<10))
@@ -80,8 +82,9 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// TestBrowsers loads both sites in each browser through the proxy, then
-// shows that with the proxy stopped the same run never reaches the sites.
+// TestBrowsers loads both sites in each browser through the proxy, again
+// with fast open, then shows that with the proxy stopped the same run
+// never reaches the sites.
 // The two browsers run side by side, each with its own sites, coordinator
 // and localproxy.
 func TestBrowsers(t *testing.T) {
@@ -92,14 +95,15 @@ func TestBrowsers(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			t.Parallel()
 			bin := lookBrowser(t, b)
-			t.Run("through_proxy", func(t *testing.T) { testThroughProxy(t, b, bin) })
+			t.Run("through_proxy", func(t *testing.T) { testThroughProxy(t, b, bin, false) })
+			t.Run("through_proxy_fast_open", func(t *testing.T) { testThroughProxy(t, b, bin, true) })
 			t.Run("proxy_stopped", func(t *testing.T) { testProxyStopped(t, b, bin) })
 		})
 	}
 }
 
-func testThroughProxy(t *testing.T, b browserSpec, bin string) {
-	e := newEnv(t)
+func testThroughProxy(t *testing.T, b browserSpec, bin string, fastOpen bool) {
+	e := newEnv(t, fastOpen)
 	start := time.Now()
 	first := e.site.newRun(b.name, chain...)
 	p := launch(t, b, bin, e.lab.proxy.Addr().String(), e.ca.certPEM, first)
@@ -126,6 +130,9 @@ func testThroughProxy(t *testing.T, b browserSpec, bin string) {
 		})
 	}
 	checkProxyUsed(t, e)
+	if st := e.lab.proxy.Client().Stats(); fastOpen && st.FastOpenSessions != st.Sessions {
+		t.Errorf("with fast open, %d of %d sessions were fast opens, want all", st.FastOpenSessions, st.Sessions)
+	}
 }
 
 // checkVideo: playback made range requests, one of them (the seek) from
@@ -265,7 +272,7 @@ func rangeStart(h string) (int64, bool) {
 // port held by a listener that only notes what the browser asks for and
 // hangs up: the browser tries the proxy, and the site hears nothing.
 func testProxyStopped(t *testing.T, b browserSpec, bin string) {
-	e := newEnv(t)
+	e := newEnv(t, false)
 	addr := e.lab.proxy.Addr().String()
 	e.lab.stopProxy()
 	dead := listenDead(t, addr)

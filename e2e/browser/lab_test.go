@@ -127,9 +127,10 @@ type lab struct {
 	stopProxy func()
 }
 
-// startLab starts coordinator and localproxy; they stop when the test
-// ends (localproxy earlier with stopProxy).
-func startLab(t *testing.T, tg *targets, log *slog.Logger) *lab {
+// startLab starts coordinator and localproxy (with fast open if
+// fastOpen); they stop when the test ends (localproxy earlier with
+// stopProxy).
+func startLab(t *testing.T, tg *targets, log *slog.Logger, fastOpen bool) *lab {
 	t.Helper()
 	certs := filepath.Join("..", "..", "testdata", "certs")
 	cert, err := tls.LoadX509KeyPair(filepath.Join(certs, "coordinator.pem"), filepath.Join(certs, "coordinator-key.pem"))
@@ -171,6 +172,7 @@ func startLab(t *testing.T, tg *targets, log *slog.Logger) *lab {
 		Name:           "browser-test",
 		ConnectTimeout: 5 * time.Second,
 		IdleRestart:    -1,
+		FastOpen:       fastOpen,
 		Logger:         log.With("service", "localproxy"),
 		AccessLog:      slog.New(slog.NewJSONHandler(l.access, nil)),
 	})
