@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 func fastOpen(c *ClientConfig) { c.FastOpen = true }
@@ -192,5 +195,70 @@ func TestFastOpenAnswerTimeout(t *testing.T) {
 	var se *SessionError
 	if !errors.As(err, &se) || se.Code != CodeTimeout {
 		t.Fatalf("Read = %v, want SessionError with CodeTimeout", err)
+	}
+}
+
+// TestFastOpenRefusedByOlderCoordinator: a coordinator from before
+// FastOpen refuses the unknown message type the way it refuses any, by
+// resetting the stream with CodeProtocol; the session's error says what to
+// do about it.
+func TestFastOpenRefusedByOlderCoordinator(t *testing.T) {
+	serverTr := newTransport(t, "127.0.0.1")
+	ln, err := serverTr.Listen(&tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{getPKI(t).cert}, NextProtos: []string{ALPNControl},
+	}, quicConfig(100, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		conn, err := ln.Accept(t.Context())
+		if err != nil {
+			return
+		}
+		defer conn.CloseWithError(0, "")
+		ctrl, err := conn.AcceptStream(t.Context())
+		if err != nil {
+			return
+		}
+		if _, err := ReadFrame(ctrl); err != nil {
+			return
+		}
+		WriteFrame(ctrl, &Welcome{Version: ProtocolVersion, ObservedAddr: conn.RemoteAddr().(*net.UDPAddr).AddrPort()})
+		for {
+			str, err := conn.AcceptStream(t.Context())
+			if err != nil {
+				return
+			}
+			str.CancelRead(quic.StreamErrorCode(CodeProtocol)) // an unknown message type
+			str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
+		}
+	}()
+
+	clientTr := newTransport(t, "127.0.0.1")
+	c, err := NewClient(ClientConfig{
+		Transport: clientTr, Coordinator: serverTr.Conn.LocalAddr().String(), Token: "t",
+		RootCAs: getPKI(t).pool, ServerName: "localhost", FastOpen: true,
+		PublicAddr: clientTr.Conn.LocalAddr().(*net.UDPAddr).AddrPort(), ConnectTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx) }()
+	defer func() { cancel(); <-ran; ln.Close(); <-served }()
+
+	conn, err := c.Dial(t.Context(), "127.0.0.1:9")
+	if err != nil {
+		t.Fatalf("Dial = %v; a fast open fails on Read", err)
+	}
+	defer conn.Close()
+	_, err = conn.Read(make([]byte, 1))
+	var se *SessionError
+	if !errors.As(err, &se) || se.Code != CodeProtocol || !strings.Contains(se.Reason, "fast open off") {
+		t.Fatalf("Read = %v, want a SessionError saying to update coordinator or turn fast open off", err)
 	}
 }
