@@ -22,6 +22,7 @@ import (
 	"quictunnel/httpproxy"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
+	"quictunnel/internal/udpgro"
 	"quictunnel/natt"
 	"quictunnel/quictun"
 )
@@ -155,7 +156,7 @@ func New(cfg Config) (*Coordinator, error) {
 		c.closePublic()
 		return nil, err
 	}
-	c.udp, c.tr = udp, &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
+	c.udp, c.tr = udp, &quic.Transport{Conn: udpgro.Wrap(udp), StatelessResetKey: resetKey}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
 		Transport:            c.tr,
 		Certificate:          cfg.Certificate,

@@ -15,6 +15,7 @@ import (
 
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
+	"quictunnel/internal/udpgro"
 	"quictunnel/quictun"
 )
 
@@ -76,7 +77,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: udpgro.Wrap(udp)}
 	w, err := quictun.NewWorker(quictun.WorkerConfig{
 		Transport: tr, Coordinator: cfg.Coordinator, Token: cfg.Token, Certificate: cfg.Certificate,
 		RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, InsecureSkipVerify: cfg.InsecureSkipVerify,

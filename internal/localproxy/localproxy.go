@@ -23,6 +23,7 @@ import (
 	"quictunnel/httpproxy"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
+	"quictunnel/internal/udpgro"
 	"quictunnel/quictun"
 )
 
@@ -184,7 +185,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.log.Warn(advice)
 	}
 	p.udp = udp
-	p.tr = &quic.Transport{Conn: udp}
+	p.tr = &quic.Transport{Conn: udpgro.Wrap(udp)}
 	if p.socket, err = newTunnelSocket(p.tr, p.log); err != nil {
 		p.tr.Close()
 		p.udp.Close()
