@@ -3,7 +3,6 @@ package quictun
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,39 +16,6 @@ import (
 )
 
 func fastOpen(c *ClientConfig) { c.FastOpen = true }
-
-func TestFastOpenEcho(t *testing.T) {
-	for _, host := range []string{"127.0.0.1", "::1"} {
-		t.Run(host, func(t *testing.T) {
-			h := newHarness(t, harnessOpts{host: host, clientMod: fastOpen})
-			target := echoServer(t, host)
-			conn, err := h.client.Dial(t.Context(), target)
-			if err != nil {
-				t.Fatalf("Dial: %v", err)
-			}
-			defer conn.Close()
-			// Written before coordinator has even read the FastOpen.
-			payload := bytes.Repeat([]byte("fast open bytes!"), 1<<16) // 1 MiB
-			go func() {
-				conn.Write(payload)
-				conn.CloseWrite()
-			}()
-			got, err := io.ReadAll(conn)
-			if err != nil {
-				t.Fatalf("read: %v", err)
-			}
-			if sha256.Sum256(got) != sha256.Sum256(payload) {
-				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
-			}
-			if st := h.client.Stats(); st.Sessions != 1 || st.FastOpenSessions != 1 || st.PendingSessions != 0 {
-				t.Errorf("client stats = %+v", st)
-			}
-			if st := h.server.Stats(); st.FastOpenSessions != 1 || st.DialBackDials != 0 || st.DialBackSessions != 0 {
-				t.Errorf("server stats = %+v: want one fast-open session and no dial-back", st)
-			}
-		})
-	}
-}
 
 func TestFastOpenConcurrentSessions(t *testing.T) {
 	h := newHarness(t, harnessOpts{clientMod: fastOpen})

@@ -193,34 +193,45 @@ func echoServer(t testing.TB, host string) string {
 }
 
 func TestDialEcho(t *testing.T) {
-	for _, host := range []string{"127.0.0.1", "::1"} {
-		t.Run(host, func(t *testing.T) {
-			h := newHarness(t, harnessOpts{host: host})
-			target := echoServer(t, host)
-			conn, err := h.client.Dial(t.Context(), target)
-			if err != nil {
-				t.Fatalf("Dial: %v", err)
-			}
-			defer conn.Close()
-			payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
-			go func() {
-				conn.Write(payload)
-				conn.CloseWrite() // half-close: the echo server then ends
-			}()
-			got, err := io.ReadAll(conn)
-			if err != nil {
-				t.Fatalf("read: %v", err)
-			}
-			if sha256.Sum256(got) != sha256.Sum256(payload) {
-				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
-			}
-			if len(conn.SessionID()) != 2*SessionIDSize {
-				t.Errorf("SessionID() = %q", conn.SessionID())
-			}
-			if st := h.client.Stats(); st.Sessions != 1 || !st.Connected {
-				t.Errorf("client stats = %+v", st)
-			}
-		})
+	for _, fast := range []bool{false, true} {
+		for _, host := range []string{"127.0.0.1", "::1"} {
+			t.Run(fmt.Sprintf("%s/fast_open=%v", host, fast), func(t *testing.T) {
+				h := newHarness(t, harnessOpts{host: host, clientMod: func(c *ClientConfig) { c.FastOpen = fast }})
+				target := echoServer(t, host)
+				conn, err := h.client.Dial(t.Context(), target)
+				if err != nil {
+					t.Fatalf("Dial: %v", err)
+				}
+				defer conn.Close()
+				// With fast open, written before coordinator has even read
+				// the FastOpen.
+				payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+				go func() {
+					conn.Write(payload)
+					conn.CloseWrite() // half-close: the echo server then ends
+				}()
+				got, err := io.ReadAll(conn)
+				if err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				if sha256.Sum256(got) != sha256.Sum256(payload) {
+					t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
+				}
+				if len(conn.SessionID()) != 2*SessionIDSize {
+					t.Errorf("SessionID() = %q", conn.SessionID())
+				}
+				wantFast := int64(0)
+				if fast {
+					wantFast = 1
+				}
+				if st := h.client.Stats(); st.Sessions != 1 || !st.Connected || int64(st.FastOpenSessions) != wantFast || st.PendingSessions != 0 {
+					t.Errorf("client stats = %+v", st)
+				}
+				if st := h.server.Stats(); st.FastOpenSessions != wantFast || st.DialBackSessions != 1-wantFast {
+					t.Errorf("server stats = %+v: want %d fast-open sessions and the rest over dial-back", st, wantFast)
+				}
+			})
+		}
 	}
 }
 
