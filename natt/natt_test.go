@@ -242,7 +242,9 @@ func rfc5769IPv6Response() []byte {
 }
 
 func TestKeepalive(t *testing.T) {
-	interval := 30 * time.Millisecond
+	// Long enough that a client starved of the CPU for a moment (CI runs
+	// packages side by side, with the race detector) misses no pings.
+	interval := 100 * time.Millisecond
 	srv, server := startServer(t, "127.0.0.1", ServerConfig{KeepAliveInterval: interval, MaxMisses: 3})
 	answering := newClientSocket(t, "127.0.0.1")
 	pinged := make(chan struct{}, 100)
@@ -255,10 +257,10 @@ func TestKeepalive(t *testing.T) {
 	if _, err := silent.client.QueryKeepalive(t.Context(), server); err != nil {
 		t.Fatal(err)
 	}
-	silent.pc.Close()
 	if n := srv.Stats().KeptAlive; n != 2 {
 		t.Fatalf("kept alive %d clients, want 2", n)
 	}
+	silent.pc.Close()
 	for range 6 { // six pings answered, several intervals
 		select {
 		case <-pinged:

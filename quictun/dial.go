@@ -50,7 +50,7 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 	}
 	sc, err := dial(ctx, conn, target)
 	if err != nil && errors.Is(err, ErrCoordinatorUnavailable) && !errors.Is(err, errCoordinatorSilent) &&
-		conn.Context().Err() != nil && ctx.Err() == nil {
+		ctx.Err() == nil && connEnded(conn, err) {
 		// The control connection died under us (coordinator restarted):
 		// try once more on the next one.
 		if conn, err = c.controlConn(ctx); err != nil {
@@ -59,6 +59,32 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 		sc, err = dial(ctx, conn, target)
 	}
 	return sc, err
+}
+
+// connEnded reports whether conn has ended. A stream can report the
+// connection's closing error (coordinator restarting) a moment before
+// quic-go marks the connection done: then it waits for that mark.
+func connEnded(conn *quic.Conn, err error) bool {
+	if conn.Context().Err() != nil {
+		return true
+	}
+	var (
+		ae *quic.ApplicationError
+		te *quic.TransportError
+		ie *quic.IdleTimeoutError
+		re *quic.StatelessResetError
+	)
+	if !errors.As(err, &ae) && !errors.As(err, &te) && !errors.As(err, &ie) && !errors.As(err, &re) {
+		return false
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-conn.Context().Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // dialFast sends a FastOpen on a new stream of conn and returns the stream
