@@ -1,7 +1,6 @@
 package quictun
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,39 +15,6 @@ import (
 )
 
 func fastOpen(c *ClientConfig) { c.FastOpen = true }
-
-func TestFastOpenConcurrentSessions(t *testing.T) {
-	h := newHarness(t, harnessOpts{clientMod: fastOpen})
-	target := echoServer(t, "127.0.0.1")
-	const n = 100
-	errs := make(chan error, n)
-	for i := range n {
-		go func() {
-			conn, err := h.client.Dial(t.Context(), target)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close()
-			msg := fmt.Appendf(nil, "session %d", i)
-			conn.Write(msg)
-			conn.CloseWrite()
-			got, err := io.ReadAll(conn)
-			if err == nil && !bytes.Equal(got, msg) {
-				err = fmt.Errorf("session %d: got %q", i, got)
-			}
-			errs <- err
-		}()
-	}
-	for range n {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	if st := h.server.Stats(); st.FastOpenSessions != n {
-		t.Errorf("server fast-open sessions = %d, want %d", st.FastOpenSessions, n)
-	}
-}
 
 // TestFastOpenFailures: Dial succeeds at once; the first Read reports
 // what coordinator answered, as Dial does without fast open.

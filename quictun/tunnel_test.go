@@ -236,35 +236,43 @@ func TestDialEcho(t *testing.T) {
 }
 
 func TestConcurrentSessions(t *testing.T) {
-	h := newHarness(t, harnessOpts{})
-	target := echoServer(t, "127.0.0.1")
-	const n = 200
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Go(func() {
-			conn, err := h.client.Dial(t.Context(), target)
-			if err != nil {
-				errs <- err
-				return
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fast_open=%v", fast), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) { c.FastOpen = fast }})
+			target := echoServer(t, "127.0.0.1")
+			const n = 200
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := range n {
+				wg.Go(func() {
+					conn, err := h.client.Dial(t.Context(), target)
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer conn.Close()
+					msg := fmt.Appendf(nil, "session %d", i)
+					conn.Write(msg)
+					conn.CloseWrite()
+					got, err := io.ReadAll(conn)
+					if err != nil || !bytes.Equal(got, msg) {
+						errs <- fmt.Errorf("session %d: got %q, %v", i, got, err)
+					}
+				})
 			}
-			defer conn.Close()
-			msg := fmt.Appendf(nil, "session %d", i)
-			conn.Write(msg)
-			conn.CloseWrite()
-			got, err := io.ReadAll(conn)
-			if err != nil || !bytes.Equal(got, msg) {
-				errs <- fmt.Errorf("session %d: got %q, %v", i, got, err)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			st := h.server.Stats()
+			if st.Sessions != n {
+				t.Errorf("server sessions = %d, want %d", st.Sessions, n)
+			}
+			if fast && st.FastOpenSessions != n {
+				t.Errorf("server fast-open sessions = %d, want %d", st.FastOpenSessions, n)
 			}
 		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if st := h.server.Stats(); st.Sessions != n {
-		t.Errorf("server sessions = %d, want %d", st.Sessions, n)
 	}
 }
 
