@@ -183,14 +183,14 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 
 // setupResult is the session set-up benchmark's outcome.
 type setupResult struct {
-	n                       int
-	direct, tunnel, fast    []time.Duration
-	directP, tunnelP, fastP [2]time.Duration // p50, p99
+	n                               int
+	direct, tunnel, fast, floor     []time.Duration
+	directP, tunnelP, fastP, floorP [2]time.Duration // p50, p99
 }
 
-// benchSetup times new sessions, direct, CONNECT and CONNECT with fast
-// open in turn, so all three see the same load from the rest of the
-// machine.
+// benchSetup times new sessions, direct, CONNECT, CONNECT with fast open
+// and CONNECT through two plain relays (the floor, see relay.go) in turn,
+// so all four see the same load from the rest of the machine.
 func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 	s := &setupResult{n: cfg.setups}
 	rep.setup = s
@@ -207,9 +207,13 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 		if err != nil {
 			return fmt.Errorf("CONNECT set-up with fast open: %w", err)
 		}
-		s.direct, s.tunnel, s.fast = append(s.direct, d), append(s.tunnel, t), append(s.fast, f)
+		r, err := firstByte(ctx, l.app, l.relayProxy)
+		if err != nil {
+			return fmt.Errorf("CONNECT set-up through the plain relays: %w", err)
+		}
+		s.direct, s.tunnel, s.fast, s.floor = append(s.direct, d), append(s.tunnel, t), append(s.fast, f), append(s.floor, r)
 	}
-	s.directP, s.tunnelP, s.fastP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast)
+	s.directP, s.tunnelP, s.fastP, s.floorP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast), percentiles(s.floor)
 	return nil
 }
 

@@ -64,7 +64,9 @@ func reverseRoute(public string) route {
 	return route{name: "reverse public port", base: "http://" + public, host: "app.localhost", transport: newTransport}
 }
 
-// dialConnect opens a tunnel to addr through the proxy.
+// dialConnect opens a tunnel to addr through the proxy. The answer is
+// read through a buffer, as browsers and curl read it; bytes of the
+// tunnel read with it stay in front of the connection.
 func dialConnect(ctx context.Context, proxy, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: ioTimeout}
 	c, err := d.DialContext(ctx, "tcp", proxy)
@@ -73,16 +75,15 @@ func dialConnect(ctx context.Context, proxy, addr string) (net.Conn, error) {
 	}
 	c.SetDeadline(time.Now().Add(ioTimeout))
 	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
-	// Read the answer byte by byte up to the blank line, so nothing of
-	// the tunnel's own bytes is left in a buffer.
+	br := bufio.NewReaderSize(c, 4096)
 	var head []byte
-	var b [1]byte
 	for !endsHead(head) {
-		if _, err := c.Read(b[:]); err != nil {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("CONNECT %s: %w", addr, err)
 		}
-		if head = append(head, b[0]); len(head) > 4096 {
+		if head = append(head, line...); len(head) > 4096 {
 			c.Close()
 			return nil, fmt.Errorf("CONNECT %s: answer too long", addr)
 		}
@@ -92,8 +93,19 @@ func dialConnect(ctx context.Context, proxy, addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("CONNECT %s: %q", addr, head)
 	}
 	c.SetDeadline(time.Time{})
-	return c, nil
+	if br.Buffered() == 0 {
+		return c, nil
+	}
+	return &bufferedConn{Conn: c, r: io.MultiReader(io.LimitReader(br, int64(br.Buffered())), c)}, nil
 }
+
+// bufferedConn reads what a buffer already holds before the connection.
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 func endsHead(b []byte) bool {
 	n := len(b)

@@ -99,7 +99,18 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of the bulk and small-request comparisons (each a tunnel/direct pair); the median is reported")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory with the logs and profiles")
 	phases := flag.String("phases", strings.Join(allPhases, ","), "benchmarks to run, comma-separated")
+	var relay relayConfig
+	flag.StringVar(&relay.listen, "relay-listen", "", "run as one of the set-up benchmark's plain relays, listening here (used by the driver itself)")
+	flag.StringVar(&relay.next, "relay-next", "", "the relay's next hop")
+	flag.BoolVar(&relay.connect, "relay-connect", false, "the relay answers a CONNECT first")
 	flag.Parse()
+	if relay.listen != "" {
+		if err := runRelay(relay); err != nil {
+			fmt.Fprintln(os.Stderr, "relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg.phases = strings.Split(*phases, ",")
 	cfg.bulk = bulkMiB << 20
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -124,17 +135,20 @@ type lab struct {
 	lpMetrics, coMetrics       string // http://host:port of the metrics/pprof listeners
 	demo, coordinator, localpx *proc
 	localpxFast                *proc
+	relayProxy                 string // the first of two plain relays (set-up benchmark's floor)
+	relays                     [2]*proc
 	dir                        string
 }
 
 func (l *lab) procs() []*proc { return []*proc{l.localpx, l.coordinator} }
 
 func (l *lab) alive() error {
-	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited())
+	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited(),
+		l.relays[0].exited(), l.relays[1].exited())
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 6)
+	tcp, err := ports("tcp", 8)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -144,7 +158,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), fastProxy: addr(tcp[5]),
-		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), dir: dir}
+		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]), dir: dir}
 	var started []*proc
 	cleanup := func() {
 		for i := len(started) - 1; i >= 0; i-- {
@@ -179,9 +193,27 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		*s.p = p
 		started = append(started, p)
 	}
+	self, err := os.Executable()
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	for i, args := range [][]string{
+		{"-relay-listen", addr(tcp[7]), "-relay-next", l.app},
+		{"-relay-listen", l.relayProxy, "-relay-next", addr(tcp[7]), "-relay-connect"},
+	} {
+		p, err := startCommand(dir, "relay"+strconv.Itoa(2-i), self, args...)
+		if err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		l.relays[1-i] = p
+		started = append(started, p)
+	}
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), absoluteFormRoute(l.app, l.fastProxy)} {
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), absoluteFormRoute(l.app, l.fastProxy),
+		connectRoute(l.app, l.relayProxy)} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
 			_, err := smallLoad(lctx, r, 1, time.Millisecond)

@@ -32,13 +32,19 @@ type proc struct {
 // may carry a suffix after "+" (localproxy+fast-open): the log takes the
 // whole name, the binary the part before it.
 func startProc(dir, bin, name string, args ...string) (*proc, error) {
-	logPath := filepath.Join(dir, name+".log")
 	binName, _, _ := strings.Cut(name, "+")
+	return startCommand(dir, name, filepath.Join(bin, binName), args...)
+}
+
+// startCommand runs the program at path with args as the process name,
+// its output in dir/name.log.
+func startCommand(dir, name, path string, args ...string) (*proc, error) {
+	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	cmd := exec.Command(filepath.Join(bin, binName), args...)
+	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
