@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -194,15 +195,12 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 	if err != nil {
 		return nil, fmt.Errorf("%w: open stream: %w", ErrCoordinatorUnavailable, err)
 	}
-	// On success the open stream is closed (dial-back) or becomes the
-	// session (relay); on every other way out both directions are reset.
+	// On success the open stream ends with a FIN each way (dial-back) or
+	// becomes the session (relay); on every other way out both directions
+	// are reset.
 	succeeded, relayed := false, false
 	defer func() {
-		switch {
-		case relayed:
-		case succeeded:
-			str.CancelRead(quic.StreamErrorCode(CodeOK))
-		default:
+		if !succeeded && !relayed {
 			str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 			str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
 		}
@@ -261,25 +259,39 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 	}
 
 	// coordinator reached the target and is dialing back. It ends the open
-	// stream with FIN once the dial-back stream is sent, writes relayMarker
-	// when it relays the session on this stream instead, or resets it when
-	// it can do neither.
+	// stream with FIN once the dial-back stream is acknowledged, writes
+	// relayMarker when it relays the session on this stream instead, or
+	// resets it when it can do neither. The reader below outlives a
+	// successful dial to take that FIN, so that the stream ends cleanly
+	// (no STOP_SENDING, no RESET_STREAM: fewer packets per session).
 	str.SetReadDeadline(time.Time{})
 	failed := make(chan error, 1)
 	relay := make(chan struct{}, 1)
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	defer func() {
-		if !relayed {
-			str.CancelRead(quic.StreamErrorCode(CodeCanceled)) // ends the reader below
+		if !succeeded {
+			if !relayed {
+				str.CancelRead(quic.StreamErrorCode(CodeCanceled)) // ends the reader below
+			}
+			wg.Wait()
 		}
 	}()
+	// The session takes whichever comes first, the dial-back stream or the
+	// relay marker (coordinator gave the dial-back up just as it arrived);
+	// the other is turned away.
+	const (
+		pathUndecided = iota
+		pathDialBack
+		pathRelay
+	)
+	var path atomic.Int32
 	wg.Go(func() {
 		var b [1]byte
 		n, err := str.Read(b[:])
 		switch {
-		case n == 1 && b[0] == relayMarker:
+		case n == 1 && b[0] == relayMarker && path.CompareAndSwap(pathUndecided, pathRelay):
 			relay <- struct{}{}
+			return
 		case n == 1:
 			failed <- fmt.Errorf("%w: unexpected byte 0x%02x after open result", ErrProtocol, b[0])
 		case err != nil:
@@ -288,22 +300,34 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 				failed <- &SessionError{Target: target, Code: ErrorCode(se.ErrorCode), Reason: "coordinator could not dial back"}
 			}
 		}
+		if n == 1 || err != nil && !errors.Is(err, io.EOF) {
+			str.CancelRead(quic.StreamErrorCode(CodeCanceled)) // not the clean end: given up on
+		}
 	})
-	timer := time.NewTimer(c.cfg.DialBackTimeout)
-	defer timer.Stop()
-	select {
-	case d := <-ch:
-		c.stats.sessions.Add(1)
-		c.stats.setupLatency.Observe(time.Since(start))
-		str.Close()
-		succeeded = true
-		return newStreamConn(d.stream, d.conn, id), nil
-	case <-relay:
+	takeRelay := func() (*StreamConn, error) {
 		relayed = true
 		c.stats.sessions.Add(1)
 		c.stats.setupLatency.Observe(time.Since(start))
 		c.stats.relaySessions.Add(1)
 		return newStreamConn(str, conn, id), nil
+	}
+	timer := time.NewTimer(c.cfg.DialBackTimeout)
+	defer timer.Stop()
+	select {
+	case d := <-ch:
+		if !path.CompareAndSwap(pathUndecided, pathDialBack) {
+			d.refuse(CodeCanceled)
+			<-relay
+			return takeRelay()
+		}
+		c.stats.sessions.Add(1)
+		c.stats.setupLatency.Observe(time.Since(start))
+		str.Close()
+		str.SetReadDeadline(time.Now().Add(openEndTimeout)) // bounds the reader, which lives on
+		succeeded = true
+		return newStreamConn(d.stream, d.conn, id), nil
+	case <-relay:
+		return takeRelay()
 	case err := <-failed:
 		return nil, err
 	case <-timer.C:
@@ -315,6 +339,10 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 		return nil, context.Cause(ctx)
 	}
 }
+
+// openEndTimeout bounds the wait for coordinator's FIN on an open stream
+// after a successful dial-back; the stream is reset if it does not come.
+const openEndTimeout = 10 * time.Second
 
 // punchRepeats are the delays after the first punch at which it is sent
 // again while the dial-back has not arrived, in case a punch is lost.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -60,6 +61,26 @@ func TestMaxSessionsPerClient(t *testing.T) {
 	waitFor(t, "the closed session to end", func() bool { return h.server.Stats().ActiveSessions == 1 })
 	echoRoundTrip(t, h.client, target, []byte("a place was freed"))
 	open[1].Close()
+}
+
+// TestOpenStreamsEnd: an Open stream ends on both sides once its session
+// went over dial-back (localproxy and coordinator each FIN it and take the
+// other's FIN), so it stops counting against coordinator's stream limit:
+// many more sessions than the limit allows at once pass one after another.
+func TestOpenStreamsEnd(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.MaxStreams = 3 }}) // the control stream and two Opens
+	target := echoServer(t, "127.0.0.1")
+	for i := range 12 {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		err := echoOnce(ctx, h.client, target, []byte("session "+strconv.Itoa(i)))
+		cancel()
+		if err != nil {
+			t.Fatalf("session %d (stream limit 3): %v", i, err)
+		}
+	}
+	if st := h.client.Stats(); st.RelaySessions != 0 {
+		t.Errorf("%d sessions went over the relay, want all over dial-back", st.RelaySessions)
+	}
 }
 
 // TestMaxClients: a client beyond the limit is refused with CodeLimit and

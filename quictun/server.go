@@ -514,7 +514,8 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		outcome("limit", nil, relay.Stats{})
 		return
 	}
-	defer p.endSession()
+	endSession := sync.OnceFunc(p.endSession)
+	defer endSession()
 	if p.currentGrant().NoForward {
 		p.s.stats.targetsForbidden.Add(1)
 		WriteFrame(str, &OpenResult{Code: CodeTargetForbidden, Reason: "this token may not use the forward proxy"})
@@ -542,6 +543,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	p.s.stats.sessions.Add(1)
 	p.s.stats.activeSessions.Add(1)
 	st, err := relay.Splice(ctx, sess, target)
+	endSession() // first: a session counted as ended has freed its place
 	p.s.stats.activeSessions.Add(-1)
 	p.s.stats.bytesUp.Add(st.AToB)
 	p.s.stats.bytesDown.Add(st.BToA)
@@ -605,7 +607,7 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 	}
 	switch {
 	case err == nil:
-		endOpen() // FIN: the dial-back stream is on its way
+		finishOpen(str) // the session goes over the dial-back stream
 		su.sess, su.mode = stream, "dial-back"
 		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
 		p.s.stats.dialBackSessions.Add(1)
@@ -630,6 +632,22 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 	}
 	su.target = target
 	return su
+}
+
+// finishOpen ends an Open stream whose session went over a dial-back
+// stream: a FIN, and localproxy's FIN taken (it sends one when the
+// dial-back stream reaches it), so the stream ends without STOP_SENDING or
+// RESET_STREAM, in fewer packets. The FIN is waited for on a goroutine of
+// its own, bounded by openEndTimeout and by the connection.
+func finishOpen(str *quic.Stream) {
+	str.Close()
+	str.SetReadDeadline(time.Now().Add(openEndTimeout))
+	go func() {
+		var b [1]byte
+		if _, err := str.Read(b[:]); !errors.Is(err, io.EOF) {
+			str.CancelRead(quic.StreamErrorCode(CodeOK))
+		}
+	}()
 }
 
 // openDialBack opens a stream for session id on the dial-back connection,

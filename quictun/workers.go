@@ -208,8 +208,7 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 	case err == nil && b[0] == dialBackAck:
 		// The worker's dial-back stream carries the session.
 		jsc.Close()
-		str.CancelRead(quic.StreamErrorCode(CodeOK))
-		str.Close()
+		finishOpen(str)
 		p.s.stats.sessions.Add(1)
 		p.s.stats.dialBackSessions.Add(1)
 		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
