@@ -186,6 +186,34 @@ type setupResult struct {
 	n                               int
 	direct, tunnel, fast, floor     []time.Duration
 	directP, tunnelP, fastP, floorP [2]time.Duration // p50, p99
+	// CPU time of the two processes on each path (localproxy and
+	// coordinator; the two relays for the floor) over cpuSessions more.
+	cpuSessions                  int
+	tunnelCPU, fastCPU, floorCPU time.Duration
+}
+
+// cpuAround runs f and returns the CPU time procs used meanwhile.
+func cpuAround(procs []*proc, f func() error) (time.Duration, error) {
+	var before time.Duration
+	for _, p := range procs {
+		t, err := p.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		before += t
+	}
+	if err := f(); err != nil {
+		return 0, err
+	}
+	var after time.Duration
+	for _, p := range procs {
+		t, err := p.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		after += t
+	}
+	return after - before, nil
 }
 
 // benchSetup times new sessions, direct, CONNECT, CONNECT with fast open
@@ -214,6 +242,33 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 		s.direct, s.tunnel, s.fast, s.floor = append(s.direct, d), append(s.tunnel, t), append(s.fast, f), append(s.floor, r)
 	}
 	s.directP, s.tunnelP, s.fastP, s.floorP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast), percentiles(s.floor)
+
+	// CPU per session: a block of sessions on each path in turn, with
+	// time after the last for the processes to finish with it.
+	s.cpuSessions = max(1, cfg.setups/4)
+	for _, m := range []struct {
+		proxy string
+		procs []*proc
+		cpu   *time.Duration
+	}{
+		{l.proxy, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
+		{l.fastProxy, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
+		{l.relayProxy, l.relays[:], &s.floorCPU},
+	} {
+		cpu, err := cpuAround(m.procs, func() error {
+			for range s.cpuSessions {
+				if _, err := firstByte(ctx, l.app, m.proxy); err != nil {
+					return err
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("CPU per session through %s: %w", m.proxy, err)
+		}
+		*m.cpu = cpu
+	}
 	return nil
 }
 

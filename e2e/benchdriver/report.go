@@ -216,16 +216,18 @@ func (r *report) setupTable(p printer) {
 	p("coordinator) the 200 comes at once and the request follows the Open on its stream, relayed without dial-back.")
 	p("The last row is the floor for a tunnel's shape: two plain relay processes (a CONNECT proxy that answers once it")
 	p("has connected to the second, which connects to the target), no encryption, no multiplexing, one core each.")
+	p("CPU is user+sys of the path's two processes over %d more sessions on that path alone, one after another.", s.cpuSessions)
 	p("")
-	p("| path | p50 ms | p99 ms | p50 − direct | p99 − direct |")
-	p("|---|---|---|---|---|")
-	p("| direct | %s | %s | | |", ms(s.directP[0]), ms(s.directP[1]))
-	p("| forward CONNECT, new session | %s | %s | +%s | +%s |", ms(s.tunnelP[0]), ms(s.tunnelP[1]),
-		ms(s.tunnelP[0]-s.directP[0]), ms(s.tunnelP[1]-s.directP[1]))
-	p("| forward CONNECT, new session, `--fast-open` | %s | %s | +%s | +%s |", ms(s.fastP[0]), ms(s.fastP[1]),
-		ms(s.fastP[0]-s.directP[0]), ms(s.fastP[1]-s.directP[1]))
-	p("| CONNECT through two plain TCP relays (floor, no tunnel) | %s | %s | +%s | +%s |", ms(s.floorP[0]), ms(s.floorP[1]),
-		ms(s.floorP[0]-s.directP[0]), ms(s.floorP[1]-s.directP[1]))
+	perSession := func(d time.Duration) string { return ms(d / time.Duration(s.cpuSessions)) }
+	p("| path | p50 ms | p99 ms | p50 − direct | p99 − direct | CPU ms per session (both processes) |")
+	p("|---|---|---|---|---|---|")
+	p("| direct | %s | %s | | | |", ms(s.directP[0]), ms(s.directP[1]))
+	p("| forward CONNECT, new session | %s | %s | +%s | +%s | %s |", ms(s.tunnelP[0]), ms(s.tunnelP[1]),
+		ms(s.tunnelP[0]-s.directP[0]), ms(s.tunnelP[1]-s.directP[1]), perSession(s.tunnelCPU))
+	p("| forward CONNECT, new session, `--fast-open` | %s | %s | +%s | +%s | %s |", ms(s.fastP[0]), ms(s.fastP[1]),
+		ms(s.fastP[0]-s.directP[0]), ms(s.fastP[1]-s.directP[1]), perSession(s.fastCPU))
+	p("| CONNECT through two plain TCP relays (floor, no tunnel) | %s | %s | +%s | +%s | %s |", ms(s.floorP[0]), ms(s.floorP[1]),
+		ms(s.floorP[0]-s.directP[0]), ms(s.floorP[1]-s.directP[1]), perSession(s.floorCPU))
 	p("")
 }
 
