@@ -112,10 +112,10 @@ func (r *report) targets(p printer) {
 		return w, what
 	}
 	if w, what := worstRatio("reverse"); what != "" {
-		p("| reverse bulk ≥ 0.12× direct | %.2f× (lowest: %s) | %s |", w, what, verdict(w >= 0.12))
+		p("| reverse bulk ≥ 0.12× direct | %.3f× (lowest: %s) | %s |", w, what, verdict(w >= 0.12))
 	}
 	if w, what := worstRatio("forward"); what != "" {
-		p("| forward bulk (absolute-form and CONNECT) ≥ 0.15× | %.2f× (lowest: %s) | %s |", w, what, verdict(w >= 0.15))
+		p("| forward bulk (absolute-form and CONNECT) ≥ 0.15× | %.3f× (lowest: %s) | %s |", w, what, verdict(w >= 0.15))
 	}
 	for _, row := range r.small {
 		x := row.tunnel.rate() / row.direct.rate()
@@ -123,7 +123,7 @@ func (r *report) targets(p printer) {
 		if strings.HasPrefix(row.route, "reverse") {
 			want = 0.35
 		}
-		p("| %s req/s ≥ %.2f× | %.2f× | %s |", row.route, want, x, verdict(x >= want))
+		p("| %s req/s ≥ %.2f× | %.3f× | %s |", row.route, want, x, verdict(x >= want))
 		if strings.HasPrefix(row.route, "reverse") {
 			q := row.tunnel.p99.Seconds() / row.direct.p99.Seconds()
 			p("| reverse p99 ≤ 2× direct p99 | %.2f× (%s vs %s ms) | %s |", q, ms(row.tunnel.p99), ms(row.direct.p99), verdict(q <= 2))
