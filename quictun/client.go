@@ -274,6 +274,7 @@ func greet(ctx context.Context, conn *quic.Conn, hello frame) (*quic.Stream, *We
 func (c *Client) quicConfig() *quic.Config {
 	qc := quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout)
 	qc.KeepAlivePeriod = c.cfg.KeepAlive
+	qc.Tracer = qlogTracer(c.cfg.QlogDir, c.log)
 	return qc
 }
 

@@ -81,6 +81,9 @@ type ClientConfig struct {
 	KeepAlive time.Duration
 	// Services are the local apps to expose through coordinator.
 	Services []ExposedService
+	// QlogDir, if set, is an existing directory that receives a qlog trace
+	// of each QUIC connection (for debugging; the files grow with traffic).
+	QlogDir string
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per reverse session. Default: Logger.
@@ -217,6 +220,9 @@ type ServerConfig struct {
 	// is refused, once authenticated, by closing its connection with
 	// CodeLimit. Dial-back workers do not count. Default 10000.
 	MaxClients int
+	// QlogDir, if set, is an existing directory that receives a qlog trace
+	// of each QUIC connection (for debugging; the files grow with traffic).
+	QlogDir string
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlogwriter"
 
 	"quictunnel/internal/relay"
 )
@@ -135,7 +136,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		// Workers present none; clients must (checked in serveClient).
 		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
 	}
-	ln, err := s.cfg.Transport.Listen(tlsConf, quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout))
+	qc := quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout)
+	qc.Tracer = qlogTracer(s.cfg.QlogDir, s.cfg.Logger)
+	ln, err := s.cfg.Transport.Listen(tlsConf, qc)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -697,7 +700,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		}
 	}
 	p.s.stats.dialBackDials.Add(1)
-	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.s.cfg.Certificate, p.certHash, addrs)
+	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.s.cfg.Certificate, p.certHash, addrs, qlogTracer(p.s.cfg.QlogDir, p.log))
 	if err != nil {
 		return nil, err
 	}
@@ -711,7 +714,8 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 // turn, sharing ctx's time among them, and returns the first connection
 // established. The client must present the certificate whose SHA-256 is
 // certHash; we present cert, the one it pinned.
-func dialBackTo(ctx context.Context, tr *quic.Transport, cert tls.Certificate, certHash [32]byte, addrs []netip.AddrPort) (*quic.Conn, netip.AddrPort, error) {
+func dialBackTo(ctx context.Context, tr *quic.Transport, cert tls.Certificate, certHash [32]byte, addrs []netip.AddrPort,
+	tracer func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace) (*quic.Conn, netip.AddrPort, error) {
 	if len(addrs) == 0 {
 		return nil, netip.AddrPort{}, errors.New("no address to dial back to")
 	}
@@ -736,7 +740,9 @@ func dialBackTo(ctx context.Context, tr *quic.Transport, cert tls.Certificate, c
 			dctx, cancel = context.WithTimeout(ctx, time.Until(deadline)/time.Duration(len(addrs)-i))
 			defer cancel()
 		}
-		conn, err := tr.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, quicConfig(-1, max(handshake, time.Second)))
+		qc := quicConfig(-1, max(handshake, time.Second))
+		qc.Tracer = tracer
+		conn, err := tr.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, qc)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dial back %s: %w", addr, err))
 			continue

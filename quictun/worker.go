@@ -58,6 +58,9 @@ type WorkerConfig struct {
 	// ConnectTimeout bounds one attempt to connect to coordinator.
 	// Default 5s.
 	ConnectTimeout time.Duration
+	// QlogDir, if set, is an existing directory that receives a qlog trace
+	// of each QUIC connection (for debugging; the files grow with traffic).
+	QlogDir string
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per session. Default: Logger.
@@ -302,7 +305,9 @@ func (w *Worker) connect(ctx context.Context) (*quic.Conn, error) {
 		NextProtos:         []string{ALPNWorker},
 	}
 	// Coordinator opens a stream per job.
-	conn, err := w.cfg.Transport.Dial(ctx, addr, tlsConf, quicConfig(maxWorkerJobs, w.cfg.ConnectTimeout))
+	qc := quicConfig(maxWorkerJobs, w.cfg.ConnectTimeout)
+	qc.Tracer = qlogTracer(w.cfg.QlogDir, w.log)
+	conn, err := w.cfg.Transport.Dial(ctx, addr, tlsConf, qc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
@@ -575,7 +580,7 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 			addrs = append(addrs, a)
 		}
 	}
-	conn, addr, err := dialBackTo(ctx, w.cfg.Transport, w.cfg.Certificate, job.CertSHA256, addrs)
+	conn, addr, err := dialBackTo(ctx, w.cfg.Transport, w.cfg.Certificate, job.CertSHA256, addrs, qlogTracer(w.cfg.QlogDir, w.log))
 	if err != nil {
 		return nil, err
 	}

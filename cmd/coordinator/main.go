@@ -84,6 +84,7 @@ func main() {
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-sessions-per-client", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_SESSIONS_PER_CLIENT"},
 				Usage: "most forward sessions one client may have open through coordinator at once; beyond it the browser gets 503"}),
+			service.QlogDirFlag("COORDINATOR_"),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-clients", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_CLIENTS"},
 				Usage: "most clients connected at once; others are refused until one leaves"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
@@ -110,10 +111,14 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return err
 	}
 	defer closeLog()
+	qlogDir, err := service.QlogDir(c, log)
+	if err != nil {
+		return err
+	}
 	switch c.String("role") {
 	case "all":
 	case "dialback":
-		return runWorker(ctx, c, log, accessLog, cert)
+		return runWorker(ctx, c, log, accessLog, cert, qlogDir)
 	default:
 		return fmt.Errorf("--role %q: want all or dialback", c.String("role"))
 	}
@@ -154,6 +159,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ShutdownTimeout:      c.Duration("shutdown-timeout"),
 		MaxSessionsPerClient: c.Int("max-sessions-per-client"),
 		MaxClients:           c.Int("max-clients"),
+		QlogDir:              qlogDir,
 		Targets:              targetPolicy(c),
 		Logger:               log,
 		AccessLog:            accessLog,
@@ -183,7 +189,7 @@ func loadClientCAs(path string) (*x509.CertPool, error) {
 }
 
 // runWorker runs the dial-back part alone (--role dialback).
-func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger, cert tls.Certificate) error {
+func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger, cert tls.Certificate, qlogDir string) error {
 	if c.String("coordinator") == "" || c.String("worker-token") == "" {
 		return fmt.Errorf("--role dialback needs --coordinator HOST:PORT and --worker-token (the same as coordinator's)")
 	}
@@ -210,6 +216,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		TargetDialTimeout: c.Duration("target-dial-timeout"),
 		Targets:           targetPolicy(c),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
+		QlogDir:           qlogDir,
 		Logger:            log,
 		AccessLog:         accessLog,
 	})

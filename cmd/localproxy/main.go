@@ -64,6 +64,7 @@ func main() {
 				Usage: "how long a request waits for coordinator's dial-back before the browser gets 504"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "fast-open", EnvVars: []string{"LOCALPROXY_FAST_OPEN"},
 				Usage: "answer CONNECT at once and send the browser's first bytes with the session's opening: one round trip less per connection, but an unreachable site closes the connection instead of showing a 502 page; sessions go over the connection to coordinator, without dial-back"}),
+			service.QlogDirFlag("LOCALPROXY_"),
 			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 10000, EnvVars: []string{"LOCALPROXY_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
 				Usage: "milliseconds between keepalive packets on idle tunnel connections; keep it below the NAT's UDP timeout"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-pending-sessions", Value: 10000, EnvVars: []string{"LOCALPROXY_MAX_PENDING_SESSIONS"},
@@ -199,6 +200,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	case certFile != "" || keyFile != "":
 		return fmt.Errorf("give --client-cert and --client-key together")
 	}
+	qlogDir, err := service.QlogDir(c, log)
+	if err != nil {
+		return err
+	}
 	p, err := localproxy.New(localproxy.Config{
 		ClientCertificate:   clientCert,
 		Services:            services,
@@ -215,6 +220,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Name:                c.String("name"),
 		DialBackTimeout:     c.Duration("dial-back-timeout"),
 		FastOpen:            c.Bool("fast-open"),
+		QlogDir:             qlogDir,
 		STUNTimeout:         c.Duration("stun-timeout"),
 		KeepAlive:           time.Duration(keepalive) * time.Millisecond,
 		IdleRestart:         c.Duration("idle-restart"),

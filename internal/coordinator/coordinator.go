@@ -82,6 +82,9 @@ type Config struct {
 	MaxSessionsPerClient int
 	// MaxClients bounds the clients connected at once. Default 10000.
 	MaxClients int
+	// QlogDir, if set, is an existing directory for a qlog trace of each
+	// QUIC connection (debugging).
+	QlogDir string
 	// ShutdownTimeout is how long Run lets sessions in progress finish
 	// once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -170,6 +173,7 @@ func New(cfg Config) (*Coordinator, error) {
 		WorkerToken:          cfg.WorkerToken,
 		MaxSessionsPerClient: cfg.MaxSessionsPerClient,
 		MaxClients:           cfg.MaxClients,
+		QlogDir:              cfg.QlogDir,
 		Logger:               c.log,
 		AccessLog:            cfg.AccessLog,
 		Services:             c.services(),

@@ -47,8 +47,11 @@ type WorkerConfig struct {
 	// once its context ends; no new ones are taken meanwhile. Default 0:
 	// close them at once.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
-	AccessLog       *slog.Logger
+	// QlogDir, if set, is an existing directory for a qlog trace of each
+	// QUIC connection (debugging).
+	QlogDir   string
+	Logger    *slog.Logger
+	AccessLog *slog.Logger
 }
 
 // Worker is a dial-back worker with its socket bound.
@@ -82,7 +85,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		Transport: tr, Coordinator: cfg.Coordinator, Token: cfg.Token, Certificate: cfg.Certificate,
 		RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, InsecureSkipVerify: cfg.InsecureSkipVerify,
 		Advertise: cfg.Advertise, TargetDialTimeout: cfg.TargetDialTimeout, DialTarget: targets.dialer(),
-		Logger: cfg.Logger, AccessLog: cfg.AccessLog,
+		QlogDir: cfg.QlogDir, Logger: cfg.Logger, AccessLog: cfg.AccessLog,
 	})
 	if err != nil {
 		tr.Close()

@@ -66,6 +66,9 @@ type Config struct {
 	// FastOpen opens sessions without waiting for coordinator (see
 	// quictun.ClientConfig.FastOpen): CONNECT is answered at once.
 	FastOpen bool
+	// QlogDir, if set, is an existing directory for a qlog trace of each
+	// QUIC connection (debugging).
+	QlogDir string
 	// ConnectTimeout bounds connecting to coordinator. Default 5s.
 	ConnectTimeout time.Duration
 	// KeepAlive is how often idle tunnel connections send a packet to keep
@@ -202,6 +205,7 @@ func New(cfg Config) (*Proxy, error) {
 		InsecureSkipVerify: cfg.Insecure,
 		DialBackTimeout:    cfg.DialBackTimeout,
 		FastOpen:           cfg.FastOpen,
+		QlogDir:            cfg.QlogDir,
 		ConnectTimeout:     cfg.ConnectTimeout,
 		KeepAlive:          cfg.KeepAlive,
 		MaxPendingSessions: cfg.MaxPendingSessions,

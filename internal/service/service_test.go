@@ -490,3 +490,48 @@ func TestProcs(t *testing.T) {
 		})
 	}
 }
+
+// TestQlogDir: --qlog-dir makes the directory (private) and returns its
+// absolute path; a path it cannot make is an error naming the flag.
+func TestQlogDir(t *testing.T) {
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		want    string // "" with wantErr false: unset
+		wantErr bool
+	}{
+		{name: "unset"},
+		{name: "made", args: []string{"--qlog-dir", filepath.Join(base, "a", "b")}, want: filepath.Join(base, "a", "b")},
+		{name: "under a file", args: []string{"--qlog-dir", filepath.Join(file, "x")}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got string
+			var err error
+			app := App{Name: "svc", Flags: []cli.Flag{QlogDirFlag("SVC_")}, Run: func(_ context.Context, c *cli.Context, log *slog.Logger) error {
+				got, err = QlogDir(c, log)
+				return nil
+			}}
+			if code, _, stderr := runApp(t, app, tt.args...); code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			switch {
+			case tt.wantErr:
+				if err == nil || !strings.Contains(err.Error(), "--qlog-dir") {
+					t.Fatalf("QlogDir = %q, %v; want an error naming --qlog-dir", got, err)
+				}
+			case err != nil || got != tt.want:
+				t.Fatalf("QlogDir = %q, %v; want %q", got, err, tt.want)
+			case got != "":
+				if fi, err := os.Stat(got); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+					t.Fatalf("%s: %v, %v; want a directory with mode 0700", got, fi.Mode(), err)
+				}
+			}
+		})
+	}
+}
