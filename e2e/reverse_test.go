@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -141,6 +142,7 @@ func TestReverseTunnel(t *testing.T) {
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "api", Local: startApp(t)},
 		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "echo", Local: echoTCP},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "down", Local: refused},
+		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "tcpdown", Local: refused},
 	)
 	for _, p := range []*localproxy.Proxy{a, b} {
 		for _, r := range p.Client().Registrations() {
@@ -274,6 +276,31 @@ func TestReverseTunnel(t *testing.T) {
 		if err != nil || string(got) != payload {
 			t.Fatalf("echo: %d bytes, %v", len(got), err)
 		}
+	})
+
+	t.Run("raw TCP to an app that is down", func(t *testing.T) {
+		// The client's bytes go out before the answer (DialEarly); the
+		// answer ends the connection and the access log says why.
+		var port uint16
+		for _, r := range b.Client().Registrations() {
+			if r.Service.Name == "tcpdown" {
+				port = r.Port
+			}
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "hello?")
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if got, err := io.ReadAll(c); len(got) != 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read %q, %v; want the connection ended without bytes", got, err)
+		}
+		waitFor(t, "the access-log line", func() bool {
+			return strings.Contains(l.coordLog.String(), "service=tcpdown") &&
+				strings.Contains(l.coordLog.String(), "outcome=unavailable")
+		})
 	})
 
 	t.Run("errors", func(t *testing.T) {

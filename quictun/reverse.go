@@ -247,23 +247,58 @@ func (svc *Service) Dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 
 // dial is Dial, on the caller's goroutine.
 func (svc *Service) dial(ctx context.Context, remote netip.AddrPort) (*StreamConn, error) {
-	p := svc.peer
-	id := NewSessionID()
-	str, err := p.conn.OpenStreamSync(ctx)
+	str, id, err := svc.open(ctx, remote)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
-	}
-	fail := func(err error) (*StreamConn, error) {
-		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
-		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { str.CancelWrite(quic.StreamErrorCode(CodeCanceled)) })
 	defer stop()
-	if err := WriteFrame(str, &ReverseOpen{Session: id, Service: svc.Name, Remote: remote}); err != nil {
-		return fail(fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err))
+	if err := svc.answer(ctx, str); err != nil {
+		return nil, err
 	}
-	if err := p.awaitReverseAck(ctx, str, svc); err != nil {
+	return newStreamConn(str, svc.peer.conn, id), nil
+}
+
+// DialEarly is Dial without the wait for the client's answer: it returns
+// once ReverseOpen is sent, so that the caller's first bytes (a request)
+// follow it at once and reach the app as soon as the client has connected
+// to it, a round trip sooner. The answer is read by the first Read or
+// Peek, which fail with Dial's errors, as does a Write the client refused.
+func (svc *Service) DialEarly(ctx context.Context, remote netip.AddrPort) (*StreamConn, error) {
+	str, id, err := svc.open(ctx, remote)
+	if err != nil {
+		return nil, err
+	}
+	sc := newStreamConn(str, svc.peer.conn, id)
+	sc.awaitAnswer = func() error { return svc.answer(ctx, str) }
+	return sc, nil
+}
+
+// open opens a stream to svc's client and sends ReverseOpen on it.
+func (svc *Service) open(ctx context.Context, remote netip.AddrPort) (*quic.Stream, SessionID, error) {
+	p := svc.peer
+	id := NewSessionID()
+	str, err := p.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, id, fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
+	}
+	if err := WriteFrame(str, &ReverseOpen{Session: id, Service: svc.Name, Remote: remote}); err != nil {
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		return nil, id, fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
+	}
+	return str, id, nil
+}
+
+// answer reads the client's ReverseAck and OpenResult on str; on any
+// failure it resets str and says why.
+func (svc *Service) answer(ctx context.Context, str *quic.Stream) error {
+	fail := func(err error) error {
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		return err
+	}
+	if err := svc.peer.awaitReverseAck(ctx, str, svc); err != nil {
 		return fail(err)
 	}
 	str.SetReadDeadline(time.Now().Add(localDialTimeout + 2*time.Second))
@@ -282,7 +317,7 @@ func (svc *Service) dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 		return fail(&SessionError{Target: svc.Name, Code: res.Code, Reason: res.Reason})
 	}
 	str.SetReadDeadline(time.Time{})
-	return newStreamConn(str, p.conn, id), nil
+	return nil
 }
 
 // awaitReverseAck waits for the client's ReverseAck on str. A client that

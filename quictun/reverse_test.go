@@ -85,22 +85,42 @@ func TestReverseSession(t *testing.T) {
 	}
 
 	remote := netip.MustParseAddrPort("203.0.113.5:5555")
-	conn, err := reg.get("app").Dial(t.Context(), remote)
-	if err != nil {
-		t.Fatalf("Dial app: %v", err)
-	}
-	conn.Write([]byte("hello"))
-	conn.CloseWrite()
-	got, err := io.ReadAll(conn)
-	conn.Close()
-	if string(got) != "hello" {
-		t.Fatalf("echo = %q, %v", got, err)
-	}
-
-	_, err = reg.get("dead").Dial(t.Context(), remote)
+	// Dial waits for the client's answer; DialEarly returns at once and the
+	// answer, or why there is none, comes with the first Read.
 	var se *SessionError
-	if !errors.As(err, &se) || se.Code != CodeTargetUnreachable || se.Reason == "" {
-		t.Fatalf("Dial dead app = %v, want CodeTargetUnreachable with a reason", err)
+	for _, dial := range []struct {
+		name string
+		f    func(*Service) (*StreamConn, error)
+	}{
+		{"Dial", func(s *Service) (*StreamConn, error) { return s.Dial(t.Context(), remote) }},
+		{"DialEarly", func(s *Service) (*StreamConn, error) { return s.DialEarly(t.Context(), remote) }},
+	} {
+		conn, err := dial.f(reg.get("app"))
+		if err != nil {
+			t.Fatalf("%s app: %v", dial.name, err)
+		}
+		conn.Write([]byte("hello"))
+		conn.CloseWrite()
+		got, err := io.ReadAll(conn)
+		conn.Close()
+		if string(got) != "hello" {
+			t.Fatalf("%s: echo = %q, %v", dial.name, got, err)
+		}
+
+		conn, err = dial.f(reg.get("dead"))
+		if err == nil {
+			if dial.name == "Dial" {
+				t.Fatalf("Dial dead app succeeded")
+			}
+			if _, werr := conn.Write([]byte("request")); werr != nil {
+				t.Fatalf("DialEarly: a write before the answer failed: %v", werr)
+			}
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if !errors.As(err, &se) || se.Code != CodeTargetUnreachable || se.Reason == "" {
+			t.Fatalf("%s dead app = %v, want CodeTargetUnreachable with a reason", dial.name, err)
+		}
 	}
 
 	// A second client asking for the same name is refused.

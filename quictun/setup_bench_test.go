@@ -105,3 +105,55 @@ func BenchmarkSetupOverDelayedPath(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReverseSetupOverDelayedPath is the same for a reverse session
+// (a public connection to an exposed app): Dial waits for the client's
+// answer before the first byte goes (two round trips), DialEarly sends it
+// right behind ReverseOpen (one).
+func BenchmarkReverseSetupOverDelayedPath(b *testing.B) {
+	const oneWay = 10 * time.Millisecond
+	for _, mode := range []struct {
+		name  string
+		early bool
+	}{{"dial", false}, {"dial-early", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			reg := newMapRegistry()
+			app := echoServer(b, "127.0.0.1")
+			newHarness(b, harnessOpts{
+				serverMod: func(c *ServerConfig) { c.Services = reg },
+				clientMod: func(c *ClientConfig) {
+					c.Coordinator = newDelayRelay(b, c.Coordinator, oneWay).addr()
+					c.Services = []ExposedService{{Kind: ServiceTCP, Name: "app", Local: app}}
+				},
+			})
+			for reg.get("app") == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+			remote := netip.MustParseAddrPort("203.0.113.5:5555")
+			session := func() {
+				svc := reg.get("app")
+				dial := svc.Dial
+				if mode.early {
+					dial = svc.DialEarly
+				}
+				conn, err := dial(b.Context(), remote)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer conn.Close()
+				if _, err := conn.Write([]byte{1}); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			session()
+			b.ResetTimer()
+			for b.Loop() {
+				session()
+			}
+			b.ReportMetric(float64(b.Elapsed())/float64(b.N)/float64(2*oneWay), "RTTs/session")
+		})
+	}
+}

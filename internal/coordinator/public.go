@@ -41,12 +41,49 @@ type backend struct{ svc *quictun.Service }
 
 func (b backend) Name() string { return b.svc.Name }
 
+// Dial opens a reverse session without waiting for the client's answer
+// (quictun.Service.DialEarly): the request follows ReverseOpen at once, a
+// round trip sooner. A client that cannot reach its app still gets its
+// 502/504: the failure comes back on the first Read of the response.
 func (b backend) Dial(ctx context.Context, remote netip.AddrPort) (net.Conn, error) {
-	c, err := b.svc.Dial(ctx, remote)
+	c, err := b.svc.DialEarly(ctx, remote)
 	if err != nil {
 		return nil, reverseDialError(b.svc.Name, err)
 	}
-	return c, nil
+	return earlyConn{c, b.svc.Name}, nil
+}
+
+// earlyConn is a reverse session opened with DialEarly: the errors of the
+// client's answer, which its first Read, Peek or a refused Write return,
+// become the *httpproxy.DialError that chooses the public client's status.
+type earlyConn struct {
+	*quictun.StreamConn
+	name string
+}
+
+func (c earlyConn) Read(b []byte) (int, error) {
+	n, err := c.StreamConn.Read(b)
+	return n, c.dialError(err)
+}
+
+func (c earlyConn) Peek(b []byte) (int, error) {
+	n, err := c.StreamConn.Peek(b)
+	return n, c.dialError(err)
+}
+
+func (c earlyConn) Write(b []byte) (int, error) {
+	n, err := c.StreamConn.Write(b)
+	return n, c.dialError(err)
+}
+
+// dialError maps a failed answer to its DialError; other errors (the
+// session failing later) pass unchanged.
+func (c earlyConn) dialError(err error) error {
+	var se *quictun.SessionError
+	if err != nil && (errors.As(err, &se) || errors.Is(err, quictun.ErrClientOffline)) {
+		return reverseDialError(c.name, err)
+	}
+	return err
 }
 
 // reverseDialError maps a reverse-session error to what the public client

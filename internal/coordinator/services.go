@@ -251,11 +251,14 @@ func serveRawTCP(log, accessLog *slog.Logger) func(ctx context.Context, ln net.L
 	}
 }
 
-// relayTCP connects one public TCP connection to svc.
+// relayTCP connects one public TCP connection to svc. The client's first
+// bytes go right behind the session's opening (DialEarly): a client that
+// speaks first (a TLS ClientHello) reaches the app a round trip sooner.
+// When the app cannot be reached the connection is reset.
 func relayTCP(ctx context.Context, c net.Conn, svc *quictun.Service, accessLog *slog.Logger) {
 	start := time.Now()
 	remote := addrPortOf(c.RemoteAddr())
-	stream, err := svc.Dial(ctx, remote)
+	stream, err := svc.DialEarly(ctx, remote)
 	attrs := []any{"service", svc.Name, "kind", "tcp", "client_addr", remote, "port", c.LocalAddr().(*net.TCPAddr).Port}
 	if err != nil {
 		c.Close()
@@ -264,6 +267,10 @@ func relayTCP(ctx context.Context, c net.Conn, svc *quictun.Service, accessLog *
 	}
 	st, err := relay.Splice(ctx, c, stream)
 	outcome := quictun.Outcome(err)
+	var se *quictun.SessionError
+	if errors.As(err, &se) || errors.Is(err, quictun.ErrClientOffline) {
+		outcome = "unavailable" // the client's answer: no app, or no client
+	}
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
