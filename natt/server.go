@@ -204,14 +204,16 @@ func (s *Server) handle(pc, probe net.PacketConn, b []byte, from netip.AddrPort)
 		if probe != nil && changePort(m) {
 			out = probe
 		}
+		if m.Contains(AttrKeepaliveRequest) {
+			// Before the answer: a client that has it is being kept alive.
+			// One whose answer is lost is forgotten after MaxMisses pings.
+			s.register(pc, from)
+		}
 		if _, err := out.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
 			s.log.Debug("STUN response not sent", "to", from, "err", err)
 			return
 		}
 		s.requests.Add(1)
-		if m.Contains(AttrKeepaliveRequest) {
-			s.register(pc, from)
-		}
 	case stun.BindingSuccess:
 		s.pong(m, from)
 	}
