@@ -57,6 +57,10 @@ func TestMaxSessionsPerClient(t *testing.T) {
 	if got := h.server.Stats().LimitHits[LimitSessionsPerClient]; got != 1 {
 		t.Errorf("LimitHits[%s] = %d, want 1", LimitSessionsPerClient, got)
 	}
+	// Dial returns once localproxy has the dial-back stream, a moment
+	// before coordinator counts the session active (it waits for the
+	// ack): wait for both to be counted, then for one to end.
+	waitFor(t, "both sessions to be active", func() bool { return h.server.Stats().ActiveSessions == 2 })
 	open[0].Close()
 	waitFor(t, "the closed session to end", func() bool { return h.server.Stats().ActiveSessions == 1 })
 	echoRoundTrip(t, h.client, target, []byte("a place was freed"))
