@@ -194,26 +194,28 @@ type setupResult struct {
 
 // cpuAround runs f and returns the CPU time procs used meanwhile.
 func cpuAround(procs []*proc, f func() error) (time.Duration, error) {
-	var before time.Duration
-	for _, p := range procs {
-		t, err := p.cpuTime()
-		if err != nil {
-			return 0, err
-		}
-		before += t
+	before, err := totalCPU(procs)
+	if err != nil {
+		return 0, err
 	}
 	if err := f(); err != nil {
 		return 0, err
 	}
-	var after time.Duration
+	after, err := totalCPU(procs)
+	return after - before, err
+}
+
+// totalCPU is the CPU time procs have used so far, together.
+func totalCPU(procs []*proc) (time.Duration, error) {
+	var sum time.Duration
 	for _, p := range procs {
 		t, err := p.cpuTime()
 		if err != nil {
 			return 0, err
 		}
-		after += t
+		sum += t
 	}
-	return after - before, nil
+	return sum, nil
 }
 
 // benchSetup times new sessions, direct, CONNECT, CONNECT with fast open
