@@ -190,7 +190,7 @@ func TestBinaries(t *testing.T) {
 func TestHelpListsEveryFlag(t *testing.T) {
 	for name, want := range map[string][]string{
 		"reporter":    {"--listen", "NAT_KEEP_ALIVE_INTERVAL", "--config", "--log-format", "--log-level"},
-		"coordinator": {"--listen", "--cert", "--key", "--token", "--reporter-listen", "COORDINATOR_TOKEN", "(default: \":4433\")", "--qlog-dir"},
+		"coordinator": {"--listen", "--cert", "--key", "--token", "--reporter-listen", "COORDINATOR_TOKEN", "(default: \":4433\")", "--qlog-dir", "--dns-cache-ttl"},
 		"localproxy":  {"--listen", "--coordinator", "--reporter", "--token", "--ca", "--insecure", "LOCALPROXY_TOKEN", "(default: \"127.0.0.1:8118\")", "--qlog-dir"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)

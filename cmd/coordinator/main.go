@@ -78,6 +78,8 @@ func main() {
 				Usage: "refuse every target not on --allow-target (other host names are refused without a DNS lookup)"}),
 			altsrc.NewIntSliceFlag(&cli.IntSliceFlag{Name: "deny-port", EnvVars: []string{"COORDINATOR_DENY_PORT"},
 				Usage: "never dial targets on this port, e.g. 25 (repeatable)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dns-cache-ttl", Value: coordinator.DefaultDNSCacheTTL, EnvVars: []string{"COORDINATOR_DNS_CACHE_TTL"},
+				Usage: "how long to reuse the addresses a target name resolved to (0: resolve it for every session)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"COORDINATOR_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"COORDINATOR_PPROF"},
@@ -268,5 +270,14 @@ func targetPolicy(c *cli.Context) coordinator.TargetPolicy {
 		Allow:        c.StringSlice("allow-target"),
 		OnlyAllowed:  c.Bool("only-allowed-targets"),
 		DenyPorts:    c.IntSlice("deny-port"),
+		DNSCacheTTL:  dnsCacheTTL(c.Duration("dns-cache-ttl")),
 	}
+}
+
+// dnsCacheTTL maps the flag's 0 ("no cache") to TargetPolicy's negative.
+func dnsCacheTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

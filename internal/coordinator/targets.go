@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"quictunnel/quictun"
 )
@@ -36,6 +37,11 @@ type TargetPolicy struct {
 	OnlyAllowed bool
 	// DenyPorts are ports never dialed (e.g. 25), even on allowed targets.
 	DenyPorts []int
+	// DNSCacheTTL is how long the addresses a target name resolved to are
+	// reused for new sessions; a cached address that does not answer
+	// sends the name back to DNS at once. Default DefaultDNSCacheTTL;
+	// negative: every session resolves its target.
+	DNSCacheTTL time.Duration
 }
 
 // blockedPrefixes are the address classes refused unless AllowPrivate.
@@ -81,14 +87,19 @@ type targetPolicy struct {
 	suffixes     []string // ".example" for "*.example"
 	denyPorts    map[int]bool
 	own          map[netip.Addr]bool
-	resolver     *net.Resolver // nil: the default
+	hosts        *hostCache
 }
 
 // compile validates p and prepares it; own are coordinator's own
 // addresses.
 func (p TargetPolicy) compile(own []netip.Addr) (*targetPolicy, error) {
+	ttl := p.DNSCacheTTL
+	if ttl == 0 {
+		ttl = DefaultDNSCacheTTL
+	}
 	c := &targetPolicy{allowPrivate: p.AllowPrivate, onlyAllowed: p.OnlyAllowed,
-		names: map[string]bool{}, denyPorts: map[int]bool{}, own: map[netip.Addr]bool{}}
+		names: map[string]bool{}, denyPorts: map[int]bool{}, own: map[netip.Addr]bool{},
+		hosts: newHostCache(ttl)}
 	for _, a := range p.Allow {
 		if err := c.addAllowed(a); err != nil {
 			return nil, &ConfigError{Field: "TargetPolicy.Allow", Reason: err.Error()}
@@ -213,16 +224,18 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 			return nil, forbidden(address, "port "+portStr+" is denied (--deny-port)")
 		}
 		check := true // every address dialed is checked...
+		var addrs []netip.Addr
 		if ip, err := netip.ParseAddr(host); err == nil {
 			if reason := c.checkAddr(ip); reason != "" {
 				return nil, forbidden(address, reason)
 			}
+			addrs = []netip.Addr{ip}
 		} else if c.nameAllowed(normalizeHost(host)) {
 			check = false // ...except those of a name on the allow-list
 		} else if c.onlyAllowed {
 			return nil, forbidden(address, host+" is not on the allow-list (--allow-target)") // no DNS lookup
 		}
-		d := &net.Dialer{Resolver: c.resolver}
+		d := &net.Dialer{}
 		if check {
 			// Control sees the address being dialed after resolution, so
 			// a name resolving to a refused address is refused however
@@ -238,12 +251,46 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 				return nil
 			}
 		}
-		conn, err := d.DialContext(ctx, network, address)
+		dial := func(addrs []netip.Addr) (net.Conn, error) {
+			addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
+				return network == "tcp4" && !a.Is4() || network == "tcp6" && a.Is4()
+			})
+			if len(addrs) == 0 {
+				return nil, &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
+			}
+			return dialAddrs(ctx, d, addrs, uint16(port))
+		}
+		var conn net.Conn
+		if addrs != nil {
+			conn, err = dial(addrs)
+		} else {
+			conn, err = c.dialName(ctx, network, host, dial)
+		}
 		if oe, ok := errors.AsType[*net.OpError](err); ok && errors.Is(err, quictun.ErrTargetForbidden) {
 			return nil, oe.Err // the reason, without "dial tcp ADDR:" repeating it
 		}
 		return conn, err
 	}
+}
+
+// dialName resolves host through the cache and dials its addresses; if
+// cached addresses fail, it asks DNS again and, if the name has moved,
+// dials the new ones.
+func (c *targetPolicy) dialName(ctx context.Context, network, host string, dial func([]netip.Addr) (net.Conn, error)) (net.Conn, error) {
+	addrs, cached, err := c.hosts.lookup(ctx, host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	conn, err := dial(addrs)
+	if err == nil || !cached || ctx.Err() != nil {
+		return conn, err
+	}
+	c.hosts.forget(host)
+	fresh, _, lerr := c.hosts.lookup(ctx, host)
+	if lerr != nil || slices.Equal(fresh, addrs) {
+		return nil, err
+	}
+	return dial(fresh)
 }
 
 // String summarises the policy for the start-up log.

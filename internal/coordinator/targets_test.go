@@ -145,7 +145,7 @@ func TestTargetPolicyDial(t *testing.T) {
 			if tt.forbidden == "no DNS" {
 				// An allowed name is resolved: the lookup is the test.
 				var called atomic.Bool // A and AAAA lookups run at once
-				p.resolver = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+				p.hosts.resolver = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
 					called.Store(true)
 					return nil, errors.New("no DNS in this test")
 				}}
@@ -155,7 +155,7 @@ func TestTargetPolicyDial(t *testing.T) {
 				}
 				return
 			}
-			p.resolver = failResolver(t)
+			p.hosts.resolver = failResolver(t)
 			conn, err := p.dialer()(t.Context(), "tcp", tt.target)
 			if tt.forbidden == "" {
 				if err != nil {
