@@ -74,13 +74,17 @@ func TestMetricsEndpoints(t *testing.T) {
 			t.Errorf("metrics on :%d lack %q", c.port, c.want)
 		}
 	}
-	// Limit series exist before their first hit, so alerts can use them.
-	for port, want := range map[int]string{
-		coordMetrics: `quictunnel_limit_hits_total{limit="sessions_per_client"} 0`,
-		proxyMetrics: `quictunnel_limit_hits_total{limit="pending_sessions"} 0`,
+	// Labelled series exist before their first count, so alerts can use them.
+	for _, c := range []struct {
+		port int
+		want string
+	}{
+		{coordMetrics, `quictunnel_limit_hits_total{limit="sessions_per_client"} 0`},
+		{coordMetrics, `quictunnel_target_name_lookups_total{source="cache"} `},
+		{proxyMetrics, `quictunnel_limit_hits_total{limit="pending_sessions"} 0`},
 	} {
-		if !strings.Contains(get(port, "/metrics"), want) {
-			t.Errorf("metrics on :%d lack %q", port, want)
+		if !strings.Contains(get(c.port, "/metrics"), c.want) {
+			t.Errorf("metrics on :%d lack %q", c.port, c.want)
 		}
 	}
 	waitFor(t, "a counted session", func() bool {

@@ -332,6 +332,9 @@ func (c *Coordinator) ReporterAddr() net.Addr {
 // RegisterMetrics adds the coordinator's metrics to r.
 func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 	r.AddTunnelServer(c.server)
+	if c.cfg.DialTarget == nil {
+		c.targets.registerMetrics(r)
+	}
 	if c.reporter != nil {
 		r.AddReporter(c.reporter)
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,8 @@ type hostCache struct {
 	resolver *net.Resolver // nil: the default
 	ttl      time.Duration // <= 0: nothing is kept
 	now      func() time.Time
+
+	hits, lookups atomic.Int64 // names answered from the cache, and by the resolver
 
 	mu      sync.Mutex
 	entries map[string]hostEntry
@@ -46,9 +49,11 @@ func (h *hostCache) lookup(ctx context.Context, host string) (addrs []netip.Addr
 		e, ok := h.entries[host]
 		h.mu.Unlock()
 		if ok && h.now().Before(e.expires) {
+			h.hits.Add(1)
 			return e.addrs, true, nil
 		}
 	}
+	h.lookups.Add(1)
 	addrs, err = h.resolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		return nil, false, err
@@ -77,6 +82,12 @@ func (h *hostCache) store(host string, addrs []netip.Addr) {
 		}
 	}
 	h.entries[host] = hostEntry{addrs: addrs, expires: now.Add(h.ttl)}
+}
+
+// counts returns the names answered from the cache and by the resolver,
+// for metrics.
+func (h *hostCache) counts() map[string]int64 {
+	return map[string]int64{"cache": h.hits.Load(), "dns": h.lookups.Load()}
 }
 
 // forget drops host, whose cached addresses did not answer.

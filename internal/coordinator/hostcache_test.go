@@ -161,6 +161,9 @@ func TestTargetDNSCache(t *testing.T) {
 	first.Close()
 	step("cached address refuses", p, "127.0.0.2", 3)
 	step("new address cached", p, "127.0.0.2", 3)
+	if got := p.hosts.counts(); got["cache"] != 5 || got["dns"] != 3 {
+		t.Fatalf("counted %v, want 5 from the cache and 3 from DNS", got)
+	}
 
 	strict, err := TargetPolicy{}.compile(nil)
 	if err != nil {

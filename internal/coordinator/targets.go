@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"quictunnel/internal/metrics"
 	"quictunnel/quictun"
 )
 
@@ -291,6 +292,12 @@ func (c *targetPolicy) dialName(ctx context.Context, network, host string, dial 
 		return nil, err
 	}
 	return dial(fresh)
+}
+
+// registerMetrics counts how target names were resolved.
+func (c *targetPolicy) registerMetrics(r *metrics.Registry) {
+	r.LabeledCounter("target_name_lookups_total", "Target host names resolved, by where the addresses came from (cache or dns).",
+		"source", []string{"cache", "dns"}, c.hosts.counts)
 }
 
 // String summarises the policy for the start-up log.

@@ -59,6 +59,7 @@ type Worker struct {
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	worker   *quictun.Worker
+	targets  *targetPolicy
 	log      *slog.Logger
 	shutdown time.Duration
 }
@@ -97,7 +98,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log.Info("dial-back worker target policy", "targets", targets.String())
-	return &Worker{udp: udp, tr: tr, worker: w, log: log, shutdown: cfg.ShutdownTimeout}, nil
+	return &Worker{udp: udp, tr: tr, worker: w, targets: targets, log: log, shutdown: cfg.ShutdownTimeout}, nil
 }
 
 // Addr is the worker's UDP address.
@@ -107,7 +108,10 @@ func (w *Worker) Addr() net.Addr { return w.udp.LocalAddr() }
 func (w *Worker) Stats() quictun.WorkerStats { return w.worker.Stats() }
 
 // RegisterMetrics adds the worker's metrics to r.
-func (w *Worker) RegisterMetrics(r *metrics.Registry) { r.AddDialBackWorker(w.worker) }
+func (w *Worker) RegisterMetrics(r *metrics.Registry) {
+	r.AddDialBackWorker(w.worker)
+	w.targets.registerMetrics(r)
+}
 
 // Run serves until ctx ends, then drains for up to ShutdownTimeout (no new
 // jobs; coordinator stops giving the worker clients; sessions in progress
