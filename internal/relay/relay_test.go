@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -172,9 +173,9 @@ func TestSpliceCopiesEveryPath(t *testing.T) {
 // allocation per chunk.
 func BenchmarkPump(b *testing.B) {
 	src, dst := tcpPair(b)
-	total := int64(b.N) * BufferSize
+	total := int64(b.N) * largeBufferSize
 	go func() {
-		buf := make([]byte, BufferSize)
+		buf := make([]byte, largeBufferSize)
 		for range b.N {
 			if _, err := dst.Write(buf); err != nil {
 				break
@@ -182,7 +183,7 @@ func BenchmarkPump(b *testing.B) {
 		}
 		dst.CloseWrite()
 	}()
-	b.SetBytes(BufferSize)
+	b.SetBytes(largeBufferSize)
 	b.ReportAllocs()
 	b.ResetTimer()
 	n, err := pump(writerOnly{io.Discard}, src)
@@ -192,16 +193,18 @@ func BenchmarkPump(b *testing.B) {
 }
 
 func TestBurstBuffer(t *testing.T) {
-	const small, large = smallBufferSize, BufferSize
+	const small, medium, large = smallBufferSize, mediumBufferSize, largeBufferSize
 	for _, tc := range []struct {
 		name  string
 		reads []int // bytes each read brings, capped at the buffer's size
 		sizes []int // size of the buffer each read gets
 	}{
 		{"small messages stay small", []int{100, 200, 300}, []int{small, small, small}},
-		{"a full small buffer moves up", []int{small, 100}, []int{small, large}},
-		{"bulk keeps large buffers", []int{small, 40 << 10, 50 << 10, large, 20 << 10}, []int{small, large, large, large, large}},
-		{"back to small after a small read", []int{small, 40 << 10, 100, 100}, []int{small, large, large, small}},
+		{"a full small buffer moves up", []int{small, 100}, []int{small, medium}},
+		{"a full medium buffer moves up", []int{small, medium, 100}, []int{small, medium, large}},
+		{"bulk keeps the size it needs", []int{small, 40 << 10, 50 << 10, medium, 100 << 10, large, 300 << 10, 20 << 10, 100},
+			[]int{small, medium, medium, medium, large, large, large, large, medium}},
+		{"back to small after a small read", []int{small, 40 << 10, 100, 100}, []int{small, medium, medium, small}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b burstBuffer
@@ -219,3 +222,42 @@ func TestBurstBuffer(t *testing.T) {
 		})
 	}
 }
+
+// TestCopy copies through every buffer size and back down: whole reads,
+// short reads, a reader that ends with data, and a failing writer.
+func TestCopy(t *testing.T) {
+	payload := make([]byte, 3*largeBufferSize+17)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	errWrite := errors.New("write failed")
+	for _, tc := range []struct {
+		name    string
+		src     func() io.Reader
+		dst     func(*bytes.Buffer) io.Writer
+		wantErr error
+	}{
+		{"whole reads", func() io.Reader { return bytes.NewReader(payload) }, func(b *bytes.Buffer) io.Writer { return b }, nil},
+		{"short reads", func() io.Reader { return iotest.HalfReader(bytes.NewReader(payload)) }, func(b *bytes.Buffer) io.Writer { return b }, nil},
+		{"data with EOF", func() io.Reader { return iotest.DataErrReader(bytes.NewReader(payload)) }, func(b *bytes.Buffer) io.Writer { return b }, nil},
+		{"writer fails", func() io.Reader { return bytes.NewReader(payload) }, func(*bytes.Buffer) io.Writer { return failWriter{errWrite} }, errWrite},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got bytes.Buffer
+			n, err := Copy(tc.dst(&got), tc.src())
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("Copy = %d, %v; want %v", n, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || n != int64(len(payload)) || !bytes.Equal(got.Bytes(), payload) {
+				t.Fatalf("Copy = %d, %v; copied %d bytes, want %d intact", n, err, got.Len(), len(payload))
+			}
+		})
+	}
+}
+
+type failWriter struct{ err error }
+
+func (w failWriter) Write([]byte) (int, error) { return 0, w.err }
