@@ -257,20 +257,7 @@ func TestDialAddrs(t *testing.T) {
 // server is on loopback too, so "uncached" is the least a lookup costs:
 // a real resolver adds its round trip.
 func BenchmarkTargetDial(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := listenOn(b, "127.0.0.1:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	dns := startDNS(b, netip.MustParseAddr("127.0.0.1"))
 	for _, bb := range []struct {

@@ -105,20 +105,7 @@ func failResolver(t *testing.T) *net.Resolver {
 // address they resolve to ("localhost" resolves from /etc/hosts), refused
 // names are not looked up, and denied ports are refused first.
 func TestTargetPolicyDial(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := listenOn(t, "127.0.0.1:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	tests := []struct {
 		name      string
