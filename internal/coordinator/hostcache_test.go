@@ -170,10 +170,14 @@ func TestTargetDNSCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	strict.hosts.resolver = dns.resolver()
-	for range 2 {
+	before := dns.queries()
+	for range 3 {
 		if _, err := dial(strict); !errors.Is(err, quictun.ErrTargetForbidden) {
 			t.Fatalf("name resolving to loopback under the default policy: %v, want ErrTargetForbidden", err)
 		}
+	}
+	if n := dns.queries() - before; n != 1 {
+		t.Fatalf("three refused dials of a name asked DNS %d times, want once", n)
 	}
 
 	uncached, err := TargetPolicy{AllowPrivate: true, DNSCacheTTL: -1}.compile(nil)
@@ -181,7 +185,7 @@ func TestTargetDNSCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	uncached.hosts.resolver = dns.resolver()
-	before := dns.queries()
+	before = dns.queries()
 	step("no cache", uncached, "127.0.0.2", before+1)
 	step("no cache again", uncached, "127.0.0.2", before+2)
 }

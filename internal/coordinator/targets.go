@@ -275,15 +275,15 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 }
 
 // dialName resolves host through the cache and dials its addresses; if
-// cached addresses fail, it asks DNS again and, if the name has moved,
-// dials the new ones.
+// cached addresses fail (other than by being refused), it asks DNS again
+// and, if the name has moved, dials the new ones.
 func (c *targetPolicy) dialName(ctx context.Context, network, host string, dial func([]netip.Addr) (net.Conn, error)) (net.Conn, error) {
 	addrs, cached, err := c.hosts.lookup(ctx, host)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	conn, err := dial(addrs)
-	if err == nil || !cached || ctx.Err() != nil {
+	if err == nil || !cached || ctx.Err() != nil || errors.Is(err, quictun.ErrTargetForbidden) {
 		return conn, err
 	}
 	c.hosts.forget(host)
@@ -317,6 +317,11 @@ func (c *targetPolicy) String() string {
 	if len(c.denyPorts) > 0 {
 		ports := slices.Sorted(maps.Keys(c.denyPorts))
 		parts = append(parts, fmt.Sprintf("ports denied %v", ports))
+	}
+	if c.hosts.ttl > 0 {
+		parts = append(parts, "names cached "+c.hosts.ttl.String())
+	} else {
+		parts = append(parts, "names not cached")
 	}
 	return strings.Join(parts, ", ")
 }
