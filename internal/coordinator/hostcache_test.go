@@ -190,6 +190,39 @@ func TestTargetDNSCache(t *testing.T) {
 	step("no cache again", uncached, "127.0.0.2", before+2)
 }
 
+// TestDialNameStaleAddress: a cached address that never answers (the
+// name moved, the old host drops packets) leaves time for a fresh lookup,
+// whose address is then dialed in the same session.
+func TestDialNameStaleAddress(t *testing.T) {
+	dns := startDNS(t, netip.MustParseAddr("127.0.0.2"))
+	p, err := TargetPolicy{AllowPrivate: true}.compile(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.hosts.resolver = dns.resolver()
+	stale := netip.MustParseAddr("127.0.0.1")
+	p.hosts.store("site.test", []netip.Addr{stale})
+	dial := func(ctx context.Context, addrs []netip.Addr) (net.Conn, error) {
+		if addrs[0] == stale {
+			<-ctx.Done() // a black hole
+			return nil, ctx.Err()
+		}
+		a, b := net.Pipe()
+		b.Close()
+		return a, nil
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	conn, err := p.dialName(ctx, "tcp", "site.test", dial)
+	if err != nil {
+		t.Fatalf("dial with a stale cached address: %v, want the fresh address dialed", err)
+	}
+	conn.Close()
+	if got, _, _ := p.hosts.lookup(t.Context(), "site.test"); got[0] != netip.MustParseAddr("127.0.0.2") {
+		t.Fatalf("cache holds %v after the fresh lookup", got)
+	}
+}
+
 // TestDialAddrs checks the Happy Eyeballs order: the first address's
 // family first, the other family when it fails or is slow, and an error
 // when all fail.

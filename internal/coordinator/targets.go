@@ -39,9 +39,10 @@ type TargetPolicy struct {
 	// DenyPorts are ports never dialed (e.g. 25), even on allowed targets.
 	DenyPorts []int
 	// DNSCacheTTL is how long the addresses a target name resolved to are
-	// reused for new sessions; a cached address that does not answer
-	// sends the name back to DNS at once. Default DefaultDNSCacheTTL;
-	// negative: every session resolves its target.
+	// reused for new sessions. When cached addresses fail, or do not
+	// answer within half the dial timeout, the name is looked up again at
+	// once. Default DefaultDNSCacheTTL; negative: every session resolves
+	// its target.
 	DNSCacheTTL time.Duration
 }
 
@@ -252,7 +253,7 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 				return nil
 			}
 		}
-		dial := func(addrs []netip.Addr) (net.Conn, error) {
+		dial := func(ctx context.Context, addrs []netip.Addr) (net.Conn, error) {
 			addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
 				return network == "tcp4" && !a.Is4() || network == "tcp6" && a.Is4()
 			})
@@ -263,7 +264,7 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 		}
 		var conn net.Conn
 		if addrs != nil {
-			conn, err = dial(addrs)
+			conn, err = dial(ctx, addrs)
 		} else {
 			conn, err = c.dialName(ctx, network, host, dial)
 		}
@@ -274,24 +275,36 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 	}
 }
 
-// dialName resolves host through the cache and dials its addresses; if
-// cached addresses fail (other than by being refused), it asks DNS again
-// and, if the name has moved, dials the new ones.
-func (c *targetPolicy) dialName(ctx context.Context, network, host string, dial func([]netip.Addr) (net.Conn, error)) (net.Conn, error) {
+// dialName resolves host through the cache and dials its addresses. A
+// cached name may have moved, and its old address may not even refuse:
+// cached addresses get half the time left, and if they fail (other than
+// by being refused by the policy), DNS is asked again and its answer
+// dialed with the rest.
+func (c *targetPolicy) dialName(ctx context.Context, network, host string,
+	dial func(context.Context, []netip.Addr) (net.Conn, error)) (net.Conn, error) {
 	addrs, cached, err := c.hosts.lookup(ctx, host)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	conn, err := dial(addrs)
-	if err == nil || !cached || ctx.Err() != nil || errors.Is(err, quictun.ErrTargetForbidden) {
+	if !cached {
+		return dial(ctx, addrs)
+	}
+	first := ctx
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		first, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(deadline)/2))
+		defer cancel()
+	}
+	conn, err := dial(first, addrs)
+	if err == nil || ctx.Err() != nil || errors.Is(err, quictun.ErrTargetForbidden) {
 		return conn, err
 	}
 	c.hosts.forget(host)
 	fresh, _, lerr := c.hosts.lookup(ctx, host)
-	if lerr != nil || slices.Equal(fresh, addrs) {
+	if lerr != nil {
 		return nil, err
 	}
-	return dial(fresh)
+	return dial(ctx, fresh)
 }
 
 // registerMetrics counts how target names were resolved.
