@@ -218,9 +218,6 @@ func spliceable(dst io.Writer, src io.Reader) bool {
 	return ok
 }
 
-type writerOnly struct{ io.Writer }
-type readerOnly struct{ io.Reader }
-
 // peeker is implemented by QUIC streams: Peek blocks until len(b) bytes
 // can be read, without consuming them.
 type peeker interface{ Peek(b []byte) (int, error) }

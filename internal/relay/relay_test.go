@@ -186,7 +186,7 @@ func BenchmarkPump(b *testing.B) {
 	b.SetBytes(largeBufferSize)
 	b.ReportAllocs()
 	b.ResetTimer()
-	n, err := pump(writerOnly{io.Discard}, src)
+	n, err := pump(io.Discard, src)
 	if err != nil || n != total {
 		b.Fatalf("pumped %d of %d bytes: %v", n, total, err)
 	}
