@@ -183,13 +183,13 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 
 // setupResult is the session set-up benchmark's outcome.
 type setupResult struct {
-	n                               int
-	direct, tunnel, fast, floor     []time.Duration
-	directP, tunnelP, fastP, floorP [2]time.Duration // p50, p99
+	n                                         int
+	direct, tunnel, fast, floor, reverse      []time.Duration
+	directP, tunnelP, fastP, floorP, reverseP [2]time.Duration // p50, p99
 	// CPU time of the two processes on each path (localproxy and
 	// coordinator; the two relays for the floor) over cpuSessions more.
-	cpuSessions                  int
-	tunnelCPU, fastCPU, floorCPU time.Duration
+	cpuSessions                              int
+	tunnelCPU, fastCPU, floorCPU, reverseCPU time.Duration
 }
 
 // cpuAround runs f and returns the CPU time procs used meanwhile.
@@ -218,9 +218,10 @@ func totalCPU(procs []*proc) (time.Duration, error) {
 	return sum, nil
 }
 
-// benchSetup times new sessions, direct, CONNECT, CONNECT with fast open
-// and CONNECT through two plain relays (the floor, see relay.go) in turn,
-// so all four see the same load from the rest of the machine.
+// benchSetup times new sessions, direct, CONNECT, CONNECT with fast open,
+// CONNECT through two plain relays (the floor, see relay.go) and a new
+// connection to the public port (reverse) in turn, so all five see the
+// same load from the rest of the machine.
 func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 	s := &setupResult{n: cfg.setups}
 	rep.setup = s
@@ -241,25 +242,33 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 		if err != nil {
 			return fmt.Errorf("CONNECT set-up through the plain relays: %w", err)
 		}
+		v, err := reverseFirstByte(ctx, l.public)
+		if err != nil {
+			return fmt.Errorf("reverse set-up: %w", err)
+		}
 		s.direct, s.tunnel, s.fast, s.floor = append(s.direct, d), append(s.tunnel, t), append(s.fast, f), append(s.floor, r)
+		s.reverse = append(s.reverse, v)
 	}
 	s.directP, s.tunnelP, s.fastP, s.floorP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast), percentiles(s.floor)
+	s.reverseP = percentiles(s.reverse)
 
 	// CPU per session: a block of sessions on each path in turn, with
 	// time after the last for the processes to finish with it.
 	s.cpuSessions = max(1, cfg.setups/4)
 	for _, m := range []struct {
-		proxy string
-		procs []*proc
-		cpu   *time.Duration
+		name    string
+		session func() (time.Duration, error)
+		procs   []*proc
+		cpu     *time.Duration
 	}{
-		{l.proxy, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
-		{l.fastProxy, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
-		{l.relayProxy, l.relays[:], &s.floorCPU},
+		{"CONNECT", func() (time.Duration, error) { return firstByte(ctx, l.app, l.proxy) }, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
+		{"fast open", func() (time.Duration, error) { return firstByte(ctx, l.app, l.fastProxy) }, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
+		{"the plain relays", func() (time.Duration, error) { return firstByte(ctx, l.app, l.relayProxy) }, l.relays[:], &s.floorCPU},
+		{"the public port", func() (time.Duration, error) { return reverseFirstByte(ctx, l.public) }, []*proc{l.localpx, l.coordinator}, &s.reverseCPU},
 	} {
 		cpu, err := cpuAround(m.procs, func() error {
 			for range s.cpuSessions {
-				if _, err := firstByte(ctx, l.app, m.proxy); err != nil {
+				if _, err := m.session(); err != nil {
 					return err
 				}
 			}
@@ -267,7 +276,7 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("CPU per session through %s: %w", m.proxy, err)
+			return fmt.Errorf("CPU per session through %s: %w", m.name, err)
 		}
 		*m.cpu = cpu
 	}

@@ -301,6 +301,16 @@ const healthRequest = "GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n"
 // and CONNECT through it), send a request, wait for the answer's first
 // byte.
 func firstByte(ctx context.Context, app, proxy string) (time.Duration, error) {
+	return firstByteOf(ctx, app, proxy, healthRequest)
+}
+
+// reverseFirstByte measures one new connection to the public port, routed
+// to the exposed demo app by name.
+func reverseFirstByte(ctx context.Context, public string) (time.Duration, error) {
+	return firstByteOf(ctx, public, "", "GET /healthz HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+}
+
+func firstByteOf(ctx context.Context, app, proxy, request string) (time.Duration, error) {
 	t0 := time.Now()
 	var c net.Conn
 	var err error
@@ -314,7 +324,7 @@ func firstByte(ctx context.Context, app, proxy string) (time.Duration, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(ioTimeout))
-	if _, err := io.WriteString(c, healthRequest); err != nil {
+	if _, err := io.WriteString(c, request); err != nil {
 		return 0, err
 	}
 	br := bufio.NewReader(c)

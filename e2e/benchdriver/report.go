@@ -216,6 +216,8 @@ func (r *report) setupTable(p printer) {
 	p("coordinator) the 200 comes at once and the request follows the Open on its stream, relayed without dial-back.")
 	p("The last row is the floor for a tunnel's shape: two plain relay processes (a CONNECT proxy that answers once it")
 	p("has connected to the second, which connects to the target), no encryption, no multiplexing, one core each.")
+	p("Reverse: a new TCP connection to coordinator's public HTTP port, routed by name to the demo app exposed by")
+	p("localproxy (a new reverse session, its first bytes right behind the ReverseOpen), and the same request.")
 	p("CPU is user+sys of the path's two processes over %d more sessions on that path alone, one after another.", s.cpuSessions)
 	p("")
 	perSession := func(d time.Duration) string { return ms(d / time.Duration(s.cpuSessions)) }
@@ -228,6 +230,8 @@ func (r *report) setupTable(p printer) {
 		ms(s.fastP[0]-s.directP[0]), ms(s.fastP[1]-s.directP[1]), perSession(s.fastCPU))
 	p("| CONNECT through two plain TCP relays (floor, no tunnel) | %s | %s | +%s | +%s | %s |", ms(s.floorP[0]), ms(s.floorP[1]),
 		ms(s.floorP[0]-s.directP[0]), ms(s.floorP[1]-s.directP[1]), perSession(s.floorCPU))
+	p("| reverse public port, new connection | %s | %s | +%s | +%s | %s |", ms(s.reverseP[0]), ms(s.reverseP[1]),
+		ms(s.reverseP[0]-s.directP[0]), ms(s.reverseP[1]-s.directP[1]), perSession(s.reverseCPU))
 	p("")
 }
 
