@@ -184,7 +184,6 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 // setupResult is the session set-up benchmark's outcome.
 type setupResult struct {
 	n                                         int
-	direct, tunnel, fast, floor, reverse      []time.Duration
 	directP, tunnelP, fastP, floorP, reverseP [2]time.Duration // p50, p99
 	// CPU time of the two processes on each path (localproxy and
 	// coordinator; the two relays for the floor) over cpuSessions more.
@@ -223,52 +222,48 @@ func totalCPU(procs []*proc) (time.Duration, error) {
 // connection to the public port (reverse) in turn, so all five see the
 // same load from the rest of the machine.
 func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
-	s := &setupResult{n: cfg.setups}
+	s := &setupResult{n: cfg.setups, cpuSessions: max(1, cfg.setups/4)}
 	rep.setup = s
-	for range cfg.setups {
-		d, err := firstByte(ctx, l.app, "")
-		if err != nil {
-			return fmt.Errorf("direct set-up: %w", err)
-		}
-		t, err := firstByte(ctx, l.app, l.proxy)
-		if err != nil {
-			return fmt.Errorf("CONNECT set-up: %w", err)
-		}
-		f, err := firstByte(ctx, l.app, l.fastProxy)
-		if err != nil {
-			return fmt.Errorf("CONNECT set-up with fast open: %w", err)
-		}
-		r, err := firstByte(ctx, l.app, l.relayProxy)
-		if err != nil {
-			return fmt.Errorf("CONNECT set-up through the plain relays: %w", err)
-		}
-		v, err := reverseFirstByte(ctx, l.public)
-		if err != nil {
-			return fmt.Errorf("reverse set-up: %w", err)
-		}
-		s.direct, s.tunnel, s.fast, s.floor = append(s.direct, d), append(s.tunnel, t), append(s.fast, f), append(s.floor, r)
-		s.reverse = append(s.reverse, v)
+	viaProxy := func(proxy string) func() (time.Duration, error) {
+		return func() (time.Duration, error) { return firstByte(ctx, l.app, proxy) }
 	}
-	s.directP, s.tunnelP, s.fastP, s.floorP = percentiles(s.direct), percentiles(s.tunnel), percentiles(s.fast), percentiles(s.floor)
-	s.reverseP = percentiles(s.reverse)
+	paths := []struct {
+		name    string
+		session func() (time.Duration, error)
+		p       *[2]time.Duration
+		procs   []*proc // whose CPU is measured; none for direct
+		cpu     *time.Duration
+	}{
+		{"direct", viaProxy(""), &s.directP, nil, nil},
+		{"CONNECT", viaProxy(l.proxy), &s.tunnelP, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
+		{"CONNECT with fast open", viaProxy(l.fastProxy), &s.fastP, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
+		{"CONNECT through the plain relays", viaProxy(l.relayProxy), &s.floorP, l.relays[:], &s.floorCPU},
+		{"reverse", func() (time.Duration, error) { return reverseFirstByte(ctx, l.public) },
+			&s.reverseP, []*proc{l.localpx, l.coordinator}, &s.reverseCPU},
+	}
+	times := make([][]time.Duration, len(paths))
+	for range cfg.setups {
+		for i, path := range paths {
+			d, err := path.session()
+			if err != nil {
+				return fmt.Errorf("%s set-up: %w", path.name, err)
+			}
+			times[i] = append(times[i], d)
+		}
+	}
+	for i, path := range paths {
+		*path.p = percentiles(times[i])
+	}
 
 	// CPU per session: a block of sessions on each path in turn, with
 	// time after the last for the processes to finish with it.
-	s.cpuSessions = max(1, cfg.setups/4)
-	for _, m := range []struct {
-		name    string
-		session func() (time.Duration, error)
-		procs   []*proc
-		cpu     *time.Duration
-	}{
-		{"CONNECT", func() (time.Duration, error) { return firstByte(ctx, l.app, l.proxy) }, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
-		{"fast open", func() (time.Duration, error) { return firstByte(ctx, l.app, l.fastProxy) }, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
-		{"the plain relays", func() (time.Duration, error) { return firstByte(ctx, l.app, l.relayProxy) }, l.relays[:], &s.floorCPU},
-		{"the public port", func() (time.Duration, error) { return reverseFirstByte(ctx, l.public) }, []*proc{l.localpx, l.coordinator}, &s.reverseCPU},
-	} {
-		cpu, err := cpuAround(m.procs, func() error {
+	for _, path := range paths {
+		if path.cpu == nil {
+			continue
+		}
+		cpu, err := cpuAround(path.procs, func() error {
 			for range s.cpuSessions {
-				if _, err := m.session(); err != nil {
+				if _, err := path.session(); err != nil {
 					return err
 				}
 			}
@@ -276,9 +271,9 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("CPU per session through %s: %w", m.name, err)
+			return fmt.Errorf("CPU per %s session: %w", path.name, err)
 		}
-		*m.cpu = cpu
+		*path.cpu = cpu
 	}
 	return nil
 }
