@@ -183,7 +183,7 @@ func dialSerial(ctx context.Context, d *net.Dialer, addrs []netip.Addr, port uin
 			break
 		}
 		actx := ctx
-		if deadline, ok := ctx.Deadline(); ok {
+		if deadline, ok := ctx.Deadline(); ok && i < len(addrs)-1 { // the last one gets all that is left
 			left := time.Until(deadline)
 			share := left / time.Duration(len(addrs)-i)
 			if share < 2*time.Second {

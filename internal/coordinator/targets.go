@@ -254,9 +254,11 @@ func (c *targetPolicy) dialer() func(ctx context.Context, network, address strin
 			}
 		}
 		dial := func(ctx context.Context, addrs []netip.Addr) (net.Conn, error) {
-			addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
-				return network == "tcp4" && !a.Is4() || network == "tcp6" && a.Is4()
-			})
+			if network != "tcp" {
+				addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool {
+					return network == "tcp4" && !a.Is4() || network == "tcp6" && a.Is4()
+				})
+			}
 			if len(addrs) == 0 {
 				return nil, &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
 			}
