@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,16 +108,17 @@ const fallbackDelay = 300 * time.Millisecond
 // those of the other family in parallel (Happy Eyeballs, RFC 8305). The
 // error is the first family's first.
 func dialAddrs(ctx context.Context, d *net.Dialer, addrs []netip.Addr, port uint16) (net.Conn, error) {
+	otherFamily := func(a netip.Addr) bool { return a.Is4() != addrs[0].Is4() }
+	if !slices.ContainsFunc(addrs, otherFamily) {
+		return dialSerial(ctx, d, addrs, port)
+	}
 	var primary, fallback []netip.Addr
 	for _, a := range addrs {
-		if a.Is4() == addrs[0].Is4() {
-			primary = append(primary, a)
-		} else {
+		if otherFamily(a) {
 			fallback = append(fallback, a)
+		} else {
+			primary = append(primary, a)
 		}
-	}
-	if len(fallback) == 0 {
-		return dialSerial(ctx, d, primary, port)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
