@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -261,6 +262,85 @@ func TestNAT(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("NAT maps the client anew during a download: the stalled session ends, the next ones dial back anew", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{})
+		s.get(t, "/before")
+		// More than the dial-back connection can hold in flight: the
+		// download is still running when the NAT loses its mappings.
+		resp, err := s.client.Get(s.target + "/bytes?n=1073741824")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.lab.RemapPorts(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		n, err := io.Copy(io.Discard, resp.Body)
+		t.Logf("download ended %v after the remap, %d more bytes: %v", time.Since(start).Round(time.Millisecond), n, err)
+		var ne net.Error
+		switch {
+		case err == nil:
+			t.Fatalf("the download finished across the remap: the dial-back connection should have lost its path")
+		case errors.As(err, &ne) && ne.Timeout():
+			// 20 s: the session hung on its dead dial-back connection
+			// (until QUIC's 30 s idle timeout) instead of ending.
+			t.Fatalf("the stalled download hung until the HTTP client's timeout: %v", err)
+		}
+		waitLog(t, s.proxy, "closed the dial-back connections that came through the old NAT mapping")
+		if !strings.Contains(s.proxy.Output(), `msg="public address changed; telling coordinator"`) {
+			t.Errorf("localproxy did not log its new public address")
+		}
+		for i := range 3 {
+			d := s.get(t, fmt.Sprintf("/after/%d", i))
+			t.Logf("request %d after the remap: %v", i, d.Round(time.Millisecond))
+		}
+		if strings.Contains(s.worker.Output(), "dial-back connection went silent") {
+			t.Errorf("the worker found the old dial-back connection silent: localproxy's close did not reach it")
+		}
+		if n := countLog(s.worker, "dial-back connection established", 2); n != 2 {
+			t.Errorf("worker established %d dial-back connections, want 2 (the second to the new mapping)", n)
+		}
+		if n := countLog(s.worker, `outcome="ok (dial-back)"`, 4); n < 4 {
+			t.Errorf("worker carried %d sessions over dial-back, want the 4 short ones at least", n)
+		}
+	})
+
+	t.Run("NAT maps the client anew during a relayed download: the control connection follows, the download completes", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})
+		block := s.lab.NAT().Command(t.Context(), "iptables", "-I", "FORWARD", "-i", "wan", "-p", "udp",
+			"-s", s.lab.Public(3).IPv4.String(), "-j", "DROP")
+		if out, err := block.CombinedOutput(); err != nil {
+			t.Fatalf("iptables: %v\n%s", err, out)
+		}
+		s.get(t, "/relayed")
+		const size = 64 << 20
+		resp, err := s.client.Get(s.target + fmt.Sprintf("/bytes?n=%d", size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.lab.RemapPorts(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err != nil || n != size-1<<20 {
+			t.Fatalf("relayed download across the remap: %d of %d more bytes, %v", n, size-1<<20, err)
+		}
+		if n := countLog(s.coord, "relay via worker", 2); n != 2 {
+			t.Errorf("coordinator relayed %d sessions, want 2", n)
+		}
+		s.get(t, "/after")
+	})
 
 	t.Run("IPv6 behind a stateful firewall", func(t *testing.T) {
 		t.Parallel()

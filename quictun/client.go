@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +40,8 @@ type Client struct {
 	// registrations are the outcomes of publishing cfg.Services on the
 	// current control connection.
 	registrations []Registration
+	// dialBacks are the dial-back connections being served.
+	dialBacks map[*quic.Conn]struct{}
 
 	stats clientCounters
 	// silentConn is the last control connection found silent (see
@@ -312,6 +316,23 @@ func (c *Client) markDown(conn *quic.Conn) {
 		c.conn, c.control, c.coordLeaf = nil, nil, nil
 		c.ready = make(chan struct{})
 	}
+}
+
+// CloseDialBacks closes every dial-back connection being served, with
+// reason, and returns how many it closed. Their sessions end at once.
+// localproxy calls it when its NAT has mapped the tunnel socket anew: the
+// connections reach it through the old mapping, which is gone, and would
+// otherwise hang until the QUIC idle timeout. Coordinator and workers dial
+// back anew for the next session.
+func (c *Client) CloseDialBacks(reason string) int {
+	c.mu.Lock()
+	conns := slices.Collect(maps.Keys(c.dialBacks))
+	clear(c.dialBacks)
+	c.mu.Unlock()
+	for _, conn := range conns {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)
+	}
+	return len(conns)
 }
 
 // SetPublicAddr records a new public address and tells coordinator.

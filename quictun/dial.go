@@ -432,6 +432,17 @@ func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
 // serveDialBack routes every stream of one dial-back connection to its
 // session until the connection or ctx ends.
 func (c *Client) serveDialBack(ctx context.Context, conn *quic.Conn) {
+	c.mu.Lock()
+	if c.dialBacks == nil {
+		c.dialBacks = make(map[*quic.Conn]struct{})
+	}
+	c.dialBacks[conn] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.dialBacks, conn)
+		c.mu.Unlock()
+	}()
 	stop := context.AfterFunc(ctx, func() {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
 	})

@@ -199,11 +199,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		p.name = grant.Client
 	}
 	p.log = log.With("client", p.name)
-	if a, ok := conn.RemoteAddr().(*net.UDPAddr); ok {
-		ap := a.AddrPort()
-		p.observed = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	welcome := &Welcome{Version: ProtocolVersion, ObservedAddr: p.observed}
+	welcome := &Welcome{Version: ProtocolVersion, ObservedAddr: p.observedAddr()}
 	if a, ok := s.cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		welcome.DialBackFrom = a.AddrPort()
 	}
@@ -219,7 +215,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		log.Warn("client lost during handshake", "err", err)
 		return
 	}
-	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", p.observed)
+	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", welcome.ObservedAddr)
 	p.serve(ctx, ctrl)
 	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
 }
@@ -391,7 +387,6 @@ type peer struct {
 	identity string // from the client certificate, with ClientCAs; checked again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
-	observed netip.AddrPort
 
 	mu         sync.Mutex
 	sessions   int   // forward sessions open, up to MaxSessionsPerClient
@@ -409,6 +404,19 @@ type peer struct {
 	dialRefs map[*quic.Conn]int
 	retired  map[*quic.Conn]bool
 	worker   *workerPeer // the dial-back worker serving this client, if any
+}
+
+// observedAddr is the client's address as coordinator sees it now. quic-go
+// moves the control connection to a client's new address when its NAT maps
+// it anew (a rebinding), so this follows the client where the address seen
+// at connect time would not.
+func (p *peer) observedAddr() netip.AddrPort {
+	a, ok := p.conn.RemoteAddr().(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // serve reads control messages and serves session requests until the
@@ -694,7 +702,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	reported := p.publicAddr
 	p.mu.Unlock()
 	var addrs []netip.AddrPort
-	for _, a := range []netip.AddrPort{p.observed, reported} {
+	for _, a := range []netip.AddrPort{p.observedAddr(), reported} {
 		if a.IsValid() && !slices.Contains(addrs, a) {
 			addrs = append(addrs, a)
 		}

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -505,6 +506,50 @@ func TestPublicAddrUpdate(t *testing.T) {
 	}
 	// The session opened before the change was not cut.
 	echo(live, "after the address changed")
+}
+
+// TestCloseDialBacks: the sessions on a closed dial-back connection end at
+// once, coordinator notices, and the next session gets a new dial-back
+// connection.
+func TestCloseDialBacks(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	target := echoServer(t, "127.0.0.1")
+	live, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	// An echo first: coordinator has the dial-back stream's ack.
+	if _, err := live.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(live, make([]byte, 1)); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+	if n := h.client.CloseDialBacks("test"); n != 1 {
+		t.Fatalf("CloseDialBacks closed %d connections, want 1", n)
+	}
+	live.SetReadDeadline(time.Now().Add(10 * time.Second)) // the idle timeout is 30 s
+	if _, err := live.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read on a session of the closed connection: %v, want it ended", err)
+	}
+	conn, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatalf("Dial after CloseDialBacks: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+		t.Fatalf("echo on the new session: %v", err)
+	}
+	if st := h.server.Stats(); st.DialBackSessions != 2 || st.DialBackDials != 2 {
+		t.Errorf("server stats = %+v: want 2 sessions over 2 dial-back connections", st)
+	}
+	if n := h.client.CloseDialBacks("test"); n != 1 {
+		t.Errorf("CloseDialBacks closed %d connections, want only the new one", n)
+	}
 }
 
 // TestRelayWhenDialBackFails: a client no dial-back can reach (symmetric

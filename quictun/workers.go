@@ -141,7 +141,7 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 	reported := p.publicAddr
 	p.mu.Unlock()
 	if err := WriteFrame(js, &Job{Session: open.Session, Target: open.Target, CertSHA256: p.certHash,
-		Reported: reported, Observed: p.observed}); err != nil {
+		Reported: reported, Observed: p.observedAddr()}); err != nil {
 		js.CancelWrite(quic.StreamErrorCode(CodeCanceled))
 		js.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		return false

@@ -563,3 +563,33 @@ func exitedPid(t *testing.T) int {
 	}
 	return cmd.Process.Pid
 }
+
+// TestRemapPorts: after RemapPorts the client's next packets leave on a new
+// public port in 20000-29999, the same one for every peer behind the
+// endpoint-independent NAT, and replies to it get in.
+func TestRemapPorts(t *testing.T) {
+	t.Parallel()
+	l := natlab.New(t, natlab.Options{})
+	pub1, pub2 := l.Public(1), l.Public(2)
+	c := listen(t, l.Client(), "198.18.0.2:0")
+	p1 := listen(t, pub1, pub1.AddrPort4(7000).String())
+	p2 := listen(t, pub2, pub2.AddrPort4(7000).String())
+
+	send(t, c, pub1.AddrPort4(7000), "before")
+	before := mustRecv(t, p1, "before")
+	if err := l.RemapPorts(); err != nil {
+		t.Fatal(err)
+	}
+	send(t, c, pub1.AddrPort4(7000), "after1")
+	after1 := mustRecv(t, p1, "after1")
+	send(t, c, pub2.AddrPort4(7000), "after2")
+	after2 := mustRecv(t, p2, "after2")
+	if after1 == before || after1.Port() < 20000 || after1.Port() > 29999 {
+		t.Errorf("pub1 saw %s before and %s after the remap, want a new port in 20000-29999", before, after1)
+	}
+	if after2 != after1 {
+		t.Errorf("pub2 sees %s, pub1 %s: the remapped NAT should still map every peer alike", after2, after1)
+	}
+	send(t, p1, after1, "reply")
+	mustRecv(t, c, "reply")
+}

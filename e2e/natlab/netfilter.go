@@ -132,6 +132,31 @@ func (l *Lab) FlushConntrack() error {
 	return nil
 }
 
+// RemapPorts makes the NAT map the client anew, as a NAT that lost its
+// state and does not keep source ports would: from now on its UDP mappings
+// take public ports 20000-29999 (Linux's ephemeral range starts above, so
+// every mapping's port changes), and every existing mapping is forgotten
+// (FlushConntrack). The mapping and filtering behaviour stay what Options
+// asked for.
+func (l *Lab) RemapPorts() error {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmds := []string{l.tools.iptables}
+	if l.opts.IPv6 == IPv6NAT66 {
+		cmds = append(cmds, l.tools.ip6tables)
+	}
+	args := []string{"-t", "nat", "-I", "POSTROUTING", "1", "-o", "wan", "-p", "udp", "-j", "MASQUERADE", "--to-ports", "20000-29999"}
+	if l.opts.NAT == Symmetric {
+		args = append(args, "--random-fully")
+	}
+	for _, cmd := range cmds {
+		if _, err := l.tools.execIn(ctx, l.nat.NS, "", cmd, args...); err != nil {
+			return fmt.Errorf("remap ports: %w", err)
+		}
+	}
+	return l.FlushConntrack()
+}
+
 // Conntrack lists the NAT's conntrack table (`conntrack -L`, IPv4 then
 // IPv6), one entry per line, for assertions and for debugging.
 func (l *Lab) Conntrack(ctx context.Context) (string, error) {

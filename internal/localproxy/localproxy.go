@@ -82,6 +82,11 @@ type Config struct {
 	// coordinator, so later dial-backs reach it. Default 1m; negative
 	// turns it off.
 	IdleRestart time.Duration
+	// BusyRecheck is how often localproxy asks the reporter again while
+	// browser sessions are open, so that a NAT that maps the tunnel socket
+	// anew mid-session (it lost its state: a reboot, a full table) is
+	// noticed in seconds. Default 5s; off when IdleRestart is.
+	BusyRecheck time.Duration
 	// MaxPendingSessions bounds sessions waiting for their dial-back;
 	// requests beyond it get 503. Default 10000.
 	MaxPendingSessions int
@@ -130,6 +135,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.IdleRestart == 0 {
 		c.IdleRestart = time.Minute
+	}
+	if c.BusyRecheck <= 0 {
+		c.BusyRecheck = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -325,7 +333,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	idleDone := make(chan struct{})
 	go func() {
 		defer close(idleDone)
-		p.relearnWhenIdle(ctx, public)
+		p.relearnPublicAddr(ctx, public)
 	}()
 	defer func() { <-idleDone }()
 
@@ -402,39 +410,63 @@ func (p *Proxy) drain() {
 	p.log.Info("drained: every browser connection finished")
 }
 
-// relearnWhenIdle runs the startup workflow's STUN step again each time
-// IdleRestart passes without a new session or a byte moved, and reports a changed public
-// address to coordinator. It returns when ctx ends.
-func (p *Proxy) relearnWhenIdle(ctx context.Context, public netip.AddrPort) {
+// relearnPublicAddr runs the startup workflow's STUN step again, each time
+// IdleRestart passes without a new session or a byte moved (the idle
+// timer) and every BusyRecheck while sessions are open, and reports a
+// changed public address to coordinator. Behind a NAT that maps every
+// destination alike (or none), a new address means the old mapping is
+// gone, and with it every dial-back connection: those are closed, so their
+// sessions end at once instead of hanging until the QUIC idle timeout.
+// (The control connection follows the new mapping by itself.) It returns
+// when ctx ends.
+func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
 	if p.cfg.IdleRestart < 0 {
 		return
 	}
-	t := time.NewTicker(p.cfg.IdleRestart)
+	t := time.NewTicker(min(p.cfg.IdleRestart, p.cfg.BusyRecheck))
 	defer t.Stop()
 	sessions, moved := p.client.Stats().Sessions, p.sessions.bytes()
+	lastCheck := time.Now()
+	shared := false // the mapping is the one coordinator sees too
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		// Any new session or byte moved renews the timer: the mapping is
-		// in use, nothing to do.
-		if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
-			sessions, moved = n, b
-			continue
+		busy := p.sessions.count() > 0
+		if !busy {
+			// Any new session or byte moved renews the idle timer: the
+			// mapping is in use, nothing to do.
+			if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
+				sessions, moved, lastCheck = n, b, time.Now()
+				continue
+			}
+			if time.Since(lastCheck) < p.cfg.IdleRestart {
+				continue
+			}
+		}
+		lastCheck = time.Now()
+		if st := p.client.Stats(); st.Connected && st.ObservedAddr == public {
+			shared = true
 		}
 		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
 		addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
 		cancel()
 		switch {
 		case err != nil:
-			p.log.Debug("idle re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
+			p.log.Debug("public address re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
 		case addr != public:
 			p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
 			public = addr
 			if err := p.client.SetPublicAddr(addr); err != nil {
 				p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
+			}
+			if shared {
+				if n := p.client.CloseDialBacks("localproxy's NAT mapping changed"); n > 0 {
+					p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
+						"connections", n)
+				}
 			}
 		}
 	}

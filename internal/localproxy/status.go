@@ -116,6 +116,13 @@ func (t *sessionTracker) remove(c *trackedConn) {
 	t.closed += c.up.Load() + c.down.Load()
 }
 
+// count returns the number of sessions open.
+func (t *sessionTracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.open)
+}
+
 // bytes returns the bytes every session moved so far, both ways: the idle
 // timer's measure of activity.
 func (t *sessionTracker) bytes() int64 {
