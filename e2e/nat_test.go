@@ -111,6 +111,17 @@ func startNAT(t *testing.T, o natOpts) *natSetup {
 	return s
 }
 
+// blockWorker makes the NAT drop every UDP packet from the dial-back
+// worker: no dial-back gets in, sessions are relayed.
+func (s *natSetup) blockWorker(t *testing.T) {
+	t.Helper()
+	block := s.lab.NAT().Command(t.Context(), "iptables", "-I", "FORWARD", "-i", "wan", "-p", "udp",
+		"-s", s.lab.Public(3).IPv4.String(), "-j", "DROP")
+	if out, err := block.CombinedOutput(); err != nil {
+		t.Fatalf("iptables: %v\n%s", err, out)
+	}
+}
+
 // waitLog waits (bounded) until p has written want.
 func waitLog(t *testing.T, p *natlab.Process, want string) {
 	t.Helper()
@@ -200,11 +211,7 @@ func TestNAT(t *testing.T) {
 	t.Run("symmetric, inbound UDP from the dial-back host blocked: relay, and the log says why", func(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})
-		block := s.lab.NAT().Command(t.Context(), "iptables", "-I", "FORWARD", "-i", "wan", "-p", "udp",
-			"-s", s.lab.Public(3).IPv4.String(), "-j", "DROP")
-		if out, err := block.CombinedOutput(); err != nil {
-			t.Fatalf("iptables: %v\n%s", err, out)
-		}
+		s.blockWorker(t)
 		for i := range 3 {
 			d := s.get(t, fmt.Sprintf("/relay/%d", i))
 			t.Logf("request %d: %v", i, d.Round(time.Millisecond))
@@ -314,11 +321,7 @@ func TestNAT(t *testing.T) {
 	t.Run("NAT maps the client anew during a relayed download: the control connection follows, the download completes", func(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})
-		block := s.lab.NAT().Command(t.Context(), "iptables", "-I", "FORWARD", "-i", "wan", "-p", "udp",
-			"-s", s.lab.Public(3).IPv4.String(), "-j", "DROP")
-		if out, err := block.CombinedOutput(); err != nil {
-			t.Fatalf("iptables: %v\n%s", err, out)
-		}
+		s.blockWorker(t)
 		s.get(t, "/relayed")
 		const size = 64 << 20
 		resp, err := s.client.Get(s.target + fmt.Sprintf("/bytes?n=%d", size))

@@ -480,17 +480,7 @@ func TestPublicAddrUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer live.Close()
-	echo := func(c net.Conn, msg string) {
-		t.Helper()
-		if _, err := c.Write([]byte(msg)); err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-			t.Fatalf("echo %q: got %q, %v", msg, buf, err)
-		}
-	}
-	echo(live, "before")
+	echo(t, live, "before")
 	if err := h.client.SetPublicAddr(netip.MustParseAddrPort("127.0.0.1:9")); err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +495,19 @@ func TestPublicAddrUpdate(t *testing.T) {
 		t.Errorf("PublicAddr = %v", got)
 	}
 	// The session opened before the change was not cut.
-	echo(live, "after the address changed")
+	echo(t, live, "after the address changed")
+}
+
+// echo writes msg on c, a session to echoServer, and reads it back.
+func echo(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("echo %q: got %q, %v", msg, buf, err)
+	}
 }
 
 // TestCloseDialBacks: the sessions on a closed dial-back connection end at
@@ -519,13 +521,7 @@ func TestCloseDialBacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer live.Close()
-	// An echo first: coordinator has the dial-back stream's ack.
-	if _, err := live.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(live, make([]byte, 1)); err != nil {
-		t.Fatalf("echo: %v", err)
-	}
+	echo(t, live, "first") // then coordinator has the dial-back stream's ack
 	if n := h.client.CloseDialBacks("test"); n != 1 {
 		t.Fatalf("CloseDialBacks closed %d connections, want 1", n)
 	}
@@ -538,12 +534,7 @@ func TestCloseDialBacks(t *testing.T) {
 		t.Fatalf("Dial after CloseDialBacks: %v", err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
-		t.Fatalf("echo on the new session: %v", err)
-	}
+	echo(t, conn, "on a new dial-back connection")
 	if st := h.server.Stats(); st.DialBackSessions != 2 || st.DialBackDials != 2 {
 		t.Errorf("server stats = %+v: want 2 sessions over 2 dial-back connections", st)
 	}
