@@ -414,9 +414,10 @@ func (p *Proxy) drain() {
 // IdleRestart passes without a new session or a byte moved (the idle
 // timer) and every BusyRecheck while sessions are open, and reports a
 // changed public address to coordinator. Behind a NAT that maps every
-// destination alike (or none), a new address means the old mapping is
-// gone, and with it every dial-back connection: those are closed, so their
-// sessions end at once instead of hanging until the QUIC idle timeout.
+// destination alike (or none, when the old address has left the
+// interfaces), a new address means the old mapping is gone, and with it
+// every dial-back connection: those are closed, so their sessions end at
+// once instead of hanging until the QUIC idle timeout.
 // (The control connection follows the new mapping by itself.) It returns
 // when ctx ends.
 func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
@@ -458,11 +459,15 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
 			p.log.Debug("public address re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
 		case addr != public:
 			p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
+			old := public
 			public = addr
 			if err := p.client.SetPublicAddr(addr); err != nil {
 				p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
 			}
-			if shared {
+			// An old address still on an interface (an IPv6 temporary
+			// address replaced by a newer one) still reaches us: its
+			// dial-back connections live on.
+			if shared && !isLocalAddr(old.Addr()) {
 				if n := p.client.CloseDialBacks("localproxy's NAT mapping changed"); n > 0 {
 					p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
 						"connections", n)
@@ -470,6 +475,23 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
 			}
 		}
 	}
+}
+
+// isLocalAddr reports whether ip is assigned to one of this machine's
+// interfaces.
+func isLocalAddr(ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if x, ok := netip.AddrFromSlice(n.IP); ok && x.Unmap() == ip.Unmap() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // pacFile is the proxy auto-config served at /proxy.pac: everything
