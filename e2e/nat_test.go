@@ -363,6 +363,23 @@ func TestNAT(t *testing.T) {
 		}
 	})
 
+	t.Run("IPv6 behind NAT66", func(t *testing.T) {
+		t.Parallel()
+		s := startNAT(t, natOpts{lab: natlab.Options{IPv6: natlab.IPv6NAT66}, v6: true})
+		for i := range 3 {
+			s.get(t, fmt.Sprintf("/nat66/%d", i))
+		}
+		if n := countLog(s.worker, `outcome="ok (dial-back)"`, 3); n != 3 {
+			t.Errorf("worker carried %d sessions over dial-back, want 3", n)
+		}
+		if want := "punch_source=[" + s.lab.WANAddr6().String() + "]:"; !strings.Contains(s.worker.Output(), want) {
+			t.Errorf("the worker did not see the punch come from the NAT's IPv6 address (%s)", want)
+		}
+		if !strings.Contains(s.proxy.Output(), `nat_mapping="endpoint-independent`) {
+			t.Errorf("localproxy did not report an endpoint-independent mapping")
+		}
+	})
+
 	t.Run("reporter forgets a client that went away", func(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{keepalive: 500})
