@@ -59,7 +59,7 @@ type Client struct {
 type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
 	connects, relaySessions, punches                        atomic.Uint64
-	fastOpenSessions                                        atomic.Uint64
+	fastOpenSessions, addrChanges, dialBacksClosed          atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
 }
@@ -78,6 +78,12 @@ type ClientStats struct {
 	BadStreams       uint64 // dial-back streams refused: malformed header
 	Connects         uint64 // control connections established
 	Punches          uint64 // sessions that punched towards a dial-back worker
+	// PublicAddrChanges counts changes of the public address after the
+	// first one learnt (SetPublicAddr).
+	PublicAddrChanges uint64
+	// DialBacksClosed counts dial-back connections closed by
+	// CloseDialBacks (their NAT mapping was gone).
+	DialBacksClosed uint64
 	// SetupLatency is the time from a Dial to its session being ready
 	// (coordinator reached the target and the dial-back or relay is up).
 	SetupLatency HistogramSnapshot
@@ -332,6 +338,7 @@ func (c *Client) CloseDialBacks(reason string) int {
 	for _, conn := range conns {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)
 	}
+	c.stats.dialBacksClosed.Add(uint64(len(conns)))
 	return len(conns)
 }
 
@@ -339,6 +346,9 @@ func (c *Client) CloseDialBacks(reason string) int {
 func (c *Client) SetPublicAddr(addr netip.AddrPort) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.publicAddr.IsValid() && addr != c.publicAddr {
+		c.stats.addrChanges.Add(1)
+	}
 	c.publicAddr = addr
 	if c.control == nil {
 		return nil // sent in the next Hello
@@ -360,6 +370,8 @@ func (c *Client) Stats() ClientStats {
 	st.BadStreams = c.stats.badStreams.Load()
 	st.Connects = c.stats.connects.Load()
 	st.Punches = c.stats.punches.Load()
+	st.PublicAddrChanges = c.stats.addrChanges.Load()
+	st.DialBacksClosed = c.stats.dialBacksClosed.Load()
 	st.SetupLatency = c.stats.setupLatency.Snapshot()
 	st.LimitHits = c.stats.limits.snapshot()
 	return st

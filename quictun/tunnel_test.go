@@ -491,8 +491,8 @@ func TestPublicAddrUpdate(t *testing.T) {
 		t.Fatalf("Dial after address update: %v", err)
 	}
 	conn.Close()
-	if got := h.client.Stats().PublicAddr; got.Port() != 9 {
-		t.Errorf("PublicAddr = %v", got)
+	if st := h.client.Stats(); st.PublicAddr.Port() != 9 || st.PublicAddrChanges != 1 {
+		t.Errorf("PublicAddr = %v, PublicAddrChanges = %d, want port 9 and 1 change", st.PublicAddr, st.PublicAddrChanges)
 	}
 	// The session opened before the change was not cut.
 	echo(t, live, "after the address changed")
@@ -540,6 +540,9 @@ func TestCloseDialBacks(t *testing.T) {
 	}
 	if n := h.client.CloseDialBacks("test"); n != 1 {
 		t.Errorf("CloseDialBacks closed %d connections, want only the new one", n)
+	}
+	if n := h.client.Stats().DialBacksClosed; n != 2 {
+		t.Errorf("DialBacksClosed = %d, want 2", n)
 	}
 }
 

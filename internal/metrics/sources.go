@@ -68,6 +68,10 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	r.Histogram("session_setup_seconds", "Time from a browser's request for a session to the session being ready.",
 		func() quictun.HistogramSnapshot { return st().SetupLatency })
 	r.Counter("punches_total", "Sessions that punched the NAT towards a dial-back worker.", func() float64 { return float64(st().Punches) })
+	r.Counter("public_address_changes_total", "Changes of the public address the reporter reports (a NAT that mapped localproxy anew, a new uplink).",
+		func() float64 { return float64(st().PublicAddrChanges) })
+	r.Counter("dialback_connections_closed_total", "Dial-back connections closed because the NAT mapping they came through was gone.",
+		func() float64 { return float64(st().DialBacksClosed) })
 	r.LabeledCounter("limit_hits_total", "Sessions refused because a limit was hit, by limit.", "limit",
 		[]string{quictun.LimitPendingSessions}, func() map[string]int64 { return st().LimitHits })
 	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
