@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,8 +38,11 @@ type Client struct {
 	// registrations are the outcomes of publishing cfg.Services on the
 	// current control connection.
 	registrations []Registration
-	// dialBacks are the dial-back connections being served.
-	dialBacks map[*quic.Conn]struct{}
+	// dialBacks are the dial-back connections being served, with the
+	// time each was accepted.
+	dialBacks map[*quic.Conn]time.Time
+	// dialBackAccepted is signalled when one is accepted.
+	dialBackAccepted chan struct{}
 
 	stats clientCounters
 	// silentConn is the last control connection found silent (see
@@ -103,14 +104,15 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, err
 	}
 	return &Client{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		cert:       cert,
-		certHash:   hash,
-		table:      newSessionTable(cfg.MaxPendingSessions),
-		kick:       make(chan struct{}, 1),
-		ready:      make(chan struct{}),
-		publicAddr: cfg.PublicAddr,
+		cfg:              cfg,
+		log:              cfg.Logger,
+		cert:             cert,
+		certHash:         hash,
+		table:            newSessionTable(cfg.MaxPendingSessions),
+		kick:             make(chan struct{}, 1),
+		dialBackAccepted: make(chan struct{}, 1),
+		ready:            make(chan struct{}),
+		publicAddr:       cfg.PublicAddr,
 	}, nil
 }
 
@@ -324,16 +326,26 @@ func (c *Client) markDown(conn *quic.Conn) {
 	}
 }
 
-// CloseDialBacks closes every dial-back connection being served, with
+// DialBackAccepted returns a channel that receives a value after a
+// dial-back connection is accepted (one value stands for any number).
+func (c *Client) DialBackAccepted() <-chan struct{} { return c.dialBackAccepted }
+
+// CloseDialBacks closes the dial-back connections accepted before t, with
 // reason, and returns how many it closed. Their sessions end at once.
 // localproxy calls it when its NAT has mapped the tunnel socket anew: the
-// connections reach it through the old mapping, which is gone, and would
-// otherwise hang until the QUIC idle timeout. Coordinator and workers dial
-// back anew for the next session.
-func (c *Client) CloseDialBacks(reason string) int {
+// connections accepted while the old mapping was known to be in place
+// reach it through that mapping, which is gone, and would otherwise hang
+// until the QUIC idle timeout. Coordinator and workers dial back anew for
+// the next session.
+func (c *Client) CloseDialBacks(t time.Time, reason string) int {
 	c.mu.Lock()
-	conns := slices.Collect(maps.Keys(c.dialBacks))
-	clear(c.dialBacks)
+	var conns []*quic.Conn
+	for conn, accepted := range c.dialBacks {
+		if accepted.Before(t) {
+			conns = append(conns, conn)
+			delete(c.dialBacks, conn)
+		}
+	}
 	c.mu.Unlock()
 	for _, conn := range conns {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)

@@ -434,10 +434,14 @@ func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
 func (c *Client) serveDialBack(ctx context.Context, conn *quic.Conn) {
 	c.mu.Lock()
 	if c.dialBacks == nil {
-		c.dialBacks = make(map[*quic.Conn]struct{})
+		c.dialBacks = make(map[*quic.Conn]time.Time)
 	}
-	c.dialBacks[conn] = struct{}{}
+	c.dialBacks[conn] = time.Now()
 	c.mu.Unlock()
+	select {
+	case c.dialBackAccepted <- struct{}{}:
+	default:
+	}
 	defer func() {
 		c.mu.Lock()
 		delete(c.dialBacks, conn)

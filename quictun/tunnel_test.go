@@ -510,19 +510,30 @@ func echo(t *testing.T, c net.Conn, msg string) {
 	}
 }
 
-// TestCloseDialBacks: the sessions on a closed dial-back connection end at
-// once, coordinator notices, and the next session gets a new dial-back
+// TestCloseDialBacks: only connections accepted before the time given are
+// closed; the sessions on a closed dial-back connection end at once,
+// coordinator notices, and the next session gets a new dial-back
 // connection.
 func TestCloseDialBacks(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	target := echoServer(t, "127.0.0.1")
+	before := time.Now()
 	live, err := h.client.Dial(t.Context(), target)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close()
 	echo(t, live, "first") // then coordinator has the dial-back stream's ack
-	if n := h.client.CloseDialBacks("test"); n != 1 {
+	select {
+	case <-h.client.DialBackAccepted():
+	default:
+		t.Errorf("DialBackAccepted did not signal the dial-back connection")
+	}
+	if n := h.client.CloseDialBacks(before, "test"); n != 0 {
+		t.Fatalf("CloseDialBacks(before it was accepted) closed %d connections, want 0", n)
+	}
+	echo(t, live, "still there")
+	if n := h.client.CloseDialBacks(time.Now(), "test"); n != 1 {
 		t.Fatalf("CloseDialBacks closed %d connections, want 1", n)
 	}
 	live.SetReadDeadline(time.Now().Add(10 * time.Second)) // the idle timeout is 30 s
@@ -538,7 +549,7 @@ func TestCloseDialBacks(t *testing.T) {
 	if st := h.server.Stats(); st.DialBackSessions != 2 || st.DialBackDials != 2 {
 		t.Errorf("server stats = %+v: want 2 sessions over 2 dial-back connections", st)
 	}
-	if n := h.client.CloseDialBacks("test"); n != 1 {
+	if n := h.client.CloseDialBacks(time.Now(), "test"); n != 1 {
 		t.Errorf("CloseDialBacks closed %d connections, want only the new one", n)
 	}
 	if n := h.client.Stats().DialBacksClosed; n != 2 {

@@ -289,6 +289,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer p.ln.Close()
 	defer p.socket.start(ctx)()
 
+	learnt := time.Now()
 	stunCtx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
 	public, err := p.socket.publicAddr(stunCtx, p.cfg.Reporter)
 	cancel()
@@ -333,7 +334,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	idleDone := make(chan struct{})
 	go func() {
 		defer close(idleDone)
-		p.relearnPublicAddr(ctx, public)
+		p.relearnPublicAddr(ctx, public, learnt)
 	}()
 	defer func() { <-idleDone }()
 
@@ -410,17 +411,21 @@ func (p *Proxy) drain() {
 	p.log.Info("drained: every browser connection finished")
 }
 
-// relearnPublicAddr runs the startup workflow's STUN step again, each time
+// relearnPublicAddr runs the startup workflow's STUN step again: each time
 // IdleRestart passes without a new session or a byte moved (the idle
-// timer) and every BusyRecheck while sessions are open, and reports a
-// changed public address to coordinator. Behind a NAT that maps every
-// destination alike (or none, when the old address has left the
-// interfaces), a new address means the old mapping is gone, and with it
-// every dial-back connection: those are closed, so their sessions end at
-// once instead of hanging until the QUIC idle timeout.
-// (The control connection follows the new mapping by itself.) It returns
-// when ctx ends.
-func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
+// timer), every BusyRecheck while sessions are open, and after each new
+// dial-back connection; it reports a changed public address to
+// coordinator. public is the address learnt at start, by a query sent at
+// learnt.
+//
+// Behind a NAT that maps every destination alike (or none, when the old
+// address has left the interfaces), a new address means the old mapping is
+// gone, and with it the dial-back connections that came through it: those
+// accepted before the last query that still saw the old address. They are
+// closed, so their sessions end at once instead of hanging until the QUIC
+// idle timeout. (The control connection follows the new mapping by
+// itself.) It returns when ctx ends.
+func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, learnt time.Time) {
 	if p.cfg.IdleRestart < 0 {
 		return
 	}
@@ -428,52 +433,63 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort) {
 	defer t.Stop()
 	sessions, moved := p.client.Stats().Sessions, p.sessions.bytes()
 	lastCheck := time.Now()
+	confirmed := time.Time{} // when the last query that saw public was sent
+	if public.IsValid() {
+		confirmed = learnt
+	}
 	shared := false // the mapping is the one coordinator sees too
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-p.client.DialBackAccepted():
+			// Check now: a mapping change must not catch this connection
+			// unconfirmed (it would be left to hang).
 		case <-t.C:
-		}
-		busy := p.sessions.count() > 0
-		if !busy {
-			// Any new session or byte moved renews the idle timer: the
-			// mapping is in use, nothing to do.
-			if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
-				sessions, moved, lastCheck = n, b, time.Now()
-				continue
-			}
-			if time.Since(lastCheck) < p.cfg.IdleRestart {
-				continue
+			if p.sessions.count() == 0 {
+				// Any new session or byte moved renews the idle timer:
+				// the mapping is in use, nothing to do.
+				if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
+					sessions, moved, lastCheck = n, b, time.Now()
+					continue
+				}
+				if time.Since(lastCheck) < p.cfg.IdleRestart {
+					continue
+				}
 			}
 		}
 		lastCheck = time.Now()
 		if st := p.client.Stats(); st.Connected && st.ObservedAddr == public {
 			shared = true
 		}
+		sent := time.Now()
 		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
 		addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
 		cancel()
 		switch {
 		case err != nil:
 			p.log.Debug("public address re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
-		case addr != public:
-			p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
-			old := public
-			public = addr
-			if err := p.client.SetPublicAddr(addr); err != nil {
-				p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
-			}
-			// An old address still on an interface (an IPv6 temporary
-			// address replaced by a newer one) still reaches us: its
-			// dial-back connections live on.
-			if shared && !isLocalAddr(old.Addr()) {
-				if n := p.client.CloseDialBacks("localproxy's NAT mapping changed"); n > 0 {
-					p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
-						"connections", n)
-				}
+			continue
+		case addr == public:
+			confirmed = sent
+			continue
+		}
+		p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
+		old := public
+		public = addr
+		if err := p.client.SetPublicAddr(addr); err != nil {
+			p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
+		}
+		// An old address still on an interface (an IPv6 temporary address
+		// replaced by a newer one) still reaches us: its dial-back
+		// connections live on.
+		if shared && !isLocalAddr(old.Addr()) {
+			if n := p.client.CloseDialBacks(confirmed, "localproxy's NAT mapping changed"); n > 0 {
+				p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
+					"connections", n)
 			}
 		}
+		confirmed = sent
 	}
 }
 
