@@ -318,6 +318,42 @@ func TestNAT(t *testing.T) {
 		}
 	})
 
+	t.Run("symmetric NAT maps the client anew during a download: the silent dial-back connection is closed", func(t *testing.T) {
+		t.Parallel()
+		// A keepalive of 1 s: a live dial-back connection hears from its
+		// peer within it, so the silent one is found in 4 s.
+		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}, keepalive: 1000})
+		s.get(t, "/before")
+		resp, err := s.client.Get(s.target + "/bytes?n=1073741824")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.lab.RemapPorts(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		n, err := io.Copy(io.Discard, resp.Body)
+		t.Logf("download ended %v after the remap, %d more bytes: %v", time.Since(start).Round(time.Millisecond), n, err)
+		var ne net.Error
+		switch {
+		case err == nil:
+			t.Fatalf("the download finished across the remap: the dial-back connection should have lost its path")
+		case errors.As(err, &ne) && ne.Timeout():
+			t.Fatalf("the stalled download hung until the HTTP client's timeout: %v", err)
+		}
+		waitLog(t, s.proxy, "closed the dial-back connections that stopped answering")
+		for i := range 3 {
+			s.get(t, fmt.Sprintf("/after/%d", i))
+		}
+		if n := countLog(s.worker, "dial-back connection established", 2); n != 2 {
+			t.Errorf("worker established %d dial-back connections, want 2 (the second through the new mapping)", n)
+		}
+	})
+
 	t.Run("NAT maps the client anew during a relayed download: the control connection follows, the download completes", func(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}})

@@ -83,7 +83,8 @@ type ClientStats struct {
 	// first one learnt (SetPublicAddr).
 	PublicAddrChanges uint64
 	// DialBacksClosed counts dial-back connections closed by
-	// CloseDialBacks (their NAT mapping was gone).
+	// CloseDialBacks and DialBackProbe.CloseSilent (their NAT mapping was
+	// gone).
 	DialBacksClosed uint64
 	// SetupLatency is the time from a Dial to its session being ready
 	// (coordinator reached the target and the dial-back or relay is up).
@@ -352,6 +353,56 @@ func (c *Client) CloseDialBacks(t time.Time, reason string) int {
 	}
 	c.stats.dialBacksClosed.Add(uint64(len(conns)))
 	return len(conns)
+}
+
+// A DialBackProbe tells which of some dial-back connections still hear
+// from their peer: a live one receives a packet within a keepalive period
+// and a round trip (its own keepalive PING draws an acknowledgement), a
+// dead one (its peer sends to a NAT mapping that is gone) receives nothing.
+type DialBackProbe struct {
+	c        *Client
+	received map[*quic.Conn]uint64
+	// Ready is when CloseSilent can tell: KeepAlive and 3 s after the
+	// probe began.
+	Ready time.Time
+}
+
+// ProbeDialBacks starts a probe of the dial-back connections accepted
+// before t.
+func (c *Client) ProbeDialBacks(t time.Time) *DialBackProbe {
+	p := &DialBackProbe{c: c, received: make(map[*quic.Conn]uint64), Ready: time.Now().Add(c.cfg.KeepAlive + 3*time.Second)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for conn, accepted := range c.dialBacks {
+		if accepted.Before(t) {
+			p.received[conn] = conn.ConnectionStats().PacketsReceived
+		}
+	}
+	return p
+}
+
+// Len returns the number of connections probed.
+func (p *DialBackProbe) Len() int { return len(p.received) }
+
+// CloseSilent closes the probed connections still open that have received
+// nothing since the probe began, with reason, and returns how many it
+// closed. Call it at Ready or later.
+func (p *DialBackProbe) CloseSilent(reason string) int {
+	c := p.c
+	var silent []*quic.Conn
+	c.mu.Lock()
+	for conn, n := range p.received {
+		if _, open := c.dialBacks[conn]; open && conn.ConnectionStats().PacketsReceived == n {
+			silent = append(silent, conn)
+			delete(c.dialBacks, conn)
+		}
+	}
+	c.mu.Unlock()
+	for _, conn := range silent {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)
+	}
+	c.stats.dialBacksClosed.Add(uint64(len(silent)))
+	return len(silent)
 }
 
 // SetPublicAddr records a new public address and tells coordinator.

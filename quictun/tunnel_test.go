@@ -557,6 +557,35 @@ func TestCloseDialBacks(t *testing.T) {
 	}
 }
 
+// TestDialBackProbeKeepsLiveConnections: an idle dial-back connection
+// whose peer still answers is not taken for silent (its keepalive draws
+// an acknowledgement), and its session goes on.
+func TestDialBackProbeKeepsLiveConnections(t *testing.T) {
+	h := newHarness(t, harnessOpts{clientMod: func(c *ClientConfig) { c.KeepAlive = 200 * time.Millisecond }})
+	target := echoServer(t, "127.0.0.1")
+	live, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	echo(t, live, "before")
+	probe := h.client.ProbeDialBacks(time.Now())
+	if probe.Len() != 1 {
+		t.Fatalf("probe covers %d connections, want 1", probe.Len())
+	}
+	if none := h.client.ProbeDialBacks(time.Now().Add(-time.Hour)); none.Len() != 0 {
+		t.Errorf("a probe of connections accepted an hour ago covers %d", none.Len())
+	}
+	time.Sleep(time.Until(probe.Ready)) // idle meanwhile: only keepalives
+	if n := probe.CloseSilent("test"); n != 0 {
+		t.Fatalf("CloseSilent closed %d live connections", n)
+	}
+	echo(t, live, "after the probe")
+	if n := h.client.Stats().DialBacksClosed; n != 0 {
+		t.Errorf("DialBacksClosed = %d, want 0", n)
+	}
+}
+
 // TestRelayWhenDialBackFails: a client no dial-back can reach (symmetric
 // NAT, inbound UDP blocked) still gets its sessions, over the relay,
 // decided within RelayAfter.

@@ -423,8 +423,10 @@ func (p *Proxy) drain() {
 // gone, and with it the dial-back connections that came through it: those
 // accepted before the last query that still saw the old address. They are
 // closed, so their sessions end at once instead of hanging until the QUIC
-// idle timeout. (The control connection follows the new mapping by
-// itself.) It returns when ctx ends.
+// idle timeout. The other dial-back connections (behind a NAT that maps
+// each destination apart, or not yet confirmed) are closed if they then
+// hear nothing from their peer for a keepalive period. (The control
+// connection follows the new mapping by itself.) It returns when ctx ends.
 func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, learnt time.Time) {
 	if p.cfg.IdleRestart < 0 {
 		return
@@ -438,10 +440,21 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, le
 		confirmed = learnt
 	}
 	shared := false // the mapping is the one coordinator sees too
+	var (
+		probe      *quictun.DialBackProbe // dial-back connections that may have lost their mapping
+		probeReady <-chan time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-probeReady:
+			if n := probe.CloseSilent("localproxy's NAT mapping changed"); n > 0 {
+				p.log.Info("closed the dial-back connections that stopped answering when the NAT mapping changed; new sessions are dialed back to the new address",
+					"connections", n)
+			}
+			probe, probeReady = nil, nil
+			continue
 		case <-p.client.DialBackAccepted():
 			// Check now: a mapping change must not catch this connection
 			// unconfirmed (it would be left to hang).
@@ -488,6 +501,15 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, le
 				p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
 					"connections", n)
 			}
+		}
+		// The others may have lost their mapping too (behind a NAT that
+		// maps each destination apart, a new mapping towards the reporter
+		// says nothing certain about theirs): those that hear nothing from
+		// their peer for a keepalive period are closed.
+		if probe = p.client.ProbeDialBacks(sent); probe.Len() > 0 {
+			probeReady = time.After(time.Until(probe.Ready))
+		} else {
+			probe, probeReady = nil, nil
 		}
 		confirmed = sent
 	}
