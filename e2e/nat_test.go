@@ -122,6 +122,29 @@ func (s *natSetup) blockWorker(t *testing.T) {
 	}
 }
 
+// downloadAcrossRemap downloads size bytes from the web site and, after
+// the first MiB, makes the NAT map the client anew (Lab.RemapPorts). It
+// returns what the rest of the download gave: the bytes read after the
+// remap, and how it ended.
+func (s *natSetup) downloadAcrossRemap(t *testing.T, size int64) (int64, error) {
+	t.Helper()
+	resp, err := s.client.Get(fmt.Sprintf("%s/bytes?n=%d", s.target, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.lab.RemapPorts(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, resp.Body)
+	t.Logf("download ended %v after the remap, %d more bytes: %v", time.Since(start).Round(time.Millisecond), n, err)
+	return n, err
+}
+
 // waitLog waits (bounded) until p has written want.
 func waitLog(t *testing.T, p *natlab.Process, want string) {
 	t.Helper()
@@ -276,20 +299,7 @@ func TestNAT(t *testing.T) {
 		s.get(t, "/before")
 		// More than the dial-back connection can hold in flight: the
 		// download is still running when the NAT loses its mappings.
-		resp, err := s.client.Get(s.target + "/bytes?n=1073741824")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.lab.RemapPorts(); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		n, err := io.Copy(io.Discard, resp.Body)
-		t.Logf("download ended %v after the remap, %d more bytes: %v", time.Since(start).Round(time.Millisecond), n, err)
+		_, err := s.downloadAcrossRemap(t, 1<<30)
 		var ne net.Error
 		switch {
 		case err == nil:
@@ -324,20 +334,7 @@ func TestNAT(t *testing.T) {
 		// peer within it, so the silent one is found in 4 s.
 		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}, keepalive: 1000})
 		s.get(t, "/before")
-		resp, err := s.client.Get(s.target + "/bytes?n=1073741824")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.lab.RemapPorts(); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		n, err := io.Copy(io.Discard, resp.Body)
-		t.Logf("download ended %v after the remap, %d more bytes: %v", time.Since(start).Round(time.Millisecond), n, err)
+		_, err := s.downloadAcrossRemap(t, 1<<30)
 		var ne net.Error
 		switch {
 		case err == nil:
@@ -360,18 +357,7 @@ func TestNAT(t *testing.T) {
 		s.blockWorker(t)
 		s.get(t, "/relayed")
 		const size = 64 << 20
-		resp, err := s.client.Get(s.target + fmt.Sprintf("/bytes?n=%d", size))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.lab.RemapPorts(); err != nil {
-			t.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, resp.Body)
+		n, err := s.downloadAcrossRemap(t, size)
 		if err != nil || n != size-1<<20 {
 			t.Fatalf("relayed download across the remap: %d of %d more bytes, %v", n, size-1<<20, err)
 		}

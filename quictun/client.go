@@ -111,6 +111,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		certHash:         hash,
 		table:            newSessionTable(cfg.MaxPendingSessions),
 		kick:             make(chan struct{}, 1),
+		dialBacks:        make(map[*quic.Conn]time.Time),
 		dialBackAccepted: make(chan struct{}, 1),
 		ready:            make(chan struct{}),
 		publicAddr:       cfg.PublicAddr,
@@ -348,6 +349,12 @@ func (c *Client) CloseDialBacks(t time.Time, reason string) int {
 		}
 	}
 	c.mu.Unlock()
+	return c.closeDialBacks(conns, reason)
+}
+
+// closeDialBacks closes conns, dial-back connections already taken out of
+// c.dialBacks, and returns how many there were.
+func (c *Client) closeDialBacks(conns []*quic.Conn, reason string) int {
 	for _, conn := range conns {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)
 	}
@@ -398,11 +405,7 @@ func (p *DialBackProbe) CloseSilent(reason string) int {
 		}
 	}
 	c.mu.Unlock()
-	for _, conn := range silent {
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), reason)
-	}
-	c.stats.dialBacksClosed.Add(uint64(len(silent)))
-	return len(silent)
+	return c.closeDialBacks(silent, reason)
 }
 
 // SetPublicAddr records a new public address and tells coordinator.

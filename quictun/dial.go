@@ -433,9 +433,6 @@ func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
 // session until the connection or ctx ends.
 func (c *Client) serveDialBack(ctx context.Context, conn *quic.Conn) {
 	c.mu.Lock()
-	if c.dialBacks == nil {
-		c.dialBacks = make(map[*quic.Conn]time.Time)
-	}
 	c.dialBacks[conn] = time.Now()
 	c.mu.Unlock()
 	select {

@@ -472,10 +472,10 @@ func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, le
 			}
 		}
 		lastCheck = time.Now()
+		sent := lastCheck
 		if st := p.client.Stats(); st.Connected && st.ObservedAddr == public {
 			shared = true
 		}
-		sent := time.Now()
 		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
 		addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
 		cancel()
