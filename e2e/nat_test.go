@@ -37,6 +37,8 @@ type natOpts struct {
 	lab natlab.Options
 	// v6 makes every service address IPv6.
 	v6 bool
+	// noWorker runs no dial-back worker: coordinator dials back itself.
+	noWorker bool
 	// keepalive is NAT_KEEP_ALIVE_INTERVAL for the reporter and localproxy
 	// (milliseconds; 0 keeps the defaults; -1 makes localproxy's QUIC
 	// keepalive as rare as it goes, so idle mappings are lost).
@@ -76,12 +78,16 @@ func startNAT(t *testing.T, o natOpts) *natSetup {
 	s.coord = l.Public(2).Start(t, filepath.Join(bin, "coordinator"), "--listen", ":4433",
 		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 		"--token", "lab-token", "--worker-token", "lab-worker-token")
-	s.worker = l.Public(3).Start(t, filepath.Join(bin, "coordinator"), "--role", "dialback", "--listen", ":4434",
-		"--coordinator", coordAddr, "--worker-token", "lab-worker-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
-		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"))
+	if !o.noWorker {
+		s.worker = l.Public(3).Start(t, filepath.Join(bin, "coordinator"), "--role", "dialback", "--listen", ":4434",
+			"--coordinator", coordAddr, "--worker-token", "lab-worker-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
+			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"))
+	}
 	s.app = l.Public(4).Start(t, filepath.Join(bin, "demoapp"), "--listen", addr(l.Public(4), 8080))
 	s.target = "http://" + addr(l.Public(4), 8080)
-	waitLog(t, s.coord, "dial-back worker connected")
+	if !o.noWorker {
+		waitLog(t, s.coord, "dial-back worker connected")
+	}
 	name, args = withKeepalive(filepath.Join(bin, "localproxy"), "--listen", "127.0.0.1:8118",
 		"--coordinator", coordAddr, "--reporter", addr(l.Public(1), 3478), "--token", "lab-token",
 		"--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost")
@@ -104,7 +110,9 @@ func startNAT(t *testing.T, o natOpts) *natSetup {
 				name string
 				p    *natlab.Process
 			}{{"localproxy", s.proxy}, {"coordinator", s.coord}, {"worker", s.worker}, {"reporter", s.reporter}} {
-				t.Logf("%s output:\n%s", p.name, p.p.Output())
+				if p.p != nil {
+					t.Logf("%s output:\n%s", p.name, p.p.Output())
+				}
 			}
 		}
 	})
@@ -327,6 +335,40 @@ func TestNAT(t *testing.T) {
 			t.Errorf("worker carried %d sessions over dial-back, want the 4 short ones at least", n)
 		}
 	})
+
+	for _, noWorker := range []bool{false, true} {
+		dialer := "worker"
+		if noWorker {
+			dialer = "coordinator"
+		}
+		t.Run("NAT maps the client anew while idle: the next session is dialed back at once by the "+dialer+", not relayed", func(t *testing.T) {
+			t.Parallel()
+			s := startNAT(t, natOpts{keepalive: 1000, noWorker: noWorker})
+			dialBacks := s.worker
+			if noWorker {
+				dialBacks = s.coord
+			}
+			s.get(t, "/before")
+			if err := s.lab.RemapPorts(); err != nil {
+				t.Fatal(err)
+			}
+			// localproxy's keepalive (every second here) moves the control
+			// connection to the new mapping; coordinator then sees the
+			// client at its new port. No log says when: 3 s is ample.
+			time.Sleep(3 * time.Second)
+			d := s.get(t, "/after")
+			t.Logf("request after the remap: %v", d.Round(time.Millisecond))
+			if n := countLog(dialBacks, "dialing back anew", 1); n != 1 {
+				t.Errorf("the %s did not see the client's new address (%d mentions)", dialer, n)
+			}
+			if n := countLog(dialBacks, "dial-back connection established", 2); n != 2 {
+				t.Errorf("the %s established %d dial-back connections, want 2", dialer, n)
+			}
+			if out := dialBacks.Output(); strings.Contains(out, "went silent") || strings.Contains(out, "(relay)") {
+				t.Errorf("the %s waited for the old dial-back connection to go silent and relayed", dialer)
+			}
+		})
+	}
 
 	t.Run("symmetric NAT maps the client anew during a download: the silent dial-back connection is closed", func(t *testing.T) {
 		t.Parallel()

@@ -398,6 +398,9 @@ type peer struct {
 
 	dialMu   sync.Mutex // serialises dial-back connection set-up; guards the fields below
 	dialBack *quic.Conn
+	// dialBackObserved is the client's address as coordinator saw it when
+	// dialBack was dialed.
+	dialBackObserved netip.AddrPort
 	// dialRefs counts the sessions using each dial-back connection;
 	// retired connections (the client's address changed) are closed when
 	// their last session ends.
@@ -690,9 +693,18 @@ func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, err
 func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
+	observed := p.observedAddr()
 	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
-		p.dialRefs[p.dialBack]++
-		return p.dialBack, nil
+		if observed == p.dialBackObserved {
+			p.dialRefs[p.dialBack]++
+			return p.dialBack, nil
+		}
+		// The control connection moved: the client's NAT mapped it anew,
+		// and the dial-back connection, which came in through the old
+		// mapping, most likely no longer gets in.
+		p.log.Info("client's address changed since its dial-back connection was made (its NAT mapped it anew?): dialing back anew",
+			"was", p.dialBackObserved, "now", observed)
+		p.retireDialBackLocked()
 	}
 	// The address coordinator observes first: dial-backs leave from the
 	// socket the control connection uses, so that is the NAT mapping that
@@ -702,7 +714,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	reported := p.publicAddr
 	p.mu.Unlock()
 	var addrs []netip.AddrPort
-	for _, a := range []netip.AddrPort{p.observedAddr(), reported} {
+	for _, a := range []netip.AddrPort{observed, reported} {
 		if a.IsValid() && !slices.Contains(addrs, a) {
 			addrs = append(addrs, a)
 		}
@@ -713,7 +725,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		return nil, err
 	}
 	p.log.Info("dial-back connection established", "addr", addr)
-	p.dialBack = conn
+	p.dialBack, p.dialBackObserved = conn, observed
 	p.dialRefs[conn]++
 	return conn, nil
 }
@@ -843,6 +855,11 @@ func (p *peer) releaseDialBack(conn *quic.Conn) {
 func (p *peer) retireDialBack() {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
+	p.retireDialBackLocked()
+}
+
+// retireDialBackLocked is retireDialBack with p.dialMu held.
+func (p *peer) retireDialBackLocked() {
 	if c := p.dialBack; c != nil {
 		p.dialBack = nil
 		if p.dialRefs[c] == 0 {

@@ -154,8 +154,11 @@ type WorkerStats struct {
 // workerClient is what a worker keeps per client (by dial-back
 // certificate): one dial-back connection, reused by its sessions.
 type workerClient struct {
-	mu         sync.Mutex // serialises dial-back set-up
-	conn       *quic.Conn
+	mu   sync.Mutex // serialises dial-back set-up
+	conn *quic.Conn
+	// observed is the client's address as coordinator saw it when conn
+	// was dialed (Job.Observed).
+	observed   netip.AddrPort
 	relayUntil time.Time // sessions are relayed until then
 	relayErr   error
 }
@@ -465,6 +468,16 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	var live *quic.Conn
 	if wc.live() {
 		live = wc.conn
+		if job.Observed != wc.observed {
+			// The client's control connection moved: its NAT mapped it
+			// anew, and the dial-back connection, which came in through
+			// the old mapping, most likely no longer gets in. Punch and
+			// dial anew rather than find it silent (and relay) first.
+			log.Info("client's address changed since its dial-back connection was made (its NAT mapped it anew?): dialing back anew",
+				"was", wc.observed, "now", job.Observed)
+			live.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+			wc.conn, live = nil, nil
+		}
 	}
 	res := &JobResult{Code: CodeOK}
 	if relaying || live != nil {
@@ -585,7 +598,7 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 		return nil, err
 	}
 	w.log.Info("dial-back connection established", "addr", addr, "punch_source", punchSource, "reported", job.Reported)
-	wc.conn = conn
+	wc.conn, wc.observed = conn, job.Observed
 	s, err := openDialBackStream(ctx, conn, job.Session)
 	if err == nil {
 		if err = awaitAck(s, w.cfg.RelayAfter); err == nil {
