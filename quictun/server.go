@@ -185,8 +185,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		log.Warn("client refused", "err", err)
 		return
 	}
-	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
-		dialRefs: make(map[*quic.Conn]int), retired: make(map[*quic.Conn]bool)}
+	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
 	grant, ok, why := s.authenticate(conn, hello, p)
 	if !ok {
 		s.stats.authFailures.Add(1)
@@ -401,12 +400,8 @@ type peer struct {
 	// dialBackObserved is the client's address as coordinator saw it when
 	// dialBack was dialed.
 	dialBackObserved netip.AddrPort
-	// dialRefs counts the sessions using each dial-back connection;
-	// retired connections (the client's address changed) are closed when
-	// their last session ends.
-	dialRefs map[*quic.Conn]int
-	retired  map[*quic.Conn]bool
-	worker   *workerPeer // the dial-back worker serving this client, if any
+	dialRefs         connRefs    // sessions on each dial-back connection
+	worker           *workerPeer // the dial-back worker serving this client, if any
 }
 
 // observedAddr is the client's address as coordinator sees it now. quic-go
@@ -545,8 +540,8 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 	// The set-up's deep calls run on a goroutine of their own (see
 	// onFreshStack); this one lives on, mostly idle, as the relay.
 	su := onFreshStack(func() sessionSetup { return p.setUpSession(ctx, str, open, log, outcome, endOpen) })
-	if su.dialBack != nil {
-		defer p.releaseDialBack(su.dialBack)
+	if su.release != nil {
+		defer su.release()
 	}
 	if su.sess == nil {
 		return // refused or failed, answered and logged
@@ -568,8 +563,8 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 // was refused or failed, answered and logged (sess nil).
 type sessionSetup struct {
 	sess, target net.Conn
-	mode         string     // "dial-back", "relay" or "fast-open"
-	dialBack     *quic.Conn // the dial-back connection it holds a reference to, if any
+	mode         string // "dial-back", "relay" or "fast-open"
+	release      func() // if set, ends its use of its dial-back connection (see connRefs)
 }
 
 // setUpSession dials the target, answers Open and dials back (or falls
@@ -608,7 +603,7 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 	dialBackStart := time.Now()
 	stream, err := p.openDialBack(ctx, open.Session)
 	if err == nil {
-		su.dialBack = stream.conn // released by the caller when the session ends
+		su.release = func() { p.releaseDialBack(stream.conn) } // by the caller, when the session ends
 		wait := p.s.cfg.DialBackTimeout
 		if !p.s.cfg.DisableRelay {
 			wait = p.s.cfg.RelayAfter
@@ -696,7 +691,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	observed := p.observedAddr()
 	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
 		if observed == p.dialBackObserved {
-			p.dialRefs[p.dialBack]++
+			p.dialRefs.add(p.dialBack)
 			return p.dialBack, nil
 		}
 		// The control connection moved: the client's NAT mapped it anew,
@@ -726,7 +721,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	}
 	p.log.Info("dial-back connection established", "addr", addr)
 	p.dialBack, p.dialBackObserved = conn, observed
-	p.dialRefs[conn]++
+	p.dialRefs.add(conn)
 	return conn, nil
 }
 
@@ -839,13 +834,7 @@ func (p *peer) relaying() error {
 func (p *peer) releaseDialBack(conn *quic.Conn) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
-	p.dialRefs[conn]--
-	if p.dialRefs[conn] > 0 {
-		return
-	}
-	delete(p.dialRefs, conn)
-	if p.retired[conn] {
-		delete(p.retired, conn)
+	if p.dialRefs.done(conn) {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
 	}
 }
@@ -862,10 +851,8 @@ func (p *peer) retireDialBack() {
 func (p *peer) retireDialBackLocked() {
 	if c := p.dialBack; c != nil {
 		p.dialBack = nil
-		if p.dialRefs[c] == 0 {
+		if p.dialRefs.retire(c) {
 			c.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
-		} else {
-			p.retired[c] = true
 		}
 	}
 }
@@ -875,10 +862,9 @@ func (p *peer) closeDialBacks() {
 	p.closeDialBack()
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
-	for c := range p.retired {
+	for _, c := range p.dialRefs.takeRetired() {
 		c.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "control connection closed")
 	}
-	clear(p.retired)
 }
 
 func (p *peer) closeDialBack() {

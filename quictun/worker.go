@@ -159,6 +159,7 @@ type workerClient struct {
 	// observed is the client's address as coordinator saw it when conn
 	// was dialed (Job.Observed).
 	observed   netip.AddrPort
+	refs       connRefs  // sessions on each dial-back connection
 	relayUntil time.Time // sessions are relayed until then
 	relayErr   error
 }
@@ -361,7 +362,7 @@ func (w *Worker) client(h [32]byte) *workerClient {
 		now := time.Now()
 		for k, wc := range w.clients {
 			if wc.mu.TryLock() {
-				if !wc.live() && now.After(wc.relayUntil) {
+				if !wc.live() && now.After(wc.relayUntil) && len(wc.refs.n) == 0 {
 					delete(w.clients, k)
 				}
 				wc.mu.Unlock()
@@ -423,6 +424,9 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 	if su.sess == nil {
 		return // failed, answered and logged
 	}
+	if su.release != nil {
+		defer su.release()
+	}
 	sess, target, mode := su.sess, su.target, su.mode
 	w.stats.activeSessions.Add(1)
 	st, err := relay.Splice(ctx, sess, target)
@@ -475,7 +479,9 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 			// dial anew rather than find it silent (and relay) first.
 			log.Info("client's address changed since its dial-back connection was made (its NAT mapped it anew?): dialing back anew",
 				"was", wc.observed, "now", job.Observed)
-			live.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+			if wc.refs.retire(live) {
+				live.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+			}
 			wc.conn, live = nil, nil
 		}
 	}
@@ -536,6 +542,17 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		str.CancelRead(quic.StreamErrorCode(CodeOK))
 		w.stats.dialBackSessions.Add(1)
 		su.sess, su.mode = s, "dial-back"
+		wc.mu.Lock()
+		wc.refs.add(s.conn)
+		wc.mu.Unlock()
+		su.release = func() { // by serveJob, when the session ends
+			wc.mu.Lock()
+			retired := wc.refs.done(s.conn)
+			wc.mu.Unlock()
+			if retired {
+				s.conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
+			}
+		}
 	} else {
 		if _, err := str.Write([]byte{relayMarker}); err != nil {
 			target.Close()
