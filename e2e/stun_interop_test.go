@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,13 +40,31 @@ func freeUDPPort(t *testing.T) int {
 	return freePort(t, func(addr string) (io.Closer, error) { return net.ListenPacket("udp", addr) })
 }
 
-// freePort finds a port in 30000-32767 that open can bind.
+// portsGiven are the ports freePort has handed out in this process: a
+// port is free only until its test binds it, so two calls in a row could
+// otherwise return the same one (as a reporter and a coordinator once got).
+var portsGiven struct {
+	sync.Mutex
+	m map[int]bool
+}
+
+// freePort finds a port in 30000-32767 that open can bind and that it has
+// not returned before.
 func freePort(t *testing.T, open func(addr string) (io.Closer, error)) int {
 	t.Helper()
+	portsGiven.Lock()
+	defer portsGiven.Unlock()
+	if portsGiven.m == nil {
+		portsGiven.m = make(map[int]bool)
+	}
 	for range 100 {
 		port := 30000 + rand.IntN(2768)
+		if portsGiven.m[port] {
+			continue
+		}
 		if c, err := open(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
 			c.Close()
+			portsGiven.m[port] = true
 			return port
 		}
 	}
