@@ -153,6 +153,23 @@ func (s *natSetup) downloadAcrossRemap(t *testing.T, size int64) (int64, error) 
 	return n, err
 }
 
+// stalledDownloadEnds checks that a dial-back session whose NAT mapping is
+// gone ends with an error, not at the HTTP client's timeout (20 s; the
+// session would hang until QUIC's 30 s idle timeout). The download (1 GiB)
+// is more than the connection holds in flight: it is still running when
+// the NAT maps the client anew.
+func (s *natSetup) stalledDownloadEnds(t *testing.T) {
+	t.Helper()
+	_, err := s.downloadAcrossRemap(t, 1<<30)
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Fatalf("the download finished across the remap: the dial-back connection should have lost its path")
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("the stalled download hung until the HTTP client's timeout: %v", err)
+	}
+}
+
 // waitLog waits (bounded) until p has written want.
 func waitLog(t *testing.T, p *natlab.Process, want string) {
 	t.Helper()
@@ -305,18 +322,7 @@ func TestNAT(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{})
 		s.get(t, "/before")
-		// More than the dial-back connection can hold in flight: the
-		// download is still running when the NAT loses its mappings.
-		_, err := s.downloadAcrossRemap(t, 1<<30)
-		var ne net.Error
-		switch {
-		case err == nil:
-			t.Fatalf("the download finished across the remap: the dial-back connection should have lost its path")
-		case errors.As(err, &ne) && ne.Timeout():
-			// 20 s: the session hung on its dead dial-back connection
-			// (until QUIC's 30 s idle timeout) instead of ending.
-			t.Fatalf("the stalled download hung until the HTTP client's timeout: %v", err)
-		}
+		s.stalledDownloadEnds(t)
 		waitLog(t, s.proxy, "closed the dial-back connections that came through the old NAT mapping")
 		if !strings.Contains(s.proxy.Output(), `msg="public address changed; telling coordinator"`) {
 			t.Errorf("localproxy did not log its new public address")
@@ -376,14 +382,7 @@ func TestNAT(t *testing.T) {
 		// peer within it, so the silent one is found in 4 s.
 		s := startNAT(t, natOpts{lab: natlab.Options{NAT: natlab.Symmetric}, keepalive: 1000})
 		s.get(t, "/before")
-		_, err := s.downloadAcrossRemap(t, 1<<30)
-		var ne net.Error
-		switch {
-		case err == nil:
-			t.Fatalf("the download finished across the remap: the dial-back connection should have lost its path")
-		case errors.As(err, &ne) && ne.Timeout():
-			t.Fatalf("the stalled download hung until the HTTP client's timeout: %v", err)
-		}
+		s.stalledDownloadEnds(t)
 		waitLog(t, s.proxy, "closed the dial-back connections that stopped answering")
 		for i := range 3 {
 			s.get(t, fmt.Sprintf("/after/%d", i))
