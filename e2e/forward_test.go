@@ -289,9 +289,7 @@ func TestConcurrentSessions(t *testing.T) {
 func TestErrorsReachTheBrowser(t *testing.T) {
 	t.Run("target down is 502", func(t *testing.T) {
 		l := startLab(t, labOptions{})
-		ln, _ := net.Listen("tcp", "127.0.0.1:0")
-		dead := ln.Addr().String()
-		ln.Close()
+		dead := refusedAddr(t)
 		resp, err := l.httpClient(t, nil, false).Get("http://" + dead + "/")
 		if err != nil {
 			t.Fatal(err)
@@ -455,9 +453,7 @@ func TestFastOpen(t *testing.T) {
 		t.Fatalf("answer %q, want %q", body, want)
 	}
 
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := refusedAddr(t)
 	resp, err = client.Get("http://" + dead + "/")
 	if err != nil {
 		t.Fatal(err)

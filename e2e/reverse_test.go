@@ -132,9 +132,7 @@ func TestReverseTunnel(t *testing.T) {
 	l := startReverseLab(t)
 	raw := newRawTarget(t, "127.0.0.1")
 	echoTCP := startTCPEcho(t)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	refused := ln.Addr().String()
-	ln.Close()
+	refused := refusedAddr(t)
 	a := l.addClient(t, "laptop-a",
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t)},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "raw", Local: raw.addr()},

@@ -40,6 +40,13 @@ func freeUDPPort(t *testing.T) int {
 	return freePort(t, func(addr string) (io.Closer, error) { return net.ListenPacket("udp", addr) })
 }
 
+// refusedAddr returns a loopback TCP address nothing listens on: a port
+// from freePort, below the kernel's ephemeral range (32768-60999), so no
+// listener on port 0, in this test or a parallel one, can take it later.
+func refusedAddr(t *testing.T) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freeTCPPort(t)))
+}
+
 // portsGiven are the ports freePort has handed out in this process: a
 // port is free only until its test binds it, so two calls in a row could
 // otherwise return the same one (as a reporter and a coordinator once got).
