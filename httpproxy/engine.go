@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -309,6 +310,16 @@ func (c *conn) readHead(first bool) (*head, error) {
 
 var errIdle = errors.New("idle")
 
+// looksLikeHTTP reports whether the first bytes a TLS listener received
+// are the start of a plain HTTP request.
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO", "DELET", "PATCH":
+		return true
+	}
+	return false
+}
+
 // reader and writer take a connection buffer from the pools.
 func (e *engine) reader(r io.Reader) *bufio.Reader {
 	br, _ := e.readers.Get().(*bufio.Reader)
@@ -385,7 +396,15 @@ func (c *conn) releaseBuffers() {
 // headError answers a request head that could not be read, if the client
 // is still there to read the answer.
 func (c *conn) headError(err error) {
+	var rhe tls.RecordHeaderError
 	switch {
+	case errors.As(err, &rhe) && rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader):
+		// Plain HTTP to a TLS listener: say so, in plain text, as
+		// net/http does (the handshake never happened).
+		c.e.countStatus(http.StatusBadRequest)
+		rhe.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(rhe.Conn, "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+
+			"400 Bad Request: this port speaks HTTPS; use https:// in the URL\n")
 	case errors.Is(err, errHeadTooLarge):
 		c.writeError(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block exceeds %d bytes", c.e.cfg.MaxHeaderBytes))
 	case errors.Is(err, errMalformed):

@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -32,8 +33,9 @@ type Router interface {
 type ReverseConfig struct {
 	// Router picks the backend for each request. Required.
 	Router Router
-	// Proto is the scheme clients used, for X-Forwarded-Proto and
-	// Forwarded. Default "http".
+	// Proto is the scheme clients used on plain connections, for
+	// X-Forwarded-Proto and Forwarded. Default "http". Connections that are
+	// a *tls.Conn (a listener made with tls.NewListener) are "https".
 	Proto string
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
@@ -71,6 +73,7 @@ func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
 }
 
 // Serve accepts public connections on ln until Close; it then returns nil.
+// It may be called for several listeners, plain and TLS, at once.
 func (p *ReverseProxy) Serve(ln net.Listener) error { return p.e.serve(ln) }
 
 // Close stops every listener and connection and waits for them.
@@ -117,12 +120,16 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 		return nil, err
 	}
 	remote := addrPortOf(client.RemoteAddr())
+	proto := rr.proto
+	if _, ok := client.(*tls.Conn); ok {
+		proto = "https"
+	}
 	return &route{
 		key:        b.Name(),
 		target:     host + uri,
 		requestURI: uri,
 		drop:       forwardedNames,
-		extra:      forwardedFields(h, remote, host, rr.proto),
+		extra:      forwardedFields(h, remote, host, proto),
 		dial:       func(ctx context.Context) (net.Conn, error) { return b.Dial(ctx, remote) },
 	}, nil
 }

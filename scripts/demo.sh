@@ -14,6 +14,7 @@ PROBE_PORT=${PROBE_PORT:-3479}
 DIALBACK_PORT=${DIALBACK_PORT:-4434}
 APP_PORT=${APP_PORT:-3000}
 HTTP_PORT=${HTTP_PORT:-8080}
+HTTPS_PORT=${HTTPS_PORT:-8443}
 TOKEN=${TOKEN:-demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
 WORKER_TOKEN=${WORKER_TOKEN:-worker-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')}
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/quictunnel-demo.XXXXXX")
@@ -29,11 +30,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$HTTP_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp" "$PROBE_PORT/udp" "$DIALBACK_PORT/udp"; do
+for port in "$PROXY_PORT/tcp" "$APP_PORT/tcp" "$HTTP_PORT/tcp" "$HTTPS_PORT/tcp" "$COORD_PORT/udp" "$STUN_PORT/udp" "$PROBE_PORT/udp" "$DIALBACK_PORT/udp"; do
   proto=${port#*/}; num=${port%/*}
   if { [ "$proto" = tcp ] && ss -Hltn "sport = :$num" 2>/dev/null | grep -q .; } ||
      { [ "$proto" = udp ] && ss -Hlun "sport = :$num" 2>/dev/null | grep -q .; }; then
-    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, HTTP_PORT, COORD_PORT, STUN_PORT, PROBE_PORT or DIALBACK_PORT to free ones" >&2
+    echo "demo: port $num/$proto is in use; set PROXY_PORT, APP_PORT, HTTP_PORT, HTTPS_PORT, COORD_PORT, STUN_PORT, PROBE_PORT or DIALBACK_PORT to free ones" >&2
     exit 1
   fi
 done
@@ -48,7 +49,8 @@ start reporter "$BIN/reporter" --listen "127.0.0.1:$STUN_PORT" --probe-listen "1
 start coordinator "$BIN/coordinator" --listen "127.0.0.1:$COORD_PORT" \
   --cert testdata/certs/coordinator.pem --key testdata/certs/coordinator-key.pem --token "$TOKEN" \
   --worker-token "$WORKER_TOKEN" \
-  --http "127.0.0.1:$HTTP_PORT" --domain localhost --allow-private-targets  # the demo app is on loopback
+  --http "127.0.0.1:$HTTP_PORT" --https "127.0.0.1:$HTTPS_PORT" --domain localhost \
+  --allow-private-targets  # the demo app is on loopback; the test certificate covers *.localhost for --https
 # The dial-back part on its own address: it dials the targets and dials back to localproxy.
 start dialback "$BIN/coordinator" --role dialback --listen "127.0.0.1:$DIALBACK_PORT" \
   --coordinator "127.0.0.1:$COORD_PORT" --worker-token "$WORKER_TOKEN" --ca testdata/certs/ca.pem --server-name localhost \
@@ -88,6 +90,14 @@ if [ -z "$rev" ]; then
   tail -n 20 "$LOGDIR"/*.log >&2
   exit 1
 fi
+# The same over TLS, checked against the test CA.
+if ! tls=$(curl -sS --max-time 5 --cacert testdata/certs/ca.pem --resolve "app.localhost:$HTTPS_PORT:127.0.0.1" \
+     "https://app.localhost:$HTTPS_PORT/over-tls") ||
+   ! grep -A1 '"name": "X-Forwarded-Proto"' <<<"$tls" | grep -q '"value": "https"'; then
+  echo "demo: the request through the public HTTPS port failed: $tls. Logs:" >&2
+  tail -n 20 "$LOGDIR"/*.log >&2
+  exit 1
+fi
 
 cat <<EOF
 == quictunnel demo: all services up on loopback ==
@@ -97,16 +107,19 @@ cat <<EOF
   demo app     http://127.0.0.1:$APP_PORT
   localproxy   http://127.0.0.1:$PROXY_PORT  <- point your browser here
   public port  http://app.localhost:$HTTP_PORT/  -> the demo app, through the tunnel (reverse direction)
+               https://app.localhost:$HTTPS_PORT/ (the same over TLS; test CA testdata/certs/ca.pem)
 
 A request went browser -> localproxy -> coordinator -> dial-back worker -> demo app and back:
 $out
 
 The reverse direction works too: a request to coordinator's public port (Host: app.localhost) reached the
-demo app through localproxy, which saw it with X-Forwarded-For, X-Forwarded-Host and Forwarded added.
+demo app through localproxy, which saw it with X-Forwarded-For, X-Forwarded-Host and Forwarded added; so did
+one over HTTPS, which coordinator decrypted with its certificate (the app sees X-Forwarded-Proto: https).
 
 Try it:
   curl -x http://127.0.0.1:$PROXY_PORT http://127.0.0.1:$APP_PORT/anything
   curl http://app.localhost:$HTTP_PORT/anything            (reverse: public port -> localproxy -> app)
+  curl --cacert testdata/certs/ca.pem https://app.localhost:$HTTPS_PORT/anything   (the same over TLS)
   curl -x http://127.0.0.1:$PROXY_PORT https://example.com/      (needs Internet on this machine)
 
 Firefox: Settings > General > Network Settings > Manual proxy configuration:

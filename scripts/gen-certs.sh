@@ -5,7 +5,10 @@
 # valid 10 years):
 #   ca.pem, ca-key.pem                   a test CA
 #   coordinator.pem, coordinator-key.pem signed by it, for DNS:localhost,
-#                                        IP:127.0.0.1 and IP:::1, serverAuth+clientAuth
+#                                        DNS:app.localhost, DNS:*.localhost, IP:127.0.0.1
+#                                        and IP:::1, serverAuth+clientAuth (app.localhost:
+#                                        OpenSSL and browsers refuse a wildcard right
+#                                        under a top-level name; Go accepts it)
 #   other-ca.pem, other-ca-key.pem       an unrelated CA
 #   other.pem, other-key.pem             signed by the unrelated CA, same names
 #                                        (for "wrong CA" negative tests)
@@ -16,7 +19,7 @@ set -euo pipefail
 dir=${1:?usage: gen-certs.sh DIR}
 command -v openssl >/dev/null || { echo "gen-certs: openssl not found (apt-get install openssl)" >&2; exit 1; }
 days=3650
-san="DNS:localhost,IP:127.0.0.1,IP:::1"
+san="DNS:localhost,DNS:app.localhost,DNS:*.localhost,IP:127.0.0.1,IP:::1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

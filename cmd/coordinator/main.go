@@ -58,6 +58,12 @@ func main() {
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
 				Usage: "public TCP address where exposed HTTP apps are reached as NAME.DOMAIN (e.g. :8080)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "https", EnvVars: []string{"COORDINATOR_HTTPS"},
+				Usage: "public TCP address where exposed HTTP apps are reached over TLS as https://NAME.DOMAIN (e.g. :443), with --https-cert"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "https-cert", EnvVars: []string{"COORDINATOR_HTTPS_CERT"}, TakesFile: true,
+				Usage: "PEM certificate (chain) for --https, covering *.DOMAIN; SIGHUP reads it again (default: --cert)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "https-key", EnvVars: []string{"COORDINATOR_HTTPS_KEY"}, TakesFile: true,
+				Usage: "PEM private key file for --https-cert (default: --key)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "domain", Value: "localhost", EnvVars: []string{"COORDINATOR_DOMAIN"},
 				Usage: "domain of exposed names: requests for NAME.DOMAIN go to the app exposed as NAME"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "port-range", EnvVars: []string{"COORDINATOR_PORT_RANGE"},
@@ -143,8 +149,18 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 			return fmt.Errorf("--port-range: %w", err)
 		}
 	}
+	httpsCert, err := httpsKeyPair(c)
+	if err != nil {
+		return err
+	}
+	var getHTTPSCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	if httpsCert != nil {
+		getHTTPSCert = httpsCert.GetCertificate
+	}
 	coord, err := coordinator.New(coordinator.Config{
 		HTTPListen:           c.String("http"),
+		HTTPSListen:          c.String("https"),
+		HTTPSCertificate:     getHTTPSCert,
 		Domain:               c.String("domain"),
 		PortRange:            ports,
 		PublicBind:           c.String("public-bind"),
@@ -169,7 +185,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"))
+	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"), httpsCert)
 	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
 }
@@ -228,10 +244,34 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, w.RegisterMetrics, w.Run)
 }
 
-// reloadOnHUP re-reads the tokens file on each SIGHUP until ctx ends or
-// the returned stop is called: revoked clients are disconnected; a bad
-// file keeps the tokens in force.
-func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coordinator, path string) (stop func()) {
+// httpsKeyPair loads --https-cert/--https-key (default --cert/--key) when
+// --https is set, and nil otherwise.
+func httpsKeyPair(c *cli.Context) (*service.KeyPair, error) {
+	if c.String("https") == "" {
+		if c.String("https-cert") != "" || c.String("https-key") != "" {
+			return nil, fmt.Errorf("--https-cert and --https-key need --https ADDRESS")
+		}
+		return nil, nil
+	}
+	cert, key := c.String("https-cert"), c.String("https-key")
+	if (cert == "") != (key == "") {
+		return nil, fmt.Errorf("set both --https-cert and --https-key, or neither (then --cert and --key serve HTTPS too)")
+	}
+	if cert == "" {
+		cert, key = c.String("cert"), c.String("key")
+	}
+	k, err := service.LoadKeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("--https certificate: %w", err)
+	}
+	return k, nil
+}
+
+// reloadOnHUP re-reads the tokens file and the HTTPS certificate (either
+// may be absent) on each SIGHUP until ctx ends or the returned stop is
+// called: revoked clients are disconnected; a bad file keeps what is in
+// force.
+func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coordinator, path string, httpsCert *service.KeyPair) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(ctx)
@@ -243,8 +283,19 @@ func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coord
 				return
 			case <-hup:
 			}
+			if path == "" && httpsCert == nil {
+				log.Warn("SIGHUP ignored: there is no --tokens file or --https certificate to reload")
+				continue
+			}
+			if httpsCert != nil {
+				cert, _ := httpsCert.Files()
+				if err := httpsCert.Reload(); err != nil {
+					log.Error("HTTPS certificate not reloaded: the one in use stays", "err", err)
+				} else {
+					log.Info("HTTPS certificate reloaded", "file", cert)
+				}
+			}
 			if path == "" {
-				log.Warn("SIGHUP ignored: there is no --tokens file to reload")
 				continue
 			}
 			n, err := coord.ReloadTokensFile(path)

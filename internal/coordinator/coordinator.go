@@ -56,6 +56,14 @@ type Config struct {
 	// HTTPListen, if set, is the public TCP address where exposed HTTP
 	// apps are reached by name: NAME.Domain.
 	HTTPListen string
+	// HTTPSListen, if set, is the public TCP address where exposed HTTP
+	// apps are reached by name over TLS: https://NAME.Domain. The apps see
+	// X-Forwarded-Proto: https.
+	HTTPSListen string
+	// HTTPSCertificate gives the certificate HTTPSListen serves (as
+	// tls.Config.GetCertificate); it should cover *.Domain. Default:
+	// Certificate.
+	HTTPSCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Domain is the public domain of exposed names. Default "localhost".
 	Domain string
 	// PortRange is where exposed services may get public ports of their
@@ -107,10 +115,11 @@ type Coordinator struct {
 	reporter *natt.Server
 	stunPC   *net.UDPConn
 
-	// Reverse direction, when HTTPListen or PortRange is set.
+	// Reverse direction, when HTTPListen, HTTPSListen or PortRange is set.
 	registry *registry
-	public   *httpproxy.ReverseProxy
+	public   *httpproxy.ReverseProxy // serves httpLn and httpsLn, when set
 	httpLn   net.Listener
+	httpsLn  net.Listener
 	stopRegs context.CancelFunc
 }
 
@@ -200,9 +209,9 @@ func New(cfg Config) (*Coordinator, error) {
 }
 
 // setupPublic prepares the reverse direction: the registry of exposed
-// services and the public HTTP listener.
-func (c *Coordinator) setupPublic() error {
-	if c.cfg.HTTPListen == "" && c.cfg.PortRange == (PortRange{}) {
+// services and the public HTTP and HTTPS listeners.
+func (c *Coordinator) setupPublic() (err error) {
+	if c.cfg.HTTPListen == "" && c.cfg.HTTPSListen == "" && c.cfg.PortRange == (PortRange{}) {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -212,23 +221,71 @@ func (c *Coordinator) setupPublic() error {
 		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog), log: c.log, ctx: ctx,
 		byName: map[string]*publication{}, byPort: map[uint16]*publication{}, offline: map[string]time.Time{},
 	}
-	if c.cfg.HTTPListen == "" {
+	defer func() {
+		if err != nil {
+			c.closePublic()
+		}
+	}()
+	if c.cfg.HTTPListen != "" {
+		if c.httpLn, err = service.ListenTCP(c.cfg.HTTPListen); err != nil {
+			return err
+		}
+		c.registry.httpURL = urlTemplate("http", c.httpLn, 80)
+	}
+	if c.cfg.HTTPSListen != "" {
+		if err := c.checkHTTPSCertificate(); err != nil {
+			return err
+		}
+		ln, err := service.ListenTCP(c.cfg.HTTPSListen)
+		if err != nil {
+			return err
+		}
+		c.httpsLn = tls.NewListener(ln, &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: c.cfg.HTTPSCertificate,
+			NextProtos:     []string{"http/1.1"},
+		})
+		// The https URL is the one clients are told: it is the one to use.
+		c.registry.httpURL = urlTemplate("https", c.httpsLn, 443)
+	}
+	if c.httpLn == nil && c.httpsLn == nil {
 		return nil
 	}
-	ln, err := service.ListenTCP(c.cfg.HTTPListen)
-	if err != nil {
-		cancel()
-		return err
-	}
-	if port := ln.Addr().(*net.TCPAddr).Port; port != 80 {
-		c.registry.httpURL = fmt.Sprintf("http://%%s:%d/", port)
-	}
-	c.httpLn = ln
 	c.public, err = httpproxy.NewReverse(httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog})
-	if err != nil {
-		ln.Close()
-		cancel()
-		return err
+	return err
+}
+
+// urlTemplate is the URL template of exposed names on ln (%s is the host
+// name), without the port when it is the scheme's default.
+func urlTemplate(scheme string, ln net.Listener, defaultPort int) string {
+	if port := ln.Addr().(*net.TCPAddr).Port; port != defaultPort {
+		return fmt.Sprintf("%s://%%s:%d/", scheme, port)
+	}
+	return scheme + "://%s/"
+}
+
+// checkHTTPSCertificate sets HTTPSCertificate's default and warns when
+// the certificate does not cover the exposed names: browsers would refuse
+// every https URL.
+func (c *Coordinator) checkHTTPSCertificate() error {
+	if c.cfg.HTTPSCertificate == nil {
+		cert := c.cfg.Certificate
+		c.cfg.HTTPSCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
+	}
+	probe := "name." + c.cfg.Domain
+	cert, err := c.cfg.HTTPSCertificate(&tls.ClientHelloInfo{ServerName: probe})
+	if err != nil || cert == nil || len(cert.Certificate) == 0 {
+		return fmt.Errorf("HTTPS certificate: none for %s: %v", probe, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("HTTPS certificate: %w", err)
+		}
+	}
+	if err := leaf.VerifyHostname(probe); err != nil {
+		c.log.Warn("the HTTPS certificate does not cover the exposed names: browsers will refuse their https URLs (it needs the name *."+c.cfg.Domain+")",
+			"err", err)
 	}
 	return nil
 }
@@ -301,8 +358,11 @@ func (c *Coordinator) services() quictun.ServiceRegistry {
 func (c *Coordinator) closePublic() {
 	if c.public != nil {
 		c.public.Close()
-	} else if c.httpLn != nil {
-		c.httpLn.Close()
+	}
+	for _, ln := range []net.Listener{c.httpLn, c.httpsLn} {
+		if ln != nil {
+			ln.Close()
+		}
 	}
 	if c.registry != nil {
 		c.stopRegs()
@@ -316,6 +376,14 @@ func (c *Coordinator) HTTPAddr() net.Addr {
 		return nil
 	}
 	return c.httpLn.Addr()
+}
+
+// HTTPSAddr is the public HTTPS listener's address, or nil.
+func (c *Coordinator) HTTPSAddr() net.Addr {
+	if c.httpsLn == nil {
+		return nil
+	}
+	return c.httpsLn.Addr()
 }
 
 // Addr is the QUIC socket's address.
@@ -377,9 +445,19 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	summary := []any{"quic", c.udp.LocalAddr(), "targets", targets}
 	if c.public != nil {
-		g.Go(func() error { return c.public.Serve(c.httpLn) })
+		for _, ln := range []net.Listener{c.httpLn, c.httpsLn} {
+			if ln != nil {
+				g.Go(func() error { return c.public.Serve(ln) })
+			}
+		}
 		g.Go(func() error { <-gctx.Done(); return c.public.Close() })
-		summary = append(summary, "http", c.httpLn.Addr(), "domain", c.cfg.Domain)
+		if c.httpLn != nil {
+			summary = append(summary, "http", c.httpLn.Addr())
+		}
+		if c.httpsLn != nil {
+			summary = append(summary, "https", c.httpsLn.Addr())
+		}
+		summary = append(summary, "domain", c.cfg.Domain)
 	}
 	if c.cfg.PortRange != (PortRange{}) {
 		summary = append(summary, "ports", fmt.Sprintf("%d-%d", c.cfg.PortRange.Min, c.cfg.PortRange.Max))
