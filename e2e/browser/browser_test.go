@@ -1,8 +1,10 @@
 // Package browser drives real browsers (headless Firefox ESR and
 // Chromium, from Debian's packages) through localproxy → coordinator to
 // local sites that behave like a video site and a webmail, over HTTPS
-// (HTTP/2) and plain HTTP. There is no WebDriver: each page checks itself
-// and posts its verdict to the site, which the test waits for.
+// (HTTP/2) and plain HTTP, and to the same sites exposed through the
+// reverse direction (coordinator's public HTTPS and HTTP ports). There is
+// no WebDriver: each page checks itself and posts its verdict to the site,
+// which the test waits for.
 //
 // Nothing leaves the machine: the sites have host names (video.test,
 // mail.test) that only the test's coordinator dialer knows, and it refuses
@@ -84,7 +86,8 @@ func newEnv(t *testing.T, fastOpen bool) *env {
 
 // TestBrowsers loads both sites in each browser through the proxy, again
 // with fast open, then shows that with the proxy stopped the same run
-// never reaches the sites.
+// never reaches the sites; last, the sites exposed through the reverse
+// direction, reached on coordinator's public HTTPS and HTTP ports.
 // The two browsers run side by side, each with its own sites, coordinator
 // and localproxy.
 func TestBrowsers(t *testing.T) {
@@ -98,6 +101,7 @@ func TestBrowsers(t *testing.T) {
 			t.Run("through_proxy", func(t *testing.T) { testThroughProxy(t, b, bin, false) })
 			t.Run("through_proxy_fast_open", func(t *testing.T) { testThroughProxy(t, b, bin, true) })
 			t.Run("proxy_stopped", func(t *testing.T) { testProxyStopped(t, b, bin) })
+			t.Run("exposed_app", func(t *testing.T) { testExposed(t, b, bin) })
 		})
 	}
 }
@@ -126,7 +130,9 @@ func testThroughProxy(t *testing.T, b browserSpec, bin string, fastOpen bool) {
 		t.Run(scheme, func(t *testing.T) {
 			checkVideo(t, rec, scheme)
 			checkMail(t, rec, scheme)
-			checkProtocols(t, rec, scheme)
+			// HTTPS through CONNECT is end to end: HTTP/2, as browsers
+			// speak to a site offering it.
+			checkProtocols(t, rec, scheme, map[string]string{"https": "HTTP/2.0", "http": "HTTP/1.1"}[scheme])
 		})
 	}
 	checkProxyUsed(t, e)
@@ -197,16 +203,16 @@ func checkMail(t *testing.T, rec record, scheme string) {
 	}
 }
 
-// checkProtocols: HTTPS requests used HTTP/2 (the websocket may use its
-// own HTTP/1.1 connection), plain ones HTTP/1.1.
-func checkProtocols(t *testing.T, rec record, scheme string) {
+// checkProtocols: the scheme's requests reached the site over want (the
+// websocket may use its own HTTP/1.1 connection).
+func checkProtocols(t *testing.T, rec record, scheme, want string) {
 	var n int
 	for _, r := range rec.Requests {
 		if r.Scheme != scheme || r.Path == "/ws" {
 			continue
 		}
 		n++
-		if want := map[string]string{"https": "HTTP/2.0", "http": "HTTP/1.1"}[scheme]; r.Proto != want {
+		if r.Proto != want {
 			t.Errorf("%s %s://%s%s over %s, want %s", r.Method, scheme, r.Host, r.Path, r.Proto, want)
 		}
 	}

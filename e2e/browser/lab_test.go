@@ -132,19 +132,7 @@ type lab struct {
 // stopProxy).
 func startLab(t *testing.T, tg *targets, log *slog.Logger, fastOpen bool) *lab {
 	t.Helper()
-	certs := filepath.Join("..", "..", "testdata", "certs")
-	cert, err := tls.LoadX509KeyPair(filepath.Join(certs, "coordinator.pem"), filepath.Join(certs, "coordinator-key.pem"))
-	if err != nil {
-		t.Fatalf("load coordinator certificate (make certs): %v", err)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(certs, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no CA in ca.pem")
-	}
+	cert, pool := labCertificates(t)
 	const token = "browser-test-token"
 	coord, err := coordinator.New(coordinator.Config{
 		Listen:         "127.0.0.1:0",
@@ -189,6 +177,26 @@ func startLab(t *testing.T, tg *targets, log *slog.Logger, fastOpen bool) *lab {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return l
+}
+
+// labCertificates loads coordinator's QUIC certificate and the CA pool
+// localproxy verifies it with.
+func labCertificates(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	certs := filepath.Join("..", "..", "testdata", "certs")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(certs, "coordinator.pem"), filepath.Join(certs, "coordinator-key.pem"))
+	if err != nil {
+		t.Fatalf("load coordinator certificate (make certs): %v", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(certs, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("no CA in ca.pem")
+	}
+	return cert, pool
 }
 
 // runService runs run in a goroutine and returns a function that cancels

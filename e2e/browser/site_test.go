@@ -181,9 +181,15 @@ func (s *site) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// schemeOf is the scheme the browser used: the site's own TLS, or what
+// coordinator's public side says it received (exposed through the
+// tunnel, the site gets plain HTTP).
 func schemeOf(r *http.Request) string {
 	if r.TLS != nil {
 		return "https"
+	}
+	if p := r.Header.Get("X-Forwarded-Proto"); p != "" {
+		return p
 	}
 	return "http"
 }
