@@ -27,6 +27,8 @@ import (
 // name with the https URL localproxy was given, sees X-Forwarded-Proto
 // https (http on the plain port), websockets work over TLS, plain HTTP to
 // the TLS port gets a clear 400, and SIGHUP serves a replaced certificate.
+// The app is exposed with --host-header app=rewrite, so it sees its own
+// address as Host.
 func TestHTTPSPublicPort(t *testing.T) {
 	quicPort, stunPort, proxyPort := freeUDPPort(t), freeUDPPort(t), freeTCPPort(t)
 	appPort, httpPort, httpsPort := freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
@@ -45,7 +47,7 @@ func TestHTTPSPublicPort(t *testing.T) {
 	lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort),
 		"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--reporter", "127.0.0.1:"+strconv.Itoa(stunPort),
 		"--token", "https-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
-		"--expose", "app=127.0.0.1:"+strconv.Itoa(appPort))
+		"--expose", "app=127.0.0.1:"+strconv.Itoa(appPort), "--host-header", "app=rewrite")
 	wantURL := "https://app.localhost:" + strconv.Itoa(httpsPort) + "/"
 	waitFor(t, "the https URL published", func() bool { return strings.Contains(lp.out.String(), "url="+wantURL) })
 
@@ -87,7 +89,8 @@ func TestHTTPSPublicPort(t *testing.T) {
 	if resp.TLS == nil || resp.TLS.ServerName != "app.localhost" {
 		t.Errorf("TLS state %+v", resp.TLS)
 	}
-	if e.Path != "/over-tls" || e.Header["X-Forwarded-Proto"][0] != "https" ||
+	// --host-header app=rewrite: the app sees its own address as Host.
+	if e.Path != "/over-tls" || e.Host != "127.0.0.1:"+strconv.Itoa(appPort) || e.Header["X-Forwarded-Proto"][0] != "https" ||
 		!strings.Contains(e.Header["Forwarded"][0], "proto=https") || e.Header["X-Forwarded-Host"][0] != "app.localhost:"+strconv.Itoa(httpsPort) {
 		t.Errorf("app saw %+v", e)
 	}

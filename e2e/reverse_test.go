@@ -136,6 +136,7 @@ func TestReverseTunnel(t *testing.T) {
 	a := l.addClient(t, "laptop-a",
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t)},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "raw", Local: raw.addr()},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "devserver", Local: raw.addr(), HostHeader: raw.addr()},
 	)
 	b := l.addClient(t, "laptop-b",
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "api", Local: startApp(t)},
@@ -202,6 +203,29 @@ func TestReverseTunnel(t *testing.T) {
 		lines := headerLines(raw.lastHead())
 		want := []string{"Host: raw.localhost", "X-Custom-CASE: MiXeD", "x-rep: 1", "Accept: */*", "x-rep: 2",
 			"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http", "X-Forwarded-Host: raw.localhost"}
+		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
+			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+		}
+	})
+
+	t.Run("Host header rewritten", func(t *testing.T) {
+		// localproxy --host-header devserver=rewrite: the app gets its own
+		// address as Host (dev servers refuse other names); the public
+		// name stays in X-Forwarded-Host.
+		c, err := net.Dial("tcp", l.httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /dev HTTP/1.1\r\nHost: devserver.localhost\r\nX-Custom: 1\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		lines := headerLines(raw.lastHead())
+		want := []string{"X-Custom: 1", "Host: " + raw.addr(), "X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
+			"X-Forwarded-Host: devserver.localhost"}
 		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
 			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 		}

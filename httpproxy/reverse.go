@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -19,6 +20,14 @@ type Backend interface {
 	// Dial opens a connection to the app for the public client remote.
 	// A *DialError chooses the status the client sees.
 	Dial(ctx context.Context, remote netip.AddrPort) (net.Conn, error)
+}
+
+// HostRewriter is a Backend whose app gets another Host header than the
+// public one (X-Forwarded-Host keeps the public one). HostHeader returns
+// the value, or "" to keep the request's.
+type HostRewriter interface {
+	Backend
+	HostHeader() string
 }
 
 // Router finds the backend for a request's Host. When there is none it
@@ -124,12 +133,18 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 	if _, ok := client.(*tls.Conn); ok {
 		proto = "https"
 	}
+	drop, extra := forwardedNames, forwardedFields(h, remote, host, proto)
+	if hr, ok := b.(HostRewriter); ok {
+		if v := hr.HostHeader(); v != "" {
+			drop, extra = forwardedNamesAndHost, append([]string{"Host: " + v}, extra...)
+		}
+	}
 	return &route{
 		key:        b.Name(),
 		target:     host + uri,
 		requestURI: uri,
-		drop:       forwardedNames,
-		extra:      forwardedFields(h, remote, host, proto),
+		drop:       drop,
+		extra:      extra,
 		dial:       func(ctx context.Context) (net.Conn, error) { return b.Dial(ctx, remote) },
 	}, nil
 }
@@ -140,6 +155,9 @@ func (reverseRouter) connect(context.Context, string) (*route, error) {
 
 // forwardedNames are the fields forwardedFields replaces.
 var forwardedNames = []string{"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+// forwardedNamesAndHost adds Host, for a HostRewriter.
+var forwardedNamesAndHost = append(slices.Clip(forwardedNames), "host")
 
 // forwardedFields builds the fields that tell the app who asked:
 // X-Forwarded-For (earlier hops kept, the client appended),

@@ -5,11 +5,14 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -116,6 +119,10 @@ func (c *ClientConfig) validate() error {
 			return &ConfigError{field, "exposed twice"}
 		case svc.Kind != ServiceHTTP && svc.Kind != ServiceTCP:
 			return &ConfigError{field, "kind must be http or tcp"}
+		case svc.HostHeader != "" && svc.Kind != ServiceHTTP:
+			return &ConfigError{field, "a Host header applies to http services only"}
+		case svc.HostHeader != "" && !ValidHostHeader(svc.HostHeader):
+			return &ConfigError{field, fmt.Sprintf("Host header %q: want HOST or HOST:PORT", svc.HostHeader)}
 		}
 		if _, _, err := net.SplitHostPort(svc.Local); err != nil {
 			return &ConfigError{field, "local app must be host:port: " + err.Error()}
@@ -123,6 +130,55 @@ func (c *ClientConfig) validate() error {
 		seen[svc.Name] = true
 	}
 	return nil
+}
+
+// ValidHostHeader reports whether h can be sent as a Host header: a DNS
+// name or IPv4 address, or a bracketed IPv6 address, each with an optional
+// port. Nothing else gets through (no spaces, commas or line breaks).
+func ValidHostHeader(h string) bool {
+	if h == "" || len(h) > maxNameLen {
+		return false
+	}
+	host, port := h, ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return false
+		}
+		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() {
+			return false
+		}
+		host, port = "", h[end+1:]
+		if port != "" {
+			p, ok := strings.CutPrefix(port, ":")
+			if !ok {
+				return false
+			}
+			port = p
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		host, port = h[:i], h[i+1:]
+		if port == "" {
+			return false
+		}
+	}
+	if port != "" {
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 || port[0] == '+' {
+			return false
+		}
+	}
+	if h[0] == '[' {
+		return true
+	}
+	if host == "" {
+		return false
+	}
+	for _, r := range host {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '.' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidServiceName reports whether name can be a service name: one DNS

@@ -37,6 +37,11 @@ type ExposedService struct {
 	Name  string // public name, e.g. "app" for app.DOMAIN
 	Port  uint16 // public port wanted; 0: none (http) or any (tcp)
 	Local string // the local app, "host:port"
+	// HostHeader, if set (http only), replaces the Host header of the
+	// requests the app receives, e.g. with Local: development servers
+	// that refuse unknown host names (Vite, webpack, Rails, Django) then
+	// accept them. X-Forwarded-Host still carries the public name.
+	HostHeader string
 }
 
 // Registration is the outcome of publishing an ExposedService.
@@ -56,7 +61,11 @@ func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
 		if regs[i].Err != nil {
 			c.log.Error("coordinator refused to publish a service", "service", svc.Name, "kind", svc.Kind, "err", regs[i].Err)
 		} else {
-			c.log.Info("service published", "service", svc.Name, "kind", svc.Kind, "local", svc.Local, "url", regs[i].URL, "port", regs[i].Port)
+			attrs := []any{"service", svc.Name, "kind", svc.Kind, "local", svc.Local, "url", regs[i].URL, "port", regs[i].Port}
+			if svc.HostHeader != "" {
+				attrs = append(attrs, "host_header", svc.HostHeader)
+			}
+			c.log.Info("service published", attrs...)
 		}
 	}
 	c.mu.Lock()
@@ -78,12 +87,15 @@ func (c *Client) register(ctx context.Context, conn *quic.Conn, svc ExposedServi
 	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 	defer str.Close()
 	str.SetReadDeadline(time.Now().Add(c.cfg.OpenTimeout))
-	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port}); err != nil {
+	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port, HostHeader: svc.HostHeader}); err != nil {
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
 	}
 	msg, err := ReadFrame(str)
 	if err != nil {
+		if svc.HostHeader != "" && isRemoteCode(err, CodeProtocol) {
+			err = fmt.Errorf("%w (coordinator refused the Host header rewrite: is it older than localproxy? update it, or expose %s without one)", err, svc.Name)
+		}
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
 	}
@@ -200,10 +212,13 @@ var (
 
 // Service is a service a connected client exposes, as coordinator sees it.
 type Service struct {
-	Kind   ServiceKind
-	Name   string
-	Port   uint16 // public port the client asked for; 0 for none/any
-	Client string // the client's name
+	Kind ServiceKind
+	Name string
+	Port uint16 // public port the client asked for; 0 for none/any
+	// HostHeader, if set, replaces the Host header of the requests sent
+	// to the app (see ExposedService.HostHeader).
+	HostHeader string
+	Client     string // the client's name
 	// Owner identifies who registered it (token and client name): the
 	// same owner re-registering after a reconnect may take the name over
 	// from its own stale registration.
@@ -376,11 +391,14 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	case reg.Kind != ServiceHTTP && reg.Kind != ServiceTCP:
 		answer(CodeProtocol, fmt.Sprintf("unknown service kind %d", reg.Kind), Publication{})
 		return
+	case reg.HostHeader != "" && (reg.Kind != ServiceHTTP || !ValidHostHeader(reg.HostHeader)):
+		answer(CodeProtocol, fmt.Sprintf("Host header %q: want HOST or HOST:PORT, for an http service", reg.HostHeader), Publication{})
+		return
 	case !p.currentGrant().allowsName(reg.Name):
 		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
 		return
 	}
-	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, Client: p.name, Owner: p.owner, peer: p}
+	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, HostHeader: reg.HostHeader, Client: p.name, Owner: p.owner, peer: p}
 	pub, err := registry.Publish(svc)
 	switch {
 	case errors.Is(err, ErrNameTaken):
@@ -396,7 +414,11 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	p.mu.Lock()
 	p.services = append(p.services, svc)
 	p.mu.Unlock()
-	p.log.Info("service published", "service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port)
+	attrs := []any{"service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port}
+	if reg.HostHeader != "" {
+		attrs = append(attrs, "host_header", reg.HostHeader)
+	}
+	p.log.Info("service published", attrs...)
 	answer(CodeOK, "", pub)
 }
 

@@ -198,3 +198,50 @@ func TestRegisterRefusedByGrant(t *testing.T) {
 func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
 	return context.WithCancel(t.Context())
 }
+
+// TestRegisterHostHeader: coordinator keeps a valid Host header with the
+// service and refuses one that could inject header lines, or one on a TCP
+// service, publishing nothing.
+func TestRegisterHostHeader(t *testing.T) {
+	reg := newMapRegistry()
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.Services = reg }})
+	conn, err := h.client.controlConn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	register := func(r *Register) *RegisterResult {
+		t.Helper()
+		str, err := conn.OpenStreamSync(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer str.Close()
+		str.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if err := WriteFrame(str, r); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := ReadFrame(str)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg.(*RegisterResult)
+	}
+	if res := register(&Register{Kind: ServiceHTTP, Name: "good", HostHeader: "localhost:5173"}); res.Code != CodeOK {
+		t.Fatalf("valid Host header refused: %+v", res)
+	}
+	if svc := reg.get("good"); svc == nil || svc.HostHeader != "localhost:5173" {
+		t.Fatalf("published %+v, want the Host header kept", svc)
+	}
+	for _, bad := range []*Register{
+		{Kind: ServiceHTTP, Name: "inject", HostHeader: "localhost\r\nX-Injected: 1"},
+		{Kind: ServiceHTTP, Name: "spaces", HostHeader: "a b"},
+		{Kind: ServiceTCP, Name: "tcp", HostHeader: "localhost"},
+	} {
+		if res := register(bad); res.Code != CodeProtocol {
+			t.Errorf("%s: %+v, want CodeProtocol", bad.Name, res)
+		}
+		if reg.get(bad.Name) != nil {
+			t.Errorf("%s was published", bad.Name)
+		}
+	}
+}

@@ -105,7 +105,9 @@ package quictun
 //	OpenResult  (0x11): code uint16 (ErrorCode; 0 is success), reason string
 //	FastOpen    (0x12): as Open; see 4b
 //	Register    (0x20): kind uint8 (1 http, 2 tcp), name string, port uint16
-//	                    (public port wanted; 0: none for http, any for tcp)
+//	                    (public port wanted; 0: none for http, any for tcp),
+//	                    then, only when set, host header string (the Host
+//	                    value the app's requests get; absent: unchanged)
 //	RegisterResult (0x21): code uint16, reason string, port uint16, url string
 //	ReverseOpen (0x30): session id [16]byte, service name string, remote
 //	                    addr (the public peer)
@@ -332,6 +334,10 @@ type Register struct {
 	Kind ServiceKind
 	Name string
 	Port uint16
+	// HostHeader, if set, is the Host value the app's requests get. It
+	// goes on the wire only when set, so a Register without it is what a
+	// coordinator older than the field understands.
+	HostHeader string
 }
 
 // RegisterResult answers Register.
@@ -379,7 +385,11 @@ func (*JobResult) msgType() uint8      { return msgJobResult }
 func (m *Register) appendBody(b []byte) []byte {
 	b = append(b, uint8(m.Kind))
 	b = appendString(b, m.Name)
-	return binary.BigEndian.AppendUint16(b, m.Port)
+	b = binary.BigEndian.AppendUint16(b, m.Port)
+	if m.HostHeader != "" {
+		b = appendString(b, m.HostHeader)
+	}
+	return b
 }
 
 func (m *RegisterResult) appendBody(b []byte) []byte {
@@ -530,7 +540,11 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 	case msgJobResult:
 		m = &JobResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen), PunchTo: d.addr()}
 	case msgRegister:
-		m = &Register{Kind: ServiceKind(d.u8()), Name: d.str(maxNameLen), Port: d.u16()}
+		r := &Register{Kind: ServiceKind(d.u8()), Name: d.str(maxNameLen), Port: d.u16()}
+		if len(d.b) > 0 {
+			r.HostHeader = d.str(maxNameLen)
+		}
+		m = r
 	case msgRegisterResult:
 		m = &RegisterResult{Code: ErrorCode(d.u16()), Reason: d.str(maxReasonLen), Port: d.u16(), URL: d.str(maxTargetLen)}
 	case msgReverseOpen:

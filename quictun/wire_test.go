@@ -24,6 +24,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		&WorkerHello{},
 		&Job{Session: SessionID{9}, Target: "example.test:443", CertSHA256: [32]byte{1}, Reported: netip.MustParseAddrPort("203.0.113.2:5000")},
 		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("198.51.100.30:4434")},
+		&Register{Kind: ServiceHTTP, Name: "app", Port: 8081},
+		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "127.0.0.1:3000"},
 	}
 	for _, m := range tests {
 		b, err := AppendFrame(nil, m)
@@ -112,6 +114,8 @@ func FuzzReadFrame(f *testing.F) {
 		&WorkerHello{Version: 2, Token: "w", Advertise: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.30:1")}},
 		&Job{Target: "a:1", Observed: netip.MustParseAddrPort("203.0.113.2:9")},
 		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("[2001:db8::3]:4")},
+		&Register{Kind: ServiceTCP, Name: "db"},
+		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost:5173"},
 	} {
 		f.Add(mustFrame(m))
 	}
@@ -173,4 +177,48 @@ func FuzzParsePunch(f *testing.F) {
 			t.Fatalf("accepted %d bytes as punch %x", len(b), k)
 		}
 	})
+}
+
+// TestRegisterWithoutHostHeader: a Register that rewrites nothing is byte
+// for byte what coordinators from before the field read (they refuse
+// trailing bytes).
+func TestRegisterWithoutHostHeader(t *testing.T) {
+	got := mustFrame(&Register{Kind: ServiceHTTP, Name: "app", Port: 0x1f90})
+	want := []byte{msgRegister, 0, 8, byte(ServiceHTTP), 0, 3, 'a', 'p', 'p', 0x1f, 0x90}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("Register = % x, want % x", got, want)
+	}
+}
+
+func TestValidHostHeader(t *testing.T) {
+	for _, tt := range []struct {
+		h  string
+		ok bool
+	}{
+		{"localhost", true},
+		{"localhost:5173", true},
+		{"127.0.0.1:3000", true},
+		{"app.internal_1.test", true},
+		{"[::1]", true},
+		{"[::1]:8080", true},
+		{"[2001:db8::5]:443", true},
+		{"", false},
+		{"localhost:", false},
+		{":80", false},
+		{"localhost:0", false},
+		{"localhost:65536", false},
+		{"localhost:+80", false},
+		{"a b", false},
+		{"evil\r\nX-Injected: 1", false},
+		{"a,b", false},
+		{"[::1", false},
+		{"[127.0.0.1]", false},
+		{"[::1]80", false},
+		{"::1", false},
+		{strings.Repeat("a", maxNameLen+1), false},
+	} {
+		if got := ValidHostHeader(tt.h); got != tt.ok {
+			t.Errorf("ValidHostHeader(%q) = %v, want %v", tt.h, got, tt.ok)
+		}
+	}
 }

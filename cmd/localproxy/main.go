@@ -73,6 +73,8 @@ func main() {
 				Usage: "how long to wait for the reporter's answer at start"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose", EnvVars: []string{"LOCALPROXY_EXPOSE"},
 				Usage: "expose a local HTTP app as NAME.DOMAIN on coordinator's public HTTP port: NAME=HOST:PORT[:PUBLICPORT] (repeatable)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "host-header", EnvVars: []string{"LOCALPROXY_HOST_HEADER"},
+				Usage: "the Host header an --expose'd app receives: NAME=rewrite (the app's own HOST:PORT, for dev servers that refuse other names) or NAME=HOST[:PORT] (repeatable)"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose-tcp", EnvVars: []string{"LOCALPROXY_EXPOSE_TCP"},
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
@@ -188,6 +190,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 			return fmt.Errorf("--expose-tcp: %w", err)
 		}
 		services = append(services, svc)
+	}
+	if err := localproxy.ApplyHostHeaders(services, c.StringSlice("host-header")); err != nil {
+		return fmt.Errorf("--%w", err)
 	}
 	var clientCert *tls.Certificate
 	switch certFile, keyFile := c.String("client-cert"), c.String("client-key"); {

@@ -41,6 +41,10 @@ type backend struct{ svc *quictun.Service }
 
 func (b backend) Name() string { return b.svc.Name }
 
+// HostHeader implements httpproxy.HostRewriter: the value the client
+// asked its app's requests to carry, if any.
+func (b backend) HostHeader() string { return b.svc.HostHeader }
+
 // Dial opens a reverse session without waiting for the client's answer
 // (quictun.Service.DialEarly): the request follows ReverseOpen at once, a
 // round trip sooner. A client that cannot reach its app still gets its

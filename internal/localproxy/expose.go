@@ -3,6 +3,7 @@ package localproxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -47,4 +48,31 @@ func ParseExpose(spec string, kind quictun.ServiceKind) (quictun.ExposedService,
 		return quictun.ExposedService{}, fmt.Errorf("expose-tcp %q: want NAME=HOST:PORT:PUBLICPORT (PUBLICPORT 0 lets coordinator choose)", spec)
 	}
 	return svc, nil
+}
+
+// ApplyHostHeaders applies --host-header values, NAME=VALUE, to the
+// exposed HTTP services: their app's requests get Host: VALUE, where
+// "rewrite" stands for the app's own HOST:PORT.
+func ApplyHostHeaders(services []quictun.ExposedService, specs []string) error {
+	for _, spec := range specs {
+		name, value, ok := strings.Cut(spec, "=")
+		if !ok || value == "" {
+			return fmt.Errorf("host-header %q: want NAME=rewrite or NAME=HOST[:PORT]", spec)
+		}
+		i := slices.IndexFunc(services, func(s quictun.ExposedService) bool { return s.Name == name && s.Kind == quictun.ServiceHTTP })
+		switch {
+		case i < 0:
+			return fmt.Errorf("host-header %q: no app is exposed as %q with --expose", spec, name)
+		case services[i].HostHeader != "":
+			return fmt.Errorf("host-header %q: %s has a Host header already", spec, name)
+		}
+		if value == "rewrite" {
+			value = services[i].Local
+		}
+		if !quictun.ValidHostHeader(value) {
+			return fmt.Errorf("host-header %q: %q is not a HOST or HOST:PORT", spec, value)
+		}
+		services[i].HostHeader = value
+	}
+	return nil
 }

@@ -40,6 +40,52 @@ func TestParseExpose(t *testing.T) {
 	}
 }
 
+func TestApplyHostHeaders(t *testing.T) {
+	base := func() []quictun.ExposedService {
+		return []quictun.ExposedService{
+			{Kind: quictun.ServiceHTTP, Name: "app", Local: "127.0.0.1:3000"},
+			{Kind: quictun.ServiceHTTP, Name: "vite", Local: "[::1]:5173"},
+			{Kind: quictun.ServiceTCP, Name: "db", Local: "127.0.0.1:5432"},
+		}
+	}
+	tests := []struct {
+		specs []string
+		want  map[string]string // name → Host header
+		bad   bool
+	}{
+		{specs: nil, want: map[string]string{}},
+		{specs: []string{"app=rewrite"}, want: map[string]string{"app": "127.0.0.1:3000"}},
+		{specs: []string{"vite=rewrite", "app=localhost:3000"}, want: map[string]string{"vite": "[::1]:5173", "app": "localhost:3000"}},
+		{specs: []string{"app=example.test"}, want: map[string]string{"app": "example.test"}},
+		{specs: []string{"db=rewrite"}, bad: true},       // TCP
+		{specs: []string{"nosuch=rewrite"}, bad: true},   // not exposed
+		{specs: []string{"app"}, bad: true},              // no value
+		{specs: []string{"app="}, bad: true},             // empty value
+		{specs: []string{"app=a b"}, bad: true},          // not a host
+		{specs: []string{"app=x", "app=y"}, bad: true},   // twice
+		{specs: []string{"app=evil\r\nX: 1"}, bad: true}, // header injection
+	}
+	for _, tt := range tests {
+		svcs := base()
+		err := ApplyHostHeaders(svcs, tt.specs)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("ApplyHostHeaders(%q) accepted: %+v", tt.specs, svcs)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ApplyHostHeaders(%q): %v", tt.specs, err)
+			continue
+		}
+		for _, s := range svcs {
+			if s.HostHeader != tt.want[s.Name] {
+				t.Errorf("ApplyHostHeaders(%q): %s has Host header %q, want %q", tt.specs, s.Name, s.HostHeader, tt.want[s.Name])
+			}
+		}
+	}
+}
+
 // FuzzParseExpose checks the parser never panics and that what it accepts
 // is a valid service.
 func FuzzParseExpose(f *testing.F) {

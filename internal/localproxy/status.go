@@ -51,8 +51,10 @@ type ServiceStatus struct {
 	Name  string `json:"name"`
 	Kind  string `json:"kind"`
 	Local string `json:"local"`
-	URL   string `json:"url,omitempty"`
-	Error string `json:"error,omitempty"`
+	// HostHeader is the Host the app's requests get, when rewritten.
+	HostHeader string `json:"host_header,omitempty"`
+	URL        string `json:"url,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // Status returns the live state.
@@ -76,7 +78,7 @@ func (p *Proxy) Status() Status {
 		s.SetupP99 = "≤" + st.SetupLatency.Quantile(0.99).String()
 	}
 	for _, r := range p.client.Registrations() {
-		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, URL: r.URL}
+		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, HostHeader: r.Service.HostHeader, URL: r.URL}
 		if r.Err != nil {
 			ss.Error = r.Err.Error()
 		}
@@ -222,7 +224,11 @@ func FormatStatus(s Status) string {
 			if svc.Error != "" {
 				where = "REFUSED: " + svc.Error
 			}
-			b.WriteString("  " + svc.Name + " (" + svc.Kind + ", " + svc.Local + ") → " + where + "\n")
+			local := svc.Local
+			if svc.HostHeader != "" {
+				local += ", Host: " + svc.HostHeader
+			}
+			b.WriteString("  " + svc.Name + " (" + svc.Kind + ", " + local + ") → " + where + "\n")
 		}
 	}
 	b.WriteString("\nopen sessions: " + fmtUint(uint64(len(s.Sessions))) + "\n")
