@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -137,6 +138,7 @@ func TestReverseTunnel(t *testing.T) {
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t)},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "raw", Local: raw.addr()},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "devserver", Local: raw.addr(), HostHeader: raw.addr()},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "private", Local: raw.addr(), BasicAuth: quictun.HashCredentials("alice", "s3cret")},
 	)
 	b := l.addClient(t, "laptop-b",
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "api", Local: startApp(t)},
@@ -229,6 +231,51 @@ func TestReverseTunnel(t *testing.T) {
 		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
 			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 		}
+	})
+
+	t.Run("basic auth", func(t *testing.T) {
+		// localproxy --basic-auth private=alice:s3cret: coordinator asks
+		// the public, and only a request with the right credentials
+		// reaches the app, without them.
+		ask := func(auth string) (*http.Response, string) {
+			t.Helper()
+			before := raw.lastHead()
+			req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+l.httpAddr+"/secret", nil)
+			req.Host = "private.localhost"
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			head := raw.lastHead()
+			if head == before {
+				head = ""
+			}
+			return resp, head
+		}
+		for _, auth := range []string{"", "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:wrong")), "Bearer x"} {
+			resp, head := ask(auth)
+			if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Basic realm="private.localhost", charset="UTF-8"` {
+				t.Errorf("Authorization %q: %d %v, want 401 with a Basic challenge", auth, resp.StatusCode, resp.Header)
+			}
+			if head != "" {
+				t.Errorf("Authorization %q reached the app:\n%s", auth, head)
+			}
+		}
+		resp, head := ask("Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret")))
+		if resp.StatusCode != 200 || !strings.Contains(head, "GET /secret") {
+			t.Fatalf("right credentials: %d, app saw %q", resp.StatusCode, head)
+		}
+		if strings.Contains(strings.ToLower(head), "authorization") {
+			t.Errorf("the app received the tunnel's credentials:\n%s", head)
+		}
+		waitFor(t, "the 401 in the access log", func() bool {
+			return strings.Contains(l.coordLog.String(), `target=private.localhost/secret status=401`)
+		})
 	})
 
 	t.Run("websocket", func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -25,23 +26,35 @@ func ParseCredentials(s string) (Credentials, error) {
 	return Credentials{User: user, Password: pass}, nil
 }
 
-// proxyAuth checks Proxy-Authorization against one set of credentials.
-// It compares hashes in constant time, so neither the time nor its
-// dependence on lengths tells an attacker how close a guess was.
-type proxyAuth struct {
+// BasicAuth checks HTTP Basic credentials against one user name and
+// password, known only by their SHA-256. It compares hashes in constant
+// time, so neither the time nor its dependence on lengths tells an
+// attacker how close a guess was.
+type BasicAuth struct {
 	user, pass [32]byte
 }
 
-func newProxyAuth(c *Credentials) *proxyAuth {
+// NewBasicAuth returns the check for c, or nil for nil.
+func NewBasicAuth(c *Credentials) *BasicAuth {
 	if c == nil {
 		return nil
 	}
-	return &proxyAuth{user: sha256.Sum256([]byte(c.User)), pass: sha256.Sum256([]byte(c.Password))}
+	return &BasicAuth{user: sha256.Sum256([]byte(c.User)), pass: sha256.Sum256([]byte(c.Password))}
 }
 
-// allows reports whether h carries valid Basic proxy credentials.
-func (a *proxyAuth) allows(h *head) bool {
-	v, _ := h.get("Proxy-Authorization")
+// BasicAuthFromHashes returns the check for the credentials whose
+// SHA-256 hashes are user and pass.
+func BasicAuthFromHashes(user, pass [32]byte) *BasicAuth {
+	return &BasicAuth{user: user, pass: pass}
+}
+
+// Hashes returns the SHA-256 of the user name and of the password.
+func (a *BasicAuth) Hashes() (user, pass [32]byte) { return a.user, a.pass }
+
+// allows reports whether h's field (Authorization or
+// Proxy-Authorization) carries the right Basic credentials.
+func (a *BasicAuth) allows(h *head, field string) bool {
+	v, _ := h.get(field)
 	scheme, b64, _ := strings.Cut(strings.TrimSpace(v), " ")
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(b64))
 	if !strings.EqualFold(scheme, "Basic") || err != nil {
@@ -56,16 +69,36 @@ func (a *proxyAuth) allows(h *head) bool {
 // askForCredentials answers 407 with a Basic challenge and closes the
 // connection (the request's body, if any, is not read).
 func (c *conn) askForCredentials(h *head, start time.Time) {
-	const status = http.StatusProxyAuthRequired
-	c.e.countStatus(status)
 	reason := "this proxy requires a user name and password (Proxy-Authorization: Basic)"
 	if _, sent := h.get("Proxy-Authorization"); sent {
 		reason = "wrong proxy user name or password"
 	}
+	c.challenge(http.StatusProxyAuthRequired, "Proxy-Authenticate", "localproxy", reason)
+	c.accessLog(start, h.method, h.target, http.StatusProxyAuthRequired, 0, 0, "", errProxyAuth)
+}
+
+// errAppAuth is the access-log outcome of a request to an exposed app
+// refused with 401.
+var errAppAuth = errors.New("authentication required")
+
+// askForAppCredentials answers 401 with a Basic challenge for realm and
+// closes the connection.
+func (c *conn) askForAppCredentials(h *head, target, realm string, start time.Time) {
+	reason := "this app requires a user name and password"
+	if _, sent := h.get("Authorization"); sent {
+		reason = "wrong user name or password"
+	}
+	c.challenge(http.StatusUnauthorized, "WWW-Authenticate", realm, reason)
+	c.accessLog(start, h.method, target, http.StatusUnauthorized, 0, 0, "", errAppAuth)
+}
+
+// challenge writes a Basic challenge answer in field and marks the
+// connection for closing.
+func (c *conn) challenge(status int, field, realm, reason string) {
+	c.e.countStatus(status)
 	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), reason)
-	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nProxy-Authenticate: Basic realm=\"localproxy\", charset=\"UTF-8\"\r\n"+
+	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\n%s: Basic realm=%q, charset=\"UTF-8\"\r\n"+
 		"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+		status, http.StatusText(status), field, realm, len(body), body)
 	c.bw.Flush()
-	c.accessLog(start, h.method, h.target, status, 0, 0, "", errProxyAuth)
 }

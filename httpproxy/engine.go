@@ -22,7 +22,7 @@ type engine struct {
 	cfg    Config
 	log    *slog.Logger
 	router router
-	auth   *proxyAuth // nil: no proxy authentication
+	auth   *BasicAuth // Proxy-Authorization required; nil: none
 
 	ctx    context.Context // cancelled by close: ends every connection
 	cancel context.CancelFunc

@@ -30,7 +30,7 @@ func (c *conn) serveRequest(h *head) bool {
 		c.servePAC(h, start) // browsers fetch it before they know any credentials
 		return !h.close
 	}
-	if c.e.auth != nil && !c.e.auth.allows(h) {
+	if c.e.auth != nil && !c.e.auth.allows(h, "Proxy-Authorization") {
 		c.askForCredentials(h, start)
 		return false
 	}
@@ -43,6 +43,10 @@ func (c *conn) serveRequest(h *head) bool {
 		return false
 	}
 	r, err := c.e.router.route(c.ctx, h, c.c)
+	if ar := (*authRequired)(nil); errors.As(err, &ar) {
+		c.askForAppCredentials(h, ar.target, ar.realm, start)
+		return false
+	}
 	if err != nil {
 		status, reason := statusOf(h.target, err)
 		var he *httpError

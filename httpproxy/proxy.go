@@ -20,7 +20,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	cfg.setDefaults()
 	e := newEngine(cfg, forwardRouter{cfg.Dialer})
-	e.auth = newProxyAuth(cfg.ProxyAuth)
+	e.auth = NewBasicAuth(cfg.ProxyAuth)
 	return &Proxy{e: e}, nil
 }
 

@@ -30,6 +30,20 @@ type HostRewriter interface {
 	HostHeader() string
 }
 
+// GuardedBackend is a Backend whose requests must carry the right Basic
+// credentials in Authorization: others are answered 401 with a challenge
+// and never reach the app, and the field is not passed on. BasicAuth
+// returns the check, or nil to let every request through.
+type GuardedBackend interface {
+	Backend
+	BasicAuth() *BasicAuth
+}
+
+// authRequired is a route refused for missing or wrong credentials.
+type authRequired struct{ target, realm string }
+
+func (e *authRequired) Error() string { return "authentication required for " + e.realm }
+
 // Router finds the backend for a request's Host. When there is none it
 // returns a *DialError: 404 for an unknown name, 502 for a client that
 // went offline.
@@ -134,9 +148,18 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 		proto = "https"
 	}
 	drop, extra := forwardedNames, forwardedFields(h, remote, host, proto)
+	if g, ok := b.(GuardedBackend); ok {
+		if auth := g.BasicAuth(); auth != nil {
+			if !auth.allows(h, "Authorization") {
+				realm, _, _ := strings.Cut(host, ":")
+				return nil, &authRequired{target: host + uri, realm: realm}
+			}
+			drop = append(slices.Clip(drop), "authorization") // the tunnel's credentials, not the app's
+		}
+	}
 	if hr, ok := b.(HostRewriter); ok {
 		if v := hr.HostHeader(); v != "" {
-			drop, extra = forwardedNamesAndHost, append([]string{"Host: " + v}, extra...)
+			drop, extra = append(slices.Clip(drop), "host"), append([]string{"Host: " + v}, extra...)
 		}
 	}
 	return &route{
@@ -155,9 +178,6 @@ func (reverseRouter) connect(context.Context, string) (*route, error) {
 
 // forwardedNames are the fields forwardedFields replaces.
 var forwardedNames = []string{"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-
-// forwardedNamesAndHost adds Host, for a HostRewriter.
-var forwardedNamesAndHost = append(slices.Clip(forwardedNames), "host")
 
 // forwardedFields builds the fields that tell the app who asked:
 // X-Forwarded-For (earlier hops kept, the client appended),

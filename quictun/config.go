@@ -121,6 +121,8 @@ func (c *ClientConfig) validate() error {
 			return &ConfigError{field, "kind must be http or tcp"}
 		case svc.HostHeader != "" && svc.Kind != ServiceHTTP:
 			return &ConfigError{field, "a Host header applies to http services only"}
+		case svc.BasicAuth != nil && svc.Kind != ServiceHTTP:
+			return &ConfigError{field, "basic auth applies to http services only"}
 		case svc.HostHeader != "" && !ValidHostHeader(svc.HostHeader):
 			return &ConfigError{field, fmt.Sprintf("Host header %q: want HOST or HOST:PORT", svc.HostHeader)}
 		}

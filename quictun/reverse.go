@@ -42,6 +42,10 @@ type ExposedService struct {
 	// that refuse unknown host names (Vite, webpack, Rails, Django) then
 	// accept them. X-Forwarded-Host still carries the public name.
 	HostHeader string
+	// BasicAuth, if set (http only), makes coordinator ask the public
+	// for these HTTP Basic credentials before a request reaches the app.
+	// Only the hashes leave localproxy.
+	BasicAuth *AuthHash
 }
 
 // Registration is the outcome of publishing an ExposedService.
@@ -65,6 +69,9 @@ func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
 			if svc.HostHeader != "" {
 				attrs = append(attrs, "host_header", svc.HostHeader)
 			}
+			if svc.BasicAuth != nil {
+				attrs = append(attrs, "basic_auth", true)
+			}
 			c.log.Info("service published", attrs...)
 		}
 	}
@@ -87,14 +94,14 @@ func (c *Client) register(ctx context.Context, conn *quic.Conn, svc ExposedServi
 	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 	defer str.Close()
 	str.SetReadDeadline(time.Now().Add(c.cfg.OpenTimeout))
-	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port, HostHeader: svc.HostHeader}); err != nil {
+	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port, HostHeader: svc.HostHeader, BasicAuth: svc.BasicAuth}); err != nil {
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
 	}
 	msg, err := ReadFrame(str)
 	if err != nil {
-		if svc.HostHeader != "" && isRemoteCode(err, CodeProtocol) {
-			err = fmt.Errorf("%w (coordinator refused the Host header rewrite: is it older than localproxy? update it, or expose %s without one)", err, svc.Name)
+		if (svc.HostHeader != "" || svc.BasicAuth != nil) && isRemoteCode(err, CodeProtocol) {
+			err = fmt.Errorf("%w (coordinator refused the Host header or basic auth: is it older than localproxy? update it, or expose %s without them)", err, svc.Name)
 		}
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
@@ -218,7 +225,10 @@ type Service struct {
 	// HostHeader, if set, replaces the Host header of the requests sent
 	// to the app (see ExposedService.HostHeader).
 	HostHeader string
-	Client     string // the client's name
+	// BasicAuth, if set, is the credentials public requests must carry
+	// (see ExposedService.BasicAuth).
+	BasicAuth *AuthHash
+	Client    string // the client's name
 	// Owner identifies who registered it (token and client name): the
 	// same owner re-registering after a reconnect may take the name over
 	// from its own stale registration.
@@ -394,11 +404,14 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	case reg.HostHeader != "" && (reg.Kind != ServiceHTTP || !ValidHostHeader(reg.HostHeader)):
 		answer(CodeProtocol, fmt.Sprintf("Host header %q: want HOST or HOST:PORT, for an http service", reg.HostHeader), Publication{})
 		return
+	case reg.BasicAuth != nil && reg.Kind != ServiceHTTP:
+		answer(CodeProtocol, "basic auth applies to http services only", Publication{})
+		return
 	case !p.currentGrant().allowsName(reg.Name):
 		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
 		return
 	}
-	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, HostHeader: reg.HostHeader, Client: p.name, Owner: p.owner, peer: p}
+	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, HostHeader: reg.HostHeader, BasicAuth: reg.BasicAuth, Client: p.name, Owner: p.owner, peer: p}
 	pub, err := registry.Publish(svc)
 	switch {
 	case errors.Is(err, ErrNameTaken):
@@ -417,6 +430,9 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	attrs := []any{"service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port}
 	if reg.HostHeader != "" {
 		attrs = append(attrs, "host_header", reg.HostHeader)
+	}
+	if reg.BasicAuth != nil {
+		attrs = append(attrs, "basic_auth", true)
 	}
 	p.log.Info("service published", attrs...)
 	answer(CodeOK, "", pub)

@@ -199,9 +199,9 @@ func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
 	return context.WithCancel(t.Context())
 }
 
-// TestRegisterHostHeader: coordinator keeps a valid Host header with the
-// service and refuses one that could inject header lines, or one on a TCP
-// service, publishing nothing.
+// TestRegisterHostHeader: coordinator keeps a valid Host header and
+// basic auth with the service and refuses a Host header that could inject
+// header lines, and either on a TCP service, publishing nothing.
 func TestRegisterHostHeader(t *testing.T) {
 	reg := newMapRegistry()
 	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.Services = reg }})
@@ -232,10 +232,18 @@ func TestRegisterHostHeader(t *testing.T) {
 	if svc := reg.get("good"); svc == nil || svc.HostHeader != "localhost:5173" {
 		t.Fatalf("published %+v, want the Host header kept", svc)
 	}
+	auth := HashCredentials("alice", "secret")
+	if res := register(&Register{Kind: ServiceHTTP, Name: "private", BasicAuth: auth}); res.Code != CodeOK {
+		t.Fatalf("basic auth refused: %+v", res)
+	}
+	if svc := reg.get("private"); svc == nil || svc.BasicAuth == nil || *svc.BasicAuth != *auth {
+		t.Fatalf("published %+v, want the credentials kept", svc)
+	}
 	for _, bad := range []*Register{
 		{Kind: ServiceHTTP, Name: "inject", HostHeader: "localhost\r\nX-Injected: 1"},
 		{Kind: ServiceHTTP, Name: "spaces", HostHeader: "a b"},
 		{Kind: ServiceTCP, Name: "tcp", HostHeader: "localhost"},
+		{Kind: ServiceTCP, Name: "tcpauth", BasicAuth: auth},
 	} {
 		if res := register(bad); res.Code != CodeProtocol {
 			t.Errorf("%s: %+v, want CodeProtocol", bad.Name, res)

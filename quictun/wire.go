@@ -106,8 +106,11 @@ package quictun
 //	FastOpen    (0x12): as Open; see 4b
 //	Register    (0x20): kind uint8 (1 http, 2 tcp), name string, port uint16
 //	                    (public port wanted; 0: none for http, any for tcp),
-//	                    then, only when set, host header string (the Host
-//	                    value the app's requests get; absent: unchanged)
+//	                    then, only when either is set: host header string
+//	                    (the Host value the app's requests get; empty:
+//	                    unchanged), then, only when set, basic auth string
+//	                    (64 bytes: SHA-256 of the user name, then of the
+//	                    password, that public requests must carry)
 //	RegisterResult (0x21): code uint16, reason string, port uint16, url string
 //	ReverseOpen (0x30): session id [16]byte, service name string, remote
 //	                    addr (the public peer)
@@ -130,6 +133,7 @@ package quictun
 // CodeVersion; a peer never guesses.
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -334,10 +338,21 @@ type Register struct {
 	Kind ServiceKind
 	Name string
 	Port uint16
-	// HostHeader, if set, is the Host value the app's requests get. It
-	// goes on the wire only when set, so a Register without it is what a
-	// coordinator older than the field understands.
+	// HostHeader, if set, is the Host value the app's requests get.
+	// BasicAuth, if set, is what public requests must carry. They go on
+	// the wire only when set, so a Register without them is what a
+	// coordinator older than the fields understands.
 	HostHeader string
+	BasicAuth  *AuthHash
+}
+
+// AuthHash is HTTP Basic credentials as coordinator keeps them: the
+// SHA-256 of the user name and of the password.
+type AuthHash struct{ User, Password [32]byte }
+
+// HashCredentials returns the AuthHash of user and password.
+func HashCredentials(user, password string) *AuthHash {
+	return &AuthHash{User: sha256.Sum256([]byte(user)), Password: sha256.Sum256([]byte(password))}
 }
 
 // RegisterResult answers Register.
@@ -386,8 +401,11 @@ func (m *Register) appendBody(b []byte) []byte {
 	b = append(b, uint8(m.Kind))
 	b = appendString(b, m.Name)
 	b = binary.BigEndian.AppendUint16(b, m.Port)
-	if m.HostHeader != "" {
+	if m.HostHeader != "" || m.BasicAuth != nil {
 		b = appendString(b, m.HostHeader)
+	}
+	if m.BasicAuth != nil {
+		b = appendString(b, string(m.BasicAuth.User[:])+string(m.BasicAuth.Password[:]))
 	}
 	return b
 }
@@ -543,6 +561,16 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 		r := &Register{Kind: ServiceKind(d.u8()), Name: d.str(maxNameLen), Port: d.u16()}
 		if len(d.b) > 0 {
 			r.HostHeader = d.str(maxNameLen)
+		}
+		if len(d.b) > 0 {
+			if a := d.str(64); d.err == nil {
+				if len(a) != 64 {
+					return nil, fmt.Errorf("%w: register: basic auth of %d bytes, want 64", ErrProtocol, len(a))
+				}
+				r.BasicAuth = &AuthHash{}
+				copy(r.BasicAuth.User[:], a[:32])
+				copy(r.BasicAuth.Password[:], a[32:])
+			}
 		}
 		m = r
 	case msgRegisterResult:

@@ -26,6 +26,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("198.51.100.30:4434")},
 		&Register{Kind: ServiceHTTP, Name: "app", Port: 8081},
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "127.0.0.1:3000"},
+		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("u", "p")},
+		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost", BasicAuth: &AuthHash{User: [32]byte{1}, Password: [32]byte{2}}},
 	}
 	for _, m := range tests {
 		b, err := AppendFrame(nil, m)
@@ -54,6 +56,7 @@ func TestReadFrameRejects(t *testing.T) {
 		{"trailing bytes", append(mustFrame(&AddrUpdate{})[:1], append([]byte{0, 3}, 0, 0, 7)...)},
 		{"bad address", append([]byte{msgAddrUpdate, 0, 5, 0, 3}, "abc"...)},
 		{"long token", helloWithToken(maxTokenLen + 1)},
+		{"short basic auth", append([]byte{msgRegister, 0, 13, 1, 0, 1, 'a', 0, 0, 0, 0, 0, 3}, "abc"...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,6 +119,7 @@ func FuzzReadFrame(f *testing.F) {
 		&JobResult{Code: CodeOK, PunchTo: netip.MustParseAddrPort("[2001:db8::3]:4")},
 		&Register{Kind: ServiceTCP, Name: "db"},
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost:5173"},
+		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("alice", "secret")},
 	} {
 		f.Add(mustFrame(m))
 	}

@@ -45,6 +45,15 @@ func (b backend) Name() string { return b.svc.Name }
 // asked its app's requests to carry, if any.
 func (b backend) HostHeader() string { return b.svc.HostHeader }
 
+// BasicAuth implements httpproxy.GuardedBackend: the credentials the
+// client asked the public to present, if any.
+func (b backend) BasicAuth() *httpproxy.BasicAuth {
+	if a := b.svc.BasicAuth; a != nil {
+		return httpproxy.BasicAuthFromHashes(a.User, a.Password)
+	}
+	return nil
+}
+
 // Dial opens a reverse session without waiting for the client's answer
 // (quictun.Service.DialEarly): the request follows ReverseOpen at once, a
 // round trip sooner. A client that cannot reach its app still gets its

@@ -54,25 +54,54 @@ func ParseExpose(spec string, kind quictun.ServiceKind) (quictun.ExposedService,
 // exposed HTTP services: their app's requests get Host: VALUE, where
 // "rewrite" stands for the app's own HOST:PORT.
 func ApplyHostHeaders(services []quictun.ExposedService, specs []string) error {
+	return applyToHTTP(services, specs, "host-header", "NAME=rewrite or NAME=HOST[:PORT]", func(svc *quictun.ExposedService, value string) error {
+		if svc.HostHeader != "" {
+			return fmt.Errorf("%s has a Host header already", svc.Name)
+		}
+		if value == "rewrite" {
+			value = svc.Local
+		}
+		if !quictun.ValidHostHeader(value) {
+			return fmt.Errorf("%q is not a HOST or HOST:PORT", value)
+		}
+		svc.HostHeader = value
+		return nil
+	})
+}
+
+// ApplyBasicAuth applies --basic-auth values, NAME=USER:PASSWORD, to the
+// exposed HTTP services: coordinator asks the public for these
+// credentials before a request reaches the app.
+func ApplyBasicAuth(services []quictun.ExposedService, specs []string) error {
+	return applyToHTTP(services, specs, "basic-auth", "NAME=USER:PASSWORD", func(svc *quictun.ExposedService, value string) error {
+		if svc.BasicAuth != nil {
+			return fmt.Errorf("%s has credentials already", svc.Name)
+		}
+		user, pass, ok := strings.Cut(value, ":")
+		if !ok || user == "" || pass == "" {
+			return fmt.Errorf("want USER:PASSWORD, both non-empty")
+		}
+		svc.BasicAuth = quictun.HashCredentials(user, pass)
+		return nil
+	})
+}
+
+// applyToHTTP runs apply for each spec, NAME=VALUE, on the HTTP service
+// NAME. Its errors name the flag but never the value (it may be a
+// password).
+func applyToHTTP(services []quictun.ExposedService, specs []string, flag, want string, apply func(*quictun.ExposedService, string) error) error {
 	for _, spec := range specs {
 		name, value, ok := strings.Cut(spec, "=")
 		if !ok || value == "" {
-			return fmt.Errorf("host-header %q: want NAME=rewrite or NAME=HOST[:PORT]", spec)
+			return fmt.Errorf("%s for %q: want %s", flag, name, want)
 		}
 		i := slices.IndexFunc(services, func(s quictun.ExposedService) bool { return s.Name == name && s.Kind == quictun.ServiceHTTP })
-		switch {
-		case i < 0:
-			return fmt.Errorf("host-header %q: no app is exposed as %q with --expose", spec, name)
-		case services[i].HostHeader != "":
-			return fmt.Errorf("host-header %q: %s has a Host header already", spec, name)
+		if i < 0 {
+			return fmt.Errorf("%s for %q: no app is exposed as %q with --expose", flag, name, name)
 		}
-		if value == "rewrite" {
-			value = services[i].Local
+		if err := apply(&services[i], value); err != nil {
+			return fmt.Errorf("%s for %q: %w", flag, name, err)
 		}
-		if !quictun.ValidHostHeader(value) {
-			return fmt.Errorf("host-header %q: %q is not a HOST or HOST:PORT", spec, value)
-		}
-		services[i].HostHeader = value
 	}
 	return nil
 }

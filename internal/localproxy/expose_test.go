@@ -1,6 +1,7 @@
 package localproxy
 
 import (
+	"strings"
 	"testing"
 
 	"quictunnel/quictun"
@@ -82,6 +83,37 @@ func TestApplyHostHeaders(t *testing.T) {
 			if s.HostHeader != tt.want[s.Name] {
 				t.Errorf("ApplyHostHeaders(%q): %s has Host header %q, want %q", tt.specs, s.Name, s.HostHeader, tt.want[s.Name])
 			}
+		}
+	}
+}
+
+func TestApplyBasicAuth(t *testing.T) {
+	for _, tt := range []struct {
+		specs []string
+		bad   bool
+	}{
+		{specs: []string{"app=alice:s3cr:et"}},          // the password may hold ':'
+		{specs: []string{"db=alice:secret"}, bad: true}, // TCP
+		{specs: []string{"nosuch=alice:secret"}, bad: true},
+		{specs: []string{"app=alice"}, bad: true},
+		{specs: []string{"app=:secret"}, bad: true},
+		{specs: []string{"app=alice:"}, bad: true},
+		{specs: []string{"app=a:b", "app=c:d"}, bad: true},
+	} {
+		svcs := []quictun.ExposedService{
+			{Kind: quictun.ServiceHTTP, Name: "app", Local: "127.0.0.1:3000"},
+			{Kind: quictun.ServiceTCP, Name: "db", Local: "127.0.0.1:5432"},
+		}
+		err := ApplyBasicAuth(svcs, tt.specs)
+		switch {
+		case tt.bad && err == nil:
+			t.Errorf("ApplyBasicAuth(%q) accepted", tt.specs)
+		case tt.bad && strings.Contains(err.Error(), "secret"):
+			t.Errorf("ApplyBasicAuth(%q): error %q shows the password", tt.specs, err)
+		case !tt.bad && err != nil:
+			t.Errorf("ApplyBasicAuth(%q): %v", tt.specs, err)
+		case !tt.bad && (svcs[0].BasicAuth == nil || *svcs[0].BasicAuth != *quictun.HashCredentials("alice", "s3cr:et")):
+			t.Errorf("ApplyBasicAuth(%q): %+v", tt.specs, svcs[0].BasicAuth)
 		}
 	}
 }

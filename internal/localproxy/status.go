@@ -53,8 +53,10 @@ type ServiceStatus struct {
 	Local string `json:"local"`
 	// HostHeader is the Host the app's requests get, when rewritten.
 	HostHeader string `json:"host_header,omitempty"`
-	URL        string `json:"url,omitempty"`
-	Error      string `json:"error,omitempty"`
+	// BasicAuth says the public must present a user name and password.
+	BasicAuth bool   `json:"basic_auth,omitempty"`
+	URL       string `json:"url,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // Status returns the live state.
@@ -78,7 +80,7 @@ func (p *Proxy) Status() Status {
 		s.SetupP99 = "≤" + st.SetupLatency.Quantile(0.99).String()
 	}
 	for _, r := range p.client.Registrations() {
-		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, HostHeader: r.Service.HostHeader, URL: r.URL}
+		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, HostHeader: r.Service.HostHeader, BasicAuth: r.Service.BasicAuth != nil, URL: r.URL}
 		if r.Err != nil {
 			ss.Error = r.Err.Error()
 		}
@@ -227,6 +229,9 @@ func FormatStatus(s Status) string {
 			local := svc.Local
 			if svc.HostHeader != "" {
 				local += ", Host: " + svc.HostHeader
+			}
+			if svc.BasicAuth {
+				local += ", basic auth"
 			}
 			b.WriteString("  " + svc.Name + " (" + svc.Kind + ", " + local + ") → " + where + "\n")
 		}
