@@ -108,24 +108,7 @@ func TestBrowsers(t *testing.T) {
 
 func testThroughProxy(t *testing.T, b browserSpec, bin string, fastOpen bool) {
 	e := newEnv(t, fastOpen)
-	start := time.Now()
-	first := e.site.newRun(b.name, chain...)
-	p := launch(t, b, bin, e.lab.proxy.Addr().String(), e.ca.certPEM, first)
-	select {
-	case <-e.site.runDone(b.name):
-	case <-p.exited():
-		t.Fatalf("%s exited (%v) before the pages reported; verdicts so far: %+v", b.name, p.err, e.site.verdicts(b.name))
-	case <-time.After(runBound):
-		t.Fatalf("no verdict from every page within %v; verdicts so far: %+v", runBound, e.site.verdicts(b.name))
-	}
-	t.Logf("%s: %d pages reported in %v", b.name, len(chain), time.Since(start).Round(time.Millisecond))
-	for _, v := range e.site.verdicts(b.name) {
-		if !v.OK {
-			t.Errorf("page %s failed: %v (checks %v)", v.URL, v.Errors, v.Checks)
-		}
-	}
-	p.stop(t) // before reading the records: nothing is still in flight
-	rec := e.site.snapshot()
+	rec := runChain(t, b, bin, e.site, e.lab.proxy.Addr().String(), e.ca.certPEM)
 	for _, scheme := range []string{"https", "http"} {
 		t.Run(scheme, func(t *testing.T) {
 			checkVideo(t, rec, scheme)
@@ -139,6 +122,30 @@ func testThroughProxy(t *testing.T, b browserSpec, bin string, fastOpen bool) {
 	if st := e.lab.proxy.Client().Stats(); fastOpen && st.FastOpenSessions != st.Sessions {
 		t.Errorf("with fast open, %d of %d sessions were fast opens, want all", st.FastOpenSessions, st.Sessions)
 	}
+}
+
+// runChain opens the chain of pages in the browser, with proxy as its
+// HTTP proxy, and waits for every page's verdict; it fails the test for
+// a page that failed and returns what the site recorded.
+func runChain(t *testing.T, b browserSpec, bin string, s *site, proxy string, caPEM []byte) record {
+	t.Helper()
+	start := time.Now()
+	p := launch(t, b, bin, proxy, caPEM, s.newRun(b.name, chain...))
+	select {
+	case <-s.runDone(b.name):
+	case <-p.exited():
+		t.Fatalf("%s exited (%v) before the pages reported; verdicts so far: %+v", b.name, p.err, s.verdicts(b.name))
+	case <-time.After(runBound):
+		t.Fatalf("no verdict from every page within %v; verdicts so far: %+v", runBound, s.verdicts(b.name))
+	}
+	t.Logf("%s: %d pages reported in %v", b.name, len(chain), time.Since(start).Round(time.Millisecond))
+	for _, v := range s.verdicts(b.name) {
+		if !v.OK {
+			t.Errorf("page %s failed: %v (checks %v)", v.URL, v.Errors, v.Checks)
+		}
+	}
+	p.stop(t) // before reading the records: nothing is still in flight
+	return s.snapshot()
 }
 
 // checkVideo: playback made range requests, one of them (the seek) from

@@ -137,24 +137,7 @@ func (m namesOnly) DialTarget(ctx context.Context, target string) (net.Conn, err
 // tunnel's reverse direction, over coordinator's HTTPS and HTTP ports.
 func testExposed(t *testing.T, b browserSpec, bin string) {
 	e := newExposedEnv(t)
-	start := time.Now()
-	first := e.site.newRun(b.name, chain...)
-	p := launch(t, b, bin, e.resolver, e.ca.certPEM, first)
-	select {
-	case <-e.site.runDone(b.name):
-	case <-p.exited():
-		t.Fatalf("%s exited (%v) before the pages reported; verdicts so far: %+v", b.name, p.err, e.site.verdicts(b.name))
-	case <-time.After(runBound):
-		t.Fatalf("no verdict from every page within %v; verdicts so far: %+v", runBound, e.site.verdicts(b.name))
-	}
-	t.Logf("%s: %d pages reported in %v", b.name, len(chain), time.Since(start).Round(time.Millisecond))
-	for _, v := range e.site.verdicts(b.name) {
-		if !v.OK {
-			t.Errorf("page %s failed: %v (checks %v)", v.URL, v.Errors, v.Checks)
-		}
-	}
-	p.stop(t)
-	rec := e.site.snapshot()
+	rec := runChain(t, b, bin, e.site, e.resolver, e.ca.certPEM)
 	for _, scheme := range []string{"https", "http"} {
 		t.Run(scheme, func(t *testing.T) {
 			checkVideo(t, rec, scheme)

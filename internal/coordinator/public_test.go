@@ -6,26 +6,8 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestHTTPSCertificateCoverage: coordinator warns at start-up when the
 // HTTPS certificate does not cover NAME.DOMAIN, and only then.
@@ -43,7 +25,7 @@ func TestHTTPSCertificateCoverage(t *testing.T) {
 		{"tunnel.example.test", true}, // and nothing under this domain
 	} {
 		t.Run(tc.domain, func(t *testing.T) {
-			var log syncBuffer
+			var log bytes.Buffer // New logs before it returns, on this goroutine
 			c, err := New(Config{Listen: "127.0.0.1:0", Certificate: cert, Token: "t", HTTPSListen: "127.0.0.1:0",
 				Domain: tc.domain, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 			if err != nil {
