@@ -19,7 +19,9 @@ import (
 
 	"github.com/coder/websocket"
 
+	"quictunnel/internal/coordinator"
 	"quictunnel/internal/demoapp"
+	"quictunnel/quictun"
 )
 
 // TestHTTPSPublicPort runs the real coordinator with --http and --https
@@ -171,5 +173,80 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHTTPToHTTPS: with HTTPToHTTPS, the plain port answers every request
+// (even for an unknown name, and before credentials are asked) with a 308
+// to the same URL on the HTTPS port, and a client that follows it reaches
+// the app over TLS.
+func TestHTTPToHTTPS(t *testing.T) {
+	cert, pool := loadCoordinatorCert(t)
+	if _, err := coordinator.New(coordinator.Config{Listen: "127.0.0.1:0", Certificate: cert, Token: "t",
+		HTTPListen: "127.0.0.1:0", HTTPToHTTPS: true}); err == nil {
+		t.Fatal("HTTPToHTTPS without an HTTPS address was accepted")
+	}
+	l := &reverseLab{coordLog: &logBuffer{}}
+	c, err := coordinator.New(coordinator.Config{
+		Listen: "127.0.0.1:0", Certificate: cert, Token: "rev-token", ReporterListen: "127.0.0.1:0",
+		HTTPListen: "127.0.0.1:0", HTTPSListen: "127.0.0.1:0", HTTPToHTTPS: true, Domain: "localhost",
+		Logger: l.coordLog.logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.coord, l.httpAddr, l.quicAddr = c, c.HTTPAddr().String(), c.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("coordinator log:\n%s", l.coordLog)
+		}
+	})
+	l.addClient(t, "laptop", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app", Local: startApp(t),
+		BasicAuth: quictun.HashCredentials("alice", "s3cret")})
+	httpsAddr := c.HTTPSAddr().String()
+	_, httpsPort, _ := net.SplitHostPort(httpsAddr)
+
+	noFollow := &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, host := range []string{"app.localhost", "app.localhost:" + strconv.Itoa(c.HTTPAddr().(*net.TCPAddr).Port), "nosuch.localhost"} {
+		req, _ := http.NewRequest("POST", "http://"+l.httpAddr+"/p/q?x=1", strings.NewReader("body"))
+		req.Host = host
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		name, _, _ := strings.Cut(host, ":")
+		if want := "https://" + name + ":" + httpsPort + "/p/q?x=1"; resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
+			t.Errorf("Host %s: %d Location %q, want 308 to %s", host, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+
+	follow := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if strings.HasSuffix(addr, ":"+httpsPort) {
+				addr = httpsAddr
+			} else {
+				addr = l.httpAddr
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}}
+	req, _ := http.NewRequest("GET", "http://app.localhost/follow", nil)
+	req.SetBasicAuth("alice", "s3cret")
+	resp, err := follow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e demoapp.Echo
+	json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != 200 || resp.TLS == nil || e.Path != "/follow" || e.Header["X-Forwarded-Proto"][0] != "https" {
+		t.Errorf("after the redirect: %d, TLS %v, app saw %+v", resp.StatusCode, resp.TLS != nil, e)
 	}
 }

@@ -422,6 +422,16 @@ func (c *conn) writeError(status int, reason string) {
 	c.bw.Flush()
 }
 
+// redirect answers with a redirect to location and marks the connection
+// for closing.
+func (c *conn) redirect(status int, location string) {
+	c.e.countStatus(status)
+	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), location)
+	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), location, len(body), body)
+	c.bw.Flush()
+}
+
 // accessLog writes the line for one request or tunnel.
 func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) {
 	attrs := make([]slog.Attr, 0, 11)

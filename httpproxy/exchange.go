@@ -47,6 +47,11 @@ func (c *conn) serveRequest(h *head) bool {
 		c.askForAppCredentials(h, ar.target, ar.realm, start)
 		return false
 	}
+	if rd := (*redirectToHTTPS)(nil); errors.As(err, &rd) {
+		c.redirect(http.StatusPermanentRedirect, rd.location)
+		c.accessLog(start, h.method, h.target, http.StatusPermanentRedirect, 0, 0, "", rd)
+		return false
+	}
 	if err != nil {
 		status, reason := statusOf(h.target, err)
 		var he *httpError

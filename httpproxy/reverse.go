@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -60,6 +61,11 @@ type ReverseConfig struct {
 	// X-Forwarded-Proto and Forwarded. Default "http". Connections that are
 	// a *tls.Conn (a listener made with tls.NewListener) are "https".
 	Proto string
+	// HTTPSPort, if set, answers every request on a plain connection
+	// with 308 Permanent Redirect to the same URL on https:// at this
+	// port, before routing or credentials: only TLS connections reach
+	// the apps.
+	HTTPSPort int
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per request. Default: Logger.
@@ -92,7 +98,10 @@ func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
 		return nil, err
 	}
 	c.setDefaults()
-	return &ReverseProxy{e: newEngine(c, reverseRouter{r: cfg.Router, proto: cfg.Proto})}, nil
+	if cfg.HTTPSPort < 0 || cfg.HTTPSPort > 65535 {
+		return nil, &ConfigError{"HTTPSPort", "must be a port number"}
+	}
+	return &ReverseProxy{e: newEngine(c, reverseRouter{r: cfg.Router, proto: cfg.Proto, httpsPort: cfg.HTTPSPort})}, nil
 }
 
 // Serve accepts public connections on ln until Close; it then returns nil.
@@ -119,9 +128,15 @@ func (noDialer) DialTarget(context.Context, string) (net.Conn, error) {
 }
 
 type reverseRouter struct {
-	r     Router
-	proto string
+	r         Router
+	proto     string
+	httpsPort int // redirect plain requests there; 0: serve them
 }
+
+// redirectToHTTPS is a plain request answered with a redirect.
+type redirectToHTTPS struct{ location string }
+
+func (e *redirectToHTTPS) Error() string { return "redirected to " + e.location }
 
 func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*route, error) {
 	host, ok := h.get("Host")
@@ -138,13 +153,27 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 			uri = "/"
 		}
 	}
+	_, isTLS := client.(*tls.Conn)
+	if rr.httpsPort != 0 && !isTLS {
+		name := host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			name = h
+		}
+		if strings.Contains(name, ":") {
+			name = "[" + name + "]"
+		}
+		if rr.httpsPort != 443 {
+			name += ":" + strconv.Itoa(rr.httpsPort)
+		}
+		return nil, &redirectToHTTPS{location: "https://" + name + uri}
+	}
 	b, err := rr.r.Route(host)
 	if err != nil {
 		return nil, err
 	}
 	remote := addrPortOf(client.RemoteAddr())
 	proto := rr.proto
-	if _, ok := client.(*tls.Conn); ok {
+	if isTLS {
 		proto = "https"
 	}
 	drop, extra := forwardedNames, forwardedFields(h, remote, host, proto)

@@ -64,6 +64,9 @@ type Config struct {
 	// tls.Config.GetCertificate); it should cover *.Domain. Default:
 	// Certificate.
 	HTTPSCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// HTTPToHTTPS makes HTTPListen answer every request with a redirect
+	// to the same URL on HTTPSListen (which it needs).
+	HTTPToHTTPS bool
 	// Domain is the public domain of exposed names. Default "localhost".
 	Domain string
 	// PortRange is where exposed services may get public ports of their
@@ -211,6 +214,9 @@ func New(cfg Config) (*Coordinator, error) {
 // setupPublic prepares the reverse direction: the registry of exposed
 // services and the public HTTP and HTTPS listeners.
 func (c *Coordinator) setupPublic() (err error) {
+	if c.cfg.HTTPToHTTPS && (c.cfg.HTTPListen == "" || c.cfg.HTTPSListen == "") {
+		return errors.New("redirecting HTTP to HTTPS needs both a public HTTP and an HTTPS address")
+	}
 	if c.cfg.HTTPListen == "" && c.cfg.HTTPSListen == "" && c.cfg.PortRange == (PortRange{}) {
 		return nil
 	}
@@ -251,7 +257,11 @@ func (c *Coordinator) setupPublic() (err error) {
 	if c.httpLn == nil && c.httpsLn == nil {
 		return nil
 	}
-	c.public, err = httpproxy.NewReverse(httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog})
+	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog}
+	if c.cfg.HTTPToHTTPS {
+		rc.HTTPSPort = c.httpsLn.Addr().(*net.TCPAddr).Port
+	}
+	c.public, err = httpproxy.NewReverse(rc)
 	return err
 }
 
