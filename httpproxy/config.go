@@ -35,6 +35,11 @@ type Config struct {
 	// IdleTimeout closes a browser connection idle between requests.
 	// Default 2m.
 	IdleTimeout time.Duration
+	// MaxConns bounds the client connections open at once, over all the
+	// listeners served: at the bound the proxy stops accepting, so new
+	// connections wait in the kernel's listen queue until one closes.
+	// Default 0: no bound.
+	MaxConns int
 	// ResponseHeaderTimeout bounds the wait for a target's response head
 	// after the request was sent. Default 0: none (long polls must work).
 	ResponseHeaderTimeout time.Duration
@@ -55,6 +60,8 @@ func (c *Config) validate() error {
 		return &ConfigError{"Dialer", "required"}
 	case c.MaxHeaderBytes < 0:
 		return &ConfigError{"MaxHeaderBytes", "must not be negative"}
+	case c.MaxConns < 0:
+		return &ConfigError{"MaxConns", "must not be negative"}
 	case c.ProxyAuth != nil && (c.ProxyAuth.User == "" || c.ProxyAuth.Password == "" || strings.Contains(c.ProxyAuth.User, ":")):
 		return &ConfigError{"ProxyAuth", "user (without ':') and password must be non-empty"}
 	case c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 || c.ResponseHeaderTimeout < 0:

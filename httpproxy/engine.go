@@ -37,6 +37,10 @@ type engine struct {
 
 	stats counters
 
+	// slots holds a token per open connection when MaxConns bounds them.
+	slots   chan struct{}
+	fullLog atomic.Int64 // unix nanoseconds of the last "at the bound" warning
+
 	// Client connections' buffers, reused: a CONNECT gives them back as
 	// soon as its tunnel is up, so idle tunnels hold none.
 	readers, writers sync.Pool
@@ -70,6 +74,7 @@ func (e *httpError) Error() string { return fmt.Sprintf("%d %s", e.status, e.rea
 
 type counters struct {
 	requests, tunnels, active, bytesUp, bytesDown atomic.Int64
+	connLimitWaits                                atomic.Int64
 	mu                                            sync.Mutex
 	byStatus                                      map[int]int64
 }
@@ -77,14 +82,21 @@ type counters struct {
 // Stats is a snapshot of a proxy's counters. Up is browser→target.
 type Stats struct {
 	Requests, Tunnels, ActiveConns int64
-	BytesUp, BytesDown             int64
-	ByStatus                       map[int]int64 // responses the proxy itself generated or relayed
+	// ConnLimitWaits counts the times accepting waited for a connection
+	// to close (MaxConns).
+	ConnLimitWaits     int64
+	BytesUp, BytesDown int64
+	ByStatus           map[int]int64 // responses the proxy itself generated or relayed
 }
 
 func newEngine(cfg Config, r router) *engine {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &engine{cfg: cfg, log: cfg.Logger, router: r, ctx: ctx, cancel: cancel,
+	e := &engine{cfg: cfg, log: cfg.Logger, router: r, ctx: ctx, cancel: cancel,
 		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]bool{}}
+	if cfg.MaxConns > 0 {
+		e.slots = make(chan struct{}, cfg.MaxConns)
+	}
+	return e
 }
 
 // serve accepts connections on ln until close.
@@ -100,8 +112,12 @@ func (e *engine) serve(ln net.Listener) error {
 	e.mu.Unlock()
 	defer e.wg.Done()
 	for {
+		if !e.takeSlot() {
+			return nil
+		}
 		c, err := ln.Accept()
 		if err != nil {
+			e.releaseSlot()
 			if e.ctx.Err() != nil || e.isDraining() {
 				return nil
 			}
@@ -113,6 +129,7 @@ func (e *engine) serve(ln net.Listener) error {
 		}
 		if !e.track(c) {
 			c.Close()
+			e.releaseSlot()
 			return nil
 		}
 		go func() {
@@ -136,7 +153,37 @@ func (e *engine) track(c net.Conn) bool {
 	return true
 }
 
+// takeSlot waits for room for one more connection (MaxConns); it reports
+// false when the engine closes first.
+func (e *engine) takeSlot() bool {
+	if e.slots == nil {
+		return true
+	}
+	select {
+	case e.slots <- struct{}{}:
+		return true
+	default:
+	}
+	e.stats.connLimitWaits.Add(1)
+	if now, last := time.Now().UnixNano(), e.fullLog.Load(); now-last >= int64(time.Minute) && e.fullLog.CompareAndSwap(last, now) {
+		e.log.Warn("connection limit reached: new connections wait until one closes", "max_conns", e.cfg.MaxConns)
+	}
+	select {
+	case e.slots <- struct{}{}:
+		return true
+	case <-e.ctx.Done():
+		return false
+	}
+}
+
+func (e *engine) releaseSlot() {
+	if e.slots != nil {
+		<-e.slots
+	}
+}
+
 func (e *engine) untrack(c net.Conn) {
+	defer e.releaseSlot()
 	c.Close()
 	e.mu.Lock()
 	delete(e.conns, c)
@@ -216,7 +263,7 @@ func (e *engine) close() error {
 
 func (e *engine) snapshot() Stats {
 	s := &e.stats
-	st := Stats{Requests: s.requests.Load(), Tunnels: s.tunnels.Load(), ActiveConns: s.active.Load(),
+	st := Stats{Requests: s.requests.Load(), Tunnels: s.tunnels.Load(), ActiveConns: s.active.Load(), ConnLimitWaits: s.connLimitWaits.Load(),
 		BytesUp: s.bytesUp.Load(), BytesDown: s.bytesDown.Load(), ByStatus: map[int]int64{}}
 	s.mu.Lock()
 	for k, v := range s.byStatus {

@@ -70,10 +70,10 @@ type ReverseConfig struct {
 	Logger *slog.Logger
 	// AccessLog receives one line per request. Default: Logger.
 	AccessLog *slog.Logger
-	// MaxHeaderBytes, ReadHeaderTimeout, IdleTimeout and
+	// MaxHeaderBytes, MaxConns, ReadHeaderTimeout, IdleTimeout and
 	// ResponseHeaderTimeout mean what they mean in Config, with the same
 	// defaults.
-	MaxHeaderBytes                                        int
+	MaxHeaderBytes, MaxConns                              int
 	ReadHeaderTimeout, IdleTimeout, ResponseHeaderTimeout time.Duration
 }
 
@@ -92,7 +92,7 @@ func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
 	if cfg.Proto == "" {
 		cfg.Proto = "http"
 	}
-	c := Config{Dialer: noDialer{}, Logger: cfg.Logger, AccessLog: cfg.AccessLog, MaxHeaderBytes: cfg.MaxHeaderBytes,
+	c := Config{Dialer: noDialer{}, Logger: cfg.Logger, AccessLog: cfg.AccessLog, MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConns,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout}
 	if err := c.validate(); err != nil {
 		return nil, err

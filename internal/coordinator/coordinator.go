@@ -93,6 +93,11 @@ type Config struct {
 	MaxSessionsPerClient int
 	// MaxClients bounds the clients connected at once. Default 10000.
 	MaxClients int
+	// MaxPublicConns bounds the public connections to exposed HTTP apps
+	// open at once: on HTTPListen and HTTPSListen together, and on each
+	// dedicated HTTP port. At the bound, new ones wait in the listen
+	// queue. Default 10000; negative: no bound.
+	MaxPublicConns int
 	// QlogDir, if set, is an existing directory for a qlog trace of each
 	// QUIC connection (debugging).
 	QlogDir string
@@ -104,6 +109,9 @@ type Config struct {
 	// AccessLog receives one line per session. Default: Logger.
 	AccessLog *slog.Logger
 }
+
+// DefaultMaxPublicConns is Config.MaxPublicConns's default.
+const DefaultMaxPublicConns = 10000
 
 // Coordinator is a coordinator with its sockets bound.
 type Coordinator struct {
@@ -133,6 +141,12 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	switch {
+	case cfg.MaxPublicConns == 0:
+		cfg.MaxPublicConns = DefaultMaxPublicConns
+	case cfg.MaxPublicConns < 0:
+		cfg.MaxPublicConns = 0 // httpproxy's "no bound"
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = "localhost"
@@ -224,7 +238,7 @@ func (c *Coordinator) setupPublic() (err error) {
 	c.stopRegs = cancel
 	c.registry = &registry{
 		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
-		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog), log: c.log, ctx: ctx,
+		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog, c.cfg.MaxPublicConns), log: c.log, ctx: ctx,
 		byName: map[string]*publication{}, byPort: map[uint16]*publication{}, offline: map[string]time.Time{},
 	}
 	defer func() {
@@ -257,7 +271,7 @@ func (c *Coordinator) setupPublic() (err error) {
 	if c.httpLn == nil && c.httpsLn == nil {
 		return nil
 	}
-	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog}
+	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog, MaxConns: c.cfg.MaxPublicConns}
 	if c.cfg.HTTPToHTTPS {
 		rc.HTTPSPort = c.httpsLn.Addr().(*net.TCPAddr).Port
 	}

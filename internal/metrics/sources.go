@@ -91,6 +91,8 @@ func (r *Registry) AddHTTP(prefix string, stats func() httpproxy.Stats) {
 	r.Counter(prefix+"_requests_total", "HTTP requests and CONNECT tunnels received.", func() float64 { return float64(stats().Requests) })
 	r.Counter(prefix+"_tunnels_total", "CONNECT tunnels.", func() float64 { return float64(stats().Tunnels) })
 	r.Gauge(prefix+"_connections_active", "Client connections open now.", func() float64 { return float64(stats().ActiveConns) })
+	r.Counter(prefix+"_connection_limit_waits_total", "Times accepting a connection waited for another to close (connection limit).",
+		func() float64 { return float64(stats().ConnLimitWaits) })
 	r.Counter(prefix+"_bytes_up_total", "Bytes from clients.", func() float64 { return float64(stats().BytesUp) })
 	r.Counter(prefix+"_bytes_down_total", "Bytes to clients.", func() float64 { return float64(stats().BytesDown) })
 	r.Counter(prefix+"_errors_total", "Responses with a 4xx or 5xx status.", func() float64 {
