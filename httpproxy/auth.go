@@ -48,9 +48,6 @@ func BasicAuthFromHashes(user, pass [32]byte) *BasicAuth {
 	return &BasicAuth{user: user, pass: pass}
 }
 
-// Hashes returns the SHA-256 of the user name and of the password.
-func (a *BasicAuth) Hashes() (user, pass [32]byte) { return a.user, a.pass }
-
 // allows reports whether h's field (Authorization or
 // Proxy-Authorization) carries the right Basic credentials.
 func (a *BasicAuth) allows(h *head, field string) bool {
