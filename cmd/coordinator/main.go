@@ -153,6 +153,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 			return fmt.Errorf("--port-range: %w", err)
 		}
 	}
+	if c.Bool("http-to-https") && (c.String("http") == "" || c.String("https") == "") {
+		return fmt.Errorf("--http-to-https needs --http (the port that redirects) and --https (where to)")
+	}
 	httpsCert, err := httpsKeyPair(c)
 	if err != nil {
 		return err
