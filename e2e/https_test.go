@@ -97,6 +97,16 @@ func TestHTTPSPublicPort(t *testing.T) {
 		t.Errorf("app saw %+v", e)
 	}
 
+	// coordinator's access log marks requests that came over TLS.
+	waitFor(t, "the request's access-log line, with tls=true", func() bool {
+		for line := range strings.Lines(coord.out.String()) {
+			if strings.Contains(line, `target="app.localhost:`+strconv.Itoa(httpsPort)+`/over-tls?x=1" status=200`) {
+				return strings.Contains(line, "tls=true")
+			}
+		}
+		return false
+	})
+
 	// The plain port still serves, and says http.
 	req, _ := http.NewRequest("GET", "http://127.0.0.1:"+strconv.Itoa(httpPort)+"/plain", nil)
 	req.Host = "app.localhost"

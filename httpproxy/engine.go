@@ -481,7 +481,7 @@ func (c *conn) redirect(status int, location string) {
 
 // accessLog writes the line for one request or tunnel.
 func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) {
-	attrs := make([]slog.Attr, 0, 11)
+	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
 		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
 		slog.Int("status", status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
@@ -489,6 +489,9 @@ func (c *conn) accessLog(start time.Time, method, target string, status int, up,
 	)
 	if session != "" {
 		attrs = append(attrs, slog.String("session", session))
+	}
+	if _, ok := c.c.(*tls.Conn); ok {
+		attrs = append(attrs, slog.Bool("tls", true)) // the client's connection: a public HTTPS port
 	}
 	outcome := "ok"
 	switch {
