@@ -288,6 +288,7 @@ func percentiles(d []time.Duration) [2]time.Duration {
 // made directly just before it.
 type bulkRow struct {
 	route, dir     string
+	reference      bool // no target covers it (route.reference)
 	bytes          int64
 	tunnel, direct time.Duration
 	cpu            procStat[time.Duration]
@@ -304,7 +305,7 @@ func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.L
 		name string
 		f    func(context.Context, route, int64) error
 	}
-	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)}
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots)}
 	dirs := []transfer{{"download", download}, {"upload", upload}}
 	rounds := make([][]bulkRow, len(routes)*len(dirs))
 	for range cfg.rounds {
@@ -329,7 +330,7 @@ func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.L
 // bulkPair moves cfg.bulk bytes directly, then through r.
 func bulkPair(ctx context.Context, cfg config, l *lab, direct, r route, dir string,
 	f func(context.Context, route, int64) error, log *slog.Logger) (bulkRow, error) {
-	row := bulkRow{route: r.name, dir: dir, bytes: cfg.bulk}
+	row := bulkRow{route: r.name, reference: r.reference, dir: dir, bytes: cfg.bulk}
 	t0 := time.Now()
 	if err := f(ctx, direct, cfg.bulk); err != nil {
 		return row, err
@@ -367,6 +368,7 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 // load made directly just before it.
 type smallRow struct {
 	route          string
+	reference      bool // no target covers it (route.reference)
 	tunnel, direct loadResult
 	cpu            procStat[time.Duration]
 	peak           procStat[int64]
@@ -378,11 +380,11 @@ type smallRow struct {
 // (by ratio). Peak RSS is the highest of every round.
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
-	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public)}
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots)}
 	rounds := make([][]smallRow, len(routes))
 	for range cfg.rounds {
 		for i, r := range routes {
-			row := smallRow{route: r.name}
+			row := smallRow{route: r.name, reference: r.reference}
 			var err error
 			if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
 				return err
@@ -396,7 +398,9 @@ func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 				return err
 			}
 			for k := range rep.smallPeak {
-				rep.smallPeak[k] = max(rep.smallPeak[k], row.peak[k])
+				if !row.reference {
+					rep.smallPeak[k] = max(rep.smallPeak[k], row.peak[k])
+				}
 			}
 			rounds[i] = append(rounds[i], row)
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,6 +29,9 @@ type route struct {
 	host string // Host header to send instead of base's, if set
 	// transport returns a fresh HTTP client transport for this route.
 	transport func() *http.Transport
+	// reference marks a path shown for information that no target of
+	// issue 6 covers (it is left out of the target table).
+	reference bool
 }
 
 func newTransport() *http.Transport {
@@ -62,6 +67,18 @@ func connectRoute(app, proxy string) route {
 
 func reverseRoute(public string) route {
 	return route{name: "reverse public port", base: "http://" + public, host: "app.localhost", transport: newTransport}
+}
+
+// reverseTLSRoute reaches the exposed app on coordinator's public HTTPS
+// port: the driver speaks TLS (HTTP/1.1) to coordinator, which decrypts.
+// Direct stays plain HTTP, so its ratio includes TLS on both ends.
+func reverseTLSRoute(public string, roots *x509.CertPool) route {
+	return route{name: "public HTTPS port (reverse, TLS)", base: "https://" + public, host: "app.localhost", reference: true,
+		transport: func() *http.Transport {
+			t := newTransport()
+			t.TLSClientConfig = &tls.Config{RootCAs: roots, ServerName: "app.localhost"}
+			return t
+		}}
 }
 
 // dialConnect opens a tunnel to addr through the proxy. The answer is

@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,6 +30,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"quictunnel/internal/service"
 )
 
 // config is the driver's settings (flags).
@@ -130,9 +133,11 @@ func main() {
 
 // lab is the running system under test.
 type lab struct {
-	app, proxy, public         string // TCP addresses
-	fastProxy                  string // a second localproxy's, with --fast-open (set-up benchmark only)
-	lpMetrics, coMetrics       string // http://host:port of the metrics/pprof listeners
+	app, proxy, public         string         // TCP addresses
+	publicTLS                  string         // coordinator's public HTTPS port
+	roots                      *x509.CertPool // the test CA, for publicTLS
+	fastProxy                  string         // a second localproxy's, with --fast-open (set-up benchmark only)
+	lpMetrics, coMetrics       string         // http://host:port of the metrics/pprof listeners
 	demo, coordinator, localpx *proc
 	localpxFast                *proc
 	relayProxy                 string // the first of two plain relays (set-up benchmark's floor)
@@ -148,7 +153,7 @@ func (l *lab) alive() error {
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 8)
+	tcp, err := ports("tcp", 9)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -157,7 +162,12 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		return nil, nil, err
 	}
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
-	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), fastProxy: addr(tcp[5]),
+	certs, _ := filepath.Abs(cfg.certs)
+	roots, err := service.LoadRoots(filepath.Join(certs, "ca.pem"))
+	if err != nil {
+		return nil, nil, err
+	}
+	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), publicTLS: addr(tcp[8]), roots: roots, fastProxy: addr(tcp[5]),
 		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]), dir: dir}
 	var started []*proc
 	cleanup := func() {
@@ -166,7 +176,6 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		}
 	}
 	token := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	certs, _ := filepath.Abs(cfg.certs)
 	for _, s := range []struct {
 		p    **proc
 		name string
@@ -175,7 +184,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		{&l.demo, "demoapp", []string{"--listen", l.app}},
 		{&l.coordinator, "coordinator", []string{"--listen", addr(udp[0]), "--reporter-listen", addr(udp[1]),
 			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
-			"--token", token, "--http", l.public, "--domain", "localhost",
+			"--token", token, "--http", l.public, "--https", l.publicTLS, "--domain", "localhost",
 			"--allow-private-targets", // the demo app is on loopback
 			"--metrics-listen", addr(tcp[3]), "--pprof"}},
 		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
@@ -212,7 +221,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), absoluteFormRoute(l.app, l.fastProxy),
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), absoluteFormRoute(l.app, l.fastProxy),
 		connectRoute(l.app, l.relayProxy)} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
