@@ -190,47 +190,40 @@ func TestReverseTunnel(t *testing.T) {
 		}
 	})
 
-	t.Run("headers unchanged", func(t *testing.T) {
+	// appReceives sends a raw request to the public port and checks the
+	// first header lines the app behind raw received.
+	appReceives := func(t *testing.T, request string, want ...string) {
+		t.Helper()
 		c, err := net.Dial("tcp", l.httpAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		io.WriteString(c, "GET /h?q=1 HTTP/1.1\r\nHost: raw.localhost\r\nX-Custom-CASE: MiXeD\r\nx-rep: 1\r\nAccept: */*\r\nx-rep: 2\r\n\r\n")
+		io.WriteString(c, request)
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		lines := headerLines(raw.lastHead())
-		want := []string{"Host: raw.localhost", "X-Custom-CASE: MiXeD", "x-rep: 1", "Accept: */*", "x-rep: 2",
-			"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http", "X-Forwarded-Host: raw.localhost"}
 		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
 			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 		}
+	}
+
+	t.Run("headers unchanged", func(t *testing.T) {
+		appReceives(t, "GET /h?q=1 HTTP/1.1\r\nHost: raw.localhost\r\nX-Custom-CASE: MiXeD\r\nx-rep: 1\r\nAccept: */*\r\nx-rep: 2\r\n\r\n",
+			"Host: raw.localhost", "X-Custom-CASE: MiXeD", "x-rep: 1", "Accept: */*", "x-rep: 2",
+			"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http", "X-Forwarded-Host: raw.localhost")
 	})
 
 	t.Run("Host header rewritten", func(t *testing.T) {
 		// localproxy --host-header devserver=rewrite: the app gets its own
 		// address as Host (dev servers refuse other names); the public
 		// name stays in X-Forwarded-Host.
-		c, err := net.Dial("tcp", l.httpAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		io.WriteString(c, "GET /dev HTTP/1.1\r\nHost: devserver.localhost\r\nX-Custom: 1\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		lines := headerLines(raw.lastHead())
-		want := []string{"X-Custom: 1", "Host: " + raw.addr(), "X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
-			"X-Forwarded-Host: devserver.localhost"}
-		if len(lines) < len(want) || strings.Join(lines[:len(want)], "\n") != strings.Join(want, "\n") {
-			t.Errorf("app received:\n%s\nwant first:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
-		}
+		appReceives(t, "GET /dev HTTP/1.1\r\nHost: devserver.localhost\r\nX-Custom: 1\r\n\r\n",
+			"X-Custom: 1", "Host: "+raw.addr(), "X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
+			"X-Forwarded-Host: devserver.localhost")
 	})
 
 	t.Run("basic auth", func(t *testing.T) {

@@ -63,25 +63,38 @@ type env struct {
 // fastOpen) for one browser run.
 func newEnv(t *testing.T, fastOpen bool) *env {
 	t.Helper()
-	e := &env{ca: newTestCA(t, videoHost, mailHost), logs: &logBuffer{}}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := testSiteConfig
-	cfg.Media = film()
-	e.site = startSite(t, cfg, e.ca.leaf, log.With("service", "site"))
+	e := &env{}
+	var log *slog.Logger
+	e.ca, e.site, e.logs, log = startSites(t)
 	tg := newTargets(t, map[string]string{
 		videoHost + ":443": e.site.addr("https"), mailHost + ":443": e.site.addr("https"),
 		videoHost + ":80": e.site.addr("http"), mailHost + ":80": e.site.addr("http"),
 	})
 	e.lab = startLab(t, tg, log, fastOpen)
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("site, coordinator and localproxy log (last 16 kB):\n%s", tail(e.logs.String(), 16<<10))
-		}
 		if f := os.Getenv("BROWSER_TEST_LOG"); f != "" {
 			os.WriteFile(f, []byte(e.logs.String()+"\n--- access log ---\n"+e.lab.access.String()), 0o644)
 		}
 	})
 	return e
+}
+
+// startSites starts the test sites with a fresh CA; everything the test
+// starts logs to the returned logger, whose output is shown when the test
+// fails.
+func startSites(t *testing.T) (*testCA, *site, *logBuffer, *slog.Logger) {
+	t.Helper()
+	ca, logs := newTestCA(t, videoHost, mailHost), &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := testSiteConfig
+	cfg.Media = film()
+	s := startSite(t, cfg, ca.leaf, log.With("service", "site"))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("site, coordinator and localproxy log (last 16 kB):\n%s", tail(logs.String(), 16<<10))
+		}
+	})
+	return ca, s, logs, log
 }
 
 // TestBrowsers loads both sites in each browser through the proxy, again

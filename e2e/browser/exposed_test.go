@@ -34,16 +34,9 @@ type exposedEnv struct {
 
 func newExposedEnv(t *testing.T) *exposedEnv {
 	t.Helper()
-	e := &exposedEnv{ca: newTestCA(t, videoHost, mailHost), logs: &logBuffer{}}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := testSiteConfig
-	cfg.Media = film()
-	e.site = startSite(t, cfg, e.ca.leaf, log.With("service", "site"))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("site, coordinator and localproxy log (last 16 kB):\n%s", tail(e.logs.String(), 16<<10))
-		}
-	})
+	e := &exposedEnv{}
+	var log *slog.Logger
+	e.ca, e.site, e.logs, log = startSites(t)
 
 	cert, pool := labCertificates(t)
 	const token = "browser-test-token"
