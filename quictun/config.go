@@ -153,7 +153,7 @@ func ValidHostHeader(h string) bool {
 		host, port = "", h[end+1:]
 		if port != "" {
 			p, ok := strings.CutPrefix(port, ":")
-			if !ok {
+			if !ok || p == "" {
 				return false
 			}
 			port = p

@@ -218,6 +218,7 @@ func TestValidHostHeader(t *testing.T) {
 		{"[::1", false},
 		{"[127.0.0.1]", false},
 		{"[::1]80", false},
+		{"[::1]:", false},
 		{"::1", false},
 		{strings.Repeat("a", maxNameLen+1), false},
 	} {
