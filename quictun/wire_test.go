@@ -3,6 +3,7 @@ package quictun
 import (
 	"bytes"
 	"errors"
+	"net"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -226,4 +227,28 @@ func TestValidHostHeader(t *testing.T) {
 			t.Errorf("ValidHostHeader(%q) = %v, want %v", tt.h, got, tt.ok)
 		}
 	}
+}
+
+// FuzzValidHostHeader checks that what ValidHostHeader accepts can go in a
+// header line as it is: no control bytes, spaces or commas, and a host and
+// port the standard library splits the same way.
+func FuzzValidHostHeader(f *testing.F) {
+	for _, s := range []string{"localhost", "127.0.0.1:3000", "[::1]:8080", "a b", "x\r\nY: z", "[::1]:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		if !ValidHostHeader(h) {
+			return
+		}
+		for i := 0; i < len(h); i++ {
+			if c := h[i]; c <= ' ' || c >= 0x7f || c == ',' {
+				t.Fatalf("accepted %q, with byte 0x%02x", h, c)
+			}
+		}
+		if strings.Count(h, ":") == 1 || strings.HasPrefix(h, "[") && strings.Contains(h, "]:") {
+			if _, port, err := net.SplitHostPort(h); err != nil || port == "" {
+				t.Fatalf("accepted %q, which net.SplitHostPort refuses: %v", h, err)
+			}
+		}
+	})
 }
