@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -145,6 +146,10 @@ func TestReverseTunnel(t *testing.T) {
 		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "echo", Local: echoTCP},
 		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "down", Local: refused},
 		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "tcpdown", Local: refused},
+		// Open only to a network the tests are not on, and to loopback.
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "office", Local: startApp(t), AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "officetcp", Local: echoTCP, AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "loopback", Local: startApp(t), AllowFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
 	)
 	for _, p := range []*localproxy.Proxy{a, b} {
 		for _, r := range p.Client().Registrations() {
@@ -268,6 +273,35 @@ func TestReverseTunnel(t *testing.T) {
 		}
 		waitFor(t, "the 401 in the access log", func() bool {
 			return strings.Contains(l.coordLog.String(), `target=private.localhost/secret status=401`)
+		})
+	})
+
+	t.Run("allow-from", func(t *testing.T) {
+		// localproxy --allow-from: coordinator refuses public clients from
+		// elsewhere before anything reaches the tunnel.
+		if resp, body := l.get(t, client, "GET", "office", "/", nil); resp.StatusCode != 403 || !strings.Contains(string(body), "127.0.0.1") {
+			t.Errorf("office from loopback: %d %s, want 403 naming the address", resp.StatusCode, body)
+		}
+		if resp, _ := l.get(t, client, "GET", "loopback", "/", nil); resp.StatusCode != 200 {
+			t.Errorf("loopback-only app from loopback: %d, want 200", resp.StatusCode)
+		}
+		var port uint16
+		for _, r := range b.Client().Registrations() {
+			if r.Service.Name == "officetcp" {
+				port = r.Port
+			}
+		}
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+		if err == nil {
+			defer c.Close()
+			io.WriteString(c, "hello?")
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if got, err := io.ReadAll(c); len(got) != 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("TCP service from loopback: read %q, %v; want the connection refused without bytes", got, err)
+			}
+		}
+		waitFor(t, "the refusal in the access log", func() bool {
+			return strings.Contains(l.coordLog.String(), "service=officetcp") && strings.Contains(l.coordLog.String(), "outcome=forbidden")
 		})
 	})
 

@@ -40,6 +40,13 @@ type GuardedBackend interface {
 	BasicAuth() *BasicAuth
 }
 
+// SourceFilter is a Backend that only some public clients may reach:
+// AllowsSource reports whether remote may. The others are answered 403.
+type SourceFilter interface {
+	Backend
+	AllowsSource(remote netip.AddrPort) bool
+}
+
 // authRequired is a route refused for missing or wrong credentials.
 type authRequired struct{ target, realm string }
 
@@ -175,6 +182,9 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 	proto := rr.proto
 	if isTLS {
 		proto = "https"
+	}
+	if sf, ok := b.(SourceFilter); ok && !sf.AllowsSource(remote) {
+		return nil, &httpError{http.StatusForbidden, fmt.Sprintf("%s is not open to your address %s", host, remote.Addr())}
 	}
 	drop, extra := forwardedNames, forwardedFields(h, remote, host, proto)
 	if g, ok := b.(GuardedBackend); ok {

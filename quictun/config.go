@@ -123,6 +123,10 @@ func (c *ClientConfig) validate() error {
 			return &ConfigError{field, "a Host header applies to http services only"}
 		case svc.BasicAuth != nil && svc.Kind != ServiceHTTP:
 			return &ConfigError{field, "basic auth applies to http services only"}
+		case len(svc.AllowFrom) > maxAllowFrom:
+			return &ConfigError{field, fmt.Sprintf("allow-from has %d prefixes, at most %d", len(svc.AllowFrom), maxAllowFrom)}
+		case slices.ContainsFunc(svc.AllowFrom, func(p netip.Prefix) bool { return !p.IsValid() }):
+			return &ConfigError{field, "allow-from has an invalid prefix"}
 		case svc.HostHeader != "" && !ValidHostHeader(svc.HostHeader):
 			return &ConfigError{field, fmt.Sprintf("Host header %q: want HOST or HOST:PORT", svc.HostHeader)}
 		}

@@ -46,6 +46,10 @@ type ExposedService struct {
 	// for these HTTP Basic credentials before a request reaches the app.
 	// Only the hashes leave localproxy.
 	BasicAuth *AuthHash
+	// AllowFrom, if set, is the networks public clients must come from
+	// (http and tcp): coordinator refuses the others before anything
+	// reaches the tunnel.
+	AllowFrom []netip.Prefix
 }
 
 // Registration is the outcome of publishing an ExposedService.
@@ -72,6 +76,9 @@ func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
 			if svc.BasicAuth != nil {
 				attrs = append(attrs, "basic_auth", true)
 			}
+			if len(svc.AllowFrom) > 0 {
+				attrs = append(attrs, "allow_from", svc.AllowFrom)
+			}
 			c.log.Info("service published", attrs...)
 		}
 	}
@@ -94,14 +101,14 @@ func (c *Client) register(ctx context.Context, conn *quic.Conn, svc ExposedServi
 	defer str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 	defer str.Close()
 	str.SetReadDeadline(time.Now().Add(c.cfg.OpenTimeout))
-	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port, HostHeader: svc.HostHeader, BasicAuth: svc.BasicAuth}); err != nil {
+	if err := WriteFrame(str, &Register{Kind: svc.Kind, Name: svc.Name, Port: svc.Port, HostHeader: svc.HostHeader, BasicAuth: svc.BasicAuth, AllowFrom: svc.AllowFrom}); err != nil {
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
 	}
 	msg, err := ReadFrame(str)
 	if err != nil {
-		if (svc.HostHeader != "" || svc.BasicAuth != nil) && isRemoteCode(err, CodeProtocol) {
-			err = fmt.Errorf("%w (coordinator refused the Host header or basic auth: is it older than localproxy? update it, or expose %s without them)", err, svc.Name)
+		if (svc.HostHeader != "" || svc.BasicAuth != nil || len(svc.AllowFrom) > 0) && isRemoteCode(err, CodeProtocol) {
+			err = fmt.Errorf("%w (coordinator refused the Host header, basic auth or allow-from: is it older than localproxy? update it, or expose %s without them)", err, svc.Name)
 		}
 		reg.Err = fmt.Errorf("register %s: %w", svc.Name, err)
 		return reg
@@ -228,12 +235,29 @@ type Service struct {
 	// BasicAuth, if set, is the credentials public requests must carry
 	// (see ExposedService.BasicAuth).
 	BasicAuth *AuthHash
+	// AllowFrom, if set, is the networks public clients must come from
+	// (see ExposedService.AllowFrom and Allows).
+	AllowFrom []netip.Prefix
 	Client    string // the client's name
 	// Owner identifies who registered it (token and client name): the
 	// same owner re-registering after a reconnect may take the name over
 	// from its own stale registration.
 	Owner string
 	peer  *peer
+}
+
+// Allows reports whether a public client at addr may reach the service.
+func (s *Service) Allows(addr netip.Addr) bool {
+	if len(s.AllowFrom) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range s.AllowFrom {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // Publication is how a ServiceRegistry made a service reachable.
@@ -411,7 +435,7 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 		answer(CodeTargetForbidden, fmt.Sprintf("this token may not expose %q", reg.Name), Publication{})
 		return
 	}
-	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, HostHeader: reg.HostHeader, BasicAuth: reg.BasicAuth, Client: p.name, Owner: p.owner, peer: p}
+	svc := &Service{Kind: reg.Kind, Name: reg.Name, Port: reg.Port, HostHeader: reg.HostHeader, BasicAuth: reg.BasicAuth, AllowFrom: reg.AllowFrom, Client: p.name, Owner: p.owner, peer: p}
 	pub, err := registry.Publish(svc)
 	switch {
 	case errors.Is(err, ErrNameTaken):
@@ -433,6 +457,9 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	}
 	if reg.BasicAuth != nil {
 		attrs = append(attrs, "basic_auth", true)
+	}
+	if len(reg.AllowFrom) > 0 {
+		attrs = append(attrs, "allow_from", reg.AllowFrom)
 	}
 	p.log.Info("service published", attrs...)
 	answer(CodeOK, "", pub)

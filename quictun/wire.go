@@ -106,11 +106,13 @@ package quictun
 //	FastOpen    (0x12): as Open; see 4b
 //	Register    (0x20): kind uint8 (1 http, 2 tcp), name string, port uint16
 //	                    (public port wanted; 0: none for http, any for tcp),
-//	                    then, only when either is set: host header string
-//	                    (the Host value the app's requests get; empty:
-//	                    unchanged), then, only when set, basic auth string
-//	                    (64 bytes: SHA-256 of the user name, then of the
-//	                    password, that public requests must carry)
+//	                    then, each only when it or a later one is set:
+//	                    host header string (the Host value the app's
+//	                    requests get; empty: unchanged), basic auth string
+//	                    (empty, or 64 bytes: SHA-256 of the user name, then
+//	                    of the password, that public requests must carry),
+//	                    allow-from string (comma-separated CIDR prefixes
+//	                    public clients must come from; empty: any)
 //	RegisterResult (0x21): code uint16, reason string, port uint16, url string
 //	ReverseOpen (0x30): session id [16]byte, service name string, remote
 //	                    addr (the public peer)
@@ -139,6 +141,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 )
 
 // ProtocolVersion is the version this build speaks.
@@ -339,16 +342,43 @@ type Register struct {
 	Name string
 	Port uint16
 	// HostHeader, if set, is the Host value the app's requests get.
-	// BasicAuth, if set, is what public requests must carry. They go on
-	// the wire only when set, so a Register without them is what a
-	// coordinator older than the fields understands.
+	// BasicAuth, if set, is what public requests must carry. AllowFrom,
+	// if set, is where public clients must come from. They go on the wire
+	// only when set, so a Register without them is what a coordinator
+	// older than the fields understands.
 	HostHeader string
 	BasicAuth  *AuthHash
+	AllowFrom  []netip.Prefix
 }
+
+// maxAllowFrom bounds the prefixes of a Register's AllowFrom.
+const maxAllowFrom = 64
 
 // AuthHash is HTTP Basic credentials as coordinator keeps them: the
 // SHA-256 of the user name and of the password.
 type AuthHash struct{ User, Password [32]byte }
+
+// ParseAllowFrom parses a comma-separated list of CIDR prefixes or
+// addresses (an address stands for itself alone), at most 64.
+func ParseAllowFrom(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("allow-from %q: want CIDR prefixes or addresses, comma-separated", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) > maxAllowFrom {
+		return nil, fmt.Errorf("allow-from: %d prefixes, at most %d", len(out), maxAllowFrom)
+	}
+	return out, nil
+}
 
 // HashCredentials returns the AuthHash of user and password.
 func HashCredentials(user, password string) *AuthHash {
@@ -401,11 +431,20 @@ func (m *Register) appendBody(b []byte) []byte {
 	b = append(b, uint8(m.Kind))
 	b = appendString(b, m.Name)
 	b = binary.BigEndian.AppendUint16(b, m.Port)
-	if m.HostHeader != "" || m.BasicAuth != nil {
+	if m.HostHeader != "" || m.BasicAuth != nil || len(m.AllowFrom) > 0 {
 		b = appendString(b, m.HostHeader)
 	}
 	if m.BasicAuth != nil {
 		b = appendString(b, string(m.BasicAuth.User[:])+string(m.BasicAuth.Password[:]))
+	} else if len(m.AllowFrom) > 0 {
+		b = appendString(b, "")
+	}
+	if len(m.AllowFrom) > 0 {
+		list := make([]string, len(m.AllowFrom))
+		for i, p := range m.AllowFrom {
+			list[i] = p.String()
+		}
+		b = appendString(b, strings.Join(list, ","))
 	}
 	return b
 }
@@ -563,13 +602,23 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 			r.HostHeader = d.str(maxNameLen)
 		}
 		if len(d.b) > 0 {
-			if a := d.str(64); d.err == nil {
-				if len(a) != 64 {
-					return nil, fmt.Errorf("%w: register: basic auth of %d bytes, want 64", ErrProtocol, len(a))
-				}
+			switch a := d.str(64); {
+			case d.err != nil || a == "":
+			case len(a) != 64:
+				return nil, fmt.Errorf("%w: register: basic auth of %d bytes, want 64", ErrProtocol, len(a))
+			default:
 				r.BasicAuth = &AuthHash{}
 				copy(r.BasicAuth.User[:], a[:32])
 				copy(r.BasicAuth.Password[:], a[32:])
+			}
+		}
+		if len(d.b) > 0 {
+			if list := d.str(maxTargetLen); d.err == nil && list != "" {
+				prefixes, err := ParseAllowFrom(list)
+				if err != nil {
+					return nil, fmt.Errorf("%w: register: %w", ErrProtocol, err)
+				}
+				r.AllowFrom = prefixes
 			}
 		}
 		m = r

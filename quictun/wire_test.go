@@ -29,6 +29,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "127.0.0.1:3000"},
 		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("u", "p")},
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost", BasicAuth: &AuthHash{User: [32]byte{1}, Password: [32]byte{2}}},
+		&Register{Kind: ServiceTCP, Name: "db", AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}},
+		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("u", "p"), AllowFrom: []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32")}},
 	}
 	for _, m := range tests {
 		b, err := AppendFrame(nil, m)
@@ -58,6 +60,7 @@ func TestReadFrameRejects(t *testing.T) {
 		{"bad address", append([]byte{msgAddrUpdate, 0, 5, 0, 3}, "abc"...)},
 		{"long token", helloWithToken(maxTokenLen + 1)},
 		{"short basic auth", append([]byte{msgRegister, 0, 13, 1, 0, 1, 'a', 0, 0, 0, 0, 0, 3}, "abc"...)},
+		{"bad allow-from", append([]byte{msgRegister, 0, 17, 1, 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 5}, "1.2.x"...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,6 +124,7 @@ func FuzzReadFrame(f *testing.F) {
 		&Register{Kind: ServiceTCP, Name: "db"},
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost:5173"},
 		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("alice", "secret")},
+		&Register{Kind: ServiceTCP, Name: "db", AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
 	} {
 		f.Add(mustFrame(m))
 	}

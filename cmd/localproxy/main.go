@@ -77,6 +77,8 @@ func main() {
 				Usage: "the Host header an --expose'd app receives: NAME=rewrite (the app's own HOST:PORT, for dev servers that refuse other names) or NAME=HOST[:PORT] (repeatable)"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "basic-auth", EnvVars: []string{"LOCALPROXY_BASIC_AUTH"},
 				Usage: "ask the public for a user name and password before a request reaches an --expose'd app: NAME=USER:PASSWORD (repeatable; only hashes leave this machine; prefer the environment or --config to the command line, which other local users can read)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "allow-from", EnvVars: []string{"LOCALPROXY_ALLOW_FROM"},
+				Usage: "only public clients from these networks reach an exposed app or TCP service; coordinator refuses the others: NAME=CIDR[,CIDR...] (repeatable)"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose-tcp", EnvVars: []string{"LOCALPROXY_EXPOSE_TCP"},
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
@@ -197,6 +199,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		return fmt.Errorf("--%w", err)
 	}
 	if err := localproxy.ApplyBasicAuth(services, c.StringSlice("basic-auth")); err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	if err := localproxy.ApplyAllowFrom(services, c.StringSlice("allow-from")); err != nil {
 		return fmt.Errorf("--%w", err)
 	}
 	var clientCert *tls.Certificate

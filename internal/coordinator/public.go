@@ -45,6 +45,10 @@ func (b backend) Name() string { return b.svc.Name }
 // asked its app's requests to carry, if any.
 func (b backend) HostHeader() string { return b.svc.HostHeader }
 
+// AllowsSource implements httpproxy.SourceFilter: the client's
+// allow-from list, if any.
+func (b backend) AllowsSource(remote netip.AddrPort) bool { return b.svc.Allows(remote.Addr()) }
+
 // BasicAuth implements httpproxy.GuardedBackend: the credentials the
 // client asked the public to present, if any.
 func (b backend) BasicAuth() *httpproxy.BasicAuth {

@@ -258,8 +258,16 @@ func serveRawTCP(log, accessLog *slog.Logger) func(ctx context.Context, ln net.L
 func relayTCP(ctx context.Context, c net.Conn, svc *quictun.Service, accessLog *slog.Logger) {
 	start := time.Now()
 	remote := addrPortOf(c.RemoteAddr())
-	stream, err := svc.DialEarly(ctx, remote)
 	attrs := []any{"service", svc.Name, "kind", "tcp", "client_addr", remote, "port", c.LocalAddr().(*net.TCPAddr).Port}
+	if !svc.Allows(remote.Addr()) {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset: refused, not ended
+		}
+		c.Close()
+		accessLog.Info("public connection", append(attrs, "outcome", "forbidden", "err", "not in the service's allow-from list")...)
+		return
+	}
+	stream, err := svc.DialEarly(ctx, remote)
 	if err != nil {
 		c.Close()
 		accessLog.Info("public connection", append(attrs, "outcome", "unavailable", "err", err, "duration", time.Since(start).Round(time.Microsecond))...)

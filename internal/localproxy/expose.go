@@ -54,7 +54,7 @@ func ParseExpose(spec string, kind quictun.ServiceKind) (quictun.ExposedService,
 // exposed HTTP services: their app's requests get Host: VALUE, where
 // "rewrite" stands for the app's own HOST:PORT.
 func ApplyHostHeaders(services []quictun.ExposedService, specs []string) error {
-	return applyToHTTP(services, specs, "host-header", "NAME=rewrite or NAME=HOST[:PORT]", func(svc *quictun.ExposedService, value string) error {
+	return applyTo(services, specs, "host-header", "NAME=rewrite or NAME=HOST[:PORT]", true, func(svc *quictun.ExposedService, value string) error {
 		if svc.HostHeader != "" {
 			return fmt.Errorf("%s has a Host header already", svc.Name)
 		}
@@ -73,7 +73,7 @@ func ApplyHostHeaders(services []quictun.ExposedService, specs []string) error {
 // exposed HTTP services: coordinator asks the public for these
 // credentials before a request reaches the app.
 func ApplyBasicAuth(services []quictun.ExposedService, specs []string) error {
-	return applyToHTTP(services, specs, "basic-auth", "NAME=USER:PASSWORD", func(svc *quictun.ExposedService, value string) error {
+	return applyTo(services, specs, "basic-auth", "NAME=USER:PASSWORD", true, func(svc *quictun.ExposedService, value string) error {
 		if svc.BasicAuth != nil {
 			return fmt.Errorf("%s has credentials already", svc.Name)
 		}
@@ -86,18 +86,41 @@ func ApplyBasicAuth(services []quictun.ExposedService, specs []string) error {
 	})
 }
 
-// applyToHTTP runs apply for each spec, NAME=VALUE, on the HTTP service
-// NAME. Its errors name the flag but never the value (it may be a
-// password).
-func applyToHTTP(services []quictun.ExposedService, specs []string, flag, want string, apply func(*quictun.ExposedService, string) error) error {
+// ApplyAllowFrom applies --allow-from values, NAME=CIDR[,CIDR...], to
+// the exposed services (HTTP and TCP): coordinator refuses public clients
+// from other addresses.
+func ApplyAllowFrom(services []quictun.ExposedService, specs []string) error {
+	return applyTo(services, specs, "allow-from", "NAME=CIDR[,CIDR...]", false, func(svc *quictun.ExposedService, value string) error {
+		if len(svc.AllowFrom) > 0 {
+			return fmt.Errorf("%s has an allow-from list already (give one, comma-separated)", svc.Name)
+		}
+		prefixes, err := quictun.ParseAllowFrom(value)
+		if err != nil {
+			return err
+		}
+		svc.AllowFrom = prefixes
+		return nil
+	})
+}
+
+// applyTo runs apply for each spec, NAME=VALUE, on the service NAME (an
+// HTTP one if httpOnly). Its errors name the flag but never the value
+// (it may be a password).
+func applyTo(services []quictun.ExposedService, specs []string, flag, want string, httpOnly bool,
+	apply func(*quictun.ExposedService, string) error) error {
 	for _, spec := range specs {
 		name, value, ok := strings.Cut(spec, "=")
 		if !ok || value == "" {
 			return fmt.Errorf("%s for %q: want %s", flag, name, want)
 		}
-		i := slices.IndexFunc(services, func(s quictun.ExposedService) bool { return s.Name == name && s.Kind == quictun.ServiceHTTP })
-		if i < 0 {
+		i := slices.IndexFunc(services, func(s quictun.ExposedService) bool {
+			return s.Name == name && (s.Kind == quictun.ServiceHTTP || !httpOnly)
+		})
+		switch {
+		case i < 0 && httpOnly:
 			return fmt.Errorf("%s for %q: no app is exposed as %q with --expose", flag, name, name)
+		case i < 0:
+			return fmt.Errorf("%s for %q: nothing is exposed as %q with --expose or --expose-tcp", flag, name, name)
 		}
 		if err := apply(&services[i], value); err != nil {
 			return fmt.Errorf("%s for %q: %w", flag, name, err)

@@ -1,6 +1,8 @@
 package localproxy
 
 import (
+	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -35,7 +37,7 @@ func TestParseExpose(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tt.want {
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("ParseExpose(%q) = %+v, %v; want %+v", tt.spec, got, err, tt.want)
 		}
 	}
@@ -114,6 +116,45 @@ func TestApplyBasicAuth(t *testing.T) {
 			t.Errorf("ApplyBasicAuth(%q): %v", tt.specs, err)
 		case !tt.bad && (svcs[0].BasicAuth == nil || *svcs[0].BasicAuth != *quictun.HashCredentials("alice", "s3cr:et")):
 			t.Errorf("ApplyBasicAuth(%q): %+v", tt.specs, svcs[0].BasicAuth)
+		}
+	}
+}
+
+func TestApplyAllowFrom(t *testing.T) {
+	for _, tt := range []struct {
+		specs []string
+		want  map[string][]netip.Prefix
+		bad   bool
+	}{
+		{specs: []string{"app=198.51.100.0/24,2001:db8::/32", "db=203.0.113.7"}, want: map[string][]netip.Prefix{
+			"app": {netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")},
+			"db":  {netip.MustParsePrefix("203.0.113.7/32")},
+		}},
+		{specs: []string{"app=198.51.100.77/24"}, want: map[string][]netip.Prefix{"app": {netip.MustParsePrefix("198.51.100.0/24")}}},
+		{specs: []string{"app=not-a-network"}, bad: true},
+		{specs: []string{"app=198.51.100.0/24,"}, bad: true},
+		{specs: []string{"nosuch=198.51.100.0/24"}, bad: true},
+		{specs: []string{"app=198.51.100.0/24", "app=203.0.113.0/24"}, bad: true},
+	} {
+		svcs := []quictun.ExposedService{
+			{Kind: quictun.ServiceHTTP, Name: "app", Local: "127.0.0.1:3000"},
+			{Kind: quictun.ServiceTCP, Name: "db", Local: "127.0.0.1:5432"},
+		}
+		err := ApplyAllowFrom(svcs, tt.specs)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("ApplyAllowFrom(%q) accepted: %+v", tt.specs, svcs)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ApplyAllowFrom(%q): %v", tt.specs, err)
+			continue
+		}
+		for _, s := range svcs {
+			if !reflect.DeepEqual(s.AllowFrom, tt.want[s.Name]) {
+				t.Errorf("ApplyAllowFrom(%q): %s allows %v, want %v", tt.specs, s.Name, s.AllowFrom, tt.want[s.Name])
+			}
 		}
 	}
 }

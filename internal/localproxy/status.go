@@ -54,9 +54,11 @@ type ServiceStatus struct {
 	// HostHeader is the Host the app's requests get, when rewritten.
 	HostHeader string `json:"host_header,omitempty"`
 	// BasicAuth says the public must present a user name and password.
-	BasicAuth bool   `json:"basic_auth,omitempty"`
-	URL       string `json:"url,omitempty"`
-	Error     string `json:"error,omitempty"`
+	BasicAuth bool `json:"basic_auth,omitempty"`
+	// AllowFrom is the networks public clients must come from, if limited.
+	AllowFrom []string `json:"allow_from,omitempty"`
+	URL       string   `json:"url,omitempty"`
+	Error     string   `json:"error,omitempty"`
 }
 
 // Status returns the live state.
@@ -81,6 +83,9 @@ func (p *Proxy) Status() Status {
 	}
 	for _, r := range p.client.Registrations() {
 		ss := ServiceStatus{Name: r.Service.Name, Kind: r.Service.Kind.String(), Local: r.Service.Local, HostHeader: r.Service.HostHeader, BasicAuth: r.Service.BasicAuth != nil, URL: r.URL}
+		for _, p := range r.Service.AllowFrom {
+			ss.AllowFrom = append(ss.AllowFrom, p.String())
+		}
 		if r.Err != nil {
 			ss.Error = r.Err.Error()
 		}
@@ -232,6 +237,9 @@ func FormatStatus(s Status) string {
 			}
 			if svc.BasicAuth {
 				local += ", basic auth"
+			}
+			if len(svc.AllowFrom) > 0 {
+				local += ", from " + strings.Join(svc.AllowFrom, " ")
 			}
 			b.WriteString("  " + svc.Name + " (" + svc.Kind + ", " + local + ") → " + where + "\n")
 		}
