@@ -88,30 +88,37 @@ func ApplyBasicAuth(services []quictun.ExposedService, specs []string) error {
 
 // ApplyAllowFrom applies --allow-from values, NAME=CIDR[,CIDR...], to
 // the exposed services (HTTP and TCP): coordinator refuses public clients
-// from other addresses.
+// from other addresses. A NAME given again adds to its list.
 func ApplyAllowFrom(services []quictun.ExposedService, specs []string) error {
 	return applyTo(services, specs, "allow-from", "NAME=CIDR[,CIDR...]", false, func(svc *quictun.ExposedService, value string) error {
-		if len(svc.AllowFrom) > 0 {
-			return fmt.Errorf("%s has an allow-from list already (give one, comma-separated)", svc.Name)
-		}
 		prefixes, err := quictun.ParseAllowFrom(value)
 		if err != nil {
 			return err
 		}
-		svc.AllowFrom = prefixes
+		svc.AllowFrom = append(svc.AllowFrom, prefixes...)
 		return nil
 	})
 }
 
-// applyTo runs apply for each spec, NAME=VALUE, on the service NAME (an
-// HTTP one if httpOnly). Its errors name the flag but never the value
-// (it may be a password).
-func applyTo(services []quictun.ExposedService, specs []string, flag, want string, httpOnly bool,
+// applyTo runs apply for each NAME=VALUE among values, on the service
+// NAME (an HTTP one if httpOnly). The flag parser cuts every value at its
+// commas (that is how one environment variable carries several values),
+// so a piece without "=" is put back onto the one before it. Errors name
+// the flag but never the value (it may be a password).
+func applyTo(services []quictun.ExposedService, values []string, flag, want string, httpOnly bool,
 	apply func(*quictun.ExposedService, string) error) error {
+	var specs []string
+	for _, v := range values {
+		if !strings.Contains(v, "=") && len(specs) > 0 {
+			specs[len(specs)-1] += "," + v
+			continue
+		}
+		specs = append(specs, v)
+	}
 	for _, spec := range specs {
 		name, value, ok := strings.Cut(spec, "=")
 		if !ok || value == "" {
-			return fmt.Errorf("%s for %q: want %s", flag, name, want)
+			return fmt.Errorf("%s: want %s", flag, want)
 		}
 		i := slices.IndexFunc(services, func(s quictun.ExposedService) bool {
 			return s.Name == name && (s.Kind == quictun.ServiceHTTP || !httpOnly)

@@ -92,10 +92,12 @@ func TestApplyHostHeaders(t *testing.T) {
 func TestApplyBasicAuth(t *testing.T) {
 	for _, tt := range []struct {
 		specs []string
+		comma bool // the password is "s3cr,et", not "s3cr:et"
 		bad   bool
 	}{
-		{specs: []string{"app=alice:s3cr:et"}},          // the password may hold ':'
-		{specs: []string{"db=alice:secret"}, bad: true}, // TCP
+		{specs: []string{"app=alice:s3cr:et"}},                 // the password may hold ':'
+		{specs: []string{"app=alice:s3cr", "et"}, comma: true}, // and ',', which the flag parser cuts at
+		{specs: []string{"db=alice:secret"}, bad: true},        // TCP
 		{specs: []string{"nosuch=alice:secret"}, bad: true},
 		{specs: []string{"app=alice"}, bad: true},
 		{specs: []string{"app=:secret"}, bad: true},
@@ -114,7 +116,7 @@ func TestApplyBasicAuth(t *testing.T) {
 			t.Errorf("ApplyBasicAuth(%q): error %q shows the password", tt.specs, err)
 		case !tt.bad && err != nil:
 			t.Errorf("ApplyBasicAuth(%q): %v", tt.specs, err)
-		case !tt.bad && (svcs[0].BasicAuth == nil || *svcs[0].BasicAuth != *quictun.HashCredentials("alice", "s3cr:et")):
+		case !tt.bad && (svcs[0].BasicAuth == nil || *svcs[0].BasicAuth != *quictun.HashCredentials("alice", map[bool]string{false: "s3cr:et", true: "s3cr,et"}[tt.comma])):
 			t.Errorf("ApplyBasicAuth(%q): %+v", tt.specs, svcs[0].BasicAuth)
 		}
 	}
@@ -134,7 +136,14 @@ func TestApplyAllowFrom(t *testing.T) {
 		{specs: []string{"app=not-a-network"}, bad: true},
 		{specs: []string{"app=198.51.100.0/24,"}, bad: true},
 		{specs: []string{"nosuch=198.51.100.0/24"}, bad: true},
-		{specs: []string{"app=198.51.100.0/24", "app=203.0.113.0/24"}, bad: true},
+		// The flag parser cuts values at commas; the pieces are put back.
+		{specs: []string{"app=198.51.100.0/24", "2001:db8::/32"}, want: map[string][]netip.Prefix{
+			"app": {netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")},
+		}},
+		{specs: []string{"app=198.51.100.0/24", "app=203.0.113.0/24"}, want: map[string][]netip.Prefix{
+			"app": {netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.0/24")},
+		}},
+		{specs: []string{"198.51.100.0/24"}, bad: true},
 	} {
 		svcs := []quictun.ExposedService{
 			{Kind: quictun.ServiceHTTP, Name: "app", Local: "127.0.0.1:3000"},
