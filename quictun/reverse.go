@@ -69,17 +69,8 @@ func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
 		if regs[i].Err != nil {
 			c.log.Error("coordinator refused to publish a service", "service", svc.Name, "kind", svc.Kind, "err", regs[i].Err)
 		} else {
-			attrs := []any{"service", svc.Name, "kind", svc.Kind, "local", svc.Local, "url", regs[i].URL, "port", regs[i].Port}
-			if svc.HostHeader != "" {
-				attrs = append(attrs, "host_header", svc.HostHeader)
-			}
-			if svc.BasicAuth != nil {
-				attrs = append(attrs, "basic_auth", true)
-			}
-			if len(svc.AllowFrom) > 0 {
-				attrs = append(attrs, "allow_from", svc.AllowFrom)
-			}
-			c.log.Info("service published", attrs...)
+			c.log.Info("service published", withOptions([]any{"service", svc.Name, "kind", svc.Kind, "local", svc.Local,
+				"url", regs[i].URL, "port", regs[i].Port}, svc.HostHeader, svc.BasicAuth, svc.AllowFrom)...)
 		}
 	}
 	c.mu.Lock()
@@ -244,6 +235,21 @@ type Service struct {
 	// from its own stale registration.
 	Owner string
 	peer  *peer
+}
+
+// withOptions adds a service's options that are set to log attributes
+// (never the credentials, only that there are some).
+func withOptions(attrs []any, hostHeader string, auth *AuthHash, allowFrom []netip.Prefix) []any {
+	if hostHeader != "" {
+		attrs = append(attrs, "host_header", hostHeader)
+	}
+	if auth != nil {
+		attrs = append(attrs, "basic_auth", true)
+	}
+	if len(allowFrom) > 0 {
+		attrs = append(attrs, "allow_from", allowFrom)
+	}
+	return attrs
 }
 
 // Allows reports whether a public client at addr may reach the service.
@@ -451,17 +457,8 @@ func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
 	p.mu.Lock()
 	p.services = append(p.services, svc)
 	p.mu.Unlock()
-	attrs := []any{"service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port}
-	if reg.HostHeader != "" {
-		attrs = append(attrs, "host_header", reg.HostHeader)
-	}
-	if reg.BasicAuth != nil {
-		attrs = append(attrs, "basic_auth", true)
-	}
-	if len(reg.AllowFrom) > 0 {
-		attrs = append(attrs, "allow_from", reg.AllowFrom)
-	}
-	p.log.Info("service published", attrs...)
+	p.log.Info("service published", withOptions([]any{"service", reg.Name, "kind", reg.Kind, "url", pub.URL, "port", pub.Port},
+		reg.HostHeader, reg.BasicAuth, reg.AllowFrom)...)
 	answer(CodeOK, "", pub)
 }
 
