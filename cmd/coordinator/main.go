@@ -297,11 +297,10 @@ func reloadOnHUP(ctx context.Context, log *slog.Logger, coord *coordinator.Coord
 				continue
 			}
 			if httpsCert != nil {
-				cert, _ := httpsCert.Files()
 				if err := httpsCert.Reload(); err != nil {
 					log.Error("HTTPS certificate not reloaded: the one in use stays", "err", err)
 				} else {
-					log.Info("HTTPS certificate reloaded", "file", cert)
+					log.Info("HTTPS certificate reloaded", "file", httpsCert.CertFile())
 				}
 			}
 			if path == "" {

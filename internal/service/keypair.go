@@ -37,5 +37,5 @@ func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	return k.cur.Load(), nil
 }
 
-// Files returns the certificate and key file names.
-func (k *KeyPair) Files() (cert, key string) { return k.certFile, k.keyFile }
+// CertFile returns the certificate file's name.
+func (k *KeyPair) CertFile() string { return k.certFile }
