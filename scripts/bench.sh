@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the tunnel benchmarks with the real binaries on loopback and writes
 # docs/benchmarks.md: each figure next to the same measurement made directly
-# in the same run, with the ratio (see e2e/benchdriver). Bounded: about six
+# in the same run, with the ratio (see e2e/benchdriver). Bounded: about seven
 # minutes on 2 cores (1 GiB per bulk transfer, 5 s per load, each comparison
 # three times with the median reported, 10,000 idle
 # sessions held 30 s). Extra arguments go to the driver, e.g.

@@ -14,14 +14,15 @@ import (
 	"time"
 )
 
-// procStat is a figure for each tunnel process: [0] localproxy,
-// [1] coordinator.
+// procStat is a figure for each of a path's two processes: [0] the one
+// beside the client (localproxy, or the entry relay of a floor), [1] the
+// one on the public host (coordinator, or the exit relay).
 type procStat[T any] [2]T
 
-// cpuOf samples both tunnel processes' CPU time.
-func cpuOf(l *lab) (procStat[time.Duration], error) {
+// cpuOf samples the processes' CPU time.
+func cpuOf(procs [2]*proc) (procStat[time.Duration], error) {
 	var out procStat[time.Duration]
-	for i, p := range l.procs() {
+	for i, p := range procs {
 		t, err := p.cpuTime()
 		if err != nil {
 			return out, err
@@ -31,8 +32,8 @@ func cpuOf(l *lab) (procStat[time.Duration], error) {
 	return out, nil
 }
 
-func rssOf(l *lab) (rss, peak procStat[int64], err error) {
-	for i, p := range l.procs() {
+func rssOf(procs [2]*proc) (rss, peak procStat[int64], err error) {
+	for i, p := range procs {
 		if rss[i], peak[i], err = p.memory(); err != nil {
 			return
 		}
@@ -40,8 +41,8 @@ func rssOf(l *lab) (rss, peak procStat[int64], err error) {
 	return
 }
 
-func resetPeaks(l *lab) error {
-	for _, p := range l.procs() {
+func resetPeaks(procs [2]*proc) error {
+	for _, p := range procs {
 		if err := p.resetPeak(); err != nil {
 			return fmt.Errorf("reset peak RSS of %s: %w", p.name, err)
 		}
@@ -49,13 +50,13 @@ func resetPeaks(l *lab) error {
 	return nil
 }
 
-// measured runs f with both tunnel processes' CPU time and peak RSS
-// counted around it.
-func measured(l *lab, f func() error) (elapsed time.Duration, cpu procStat[time.Duration], peak procStat[int64], err error) {
-	if err = resetPeaks(l); err != nil {
+// measured runs f with the processes' CPU time and peak RSS counted
+// around it.
+func measured(procs [2]*proc, f func() error) (elapsed time.Duration, cpu procStat[time.Duration], peak procStat[int64], err error) {
+	if err = resetPeaks(procs); err != nil {
 		return
 	}
-	c0, err := cpuOf(l)
+	c0, err := cpuOf(procs)
 	if err != nil {
 		return
 	}
@@ -64,14 +65,14 @@ func measured(l *lab, f func() error) (elapsed time.Duration, cpu procStat[time.
 		return
 	}
 	elapsed = time.Since(t0)
-	c1, err := cpuOf(l)
+	c1, err := cpuOf(procs)
 	if err != nil {
 		return
 	}
 	for i := range cpu {
 		cpu[i] = c1[i] - c0[i]
 	}
-	_, peak, err = rssOf(l)
+	_, peak, err = rssOf(procs)
 	return
 }
 
@@ -116,7 +117,7 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 	if m.goBefore, m.heapBefore, m.stackBefore, err = runtimeSample(ctx, l); err != nil {
 		return err
 	}
-	if m.before, _, err = rssOf(l); err != nil {
+	if m.before, _, err = rssOf(l.procs()); err != nil {
 		return err
 	}
 	sessions := make([]*held, cfg.sessions)
@@ -160,7 +161,7 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if m.held, _, err = rssOf(l); err != nil {
+	if m.held, _, err = rssOf(l.procs()); err != nil {
 		return err
 	}
 	failed, m.askErr = parallel(ctx, cfg.sessions, 64, func(i int) error {
@@ -177,18 +178,18 @@ func benchMemory(ctx context.Context, cfg config, l *lab, rep *report) error {
 		}
 	}
 	time.Sleep(3 * time.Second)
-	m.after, _, err = rssOf(l)
+	m.after, _, err = rssOf(l.procs())
 	return err
 }
 
 // setupResult is the session set-up benchmark's outcome.
 type setupResult struct {
-	n                                         int
-	directP, tunnelP, fastP, floorP, reverseP [2]time.Duration // p50, p99
+	n                                                     int
+	directP, tunnelP, fastP, floorP, quicFloorP, reverseP [2]time.Duration // p50, p99
 	// CPU time of the two processes on each path (localproxy and
 	// coordinator; the two relays for the floor) over cpuSessions more.
-	cpuSessions                              int
-	tunnelCPU, fastCPU, floorCPU, reverseCPU time.Duration
+	cpuSessions                                            int
+	tunnelCPU, fastCPU, floorCPU, quicFloorCPU, reverseCPU time.Duration
 }
 
 // cpuAround runs f and returns the CPU time procs used meanwhile.
@@ -218,9 +219,10 @@ func totalCPU(procs []*proc) (time.Duration, error) {
 }
 
 // benchSetup times new sessions, direct, CONNECT, CONNECT with fast open,
-// CONNECT through two plain relays (the floor, see relay.go) and a new
-// connection to the public port (reverse) in turn, so all five see the
-// same load from the rest of the machine.
+// CONNECT through two plain relays and through two relays over QUIC (the
+// floors, see relay.go and quicrelay.go) and a new connection to the
+// public port (reverse) in turn, so all six see the same load from the
+// rest of the machine.
 func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 	s := &setupResult{n: cfg.setups, cpuSessions: max(1, cfg.setups/4)}
 	rep.setup = s
@@ -238,6 +240,7 @@ func benchSetup(ctx context.Context, cfg config, l *lab, rep *report) error {
 		{"CONNECT", viaProxy(l.proxy), &s.tunnelP, []*proc{l.localpx, l.coordinator}, &s.tunnelCPU},
 		{"CONNECT with fast open", viaProxy(l.fastProxy), &s.fastP, []*proc{l.localpxFast, l.coordinator}, &s.fastCPU},
 		{"CONNECT through the plain relays", viaProxy(l.relayProxy), &s.floorP, l.relays[:], &s.floorCPU},
+		{"CONNECT through the QUIC relays", viaProxy(l.quicRelayProxy), &s.quicFloorP, l.quicRelays[:], &s.quicFloorCPU},
 		{"reverse", func() (time.Duration, error) { return reverseFirstByte(ctx, l.public) },
 			&s.reverseP, []*proc{l.localpx, l.coordinator}, &s.reverseCPU},
 	}
@@ -305,7 +308,8 @@ func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.L
 		name string
 		f    func(context.Context, route, int64) error
 	}
-	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots)}
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
+		quicFloorRoute(l.app, l.quicRelayProxy)}
 	dirs := []transfer{{"download", download}, {"upload", upload}}
 	rounds := make([][]bulkRow, len(routes)*len(dirs))
 	for range cfg.rounds {
@@ -337,7 +341,7 @@ func bulkPair(ctx context.Context, cfg config, l *lab, direct, r route, dir stri
 	}
 	row.direct = time.Since(t0)
 	var err error
-	row.tunnel, row.cpu, row.peak, err = measured(l, func() error { return f(ctx, r, cfg.bulk) })
+	row.tunnel, row.cpu, row.peak, err = measured(l.measuredOn(r), func() error { return f(ctx, r, cfg.bulk) })
 	if err != nil {
 		return row, err
 	}
@@ -380,7 +384,8 @@ type smallRow struct {
 // (by ratio). Peak RSS is the highest of every round.
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
-	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots)}
+	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
+		quicFloorRoute(l.app, l.quicRelayProxy)}
 	rounds := make([][]smallRow, len(routes))
 	for range cfg.rounds {
 		for i, r := range routes {
@@ -389,7 +394,7 @@ func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 			if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
 				return err
 			}
-			_, row.cpu, row.peak, err = measured(l, func() error {
+			_, row.cpu, row.peak, err = measured(l.measuredOn(r), func() error {
 				var err error
 				row.tunnel, err = smallLoad(ctx, r, cfg.clients, cfg.load)
 				return err

@@ -32,6 +32,10 @@ type route struct {
 	// reference marks a path shown for information that no target of
 	// issue 6 covers (it is left out of the target table).
 	reference bool
+	// quicFloor marks the route through the two relays joined by bare
+	// quic-go (quicrelay.go), whose processes are measured instead of the
+	// tunnel's.
+	quicFloor bool
 }
 
 func newTransport() *http.Transport {
@@ -63,6 +67,16 @@ func connectRoute(app, proxy string) route {
 		}
 		return t
 	}}
+}
+
+const quicFloorName = "CONNECT through two relays over bare quic-go (floor)"
+
+// quicFloorRoute is connectRoute through the two relays joined by bare
+// quic-go: the floor of a QUIC tunnel's cost (quicrelay.go).
+func quicFloorRoute(app, proxy string) route {
+	r := connectRoute(app, proxy)
+	r.name, r.reference, r.quicFloor = quicFloorName, true, true
+	return r
 }
 
 func reverseRoute(public string) route {

@@ -106,6 +106,7 @@ func main() {
 	flag.StringVar(&relay.listen, "relay-listen", "", "run as one of the set-up benchmark's plain relays, listening here (used by the driver itself)")
 	flag.StringVar(&relay.next, "relay-next", "", "the relay's next hop")
 	flag.BoolVar(&relay.connect, "relay-connect", false, "the relay answers a CONNECT first")
+	flag.BoolVar(&relay.quic, "relay-quic", false, "the hop between the two relays is QUIC (the exit relay listens on UDP)")
 	flag.Parse()
 	if relay.listen != "" {
 		if err := runRelay(relay); err != nil {
@@ -142,22 +143,33 @@ type lab struct {
 	localpxFast                *proc
 	relayProxy                 string // the first of two plain relays (set-up benchmark's floor)
 	relays                     [2]*proc
+	quicRelayProxy             string   // the first of two relays joined by QUIC (bulk benchmark's floor)
+	quicRelays                 [2]*proc // entry, exit
 	dir                        string
 }
 
-func (l *lab) procs() []*proc { return []*proc{l.localpx, l.coordinator} }
+func (l *lab) procs() [2]*proc { return [2]*proc{l.localpx, l.coordinator} }
+
+// measuredOn returns the two processes whose CPU and memory r's figures
+// are: the QUIC relays for the QUIC floor, the tunnel's otherwise.
+func (l *lab) measuredOn(r route) [2]*proc {
+	if r.quicFloor {
+		return l.quicRelays
+	}
+	return l.procs()
+}
 
 func (l *lab) alive() error {
 	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited(),
-		l.relays[0].exited(), l.relays[1].exited())
+		l.relays[0].exited(), l.relays[1].exited(), l.quicRelays[0].exited(), l.quicRelays[1].exited())
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 9)
+	tcp, err := ports("tcp", 10)
 	if err != nil {
 		return nil, nil, err
 	}
-	udp, err := ports("udp", 2)
+	udp, err := ports("udp", 3)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -168,7 +180,8 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		return nil, nil, err
 	}
 	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), publicTLS: addr(tcp[8]), roots: roots, fastProxy: addr(tcp[5]),
-		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]), dir: dir}
+		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]),
+		quicRelayProxy: addr(tcp[9]), dir: dir}
 	var started []*proc
 	cleanup := func() {
 		for i := len(started) - 1; i >= 0; i-- {
@@ -207,22 +220,29 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		cleanup()
 		return nil, nil, err
 	}
-	for i, args := range [][]string{
-		{"-relay-listen", addr(tcp[7]), "-relay-next", l.app},
-		{"-relay-listen", l.relayProxy, "-relay-next", addr(tcp[7]), "-relay-connect"},
+	for _, r := range []struct {
+		p    **proc
+		name string
+		args []string
+	}{
+		{&l.relays[1], "relay2", []string{"-relay-listen", addr(tcp[7]), "-relay-next", l.app}},
+		{&l.relays[0], "relay1", []string{"-relay-listen", l.relayProxy, "-relay-next", addr(tcp[7]), "-relay-connect"}},
+		{&l.quicRelays[1], "quic-relay2", []string{"-relay-listen", addr(udp[2]), "-relay-next", l.app, "-relay-quic"}},
+		{&l.quicRelays[0], "quic-relay1", []string{"-relay-listen", l.quicRelayProxy, "-relay-next", addr(udp[2]),
+			"-relay-connect", "-relay-quic"}},
 	} {
-		p, err := startCommand(dir, "relay"+strconv.Itoa(2-i), self, args...)
+		p, err := startCommand(dir, r.name, self, r.args...)
 		if err != nil {
 			cleanup()
 			return nil, nil, err
 		}
-		l.relays[1-i] = p
+		*r.p = p
 		started = append(started, p)
 	}
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
 	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), absoluteFormRoute(l.app, l.fastProxy),
-		connectRoute(l.app, l.relayProxy)} {
+		connectRoute(l.app, l.relayProxy), quicFloorRoute(l.app, l.quicRelayProxy)} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
 			_, err := smallLoad(lctx, r, 1, time.Millisecond)

@@ -141,6 +141,15 @@ func (r *report) targets(p printer) {
 	if what != "" {
 		p("| both tunnel processes ≤ 4 CPU-s per GiB | %.2f (highest: %s) | %s |", worstCPU, what, verdict(worstCPU <= 4))
 	}
+	var floor []string
+	for _, row := range r.bulk {
+		if row.route == quicFloorName {
+			floor = append(floor, fmt.Sprintf("%.2f %s", cpuPerGiB(row.cpu[0]+row.cpu[1], row.bytes), row.dir))
+		}
+	}
+	if len(floor) > 0 {
+		p("| (reference: CPU-s per GiB of two relays over bare quic-go, no tunnel) | %s | |", strings.Join(floor, ", "))
+	}
 	if s := r.setup; s != nil {
 		d := s.tunnelP[0] - s.directP[0]
 		p("| session set-up p50 ≤ direct + 1 ms | +%s ms (%s vs %s) | %s |", ms(d), ms(s.tunnelP[0]), ms(s.directP[0]), verdict(d <= time.Millisecond))
@@ -177,7 +186,10 @@ func (r *report) bulkTable(p printer) {
 	p("Download is GET /bytes from the demo app, upload a POST the demo app reads whole (and hashes) before answering;")
 	p("CONNECT carries plain HTTP so both sides of the comparison move the same bytes. The public HTTPS row is for")
 	p("reference (no target covers it, and the targets above leave it out): the driver speaks TLS to coordinator, which")
-	p("decrypts, while direct stays plain HTTP; the same holds in the next table.")
+	p("decrypts, while direct stays plain HTTP; the same holds in the next table. The last path is the floor of a QUIC")
+	p("tunnel's cost, also for reference: `CONNECT` through two relay processes joined by one bare quic-go connection")
+	p("(TLS 1.3, the tunnel's socket set-up and flow-control windows, one core each), one stream per connection, no")
+	p("tunnel protocol, no HTTP parsing, no logs; its CPU columns are the entry relay's and the exit relay's.")
 	p("")
 	p("| path | direction | MB/s | direct MB/s | ratio | ratio in each round | CPU-s/GiB localproxy | coordinator | both | peak RSS MiB localproxy / coordinator |")
 	p("|---|---|---|---|---|---|---|---|---|---|")
@@ -195,6 +207,9 @@ func (r *report) smallTable(p printer) {
 		return
 	}
 	p("## Small requests (%d concurrent keep-alive clients, GET /healthz, %s each)", r.cfg.clients, r.cfg.load)
+	p("")
+	p("The last path is the bulk table's QUIC floor (two relays over bare quic-go) under the same load; its CPU and RSS")
+	p("columns are the two relays'.")
 	p("")
 	p("| path | req/s | direct req/s | ratio | ratio in each round | p50 ms | direct p50 | p99 ms | direct p99 | p99 ratio | CPU-ms per 1000 req (both) | peak RSS MiB localproxy / coordinator |")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -219,8 +234,10 @@ func (r *report) setupTable(p printer) {
 	p("connect to localproxy, CONNECT (a new tunnel session: Open stream, coordinator dials the target, dial-back")
 	p("stream, ack; no QUIC handshake), 200, then the same request. With `--fast-open` (a second localproxy on the same")
 	p("coordinator) the 200 comes at once and the request follows the Open on its stream, relayed without dial-back.")
-	p("The last row is the floor for a tunnel's shape: two plain relay processes (a CONNECT proxy that answers once it")
-	p("has connected to the second, which connects to the target), no encryption, no multiplexing, one core each.")
+	p("Two rows are floors for a tunnel's shape, no tunnel: two plain relay processes (a CONNECT proxy that answers once")
+	p("it has connected to the second, which connects to the target), no encryption, no multiplexing, one core each;")
+	p("then the same two relays joined by one QUIC connection (quic-go, as in the bulk floor), where the first answers")
+	p("once it has opened a stream, which costs no round trip, and the request follows on that stream as with fast open.")
 	p("Reverse: a new TCP connection to coordinator's public HTTP port, routed by name to the demo app exposed by")
 	p("localproxy (a new reverse session, its first bytes right behind the ReverseOpen), and the same request.")
 	p("CPU is user+sys of the path's two processes over %d more sessions on that path alone, one after another.", s.cpuSessions)
@@ -235,6 +252,8 @@ func (r *report) setupTable(p printer) {
 		ms(s.fastP[0]-s.directP[0]), ms(s.fastP[1]-s.directP[1]), perSession(s.fastCPU))
 	p("| CONNECT through two plain TCP relays (floor, no tunnel) | %s | %s | +%s | +%s | %s |", ms(s.floorP[0]), ms(s.floorP[1]),
 		ms(s.floorP[0]-s.directP[0]), ms(s.floorP[1]-s.directP[1]), perSession(s.floorCPU))
+	p("| CONNECT through two relays over bare quic-go (no tunnel protocol) | %s | %s | +%s | +%s | %s |", ms(s.quicFloorP[0]), ms(s.quicFloorP[1]),
+		ms(s.quicFloorP[0]-s.directP[0]), ms(s.quicFloorP[1]-s.directP[1]), perSession(s.quicFloorCPU))
 	p("| reverse public port, new connection | %s | %s | +%s | +%s | %s |", ms(s.reverseP[0]), ms(s.reverseP[1]),
 		ms(s.reverseP[0]-s.directP[0]), ms(s.reverseP[1]-s.directP[1]), perSession(s.reverseCPU))
 	p("")
