@@ -49,7 +49,7 @@ func TestHTTPSPublicPort(t *testing.T) {
 	lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort),
 		"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--reporter", "127.0.0.1:"+strconv.Itoa(stunPort),
 		"--token", "https-token", "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
-		"--expose", "app=127.0.0.1:"+strconv.Itoa(appPort), "--host-header", "app=rewrite")
+		"--expose", "app=127.0.0.1:"+strconv.Itoa(appPort), "--host-header", "app=rewrite", "--log-public-requests")
 	wantURL := "https://app.localhost:" + strconv.Itoa(httpsPort) + "/"
 	waitFor(t, "the https URL published", func() bool { return strings.Contains(lp.out.String(), "url="+wantURL) })
 
@@ -102,6 +102,17 @@ func TestHTTPSPublicPort(t *testing.T) {
 		for line := range strings.Lines(coord.out.String()) {
 			if strings.Contains(line, `target="app.localhost:`+strconv.Itoa(httpsPort)+`/over-tls?x=1" status=200`) {
 				return strings.Contains(line, "tls=true")
+			}
+		}
+		return false
+	})
+	// localproxy --log-public-requests: the same request in localproxy's
+	// log.
+	waitFor(t, "localproxy's line for the request, with tls=true", func() bool {
+		for line := range strings.Lines(lp.out.String()) {
+			if strings.Contains(line, `msg="public request" service=app remote=127.0.0.1:`) &&
+				strings.Contains(line, `method=GET target="app.localhost:`+strconv.Itoa(httpsPort)+`/over-tls?x=1" status=200`) {
+				return strings.Contains(line, "tls=true outcome=ok")
 			}
 		}
 		return false

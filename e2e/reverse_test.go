@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,10 +37,15 @@ import (
 type reverseLab struct {
 	coord    *coordinator.Coordinator
 	coordLog *logBuffer
-	stop     func()
-	httpAddr string
-	quicAddr string
-	ports    coordinator.PortRange
+	// clientLogs holds each client's log, by name (addClient).
+	clientLogs map[string]*logBuffer
+	// logPublicRequests names the clients addClient starts with
+	// LogPublicRequests.
+	logPublicRequests map[string]bool
+	stop              func()
+	httpAddr          string
+	quicAddr          string
+	ports             coordinator.PortRange
 }
 
 func startReverseLab(t *testing.T) *reverseLab {
@@ -47,7 +53,7 @@ func startReverseLab(t *testing.T) *reverseLab {
 	// Public ports come from below the kernel's ephemeral range (32768 and
 	// up here), so no outgoing connection of the tests can hold them.
 	base := 20000 + rand.IntN(500)*20
-	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
+	l := &reverseLab{coordLog: &logBuffer{}, clientLogs: map[string]*logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -83,9 +89,10 @@ func (l *reverseLab) addClient(t *testing.T, name string, services ...quictun.Ex
 	t.Helper()
 	_, pool := loadCoordinatorCert(t)
 	log := &logBuffer{}
+	l.clientLogs[name] = log
 	p, err := localproxy.New(localproxy.Config{
 		Listen: "127.0.0.1:0", UDPListen: "127.0.0.1:0", Coordinator: l.quicAddr, Reporter: l.coord.ReporterAddr().String(),
-		Token: "rev-token", RootCAs: pool, ServerName: "localhost", Name: name, Services: services,
+		Token: "rev-token", RootCAs: pool, ServerName: "localhost", Name: name, Services: services, LogPublicRequests: l.logPublicRequests[name],
 		ConnectTimeout: 2 * time.Second, Logger: log.logger(),
 	})
 	if err != nil {
@@ -132,6 +139,7 @@ func startApp(t *testing.T) string {
 
 func TestReverseTunnel(t *testing.T) {
 	l := startReverseLab(t)
+	l.logPublicRequests = map[string]bool{"laptop-a": true}
 	raw := newRawTarget(t, "127.0.0.1")
 	echoTCP := startTCPEcho(t)
 	refused := refusedAddr(t)
@@ -229,6 +237,32 @@ func TestReverseTunnel(t *testing.T) {
 		appReceives(t, "GET /dev HTTP/1.1\r\nHost: devserver.localhost\r\nX-Custom: 1\r\n\r\n",
 			"X-Custom: 1", "Host: "+raw.addr(), "X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
 			"X-Forwarded-Host: devserver.localhost")
+	})
+
+	t.Run("every public request in the log of a client that asks for it", func(t *testing.T) {
+		// Three requests on one keep-alive connection: one reverse
+		// session, three lines at the client that exposes the app, each
+		// with what coordinator's access line has.
+		for i, path := range []string{"/logged/1?a=b", "/logged/2", "/missing-is-still-200"} {
+			method := []string{"GET", "POST", "DELETE"}[i]
+			resp, _ := l.get(t, client, method, "app", path, strings.NewReader("seven b"))
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s %s: %d", method, path, resp.StatusCode)
+			}
+			line := `msg="public request" service=app remote=127.0.0.1:`
+			want := regexp.MustCompile(regexp.QuoteMeta(line) + `\d+ method=` + method + ` target="?` + regexp.QuoteMeta("app.localhost"+path) + `"?` +
+				` status=200 bytes_up=7 bytes_down=\d+ duration=\S+ session=[0-9a-f]{32} outcome=ok`)
+			waitFor(t, "the client's line for "+path, func() bool { return want.MatchString(l.clientLogs["laptop-a"].String()) })
+		}
+		// laptop-b did not ask for the log: its app's requests are in
+		// coordinator's log only.
+		if resp, _ := l.get(t, client, "GET", "api", "/not-logged", nil); resp.StatusCode != 200 {
+			t.Fatalf("api: %d", resp.StatusCode)
+		}
+		waitFor(t, "coordinator's line", func() bool { return strings.Contains(l.coordLog.String(), "api.localhost/not-logged") })
+		if logs := l.clientLogs["laptop-b"].String(); strings.Contains(logs, "public request") || strings.Contains(logs, "/logged/") {
+			t.Error("a client that did not ask for the request log logged public requests")
+		}
 	})
 
 	t.Run("basic auth", func(t *testing.T) {

@@ -479,8 +479,9 @@ func (c *conn) redirect(status int, location string) {
 	c.bw.Flush()
 }
 
-// accessLog writes the line for one request or tunnel.
-func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) {
+// accessLog writes the line for one request or tunnel and returns its
+// outcome: "ok", "canceled" or the error.
+func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) string {
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
 		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
@@ -506,6 +507,7 @@ func (c *conn) accessLog(start time.Time, method, target string, status int, up,
 	c.e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 	c.e.stats.bytesUp.Add(up)
 	c.e.stats.bytesDown.Add(down)
+	return outcome
 }
 
 // sessionOf returns the tunnel session id of an upstream, if it has one.

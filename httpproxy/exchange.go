@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -83,7 +84,15 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 		if err != nil && status == 0 {
 			status = http.StatusBadGateway
 		}
-		c.accessLog(start, h.method, r.target, status, up, down, c.session(), err)
+		outcome := c.accessLog(start, h.method, r.target, status, up, down, c.session(), err)
+		if c.up == nil {
+			return
+		}
+		if rr, ok := c.up.c.(RequestReporter); ok {
+			_, isTLS := c.c.(*tls.Conn)
+			rr.ReportRequest(RequestRecord{Client: addrPortOf(c.c.RemoteAddr()), Method: h.method, Target: r.target, Status: status,
+				Up: up, Down: down, Duration: time.Since(start), TLS: isTLS, Outcome: outcome})
+		}
 	}()
 
 	fresh, err := c.upstreamFor(r)

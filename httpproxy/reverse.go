@@ -84,6 +84,26 @@ type ReverseConfig struct {
 	ReadHeaderTimeout, IdleTimeout, ResponseHeaderTimeout time.Duration
 }
 
+// RequestReporter is an upstream connection that wants a record of each
+// request relayed over it: the proxy calls ReportRequest once the
+// exchange is over, after its access-log line. (coordinator passes the
+// records on to the client whose app answered.) It must not block.
+type RequestReporter interface {
+	ReportRequest(RequestRecord)
+}
+
+// RequestRecord is one relayed request, as its access-log line has it.
+type RequestRecord struct {
+	Client   netip.AddrPort // the connection's peer
+	Method   string
+	Target   string
+	Status   int
+	Up, Down int64 // body bytes each way
+	Duration time.Duration
+	TLS      bool   // the client's connection was TLS
+	Outcome  string // "ok", "canceled", or what went wrong
+}
+
 // ReverseProxy serves the public side of exposed apps: it routes each
 // request by its Host to a Backend, adds X-Forwarded-For,
 // X-Forwarded-Proto, X-Forwarded-Host and Forwarded, and relays the

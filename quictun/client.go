@@ -193,6 +193,9 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait() // both ways out below close conn, which ends these
 	wg.Go(func() { c.serveReverse(ctx, conn) })
+	if c.cfg.RequestLog {
+		wg.Go(func() { c.serveRequestLog(ctx, conn) })
+	}
 	if len(c.cfg.Services) > 0 {
 		wg.Go(func() { c.registerServices(ctx, conn) })
 	}
@@ -227,7 +230,11 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	if c.cfg.Certificate != nil {
 		tlsConf.Certificates = []tls.Certificate{*c.cfg.Certificate}
 	}
-	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, c.quicConfig())
+	qc := c.quicConfig()
+	if c.cfg.RequestLog {
+		qc.MaxIncomingUniStreams = 1 // coordinator's request log (flow step 8)
+	}
+	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, qc)
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {

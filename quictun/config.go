@@ -84,6 +84,10 @@ type ClientConfig struct {
 	KeepAlive time.Duration
 	// Services are the local apps to expose through coordinator.
 	Services []ExposedService
+	// RequestLog asks coordinator for a record of every public request
+	// relayed to the exposed apps and writes a line for each to
+	// AccessLog (wire flow step 8). Off, coordinator sends none.
+	RequestLog bool
 	// QlogDir, if set, is an existing directory that receives a qlog trace
 	// of each QUIC connection (for debugging; the files grow with traffic).
 	QlogDir string

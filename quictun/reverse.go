@@ -1,9 +1,12 @@
 package quictun
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -137,6 +140,50 @@ func (c *Client) serveReverse(ctx context.Context, conn *quic.Conn) {
 		}
 		wg.Go(func() { c.handleReverse(ctx, conn, str) })
 	}
+}
+
+// serveRequestLog logs the records of public requests coordinator sends
+// on the unidirectional streams it opens (flow step 8), until conn ends.
+func (c *Client) serveRequestLog(ctx context.Context, conn *quic.Conn) {
+	for {
+		str, err := conn.AcceptUniStream(ctx)
+		if err != nil {
+			return
+		}
+		r := bufio.NewReaderSize(str, requestLogBatch)
+		for {
+			msg, err := ReadFrame(r)
+			if err != nil {
+				if !errors.Is(err, io.EOF) && ctx.Err() == nil && conn.Context().Err() == nil {
+					c.log.Debug("request log from coordinator ended", "err", err)
+				}
+				str.CancelRead(quic.StreamErrorCode(CodeProtocol))
+				break
+			}
+			m, ok := msg.(*RequestLog)
+			if !ok {
+				c.log.Debug("unexpected message on coordinator's request log", "type", fmt.Sprintf("%T", msg))
+				str.CancelRead(quic.StreamErrorCode(CodeProtocol))
+				break
+			}
+			c.logRequest(m)
+		}
+	}
+}
+
+// logRequest writes the access line of one public request to an exposed
+// app, as coordinator reported it.
+func (c *Client) logRequest(m *RequestLog) {
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs, slog.String("service", m.Service), slog.String("remote", m.Remote.String()),
+		slog.String("method", m.Method), slog.String("target", m.Target), slog.Int("status", int(m.Status)),
+		slog.Uint64("bytes_up", m.Up), slog.Uint64("bytes_down", m.Down), slog.Duration("duration", m.Duration),
+		slog.String("session", m.Session.String()))
+	if m.TLS {
+		attrs = append(attrs, slog.Bool("tls", true))
+	}
+	attrs = append(attrs, slog.String("outcome", m.Outcome))
+	c.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "public request", attrs...)
 }
 
 // handleReverse connects one public connection to its local app.
@@ -311,7 +358,15 @@ func (svc *Service) dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 	if err := svc.answer(ctx, str); err != nil {
 		return nil, err
 	}
-	return newStreamConn(str, svc.peer.conn, id), nil
+	return svc.streamConn(str, id), nil
+}
+
+// streamConn wraps a reverse session's stream, with the client's request
+// log.
+func (svc *Service) streamConn(str *quic.Stream, id SessionID) *StreamConn {
+	sc := newStreamConn(str, svc.peer.conn, id)
+	sc.service, sc.requests = svc.Name, svc.peer.requests
+	return sc
 }
 
 // DialEarly is Dial without the wait for the client's answer: it returns
@@ -324,7 +379,7 @@ func (svc *Service) DialEarly(ctx context.Context, remote netip.AddrPort) (*Stre
 	if err != nil {
 		return nil, err
 	}
-	sc := newStreamConn(str, svc.peer.conn, id)
+	sc := svc.streamConn(str, id)
 	sc.awaitAnswer = func() error { return svc.answer(ctx, str) }
 	return sc, nil
 }

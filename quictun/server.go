@@ -198,6 +198,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		p.name = grant.Client
 	}
 	p.log = log.With("client", p.name)
+	p.requests = newRequestLog(conn, p.log)
 	welcome := &Welcome{Version: ProtocolVersion, ObservedAddr: p.observedAddr()}
 	if a, ok := s.cfg.Transport.Conn.LocalAddr().(*net.UDPAddr); ok {
 		welcome.DialBackFrom = a.AddrPort()
@@ -215,6 +216,11 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	p.log.Info("client connected", "public_addr", p.publicAddr, "observed_addr", welcome.ObservedAddr)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	rctx, stopRequests := context.WithCancel(ctx)
+	defer stopRequests()
+	wg.Go(func() { p.requests.run(rctx) })
 	p.serve(ctx, ctrl)
 	p.log.Info("client disconnected", "reason", context.Cause(conn.Context()))
 }
@@ -386,6 +392,7 @@ type peer struct {
 	identity string // from the client certificate, with ClientCAs; checked again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
+	requests *requestLog // records of public requests to its apps
 
 	mu         sync.Mutex
 	sessions   int   // forward sessions open, up to MaxSessionsPerClient

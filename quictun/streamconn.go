@@ -17,6 +17,11 @@ type StreamConn struct {
 	local, remote net.Addr
 	id            SessionID
 
+	// On coordinator's side of a reverse session: the service and its
+	// client's request log (see LogRequest).
+	service  string
+	requests *requestLog
+
 	// awaitAnswer, when set (a fast open), reads coordinator's answer
 	// from the stream; the first Read or Peek calls it, once, and every
 	// Read and Peek returns its error.
@@ -68,6 +73,18 @@ func (c *StreamConn) Peek(b []byte) (int, error) {
 
 func newStreamConn(s *quic.Stream, c *quic.Conn, id SessionID) *StreamConn {
 	return &StreamConn{Stream: s, conn: c, local: c.LocalAddr(), remote: c.RemoteAddr(), id: id}
+}
+
+// LogRequest sends the client that exposed the app a record of one HTTP
+// request this reverse session carried (flow step 8), filling in the
+// session and service. It never blocks; on other streams it does nothing.
+func (c *StreamConn) LogRequest(m RequestLog) {
+	if c.requests == nil || c.requests.off.Load() {
+		return // most clients ask for none: no record is made
+	}
+	r := m
+	r.Session, r.Service = c.id, c.service
+	c.requests.add(&r)
 }
 
 // SessionID returns the session this stream carries, as hex.

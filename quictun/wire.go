@@ -84,6 +84,14 @@ package quictun
 //     once (so a vanished client is noticed within a second), dials the
 //     local app and answers OpenResult; then the public connection's bytes
 //     flow both ways.
+//  8. Request log: after each HTTP request coordinator relayed over a
+//     reverse session, it writes RequestLog on a unidirectional stream it
+//     opens on the control connection (one, kept open), so the client logs
+//     every public request to its apps. Only a client that allows
+//     unidirectional streams (its QUIC transport parameters) gets it: one
+//     that did not ask (localproxy --log-public-requests), or is older,
+//     allows none, and coordinator then sends nothing. Records that would
+//     wait behind a slow client are dropped, never the requests.
 //
 // # Framing
 //
@@ -117,6 +125,11 @@ package quictun
 //	ReverseOpen (0x30): session id [16]byte, service name string, remote
 //	                    addr (the public peer)
 //	ReverseAck  (0x31): empty
+//	RequestLog  (0x32): session id [16]byte, service string, remote addr,
+//	                    method string, target string, status uint16,
+//	                    bytes up uint64, bytes down uint64, duration
+//	                    (microseconds) uint64, flags uint8 (1: the public
+//	                    client used TLS), outcome string ("ok" or why not)
 //
 // Session header, the first bytes of every dial-back stream (no type byte,
 // fixed size so a reader never waits on a length):
@@ -140,8 +153,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // ProtocolVersion is the version this build speaks.
@@ -179,6 +194,7 @@ const (
 	msgRegisterResult uint8 = 0x21
 	msgReverseOpen    uint8 = 0x30
 	msgReverseAck     uint8 = 0x31
+	msgRequestLog     uint8 = 0x32
 	msgWorkerHello    uint8 = 0x40
 	msgJob            uint8 = 0x41
 	msgJobResult      uint8 = 0x42
@@ -403,6 +419,27 @@ type ReverseOpen struct {
 // ReverseAck tells coordinator a ReverseOpen arrived.
 type ReverseAck struct{}
 
+// RequestLog reports one public HTTP request coordinator relayed to an
+// exposed app (flow step 8).
+type RequestLog struct {
+	Session  SessionID
+	Service  string
+	Remote   netip.AddrPort // the public client
+	Method   string
+	Target   string // request-target, cut to maxTargetLen bytes
+	Status   uint16
+	Up, Down uint64 // body bytes: public client → app, app → public client
+	Duration time.Duration
+	TLS      bool
+	Outcome  string
+}
+
+// Bounds on RequestLog fields; longer values are cut when sent.
+const (
+	maxMethodLen  = 64
+	maxOutcomeLen = 256
+)
+
 // frame is implemented by every control message.
 type frame interface {
 	msgType() uint8
@@ -426,6 +463,28 @@ func (*ReverseAck) msgType() uint8     { return msgReverseAck }
 func (*WorkerHello) msgType() uint8    { return msgWorkerHello }
 func (*Job) msgType() uint8            { return msgJob }
 func (*JobResult) msgType() uint8      { return msgJobResult }
+func (*RequestLog) msgType() uint8     { return msgRequestLog }
+
+func (m *RequestLog) appendBody(b []byte) []byte {
+	b = append(b, m.Session[:]...)
+	b = appendString(b, cut(m.Service, maxNameLen))
+	b = appendAddr(b, m.Remote)
+	b = appendString(b, cut(m.Method, maxMethodLen))
+	b = appendString(b, cut(m.Target, maxTargetLen))
+	b = binary.BigEndian.AppendUint16(b, m.Status)
+	b = binary.BigEndian.AppendUint64(b, m.Up)
+	b = binary.BigEndian.AppendUint64(b, m.Down)
+	b = binary.BigEndian.AppendUint64(b, uint64(max(m.Duration, 0)/time.Microsecond))
+	var flags uint8
+	if m.TLS {
+		flags |= 1
+	}
+	b = append(b, flags)
+	return appendString(b, cut(m.Outcome, maxOutcomeLen))
+}
+
+// cut returns s's first n bytes at most.
+func cut(s string, n int) string { return s[:min(len(s), n)] }
 
 func (m *Register) appendBody(b []byte) []byte {
 	b = append(b, uint8(m.Kind))
@@ -631,6 +690,17 @@ func ParseFrame(typ uint8, body []byte) (any, error) {
 		m = r
 	case msgReverseAck:
 		m = &ReverseAck{}
+	case msgRequestLog:
+		r := &RequestLog{}
+		copy(r.Session[:], d.bytes(SessionIDSize))
+		r.Service, r.Remote = d.str(maxNameLen), d.addr()
+		r.Method, r.Target = d.str(maxMethodLen), d.str(maxTargetLen)
+		r.Status, r.Up, r.Down = d.u16(), d.u64(), d.u64()
+		r.Duration = time.Duration(min(d.u64(), math.MaxInt64/uint64(time.Microsecond))) * time.Microsecond
+		flags := d.u8()
+		r.TLS = flags&1 != 0
+		r.Outcome = d.str(maxOutcomeLen)
+		m = r
 	default:
 		return nil, fmt.Errorf("%w: unknown message type 0x%02x", ErrProtocol, typ)
 	}
@@ -718,6 +788,13 @@ func (d *decoder) u8() uint8 {
 func (d *decoder) u16() uint16 {
 	if v := d.bytes(2); v != nil {
 		return binary.BigEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if v := d.bytes(8); v != nil {
+		return binary.BigEndian.Uint64(v)
 	}
 	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -31,6 +32,9 @@ func TestFrameRoundTrip(t *testing.T) {
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost", BasicAuth: &AuthHash{User: [32]byte{1}, Password: [32]byte{2}}},
 		&Register{Kind: ServiceTCP, Name: "db", AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}},
 		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("u", "p"), AllowFrom: []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32")}},
+		&RequestLog{Session: SessionID{3}, Service: "app", Remote: netip.MustParseAddrPort("198.51.100.9:50000"), Method: "POST",
+			Target: "/upload?x=1", Status: 201, Up: 1 << 33, Down: 17, Duration: 1500 * time.Microsecond, TLS: true, Outcome: "ok"},
+		&RequestLog{},
 	}
 	for _, m := range tests {
 		b, err := AppendFrame(nil, m)
@@ -83,6 +87,24 @@ func helloWithToken(n int) []byte {
 	return mustFrame(&Hello{Token: strings.Repeat("x", n)})
 }
 
+// TestRequestLogCutsLongFields: a request-target, method or outcome
+// longer than its bound is cut when sent, so the record still goes out.
+func TestRequestLogCutsLongFields(t *testing.T) {
+	long := strings.Repeat("x", 3000)
+	b, err := AppendFrame(nil, &RequestLog{Method: long, Target: "/" + long, Outcome: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ReadFrame(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := m.(*RequestLog)
+	if len(r.Method) != maxMethodLen || len(r.Target) != maxTargetLen || len(r.Outcome) != maxOutcomeLen || r.Target[0] != '/' {
+		t.Errorf("cut to %d, %d and %d bytes", len(r.Method), len(r.Target), len(r.Outcome))
+	}
+}
+
 func TestSessionHeader(t *testing.T) {
 	id := NewSessionID()
 	b := AppendSessionHeader(nil, id)
@@ -125,6 +147,8 @@ func FuzzReadFrame(f *testing.F) {
 		&Register{Kind: ServiceHTTP, Name: "app", HostHeader: "localhost:5173"},
 		&Register{Kind: ServiceHTTP, Name: "app", BasicAuth: HashCredentials("alice", "secret")},
 		&Register{Kind: ServiceTCP, Name: "db", AllowFrom: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+		&RequestLog{Service: "app", Remote: netip.MustParseAddrPort("[2001:db8::2]:1"), Method: "GET", Target: "/", Status: 200,
+			Duration: time.Second, TLS: true, Outcome: "canceled"},
 	} {
 		f.Add(mustFrame(m))
 	}

@@ -81,6 +81,8 @@ func main() {
 				Usage: "only public clients from these networks reach an exposed app or TCP service; coordinator refuses the others: NAME=CIDR[,CIDR...] (repeatable)"}),
 			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "expose-tcp", EnvVars: []string{"LOCALPROXY_EXPOSE_TCP"},
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "log-public-requests", EnvVars: []string{"LOCALPROXY_LOG_PUBLIC_REQUESTS"},
+				Usage: "log every public request to the --expose'd apps (method, path, status, bytes, duration, the public client), as coordinator relayed it; costs some CPU on both sides at high request rates"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
@@ -222,6 +224,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	p, err := localproxy.New(localproxy.Config{
 		ClientCertificate:   clientCert,
 		Services:            services,
+		LogPublicRequests:   c.Bool("log-public-requests"),
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),
 		Coordinator:         c.String("coordinator"),

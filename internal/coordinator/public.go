@@ -93,6 +93,13 @@ func (c earlyConn) Write(b []byte) (int, error) {
 	return n, c.dialError(err)
 }
 
+// ReportRequest implements httpproxy.RequestReporter: the client that
+// exposed the app gets a record of the request for its own log.
+func (c earlyConn) ReportRequest(r httpproxy.RequestRecord) {
+	c.LogRequest(quictun.RequestLog{Remote: r.Client, Method: r.Method, Target: r.Target, Status: uint16(r.Status),
+		Up: uint64(max(r.Up, 0)), Down: uint64(max(r.Down, 0)), Duration: r.Duration, TLS: r.TLS, Outcome: r.Outcome})
+}
+
 // dialError maps a failed answer to its DialError; other errors (the
 // session failing later) pass unchanged.
 func (c earlyConn) dialError(err error) error {

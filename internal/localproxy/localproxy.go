@@ -93,6 +93,9 @@ type Config struct {
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
+	// LogPublicRequests logs every public request to the exposed apps
+	// (see quictun.ClientConfig.RequestLog).
+	LogPublicRequests bool
 	// ShutdownTimeout is how long Run lets browser requests and tunnels in
 	// progress finish once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -218,6 +221,7 @@ func New(cfg Config) (*Proxy, error) {
 		KeepAlive:          cfg.KeepAlive,
 		MaxPendingSessions: cfg.MaxPendingSessions,
 		Services:           cfg.Services,
+		RequestLog:         cfg.LogPublicRequests,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
 	})
