@@ -53,7 +53,7 @@ func startReverseLab(t *testing.T) *reverseLab {
 	// Public ports come from below the kernel's ephemeral range (32768 and
 	// up here), so no outgoing connection of the tests can hold them.
 	base := 20000 + rand.IntN(500)*20
-	l := &reverseLab{coordLog: &logBuffer{}, clientLogs: map[string]*logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -89,6 +89,9 @@ func (l *reverseLab) addClient(t *testing.T, name string, services ...quictun.Ex
 	t.Helper()
 	_, pool := loadCoordinatorCert(t)
 	log := &logBuffer{}
+	if l.clientLogs == nil {
+		l.clientLogs = map[string]*logBuffer{}
+	}
 	l.clientLogs[name] = log
 	p, err := localproxy.New(localproxy.Config{
 		Listen: "127.0.0.1:0", UDPListen: "127.0.0.1:0", Coordinator: l.quicAddr, Reporter: l.coord.ReporterAddr().String(),
