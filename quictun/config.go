@@ -155,7 +155,9 @@ func ValidHostHeader(h string) bool {
 		if end < 0 {
 			return false
 		}
-		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() {
+		// No zone: netip takes any bytes after the %, and a Host
+		// header has no place for one.
+		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() || a.Zone() != "" {
 			return false
 		}
 		host, port = "", h[end+1:]

@@ -248,6 +248,8 @@ func TestValidHostHeader(t *testing.T) {
 		{"[127.0.0.1]", false},
 		{"[::1]80", false},
 		{"[::1]:", false},
+		{"[::% ]", false}, // found by FuzzValidHostHeader: a zone may hold any byte
+		{"[fe80::1%eth0]:80", false},
 		{"::1", false},
 		{strings.Repeat("a", maxNameLen+1), false},
 	} {
