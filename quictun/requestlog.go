@@ -68,7 +68,7 @@ func (l *requestLog) run(ctx context.Context) {
 		}
 		if str == nil {
 			s, err := l.conn.OpenUniStream()
-			if err != nil { // an older client allows no unidirectional streams
+			if err != nil { // a client that did not ask for it (or an older one) allows none
 				l.log.Debug("client takes no request log", "err", err)
 				return
 			}

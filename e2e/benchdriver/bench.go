@@ -187,7 +187,7 @@ type setupResult struct {
 	n                                                     int
 	directP, tunnelP, fastP, floorP, quicFloorP, reverseP [2]time.Duration // p50, p99
 	// CPU time of the two processes on each path (localproxy and
-	// coordinator; the two relays for the floor) over cpuSessions more.
+	// coordinator; the two relays for a floor) over cpuSessions more.
 	cpuSessions                                            int
 	tunnelCPU, fastCPU, floorCPU, quicFloorCPU, reverseCPU time.Duration
 }

@@ -143,7 +143,7 @@ type lab struct {
 	localpxFast                *proc
 	relayProxy                 string // the first of two plain relays (set-up benchmark's floor)
 	relays                     [2]*proc
-	quicRelayProxy             string   // the first of two relays joined by QUIC (bulk benchmark's floor)
+	quicRelayProxy             string   // the first of two relays joined by QUIC (the QUIC floor of each benchmark)
 	quicRelays                 [2]*proc // entry, exit
 	dir                        string
 }
