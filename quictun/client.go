@@ -293,7 +293,7 @@ func greet(ctx context.Context, conn *quic.Conn, hello frame) (*quic.Stream, *We
 // quicConfig is the QUIC configuration of the client's connections, with
 // its keepalive.
 func (c *Client) quicConfig() *quic.Config {
-	qc := quicConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout)
+	qc := QUICConfig(c.cfg.MaxStreams, c.cfg.ConnectTimeout)
 	qc.KeepAlivePeriod = c.cfg.KeepAlive
 	qc.Tracer = qlogTracer(c.cfg.QlogDir, c.log)
 	return qc

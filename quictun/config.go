@@ -354,10 +354,11 @@ func (g Grant) allowsName(name string) bool {
 	return g.Names == nil || slices.Contains(g.Names, name)
 }
 
-// quicConfig returns the QUIC settings both ends use. Flow-control windows
+// QUICConfig returns the QUIC settings both ends use (benchmarks use it
+// too, to compare bare quic-go with the tunnel on equal terms). Flow-control windows
 // are sized for a fast path (a 16 MiB stream window covers 1 Gbit/s at
 // 128 ms RTT); quic-go grows windows on demand, so idle sessions stay small.
-func quicConfig(maxStreams int64, handshake time.Duration) *quic.Config {
+func QUICConfig(maxStreams int64, handshake time.Duration) *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:           handshake,
 		MaxIdleTimeout:                 30 * time.Second,

@@ -138,7 +138,7 @@ func TestFastOpenRefusedByOlderCoordinator(t *testing.T) {
 	serverTr := newTransport(t, "127.0.0.1")
 	ln, err := serverTr.Listen(&tls.Config{
 		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{getPKI(t).cert}, NextProtos: []string{ALPNControl},
-	}, quicConfig(100, time.Second))
+	}, QUICConfig(100, time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -136,7 +136,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		// Workers present none; clients must (checked in serveClient).
 		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
 	}
-	qc := quicConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout)
+	qc := QUICConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout)
 	qc.Tracer = qlogTracer(s.cfg.QlogDir, s.cfg.Logger)
 	ln, err := s.cfg.Transport.Listen(tlsConf, qc)
 	if err != nil {
@@ -762,7 +762,7 @@ func dialBackTo(ctx context.Context, tr *quic.Transport, cert tls.Certificate, c
 			dctx, cancel = context.WithTimeout(ctx, time.Until(deadline)/time.Duration(len(addrs)-i))
 			defer cancel()
 		}
-		qc := quicConfig(-1, max(handshake, time.Second))
+		qc := QUICConfig(-1, max(handshake, time.Second))
 		qc.Tracer = tracer
 		conn, err := tr.Dial(dctx, net.UDPAddrFromAddrPort(addr), tlsConf, qc)
 		if err != nil {

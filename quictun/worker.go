@@ -309,7 +309,7 @@ func (w *Worker) connect(ctx context.Context) (*quic.Conn, error) {
 		NextProtos:         []string{ALPNWorker},
 	}
 	// Coordinator opens a stream per job.
-	qc := quicConfig(maxWorkerJobs, w.cfg.ConnectTimeout)
+	qc := QUICConfig(maxWorkerJobs, w.cfg.ConnectTimeout)
 	qc.Tracer = qlogTracer(w.cfg.QlogDir, w.log)
 	conn, err := w.cfg.Transport.Dial(ctx, addr, tlsConf, qc)
 	if err != nil {

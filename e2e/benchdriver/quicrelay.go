@@ -18,6 +18,7 @@ import (
 
 	"quictunnel/internal/service"
 	"quictunnel/internal/udpgro"
+	"quictunnel/quictun"
 )
 
 // The bulk benchmark's QUIC floor: the plain relays of relay.go with the
@@ -31,19 +32,8 @@ import (
 
 const relayALPN = "benchdriver-relay"
 
-// relayQUICConfig carries the settings quictun uses (quictun/config.go)
-// that bear on bulk transfers.
-func relayQUICConfig() *quic.Config {
-	return &quic.Config{
-		MaxIdleTimeout:                 30 * time.Second,
-		KeepAlivePeriod:                10 * time.Second,
-		MaxIncomingStreams:             10000,
-		InitialStreamReceiveWindow:     512 << 10,
-		MaxStreamReceiveWindow:         16 << 20,
-		InitialConnectionReceiveWindow: 1 << 20,
-		MaxConnectionReceiveWindow:     64 << 20,
-	}
-}
+// relayQUICConfig is the tunnel's own QUIC configuration.
+func relayQUICConfig() *quic.Config { return quictun.QUICConfig(10000, 10*time.Second) }
 
 // relayTransport is a QUIC transport on a UDP socket bound to addr, set
 // up as the tunnel's.
