@@ -14,17 +14,29 @@ PKGDIRS = $(patsubst %/...,%,$(patsubst ./...,.,$(PKGS)))
 FUZZTIME ?= 60s
 # The binaries are static (pure-Go DNS resolver, no libc mapped) and carry no
 # symbol table or DWARF: about 1.5 MiB less resident memory per process and a
-# third smaller. Panics and pprof still name functions. BUILDFLAGS= for a
+# third smaller. Panics and pprof still name functions. LDFLAGS= for a
 # debugger-friendly build.
-BUILDFLAGS ?= -trimpath -ldflags=-s\ -w
+BUILDFLAGS ?= -trimpath
+LDFLAGS ?= -s -w
+# What --version prints: stamped here, since a build without VCS stamping
+# (-buildvcs=false) would not know its commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+STAMP = -X quictunnel/internal/service.version=$(VERSION) -X quictunnel/internal/service.commit=$(COMMIT)
+# make install copies the binaries to $(DESTDIR)$(PREFIX)/bin.
+PREFIX ?= /usr/local
 
 .DEFAULT_GOAL := build
 # Steps of a target run one after another even under make -j.
 .NOTPARALLEL:
-.PHONY: build test deps vet fmt-check race fuzz-smoke fuzz cross demo bench bench-smoke certs clean
+.PHONY: build install test deps vet fmt-check race fuzz-smoke fuzz cross demo bench bench-smoke certs clean
 
 build:
-	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -ldflags="$(LDFLAGS) $(STAMP)" -o $(BIN)/ ./cmd/...
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/coordinator $(BIN)/localproxy $(BIN)/reporter $(BIN)/demoapp $(DESTDIR)$(PREFIX)/bin/
 
 # The steps run in order (not as prerequisites, which make -j would start
 # together).

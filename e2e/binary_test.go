@@ -25,6 +25,13 @@ var (
 	buildErr  error
 )
 
+// The version and commit the test binaries are stamped with, as make
+// build stamps its own (-ldflags -X).
+const (
+	testVersion = "v0.0.0-e2e"
+	testCommit  = "e2e0000000000000000000000000000000000000"
+)
+
 // binaries builds the commands once per test run.
 func binaries(t *testing.T) string {
 	t.Helper()
@@ -33,7 +40,8 @@ func binaries(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "../cmd/...").CombinedOutput()
+		stamp := "-X quictunnel/internal/service.version=" + testVersion + " -X quictunnel/internal/service.commit=" + testCommit
+		out, err := exec.Command("go", "build", "-ldflags", stamp, "-o", binDir+"/", "../cmd/...").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -155,8 +163,8 @@ func TestBinaries(t *testing.T) {
 	if !strings.Contains(string(body), `"path": "/via-binaries"`) {
 		t.Fatalf("demo app answered %s", body)
 	}
-	waitFor(t, "the public address in localproxy's log", func() bool {
-		return strings.Contains(lp.out.String(), "public address learnt from reporter")
+	waitFor(t, "the public address and the NAT in localproxy's log", func() bool {
+		return strings.Contains(lp.out.String(), "public address learnt from reporter") && strings.Contains(lp.out.String(), "NAT behaviour")
 	})
 
 	// localproxy status, with the listen address from the same config
@@ -179,9 +187,19 @@ func TestBinaries(t *testing.T) {
 			t.Errorf("localproxy status lacks %q:\n%s", want, out)
 		}
 	}
+	// The same with --config after the command's name, and the help for
+	// the command.
+	out, err = exec.Command(filepath.Join(binaries(t), "localproxy"), "status", "--config", config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "— connected") {
+		t.Errorf("localproxy status --config: %v\n%s", err, out)
+	}
+	out, err = exec.Command(filepath.Join(binaries(t), "localproxy"), "help", "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "localproxy status") || !strings.Contains(string(out), "--config") {
+		t.Errorf("localproxy help status: %v\n%s", err, out)
+	}
 	out, err = exec.Command(filepath.Join(binaries(t), "localproxy"), "status", "--listen", "127.0.0.1:1").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "is it running?") {
-		t.Errorf("localproxy status with nothing listening: %v\n%s", err, out)
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "is it running?") {
+		t.Errorf("localproxy status with nothing listening: exit %d, want 1:\n%s", code, out)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -20,9 +21,11 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
+	"quictunnel/httpproxy"
 	"quictunnel/internal/coordinator"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
+	"quictunnel/quictun"
 )
 
 func main() {
@@ -116,7 +119,7 @@ func main() {
 func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	cert, err := tls.LoadX509KeyPair(c.String("cert"), c.String("key"))
 	if err != nil {
-		return fmt.Errorf("load --cert/--key: %w", err)
+		return service.Usage(fmt.Errorf("load --cert/--key: %w", err))
 	}
 	accessLog, closeLog, err := service.AccessLogger(log, c.String("access-log"), c.String("log-format"))
 	if err != nil {
@@ -132,33 +135,33 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	case "dialback":
 		return runWorker(ctx, c, log, accessLog, cert, qlogDir)
 	default:
-		return fmt.Errorf("--role %q: want all or dialback", c.String("role"))
+		return &service.SettingError{Setting: "--role", Value: c.String("role"), Reason: "want all or dialback"}
 	}
 	var tokens []coordinator.TokenEntry
 	switch {
 	case c.String("tokens") != "":
 		if tokens, err = coordinator.LoadTokens(c.String("tokens")); err != nil {
-			return err
+			return service.Usage(fmt.Errorf("--tokens: %w", err))
 		}
 	case c.String("token") == "" && c.String("client-ca") == "":
-		return fmt.Errorf("set --token (one shared secret), --tokens FILE (per-client tokens) or --client-ca FILE (client certificates)")
+		return &service.SettingError{Setting: "--token", Reason: "required: set --token (one shared secret), --tokens FILE (per-client tokens) or --client-ca FILE (client certificates)"}
 	}
 	clientCAs, err := loadClientCAs(c.String("client-ca"))
 	if err != nil {
-		return err
+		return service.Usage(err)
 	}
 	var ports coordinator.PortRange
 	if r := c.String("port-range"); r != "" {
 		if ports, err = coordinator.ParsePortRange(r); err != nil {
-			return fmt.Errorf("--port-range: %w", err)
+			return service.Usage(fmt.Errorf("--port-range: %w", err))
 		}
 	}
 	if c.Bool("http-to-https") && (c.String("http") == "" || c.String("https") == "") {
-		return fmt.Errorf("--http-to-https needs --http (the port that redirects) and --https (where to)")
+		return &service.SettingError{Setting: "--http-to-https", Reason: "needs --http (the port that redirects) and --https (where to)"}
 	}
 	httpsCert, err := httpsKeyPair(c)
 	if err != nil {
-		return err
+		return service.Usage(err)
 	}
 	var getHTTPSCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	if httpsCert != nil {
@@ -192,11 +195,41 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		AccessLog:            accessLog,
 	})
 	if err != nil {
-		return err
+		return settingError(err, fieldFlags)
 	}
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"), httpsCert)
 	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// fieldFlags names the flags that set the fields of coordinator's and the
+// dial-back worker's Configs (and of quictun's and httpproxy's beneath).
+var fieldFlags = service.FieldFlags{
+	"Token": "token", "Coordinator": "coordinator", "Advertise": "advertise",
+	"TargetPolicy.Allow": "allow-target", "TargetPolicy.DenyPorts": "deny-port",
+	"MaxSessionsPerClient": "max-sessions-per-client", "MaxClients": "max-clients",
+	"MaxConns": "max-public-conns",
+}
+
+// workerFieldFlags is fieldFlags for --role dialback.
+var workerFieldFlags = service.FieldFlags{
+	"Token": "worker-token", "Coordinator": "coordinator", "Advertise": "advertise",
+	"TargetPolicy.Allow": "allow-target", "TargetPolicy.DenyPorts": "deny-port",
+}
+
+// settingError reports the packages' configuration errors as the flags
+// that set the fields; other errors (a busy port) are returned as they are.
+func settingError(err error, fieldFlags service.FieldFlags) error {
+	if e, ok := errors.AsType[*coordinator.ConfigError](err); ok {
+		return fieldFlags.Setting(e.Field, e.Reason, err)
+	}
+	if e, ok := errors.AsType[*quictun.ConfigError](err); ok {
+		return fieldFlags.Setting(e.Field, e.Reason, err)
+	}
+	if e, ok := errors.AsType[*httpproxy.ConfigError](err); ok {
+		return fieldFlags.Setting(e.Field, e.Reason, err)
+	}
+	return err
 }
 
 // loadClientCAs reads --client-ca; no file means no client certificates.
@@ -218,7 +251,7 @@ func loadClientCAs(path string) (*x509.CertPool, error) {
 // runWorker runs the dial-back part alone (--role dialback).
 func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger, cert tls.Certificate, qlogDir string) error {
 	if c.String("coordinator") == "" || c.String("worker-token") == "" {
-		return fmt.Errorf("--role dialback needs --coordinator HOST:PORT and --worker-token (the same as coordinator's)")
+		return &service.SettingError{Setting: "--role", Value: "dialback", Reason: "needs --coordinator HOST:PORT and --worker-token (the same as coordinator's)"}
 	}
 	roots, err := service.LoadRoots(c.String("ca"))
 	if err != nil {
@@ -228,7 +261,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 	for _, a := range c.StringSlice("advertise") {
 		ap, err := netip.ParseAddrPort(a)
 		if err != nil {
-			return fmt.Errorf("--advertise %q: want ip:port: %w", a, err)
+			return service.Usage(fmt.Errorf("--advertise %q: want ip:port: %w", a, err))
 		}
 		advertise = append(advertise, ap)
 	}
@@ -248,7 +281,7 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 		AccessLog:         accessLog,
 	})
 	if err != nil {
-		return err
+		return settingError(err, workerFieldFlags)
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, w.RegisterMetrics, w.Run)
 }

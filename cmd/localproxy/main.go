@@ -9,12 +9,15 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -116,7 +119,7 @@ func main() {
 func status(c *cli.Context) error {
 	proxyAuth, err := loadProxyAuth(c.String("proxy-auth"), c.String("proxy-auth-file"))
 	if err != nil {
-		return err
+		return service.Usage(err)
 	}
 	addr := c.String("listen")
 	if addr == "" && len(c.Lineage()) > 1 {
@@ -168,7 +171,8 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	}
 	keepalive := c.Int64("keepalive-interval")
 	if keepalive <= 0 {
-		return fmt.Errorf("--keepalive-interval (NAT_KEEP_ALIVE_INTERVAL) must be a positive number of milliseconds, got %d", keepalive)
+		return &service.SettingError{Setting: "--keepalive-interval", Value: strconv.FormatInt(keepalive, 10),
+			Reason: "must be a positive number of milliseconds (also $NAT_KEEP_ALIVE_INTERVAL)"}
 	}
 	if c.Bool("insecure") {
 		log.Warn("--insecure: coordinator's certificate is NOT verified; anyone on the path can impersonate it and read your traffic")
@@ -180,42 +184,46 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	defer closeLog()
 	proxyAuth, err := loadProxyAuth(c.String("proxy-auth"), c.String("proxy-auth-file"))
 	if err != nil {
-		return err
+		return service.Usage(err)
 	}
 	var services []quictun.ExposedService
 	for _, spec := range c.StringSlice("expose") {
 		svc, err := localproxy.ParseExpose(spec, quictun.ServiceHTTP)
 		if err != nil {
-			return fmt.Errorf("--expose: %w", err)
+			return service.Usage(fmt.Errorf("--expose: %w", err))
 		}
 		services = append(services, svc)
 	}
 	for _, spec := range c.StringSlice("expose-tcp") {
 		svc, err := localproxy.ParseExpose(spec, quictun.ServiceTCP)
 		if err != nil {
-			return fmt.Errorf("--expose-tcp: %w", err)
+			return service.Usage(fmt.Errorf("--expose-tcp: %w", err))
 		}
 		services = append(services, svc)
 	}
 	if err := localproxy.ApplyHostHeaders(services, c.StringSlice("host-header")); err != nil {
-		return fmt.Errorf("--%w", err)
+		return service.Usage(fmt.Errorf("--%w", err))
 	}
 	if err := localproxy.ApplyBasicAuth(services, c.StringSlice("basic-auth")); err != nil {
-		return fmt.Errorf("--%w", err)
+		return service.Usage(fmt.Errorf("--%w", err))
 	}
 	if err := localproxy.ApplyAllowFrom(services, c.StringSlice("allow-from")); err != nil {
-		return fmt.Errorf("--%w", err)
+		return service.Usage(fmt.Errorf("--%w", err))
 	}
 	var clientCert *tls.Certificate
 	switch certFile, keyFile := c.String("client-cert"), c.String("client-key"); {
 	case certFile != "" && keyFile != "":
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return fmt.Errorf("load --client-cert/--client-key: %w", err)
+			return service.Usage(fmt.Errorf("load --client-cert/--client-key: %w", err))
 		}
 		clientCert = &cert
 	case certFile != "" || keyFile != "":
-		return fmt.Errorf("give --client-cert and --client-key together")
+		return &service.SettingError{Setting: "--client-cert", Reason: "give --client-cert and --client-key together"}
+	}
+	if c.String("token") == "" && clientCert == nil {
+		return &service.SettingError{Setting: "--token", Reason: "required: give --token, $LOCALPROXY_TOKEN or \"token:\" in the --config file " +
+			"(or a client certificate: --client-cert and --client-key)"}
 	}
 	qlogDir, err := service.QlogDir(c, log)
 	if err != nil {
@@ -248,9 +256,32 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		AccessLog:           accessLog,
 	})
 	if err != nil {
-		return err
+		return settingError(err)
 	}
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, p.RegisterMetrics, p.Run)
+}
+
+// fieldFlags names the flags that set localproxy.Config's (and
+// quictun.ClientConfig's) fields.
+var fieldFlags = service.FieldFlags{
+	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name",
+	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
+}
+
+// settingError reports the packages' configuration errors as the flags
+// that set the fields; other errors (a busy port) are returned as they are.
+func settingError(err error) error {
+	if e, ok := errors.AsType[*localproxy.ConfigError](err); ok {
+		return fieldFlags.Setting(e.Field, e.Reason, err)
+	}
+	if e, ok := errors.AsType[*quictun.ConfigError](err); ok {
+		if strings.HasPrefix(e.Field, "Services") {
+			name := strings.TrimSuffix(strings.TrimPrefix(e.Field, "Services["), "]")
+			return service.Usage(fmt.Errorf("--expose %s: %s", name, e.Reason))
+		}
+		return fieldFlags.Setting(e.Field, e.Reason, err)
+	}
+	return err
 }
 
 // loadProxyAuth reads --proxy-auth or --proxy-auth-file; neither means no

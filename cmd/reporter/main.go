@@ -5,10 +5,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -44,13 +46,17 @@ func main() {
 func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	interval := c.Int64("keepalive-interval")
 	if interval <= 0 {
-		return fmt.Errorf("--keepalive-interval (NAT_KEEP_ALIVE_INTERVAL) must be a positive number of milliseconds, got %d", interval)
+		return &service.SettingError{Setting: "--keepalive-interval", Value: strconv.FormatInt(interval, 10),
+			Reason: "must be a positive number of milliseconds (also $NAT_KEEP_ALIVE_INTERVAL)"}
 	}
 	srv, err := natt.NewServer(natt.ServerConfig{
 		KeepAliveInterval: time.Duration(interval) * time.Millisecond,
 		MaxMisses:         c.Int("keepalive-misses"),
 		Logger:            log,
 	})
+	if e, ok := errors.AsType[*natt.ConfigError](err); ok {
+		return service.FieldFlags{"KeepAliveInterval": "keepalive-interval", "MaxMisses": "keepalive-misses"}.Setting(e.Field, e.Reason, err)
+	}
 	if err != nil {
 		return err
 	}

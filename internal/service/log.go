@@ -54,7 +54,7 @@ func OpenAccessLog(path, format string) (*slog.Logger, io.Closer, error) {
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--access-log: %w", err)
+		return nil, nil, &UsageError{Err: fmt.Errorf("--access-log: %w", err)}
 	}
 	out := newBatchWriter(f)
 	log, err := NewLogger(out, format, "info")

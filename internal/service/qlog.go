@@ -25,10 +25,10 @@ func QlogDir(c *cli.Context, log *slog.Logger) (string, error) {
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("--qlog-dir: %w", err)
+		return "", &UsageError{Err: fmt.Errorf("--qlog-dir: %w", err)}
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return "", fmt.Errorf("--qlog-dir: %w", err)
+		return "", &UsageError{Err: fmt.Errorf("--qlog-dir: %w", err)}
 	}
 	log.Warn("--qlog-dir: writing a qlog trace of every QUIC connection (debugging only: the files grow with traffic)", "dir", abs)
 	return abs, nil

@@ -9,7 +9,12 @@
 // not set on the command line and whose environment variable is unset.)
 //
 // Exit status: 0 after a clean stop (including SIGINT or SIGTERM), 1 when
-// the service fails while running, 2 for a usage or settings error.
+// the service fails while running (or a subcommand fails), 2 for a usage
+// or settings error: an unknown flag, a bad or missing value (a
+// *SettingError or *UsageError from App.Run or a subcommand).
+//
+// Every binary answers --version (see Version); one with subcommands also
+// has "help COMMAND", and its subcommands take --config too.
 package service
 
 import (
@@ -22,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -42,13 +48,15 @@ type App struct {
 	// for subcommands). Main modifies the flags: build a new App per call.
 	Flags []cli.Flag
 	// Commands are optional subcommands. They see the service's flags
-	// (including values from --config) through c.String and friends; their
-	// own flags are command-line and environment only. An error from a
-	// command's Action exits 1, a usage error 2.
+	// (including values from --config, given before or after the command's
+	// name) through c.String and friends; their own flags are command-line
+	// and environment only. An error from a command's Action exits 1, a
+	// usage error (or a *SettingError or *UsageError) 2.
 	Commands []*cli.Command
 	// Run runs the service until ctx ends (SIGINT or SIGTERM) and returns
 	// nil, or ctx's error, after a clean stop. log is the service's logger
-	// (stderr, --log-format, --log-level).
+	// (stderr, --log-format, --log-level). A *SettingError or *UsageError
+	// (a value the user gave cannot work) exits 2, other errors 1.
 	Run func(ctx context.Context, c *cli.Context, log *slog.Logger) error
 	// Procs is the default of --procs: how many cores the service's Go
 	// code runs on at once (GOMAXPROCS). 0 leaves Go's default (all the
@@ -120,10 +128,11 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 		if cmd.OnUsageError == nil {
 			cmd.OnUsageError = usageError
 		}
+		addConfigFlag(cmd, flags)
 		if action := cmd.Action; action != nil {
 			cmd.Action = func(c *cli.Context) error {
 				if err := action(c); err != nil {
-					return &exitCode{code: 1, err: err} // failed, not misused
+					return &exitCode{code: failCode(err), err: err}
 				}
 				return nil
 			}
@@ -137,8 +146,8 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 		Commands:        app.Commands,
 		Writer:          stdout,
 		ErrWriter:       stderr,
-		HideHelpCommand: true,
-		HideVersion:     true,
+		HideHelpCommand: len(app.Commands) == 0, // "help COMMAND"
+		Version:         Version(),
 		OnUsageError:    usageError,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run prints and picks the code
 		Before: func(c *cli.Context) error {
@@ -167,7 +176,7 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 				return err
 			}
 			if err := runService(c, app.Run, log); err != nil {
-				return &exitCode{code: 1, err: err}
+				return &exitCode{code: failCode(err), err: err}
 			}
 			return nil
 		},
@@ -179,6 +188,45 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 		return fail(2, err)
 	}
 	return 0
+}
+
+// failCode is the exit status for an error from App.Run or a subcommand:
+// 2 when the user gave something that cannot work, 1 when running failed.
+func failCode(err error) int {
+	if _, ok := errors.AsType[*SettingError](err); ok {
+		return 2
+	}
+	if _, ok := errors.AsType[*UsageError](err); ok {
+		return 2
+	}
+	return 1
+}
+
+// addConfigFlag gives cmd a --config flag of its own, so the file can
+// follow the command's name ("localproxy status --config F"): it is
+// applied to the service's flags like the one given before the name.
+func addConfigFlag(cmd *cli.Command, flags []cli.Flag) {
+	for _, f := range cmd.Flags {
+		if slices.Contains(f.Names(), "config") {
+			return
+		}
+	}
+	cmd.Flags = append(cmd.Flags, &cli.StringFlag{Name: "config", TakesFile: true,
+		Usage: "YAML `FILE` of the service's settings, as for the service itself"})
+	before := cmd.Before
+	cmd.Before = func(c *cli.Context) error {
+		// c.String finds this command's own flag first: set only when
+		// given after the command's name.
+		if path := c.String("config"); path != "" {
+			if err := loadConfig(c.Lineage()[1], path, flags); err != nil {
+				return err
+			}
+		}
+		if before != nil {
+			return before(c)
+		}
+		return nil
+	}
 }
 
 // HalfTheCores is half the cores Go would use (GOMAXPROCS's default, which
@@ -252,11 +300,11 @@ func LoadRoots(path string) (*x509.CertPool, error) {
 	}
 	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read --ca: %w", err)
+		return nil, &SettingError{Setting: "--ca", Value: path, Reason: readReason(err)}
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--ca %s: no PEM certificate found", path)
+		return nil, &SettingError{Setting: "--ca", Value: path, Reason: "no PEM certificate found"}
 	}
 	return pool, nil
 }
