@@ -335,6 +335,15 @@ func (c *Client) markDown(conn *quic.Conn) {
 	}
 }
 
+// Connected returns a channel closed once a control connection is up:
+// coordinator accepted our Hello. While the connection is down it returns a
+// channel that the next connection closes.
+func (c *Client) Connected() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
 // DialBackAccepted returns a channel that receives a value after a
 // dial-back connection is accepted (one value stands for any number).
 func (c *Client) DialBackAccepted() <-chan struct{} { return c.dialBackAccepted }

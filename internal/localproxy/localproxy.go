@@ -285,8 +285,10 @@ func (p *Proxy) RegisterMetrics(r *metrics.Registry) {
 func (p *Proxy) Client() *quictun.Client { return p.client }
 
 // Run learns the public address from the reporter, connects to
-// coordinator and serves browsers until ctx ends. It returns nil on a clean
-// shutdown and quictun.ErrAuthFailed when coordinator refuses the token.
+// coordinator and serves browsers until ctx ends. It logs "localproxy
+// ready" once coordinator has accepted the client. It returns nil on a
+// clean shutdown and quictun.ErrAuthFailed when coordinator refuses the
+// token (logged as an error, never after "ready").
 func (p *Proxy) Run(ctx context.Context) error {
 	defer p.udp.Close()
 	defer p.tr.Close()
@@ -342,18 +344,26 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}()
 	defer func() { <-idleDone }()
 
-	p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
-		"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
-		"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
-
+	// "ready" once coordinator has accepted us: a refused token ends Run
+	// (ctx) before it, with the reason logged.
+	connected := p.client.Connected()
 	var proxyErr error
-	select {
-	case <-ctx.Done():
-	case proxyErr = <-proxyDone:
-		if proxyErr == nil {
-			<-ctx.Done() // draining stopped the listener; the drain ends ctx
+	for waiting := true; waiting; {
+		select {
+		case <-connected:
+			connected = nil
+			p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
+				"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
+				"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
+		case <-ctx.Done():
+			waiting = false
+		case proxyErr = <-proxyDone:
+			if proxyErr == nil {
+				<-ctx.Done() // draining stopped the listener; the drain ends ctx
+			}
+			stop(proxyErr)
+			waiting = false
 		}
-		stop(proxyErr)
 	}
 	p.proxy.Close()
 	if err := <-clientDone; errors.Is(err, quictun.ErrAuthFailed) {
