@@ -29,7 +29,7 @@ PREFIX ?= /usr/local
 .DEFAULT_GOAL := build
 # Steps of a target run one after another even under make -j.
 .NOTPARALLEL:
-.PHONY: build install test deps vet fmt-check race fuzz-smoke fuzz cross demo bench bench-smoke certs clean
+.PHONY: build install test deps demo-deps vet fmt-check race fuzz-smoke fuzz cross demo bench bench-smoke certs clean
 
 build:
 	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -ldflags="$(LDFLAGS) $(STAMP)" -o $(BIN)/ ./cmd/...
@@ -69,7 +69,11 @@ cross:
 	GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/...
 	GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/...
 
-demo: deps build $(CERTS)/coordinator.pem
+# Only what scripts/demo.sh uses (curl, ss, openssl), not the test tools.
+demo-deps:
+	@scripts/test-deps.sh --demo
+
+demo: demo-deps build $(CERTS)/coordinator.pem
 	@scripts/demo.sh
 
 bench: build

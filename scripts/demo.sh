@@ -60,6 +60,13 @@ start localproxy "$BIN/localproxy" --listen "127.0.0.1:$PROXY_PORT" --coordinato
   --server-name localhost --reporter "127.0.0.1:$STUN_PORT" --token "$TOKEN" --ca testdata/certs/ca.pem \
   --expose "app=127.0.0.1:$APP_PORT"
 
+# The dial-back worker connects to coordinator on its own: wait for it
+# (bounded), so the first request can take the worker's path.
+for _ in $(seq 1 100); do
+  grep -q 'msg="dial-back worker connected"' "$LOGDIR/coordinator.log" 2>/dev/null && break
+  sleep 0.1
+done
+
 # Wait for the proxy to answer (it serves 503 until coordinator is reached).
 ok=""
 for _ in $(seq 1 100); do
@@ -74,6 +81,22 @@ if [ -z "$ok" ]; then
   tail -n 20 "$LOGDIR"/*.log >&2
   exit 1
 fi
+# Which way it went, from coordinator's access line for the session (written
+# when the worker took it, or else when the session ended).
+outcome=""
+for _ in $(seq 1 50); do
+  outcome=$(grep 'msg=session ' "$LOGDIR/coordinator.log" 2>/dev/null | grep -F "target=127.0.0.1:$APP_PORT " | tail -n 1 |
+    sed -n 's/.* outcome=\("[^"]*"\|[^ ]*\).*/\1/p' | tr -d '"') || true
+  [ -n "$outcome" ] && break
+  sleep 0.1
+done
+case $outcome in
+  *"dial-back via worker"*) path="browser -> localproxy -> coordinator -> dial-back worker -> demo app, and back over the worker's dial-back connection" ;;
+  *"relay via worker"*) path="browser -> localproxy -> coordinator -> dial-back worker -> demo app, relayed through coordinator (the worker could not dial back)" ;;
+  *dial-back*) path="browser -> localproxy -> coordinator -> demo app, and back over coordinator's own dial-back connection (the dial-back worker was not connected)" ;;
+  *relay*) path="browser -> localproxy -> coordinator -> demo app, relayed over localproxy's connection (the dial-back worker was not connected and coordinator's dial-back failed)" ;;
+  *) path="browser -> localproxy -> coordinator -> demo app (coordinator's log does not say which way)" ;;
+esac
 
 # The reverse direction: the demo app exposed as app.localhost on coordinator's public port.
 rev=""
@@ -109,7 +132,8 @@ cat <<EOF
   public port  http://app.localhost:$HTTP_PORT/  -> the demo app, through the tunnel (reverse direction)
                https://app.localhost:$HTTPS_PORT/ (the same over TLS; test CA testdata/certs/ca.pem)
 
-A request went browser -> localproxy -> coordinator -> dial-back worker -> demo app and back:
+A request went $path
+(coordinator's access log: outcome=${outcome:-?}):
 $out
 
 The reverse direction works too: a request to coordinator's public port (Host: app.localhost) reached the

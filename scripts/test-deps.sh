@@ -7,6 +7,11 @@
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
 # downloaded by any other means).
 #
+# With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
+# (iproute2) and openssl (to make the certificates if they are missing).
+# With --dry-run it prints the packages it would install, one a line, and
+# installs nothing.
+#
 # Idempotent and quiet: with everything present it does nothing (and never
 # runs apt-get update). As root it installs what is missing; otherwise it
 # prints what to install and exits 0, and the tests needing it skip.
@@ -14,30 +19,45 @@ set -euo pipefail
 # iptables, conntrack and ip live in sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
+demo= dry_run=
+for arg in "$@"; do
+  case $arg in
+    --demo) demo=1 ;;
+    --dry-run) dry_run=1 ;;
+    *) echo "test-deps: unknown argument $arg (want --demo, --dry-run)" >&2; exit 2 ;;
+  esac
+done
+
 need=()
 want() { # command, package
   command -v "$1" >/dev/null 2>&1 || need+=("$2")
 }
 want openssl openssl
-want turnserver coturn
-want turnutils_stunclient coturn
-want ip iproute2
-want ss iproute2
-want tc iproute2
-want iptables iptables
-want ip6tables iptables
-want iptables-restore iptables
-want conntrack conntrack
 want curl curl
-want pkill procps
-want ps procps
-want firefox-esr firefox-esr
-want chromium chromium
-want certutil libnss3-tools
+want ss iproute2
+if [ -z "$demo" ]; then
+  want turnserver coturn
+  want turnutils_stunclient coturn
+  want ip iproute2
+  want tc iproute2
+  want iptables iptables
+  want ip6tables iptables
+  want iptables-restore iptables
+  want conntrack conntrack
+  want pkill procps
+  want ps procps
+  want firefox-esr firefox-esr
+  want chromium chromium
+  want certutil libnss3-tools
+fi
+if [ -n "$dry_run" ]; then
+  [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u
+  exit 0
+fi
 # The lossy-link test uses tc netem, which needs the kernel's sch_netem:
 # load it where the kernel has modules. Quiet either way: without netem the
 # test impairs the link with an NFQUEUE delay line and says so.
-if [ "$(id -u)" = 0 ] && [ -e /proc/modules ] && command -v modprobe >/dev/null 2>&1; then
+if [ -z "$demo" ] && [ "$(id -u)" = 0 ] && [ -e /proc/modules ] && command -v modprobe >/dev/null 2>&1; then
   modprobe -q sch_netem 2>/dev/null || true
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -45,7 +65,7 @@ mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 
 if [ "$(id -u)" != 0 ]; then
   echo "test-deps: missing ${need[*]}; install them with: sudo apt-get install ${need[*]}" >&2
-  echo "test-deps: the tests that need them will be skipped" >&2
+  [ -n "$demo" ] || echo "test-deps: the tests that need them will be skipped" >&2
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
