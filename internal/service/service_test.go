@@ -263,6 +263,51 @@ func TestRunErrorExitsOne(t *testing.T) {
 	}
 }
 
+// TestSettingErrorsFromRunExitTwo checks a value the service refuses
+// exits 2, named as the flag (FieldFlags maps a package's field to it).
+func TestSettingErrorsFromRunExitTwo(t *testing.T) {
+	fields := FieldFlags{"Listen": "listen"}
+	for _, tt := range []struct {
+		err    error
+		stderr string
+	}{
+		{&SettingError{Setting: "--listen", Value: "x", Reason: "want host:port"}, "svc: --listen \"x\": want host:port\n"},
+		{Usage(errors.New("--listen: no such host")), "svc: --listen: no such host\n"},
+		{fields.Setting("Listen", "want host:port", errors.New("svc: Listen: want host:port")), "svc: --listen: want host:port\n"},
+		{fields.Setting("Other", "bad", errors.New("pkg: config Other: bad")), "svc: pkg: config Other: bad\n"},
+	} {
+		app := App{Name: "svc", Flags: testFlags(), Run: func(context.Context, *cli.Context, *slog.Logger) error { return tt.err }}
+		if code, _, stderr := runApp(t, app); code != 2 || stderr != tt.stderr {
+			t.Errorf("%v: exit %d, stderr %q; want 2, %q", tt.err, code, stderr, tt.stderr)
+		}
+	}
+}
+
+// TestSubcommandConfig checks --config after a subcommand's name sets the
+// service's flags, as before it.
+func TestSubcommandConfig(t *testing.T) {
+	cfg := writeConfig(t, "listen: from-config\n")
+	for _, args := range [][]string{{"--config", cfg, "status"}, {"status", "--config", cfg}} {
+		var listen string
+		app := testApp(&settings{})
+		app.Commands = []*cli.Command{{Name: "status", Action: func(c *cli.Context) error {
+			listen = c.String("listen")
+			return nil
+		}}}
+		if code, _, stderr := runApp(t, app, args...); code != 0 || listen != "from-config" {
+			t.Errorf("%q: exit %d (%s), listen %q", args, code, stderr, listen)
+		}
+	}
+	app := testApp(&settings{})
+	app.Commands = []*cli.Command{{Name: "status", Usage: "show the state", Action: func(*cli.Context) error { return nil }}}
+	if code, stdout, _ := runApp(t, app, "help", "status"); code != 0 || !strings.Contains(stdout, "show the state") || !strings.Contains(stdout, "--config") {
+		t.Errorf("help status: exit %d, %q", code, stdout)
+	}
+	if code, stdout, _ := runApp(t, app, "--version"); code != 0 || !strings.HasPrefix(stdout, "svc version ") || !strings.Contains(stdout, " commit ") {
+		t.Errorf("--version: exit %d, %q", code, stdout)
+	}
+}
+
 // TestSignalStops sends SIGTERM to the test process while Run waits: the
 // signal is diverted to Run's context, which ends with the signal as cause,
 // and a service that then returns ctx.Err() exits 0.
