@@ -343,6 +343,11 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 		if resp.StatusCode != 503 || !strings.Contains(string(body), "coordinator") {
 			t.Fatalf("got %d %q, want 503 naming coordinator", resp.StatusCode, body)
 		}
+		// The access log records the status the browser got.
+		line := accessLine(t, l.proxyLog, target.URL+"/")
+		if !strings.Contains(line, " status=503 ") {
+			t.Fatalf("access log line %q, want status=503", line)
+		}
 	})
 	t.Run("wrong token is refused and logged", func(t *testing.T) {
 		l := startLab(t, labOptions{clientToken: "not-the-token"})
@@ -379,6 +384,18 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 			t.Fatalf("status %d, want 400", resp.StatusCode)
 		}
 	})
+}
+
+// accessLine returns the access-log line in log for target.
+func accessLine(t *testing.T, log *logBuffer, target string) string {
+	t.Helper()
+	for line := range strings.Lines(log.String()) {
+		if strings.Contains(line, "msg=request ") && strings.Contains(line, " target="+target+" ") {
+			return strings.TrimSpace(line)
+		}
+	}
+	t.Fatalf("no access-log line for %s in:\n%s", target, log)
+	return ""
 }
 
 func TestReconnectAfterCoordinatorRestart(t *testing.T) {
