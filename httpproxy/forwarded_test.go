@@ -163,3 +163,35 @@ func TestForwardingFields(t *testing.T) {
 		})
 	}
 }
+
+// FuzzForwardingFields checks, for any request fields, that a stranger's
+// forwarding fields leave no trace in what the app is told, and that a
+// trusted proxy's chain always ends with the peer.
+func FuzzForwardingFields(f *testing.F) {
+	f.Add("X-Forwarded-For: 203.0.113.7\r\nForwarded: for=x\r\nX-Real-IP: 1\r\n")
+	f.Add("x-forwarded-for: ,\r\nX-Forwarded-For: 203.0.113.7, ::1\r\nX-Forwarded-Host:\r\n")
+	f.Add("X-Forwarded-Proto: https\r\nX-Forwarded-Port: 8443\r\n")
+	remote := netip.MustParseAddrPort("[2001:db8::1]:4000")
+	plain, err := parseRequestHead(bufio.NewReader(strings.NewReader("GET / HTTP/1.1\r\nHost: h\r\n\r\n")), 1<<16)
+	if err != nil {
+		f.Fatal(err)
+	}
+	want := strings.Join(forwardingFields(plain, remote, "h", "http", false), "\n")
+	f.Fuzz(func(t *testing.T, fields string) {
+		h, err := parseRequestHead(bufio.NewReader(strings.NewReader("GET / HTTP/1.1\r\nHost: h\r\n"+fields+"\r\n")), 1<<16)
+		if err != nil {
+			return
+		}
+		if got := strings.Join(forwardingFields(h, remote, "h", "http", false), "\n"); got != want {
+			t.Fatalf("stranger's fields changed what the app is told:\n%s\nwant:\n%s", got, want)
+		}
+		for _, line := range forwardingFields(h, remote, "h", "http", true) {
+			if strings.ContainsAny(line, "\r\n") {
+				t.Fatalf("line %q breaks the head", line)
+			}
+			if xff, ok := strings.CutPrefix(line, "X-Forwarded-For: "); ok && xff != "2001:db8::1" && !strings.HasSuffix(xff, ", 2001:db8::1") {
+				t.Fatalf("X-Forwarded-For %q does not end with the peer", xff)
+			}
+		}
+	})
+}

@@ -32,3 +32,28 @@ func TestParseTrustedProxies(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseTrustedProxies checks that what parses comes out masked,
+// unmapped and valid, and parses again to the same prefixes.
+func FuzzParseTrustedProxies(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8,127.0.0.1", "::ffff:1.2.3.4/120", "2001:db8::/32, 203.0.113.9", "fe80::1%lo", ",,"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		ps, err := ParseTrustedProxies([]string{spec})
+		if err != nil {
+			return
+		}
+		var again []string
+		for _, p := range ps {
+			if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+				t.Fatalf("ParseTrustedProxies(%q) gave %v", spec, p)
+			}
+			again = append(again, p.String())
+		}
+		ps2, err := ParseTrustedProxies(again)
+		if err != nil || fmt.Sprint(ps2) != fmt.Sprint(ps) {
+			t.Fatalf("reparsing %v: %v, %v", again, ps2, err)
+		}
+	})
+}
