@@ -237,6 +237,8 @@ func TestBinaryErrors(t *testing.T) {
 		{"localproxy", []string{"--token", "x", "--coordinator", "127.0.0.1:1", "--listen", "0.0.0.0:0"}, "--insecure-no-proxy-auth"},
 		{"localproxy", []string{"--token", "x", "--coordinator", "127.0.0.1:1", "--proxy-auth", "nocolon"}, "USER:PASSWORD"},
 		{"coordinator", []string{"--token", "x", "--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"}, "--cert"},
+		{"coordinator", []string{"--token", "x", "--cert", filepath.Join(certsDir(), "coordinator.pem"), "--key", filepath.Join(certsDir(), "coordinator-key.pem"),
+			"--listen", "127.0.0.1:0", "--trusted-proxies", "10.0.0.0/8,proxy.example"}, "--trusted-proxies: trusted proxy \"proxy.example\""},
 		{"reporter", []string{"--log-level", "loud"}, "--log-level"},
 	}
 	for _, tt := range tests {

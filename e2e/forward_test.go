@@ -343,6 +343,11 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 		if resp.StatusCode != 503 || !strings.Contains(string(body), "coordinator") {
 			t.Fatalf("got %d %q, want 503 naming coordinator", resp.StatusCode, body)
 		}
+		// The access log records the status the browser got.
+		line := accessLine(t, l.proxyLog, target.URL+"/")
+		if !strings.Contains(line, " status=503 ") {
+			t.Fatalf("access log line %q, want status=503", line)
+		}
 	})
 	t.Run("wrong token is refused and logged", func(t *testing.T) {
 		l := startLab(t, labOptions{clientToken: "not-the-token"})
@@ -381,6 +386,18 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 	})
 }
 
+// accessLine returns the access-log line in log for target.
+func accessLine(t *testing.T, log *logBuffer, target string) string {
+	t.Helper()
+	for line := range strings.Lines(log.String()) {
+		if strings.Contains(line, "msg=request ") && strings.Contains(line, " target="+target+" ") {
+			return strings.TrimSpace(line)
+		}
+	}
+	t.Fatalf("no access-log line for %s in:\n%s", target, log)
+	return ""
+}
+
 func TestReconnectAfterCoordinatorRestart(t *testing.T) {
 	l := startLab(t, labOptions{})
 	target := startTarget(t, "127.0.0.1", bulkHandler())
@@ -416,6 +433,71 @@ func TestPACFile(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "PROXY "+l.proxyURL.Host) ||
 		resp.Header.Get("Content-Type") != "application/x-ns-proxy-autoconfig" {
 		t.Fatalf("PAC: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	// *.localhost (RFC 6761) is loopback: direct, like localhost.
+	if !strings.Contains(string(body), `dnsDomainIs(host, ".localhost")`) {
+		t.Fatalf("PAC does not send *.localhost direct:\n%s", body)
+	}
+}
+
+// TestLocalhostNamesStayLocal checks that localproxy reaches localhost
+// and *.localhost targets (RFC 6761) on this computer's loopback itself,
+// for absolute-form requests and CONNECT, instead of sending them to
+// coordinator (whose loopback is not the user's, and which refuses it).
+func TestLocalhostNamesStayLocal(t *testing.T) {
+	l := startLab(t, labOptions{targets: &coordinator.TargetPolicy{}}) // coordinator refuses loopback
+	app := startTarget(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "local app, Host %s", r.Host)
+	}))
+	port := app.Listener.Addr().(*net.TCPAddr).Port
+	client := l.httpClient(t, nil, false)
+	for _, host := range []string{"app.localhost", "localhost", "Deep.App.LOCALHOST."} {
+		u := fmt.Sprintf("http://%s:%d/", host, port)
+		resp, err := client.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("local app, Host %s:%d", host, port); resp.StatusCode != 200 || string(body) != want {
+			t.Fatalf("GET %s: %d %q, want 200 %q", u, resp.StatusCode, body, want)
+		}
+	}
+	// CONNECT, then a request through the tunnel.
+	c, err := net.Dial("tcp", l.proxyURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "CONNECT app.localhost:%d HTTP/1.1\r\nHost: app.localhost:%d\r\n\r\n", port, port)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT app.localhost: %v %v", resp, err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "local app, Host app.localhost" {
+		t.Fatalf("through CONNECT: %d %q", resp.StatusCode, body)
+	}
+	// An app listening on ::1 only is found too.
+	app6 := startTarget(t, "::1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "v6") }))
+	u := fmt.Sprintf("http://v6.localhost:%d/", app6.Listener.Addr().(*net.TCPAddr).Port)
+	resp, err = client.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "v6" {
+		t.Fatalf("GET %s: %d %q", u, resp.StatusCode, body)
+	}
+	if st := l.coord.Server().Stats(); st.Sessions != 0 || st.TargetsForbidden != 0 {
+		t.Fatalf("coordinator stats %+v: a localhost target went through the tunnel", st)
 	}
 }
 

@@ -46,14 +46,20 @@ type reverseLab struct {
 	httpAddr          string
 	quicAddr          string
 	ports             coordinator.PortRange
+	// configure, if set, changes coordinator's Config before each start.
+	configure func(*coordinator.Config)
 }
 
-func startReverseLab(t *testing.T) *reverseLab {
+func startReverseLab(t *testing.T) *reverseLab { return startReverseLabWith(t, nil) }
+
+// startReverseLabWith starts a reverseLab whose coordinator Config
+// configure changes.
+func startReverseLabWith(t *testing.T, configure func(*coordinator.Config)) *reverseLab {
 	t.Helper()
 	// Public ports come from below the kernel's ephemeral range (32768 and
 	// up here), so no outgoing connection of the tests can hold them.
 	base := 20000 + rand.IntN(500)*20
-	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}, configure: configure}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -67,11 +73,15 @@ func startReverseLab(t *testing.T) *reverseLab {
 func (l *reverseLab) start(t *testing.T, quicAddr, httpAddr string) {
 	t.Helper()
 	cert, _ := loadCoordinatorCert(t)
-	c, err := coordinator.New(coordinator.Config{
+	cfg := coordinator.Config{
 		Listen: quicAddr, Certificate: cert, Token: "rev-token", ReporterListen: "127.0.0.1:0",
 		HTTPListen: httpAddr, Domain: "localhost", PortRange: l.ports, PublicBind: "127.0.0.1",
 		Logger: l.coordLog.logger(),
-	})
+	}
+	if l.configure != nil {
+		l.configure(&cfg)
+	}
+	c, err := coordinator.New(cfg)
 	if err != nil {
 		t.Fatalf("coordinator: %v", err)
 	}
@@ -622,4 +632,55 @@ func freePortIn(t *testing.T, r coordinator.PortRange) uint16 {
 	}
 	t.Fatalf("no free port in %d-%d", r.Min, r.Max)
 	return 0
+}
+
+// TestReverseForwardingFields checks that the Forwarded, X-Forwarded-* and
+// X-Real-IP fields a public client forges never reach the app, on the
+// shared port and a dedicated one, while those of a trusted proxy
+// (127.0.0.2 here) are kept and extended.
+func TestReverseForwardingFields(t *testing.T) {
+	l := startReverseLabWith(t, func(c *coordinator.Config) {
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+	})
+	raw := newRawTarget(t, "127.0.0.1")
+	port := freePortIn(t, l.ports)
+	l.addClient(t, "laptop",
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "raw", Local: raw.addr()},
+		quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "rawport", Local: raw.addr(), Port: port})
+	const forged = "Forwarded: for=203.0.113.7\r\nX-Forwarded-For: 203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+	dedicated := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	tests := []struct {
+		name, from, to string
+		want           []string
+	}{
+		{"stranger", "127.0.0.1", l.httpAddr, []string{"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
+			"X-Forwarded-Host: raw.localhost", "X-Real-IP: 127.0.0.1", `Forwarded: for=127.0.0.1;host="raw.localhost";proto=http`}},
+		{"stranger on a dedicated port", "127.0.0.1", dedicated, []string{"X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http",
+			"X-Forwarded-Host: raw.localhost", "X-Real-IP: 127.0.0.1", `Forwarded: for=127.0.0.1;host="raw.localhost";proto=http`}},
+		{"trusted proxy", "127.0.0.2", l.httpAddr, []string{"X-Forwarded-For: 203.0.113.7, 127.0.0.2", "X-Forwarded-Proto: https",
+			"X-Forwarded-Host: raw.localhost", "X-Real-IP: 203.0.113.7", `Forwarded: for=203.0.113.7, for=127.0.0.2;host="raw.localhost";proto=http`}},
+		{"trusted proxy on a dedicated port", "127.0.0.2", dedicated, []string{"X-Forwarded-For: 203.0.113.7, 127.0.0.2", "X-Forwarded-Proto: https",
+			"X-Forwarded-Host: raw.localhost", "X-Real-IP: 203.0.113.7", `Forwarded: for=203.0.113.7, for=127.0.0.2;host="raw.localhost";proto=http`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(tt.from)}, Timeout: 10 * time.Second}
+			c, err := d.DialContext(t.Context(), "tcp", tt.to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "GET /f HTTP/1.1\r\nHost: raw.localhost\r\n"+forged+"X-Other: 1\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("response %v, %v", resp, err)
+			}
+			resp.Body.Close()
+			want := append([]string{"Host: raw.localhost", "X-Other: 1"}, tt.want...)
+			if got := headerLines(raw.lastHead()); strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("app received:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
 }

@@ -71,7 +71,7 @@ func (c *conn) askForCredentials(h *head, start time.Time) {
 		reason = "wrong proxy user name or password"
 	}
 	c.challenge(http.StatusProxyAuthRequired, "Proxy-Authenticate", "localproxy", reason)
-	c.accessLog(start, h.method, h.target, http.StatusProxyAuthRequired, 0, 0, "", errProxyAuth)
+	c.accessLog(start, h.method, h.target, 0, 0, "", errProxyAuth)
 }
 
 // errAppAuth is the access-log outcome of a request to an exposed app
@@ -86,16 +86,17 @@ func (c *conn) askForAppCredentials(h *head, target, realm string, start time.Ti
 		reason = "wrong user name or password"
 	}
 	c.challenge(http.StatusUnauthorized, "WWW-Authenticate", realm, reason)
-	c.accessLog(start, h.method, target, http.StatusUnauthorized, 0, 0, "", errAppAuth)
+	c.accessLog(start, h.method, target, 0, 0, "", errAppAuth)
 }
 
 // challenge writes a Basic challenge answer in field and marks the
 // connection for closing.
 func (c *conn) challenge(status int, field, realm, reason string) {
-	c.e.countStatus(status)
+	var line [64]byte
+	c.bw.Write(c.appendStatusLine(line[:0], status, http.StatusText(status)))
 	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), reason)
-	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\n%s: Basic realm=%q, charset=\"UTF-8\"\r\n"+
+	fmt.Fprintf(c.bw, "%s: Basic realm=%q, charset=\"UTF-8\"\r\n"+
 		"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), field, realm, len(body), body)
+		field, realm, len(body), body)
 	c.bw.Flush()
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -292,6 +293,10 @@ type conn struct {
 	client  string
 	up      *upstream // reused while the route key stays the same
 	scratch []byte    // where heads are built, reused from one to the next
+	// status is the status of the last final response head written to
+	// the client for the request being served, 0 before one is: what the
+	// access log records (see appendStatusLine).
+	status int
 }
 
 // upstream is an open connection to a target.
@@ -448,7 +453,7 @@ func (c *conn) headError(err error) {
 	case errors.As(err, &rhe) && rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader):
 		// Plain HTTP to a TLS listener: say so, in plain text, as
 		// net/http does (the handshake never happened).
-		c.e.countStatus(http.StatusBadRequest)
+		c.e.countStatus(http.StatusBadRequest) // never logged: no request was read
 		rhe.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		io.WriteString(rhe.Conn, "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+
 			"400 Bad Request: this port speaks HTTPS; use https:// in the URL\n")
@@ -462,30 +467,50 @@ func (c *conn) headError(err error) {
 // writeError sends a short text/plain error response and marks the
 // connection for closing.
 func (c *conn) writeError(status int, reason string) {
-	c.e.countStatus(status)
+	var line [64]byte
+	c.bw.Write(c.appendStatusLine(line[:0], status, http.StatusText(status)))
 	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), reason)
-	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+	fmt.Fprintf(c.bw, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		len(body), body)
 	c.bw.Flush()
 }
 
 // redirect answers with a redirect to location and marks the connection
 // for closing.
 func (c *conn) redirect(status int, location string) {
-	c.e.countStatus(status)
+	var line [64]byte
+	c.bw.Write(c.appendStatusLine(line[:0], status, http.StatusText(status)))
 	body := fmt.Sprintf("%d %s: %s\n", status, http.StatusText(status), location)
-	fmt.Fprintf(c.bw, "HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), location, len(body), body)
+	fmt.Fprintf(c.bw, "Location: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		location, len(body), body)
 	c.bw.Flush()
 }
 
-// accessLog writes the line for one request or tunnel and returns its
-// outcome: "ok", "canceled" or the error.
-func (c *conn) accessLog(start time.Time, method, target string, status int, up, down int64, session string, err error) string {
+// appendStatusLine appends the status line of a response to the client
+// and, for a final one (not an interim 1xx), records its status for the
+// access log and counts it. Every response to a request starts here, so
+// the log and the counters show the status the client got, never one
+// chosen apart from the one written.
+func (c *conn) appendStatusLine(b []byte, status int, reason string) []byte {
+	if status >= 200 || status == http.StatusSwitchingProtocols {
+		c.status = status
+		c.e.countStatus(status)
+	}
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, reason...)
+	return append(b, "\r\n"...)
+}
+
+// accessLog writes the line for one request or tunnel, with the status
+// last sent (0: none), and returns its outcome: "ok", "canceled" or the
+// error.
+func (c *conn) accessLog(start time.Time, method, target string, up, down int64, session string, err error) string {
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
 		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
-		slog.Int("status", status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
+		slog.Int("status", c.status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
 		slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
 	)
 	if session != "" {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +25,7 @@ const requestBodyGrace = time.Second
 // carry another.
 func (c *conn) serveRequest(h *head) bool {
 	start := time.Now()
+	c.status = 0
 	c.e.stats.requests.Add(1)
 	if c.e.cfg.PAC != "" && h.method == "GET" && h.target == "/proxy.pac" {
 		c.servePAC(h, start) // browsers fetch it before they know any credentials
@@ -50,7 +50,7 @@ func (c *conn) serveRequest(h *head) bool {
 	}
 	if rd := (*redirectToHTTPS)(nil); errors.As(err, &rd) {
 		c.redirect(http.StatusPermanentRedirect, rd.location)
-		c.accessLog(start, h.method, h.target, http.StatusPermanentRedirect, 0, 0, "", rd)
+		c.accessLog(start, h.method, h.target, 0, 0, "", rd)
 		return false
 	}
 	if err != nil {
@@ -60,7 +60,7 @@ func (c *conn) serveRequest(h *head) bool {
 			status, reason = he.status, he.reason
 		}
 		c.writeError(status, reason)
-		c.accessLog(start, h.method, h.target, status, 0, 0, "", err)
+		c.accessLog(start, h.method, h.target, 0, 0, "", err)
 		return false
 	}
 	keep, err := c.exchange(h, r, start)
@@ -78,19 +78,15 @@ type bodyResult struct {
 
 // exchange relays one request and its response over the route's upstream.
 func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err error) {
-	status := 0
 	var up, down int64
 	defer func() {
-		if err != nil && status == 0 {
-			status = http.StatusBadGateway
-		}
-		outcome := c.accessLog(start, h.method, r.target, status, up, down, c.session(), err)
+		outcome := c.accessLog(start, h.method, r.target, up, down, c.session(), err)
 		if c.up == nil {
 			return
 		}
 		if rr, ok := c.up.c.(RequestReporter); ok {
 			_, isTLS := c.c.(*tls.Conn)
-			rr.ReportRequest(RequestRecord{Client: addrPortOf(c.c.RemoteAddr()), Method: h.method, Target: r.target, Status: status,
+			rr.ReportRequest(RequestRecord{Client: addrPortOf(c.c.RemoteAddr()), Method: h.method, Target: r.target, Status: c.status,
 				Up: up, Down: down, Duration: time.Since(start), TLS: isTLS, Outcome: outcome})
 		}
 	}()
@@ -168,7 +164,6 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 		if errors.As(err, &de) {
 			// A Dialer that answers before reaching the target (fast
 			// open) reports the failure here.
-			status = de.Status
 			c.writeError(de.Status, de.Reason)
 		} else {
 			c.writeError(http.StatusBadGateway, fmt.Sprintf("bad response from %s: %v", r.key, err))
@@ -176,13 +171,10 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 		waitBody(0)
 		return false, err
 	}
-	status = resp.status
-	c.e.countStatus(status)
 
 	if resp.status == http.StatusSwitchingProtocols {
 		if !h.upgrade {
 			c.writeError(http.StatusBadGateway, fmt.Sprintf("%s switched protocols without being asked to", r.key))
-			status = http.StatusBadGateway
 			return false, fmt.Errorf("%w: 101 without an upgrade request", errMalformed)
 		}
 		// The splice reads the client's buffered reader next: the request
@@ -327,12 +319,7 @@ func (c *conn) readFinalResponse(h *head, u *upstream) (*head, error) {
 // writeResponseHead buffers a response head for the client: status line,
 // fields as received minus hop-by-hop ones, and our own Connection field.
 func (c *conn) writeResponseHead(resp *head, closeAfter, upgrade bool) {
-	b := c.scratch[:0]
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(resp.status), 10)
-	b = append(b, ' ')
-	b = append(b, resp.reason...)
-	b = append(b, "\r\n"...)
+	b := c.appendStatusLine(c.scratch[:0], resp.status, resp.reason)
 	var keep []string
 	if upgrade {
 		keep = []string{"upgrade"}
@@ -356,11 +343,12 @@ func (c *conn) servePAC(h *head, start time.Time) {
 
 // serveLocal answers a request for the proxy's own pages with body.
 func (c *conn) serveLocal(h *head, start time.Time, contentType string, body []byte) {
-	fmt.Fprintf(c.bw, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n", contentType, len(body))
+	var line [64]byte
+	c.bw.Write(c.appendStatusLine(line[:0], http.StatusOK, "OK"))
+	fmt.Fprintf(c.bw, "Content-Type: %s\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n", contentType, len(body))
 	c.bw.Write(body)
 	c.bw.Flush()
-	c.e.countStatus(http.StatusOK)
-	c.accessLog(start, h.method, h.target, http.StatusOK, 0, int64(len(body)), "", nil)
+	c.accessLog(start, h.method, h.target, 0, int64(len(body)), "", nil)
 }
 
 // isEOF reports whether err says the peer closed before sending anything.

@@ -258,10 +258,18 @@ func TestErrors(t *testing.T) {
 			if d == nil {
 				d = &directDialer{fail: errors.New("must not dial")}
 			}
-			_, proxy := startProxy(t, Config{Dialer: d})
+			var log bytes.Buffer
+			p, proxy := startProxy(t, Config{Dialer: d, AccessLog: slog.New(slog.NewTextHandler(&log, nil))})
 			resp, body := rawExchange(t, proxy, tt.req)
 			if resp.StatusCode != tt.status || !strings.Contains(body, tt.body) {
 				t.Fatalf("got %d %q, want %d containing %q", resp.StatusCode, body, tt.status, tt.body)
+			}
+			p.Close() // waits for the access-log line
+			// The access log records what the client got (a request
+			// whose head could not be read has no line).
+			lines := strings.Count(log.String(), "msg=request ")
+			if want := fmt.Sprintf(" status=%d ", tt.status); strings.Count(log.String(), want) != lines || (tt.dialer != nil && lines != 1) {
+				t.Fatalf("access log, want every line with%s:\n%s", want, log.String())
 			}
 		})
 	}

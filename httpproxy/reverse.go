@@ -73,6 +73,12 @@ type ReverseConfig struct {
 	// port, before routing or credentials: only TLS connections reach
 	// the apps.
 	HTTPSPort int
+	// TrustedProxies are the peers (load balancers in front of the
+	// public port) whose forwarding fields are kept: Forwarded and
+	// X-Forwarded-For get this hop appended, X-Forwarded-Proto, -Host,
+	// -Port and X-Real-IP stand. From any other peer all of them are
+	// dropped and written afresh. Default: none.
+	TrustedProxies []netip.Prefix
 	// Logger receives diagnostics. Default: discard.
 	Logger *slog.Logger
 	// AccessLog receives one line per request. Default: Logger.
@@ -105,8 +111,9 @@ type RequestRecord struct {
 }
 
 // ReverseProxy serves the public side of exposed apps: it routes each
-// request by its Host to a Backend, adds X-Forwarded-For,
-// X-Forwarded-Proto, X-Forwarded-Host and Forwarded, and relays the
+// request by its Host to a Backend, writes the forwarding fields
+// (Forwarded, X-Forwarded-For, -Proto, -Host, X-Real-IP; see
+// TrustedProxies), and relays the
 // exchange like Proxy does (headers byte for byte, bodies streamed,
 // upgrades and server-sent events passed through).
 type ReverseProxy struct{ e *engine }
@@ -128,7 +135,13 @@ func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
 	if cfg.HTTPSPort < 0 || cfg.HTTPSPort > 65535 {
 		return nil, &ConfigError{"HTTPSPort", "must be a port number"}
 	}
-	return &ReverseProxy{e: newEngine(c, reverseRouter{r: cfg.Router, proto: cfg.Proto, httpsPort: cfg.HTTPSPort})}, nil
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() || p.Addr().Is4In6() {
+			return nil, &ConfigError{"TrustedProxies", fmt.Sprintf("%s is not an IPv4 or IPv6 prefix", p)}
+		}
+	}
+	return &ReverseProxy{e: newEngine(c, reverseRouter{r: cfg.Router, proto: cfg.Proto, httpsPort: cfg.HTTPSPort,
+		trusted: slices.Clone(cfg.TrustedProxies)})}, nil
 }
 
 // Serve accepts public connections on ln until Close; it then returns nil.
@@ -157,7 +170,8 @@ func (noDialer) DialTarget(context.Context, string) (net.Conn, error) {
 type reverseRouter struct {
 	r         Router
 	proto     string
-	httpsPort int // redirect plain requests there; 0: serve them
+	httpsPort int            // redirect plain requests there; 0: serve them
+	trusted   []netip.Prefix // peers whose forwarding fields are kept
 }
 
 // redirectToHTTPS is a plain request answered with a redirect.
@@ -206,7 +220,7 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 	if sf, ok := b.(SourceFilter); ok && !sf.AllowsSource(remote) {
 		return nil, &httpError{http.StatusForbidden, fmt.Sprintf("%s is not open to your address %s", host, remote.Addr())}
 	}
-	drop, extra := forwardedNames, forwardedFields(h, remote, host, proto)
+	drop, extra := forwardingNames, forwardingFields(h, remote, host, proto, trustedPeer(rr.trusted, remote.Addr()))
 	if g, ok := b.(GuardedBackend); ok {
 		if auth := g.BasicAuth(); auth != nil {
 			if !auth.allows(h, "Authorization") {
@@ -233,34 +247,6 @@ func (rr reverseRouter) route(_ context.Context, h *head, client net.Conn) (*rou
 
 func (reverseRouter) connect(context.Context, string) (*route, error) {
 	return nil, fmt.Errorf("CONNECT is not served here: this is the public side of exposed apps")
-}
-
-// forwardedNames are the fields forwardedFields replaces.
-var forwardedNames = []string{"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-
-// forwardedFields builds the fields that tell the app who asked:
-// X-Forwarded-For (earlier hops kept, the client appended),
-// X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC 7239, appended to
-// any earlier one, which is forwarded as it was).
-func forwardedFields(h *head, remote netip.AddrPort, host, proto string) []string {
-	ip := remote.Addr().String()
-	var prior []string
-	for _, f := range h.fields {
-		if strings.EqualFold(f.name, "X-Forwarded-For") && f.value != "" {
-			prior = append(prior, f.value)
-		}
-	}
-	xff := strings.Join(append(prior, ip), ", ")
-	node := ip
-	if remote.Addr().Is6() {
-		node = `"[` + ip + `]"`
-	}
-	return []string{
-		"X-Forwarded-For: " + xff,
-		"X-Forwarded-Proto: " + proto,
-		"X-Forwarded-Host: " + host,
-		fmt.Sprintf("Forwarded: for=%s;host=%q;proto=%s", node, host, proto),
-	}
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

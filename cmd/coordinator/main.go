@@ -75,6 +75,8 @@ func main() {
 				Usage: "public TCP ports exposed services may have, MIN-MAX (e.g. 20000-20100)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "public-bind", EnvVars: []string{"COORDINATOR_PUBLIC_BIND"},
 				Usage: "address the ports of --port-range listen on (default: all)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "trusted-proxies", EnvVars: []string{"COORDINATOR_TRUSTED_PROXIES"},
+				Usage: "CIDR[,CIDR...] of load balancers in front of --http/--https whose Forwarded, X-Forwarded-* and X-Real-IP reach the apps (extended); from anyone else they are replaced"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "list-names", EnvVars: []string{"COORDINATOR_LIST_NAMES"},
 				Usage: "say which names are exposed on \"not found\" pages"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
@@ -167,6 +169,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if httpsCert != nil {
 		getHTTPSCert = httpsCert.GetCertificate
 	}
+	trusted, err := coordinator.ParseTrustedProxies(c.StringSlice("trusted-proxies"))
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	coord, err := coordinator.New(coordinator.Config{
 		HTTPListen:           c.String("http"),
 		HTTPSListen:          c.String("https"),
@@ -176,6 +182,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		PortRange:            ports,
 		PublicBind:           c.String("public-bind"),
 		ListNames:            c.Bool("list-names"),
+		TrustedProxies:       trusted,
 		Listen:               c.String("listen"),
 		Certificate:          cert,
 		Token:                c.String("token"),

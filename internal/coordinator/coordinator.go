@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +77,11 @@ type Config struct {
 	PublicBind string
 	// ListNames makes "not found" pages list the exposed names.
 	ListNames bool
+	// TrustedProxies are the peers (load balancers in front of the public
+	// HTTP ports) whose Forwarded, X-Forwarded-* and X-Real-IP fields
+	// reach the apps, extended with this hop. From any other peer those
+	// fields are dropped and written afresh. Default: none.
+	TrustedProxies []netip.Prefix
 	// WorkerToken, if set, lets dial-back workers (NewWorker) with this
 	// secret connect and carry sessions' dial-backs.
 	WorkerToken string
@@ -238,7 +244,7 @@ func (c *Coordinator) setupPublic() (err error) {
 	c.stopRegs = cancel
 	c.registry = &registry{
 		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
-		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog, c.cfg.MaxPublicConns), log: c.log, ctx: ctx,
+		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog, c.cfg.MaxPublicConns, c.cfg.TrustedProxies), log: c.log, ctx: ctx,
 		byName: map[string]*publication{}, byPort: map[uint16]*publication{}, offline: map[string]time.Time{},
 	}
 	defer func() {
@@ -271,7 +277,8 @@ func (c *Coordinator) setupPublic() (err error) {
 	if c.httpLn == nil && c.httpsLn == nil {
 		return nil
 	}
-	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog, MaxConns: c.cfg.MaxPublicConns}
+	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog, MaxConns: c.cfg.MaxPublicConns,
+		TrustedProxies: c.cfg.TrustedProxies}
 	if c.cfg.HTTPToHTTPS {
 		rc.HTTPSPort = c.httpsLn.Addr().(*net.TCPAddr).Port
 	}

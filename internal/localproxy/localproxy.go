@@ -241,7 +241,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.udp.Close()
 		return nil, err
 	}
-	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client, &p.sessions}, Logger: p.log, AccessLog: cfg.AccessLog,
+	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client, &p.sessions, isLoopbackListener(p.ln)}, Logger: p.log, AccessLog: cfg.AccessLog,
 		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth})
 	if err != nil {
 		p.ln.Close()
@@ -250,6 +250,13 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// isLoopbackListener reports whether ln is reachable from this computer
+// only.
+func isLoopbackListener(ln net.Listener) bool {
+	ta, ok := ln.Addr().(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // checkExposure refuses a proxy reachable beyond this computer without
@@ -547,10 +554,11 @@ func isLocalAddr(ip netip.Addr) bool {
 }
 
 // pacFile is the proxy auto-config served at /proxy.pac: everything
-// through this proxy, except loopback names and addresses.
+// through this proxy, except loopback names (localhost, *.localhost) and
+// addresses.
 func pacFile(addr net.Addr) string {
 	return fmt.Sprintf(`function FindProxyForURL(url, host) {
-  if (isPlainHostName(host) || host == "localhost" || shExpMatch(host, "127.*") || host == "[::1]") {
+  if (isPlainHostName(host) || host == "localhost" || dnsDomainIs(host, ".localhost") || shExpMatch(host, "127.*") || host == "[::1]") {
     return "DIRECT";
   }
   return "PROXY %s";
