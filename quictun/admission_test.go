@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -212,4 +214,36 @@ func TestHandshakeLimits(t *testing.T) {
 func waitConnected(t *testing.T, c *Client) {
 	t.Helper()
 	waitFor(t, "client connected", func() bool { return c.Stats().Connected })
+}
+
+// TestAuthLogBoundsSources: past maxAuthLogSources addresses, failures
+// are summed up under "other sources", and close logs what is held back.
+func TestAuthLogBoundsSources(t *testing.T) {
+	var logs syncBuffer
+	a := newAuthLog(slog.New(slog.NewTextHandler(&logs, nil)), time.Hour)
+	const extra = 100
+	for i := range maxAuthLogSources + extra {
+		src := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		a.fail(src, AuthInvalidToken, "client refused")
+		a.fail(src, AuthNoHello, "client refused")
+	}
+	if got := len(a.sources); got > maxAuthLogSources+1 {
+		t.Errorf("%d sources remembered, want at most %d", got, maxAuthLogSources+1)
+	}
+	a.close()
+	out := logs.String()
+	if got := strings.Count(out, "client refused"); got != maxAuthLogSources+1 {
+		t.Errorf("%d full lines, want one per remembered source and one for the others: %d", got, maxAuthLogSources+1)
+	}
+	// Each remembered source held back its second failure; the others
+	// all but the first of theirs.
+	if got := strings.Count(out, "more failed authentications"); got != maxAuthLogSources+1 {
+		t.Errorf("%d summary lines, want %d", got, maxAuthLogSources+1)
+	}
+	if want := fmt.Sprintf(`source="other sources" invalid_token=%d no_hello=%d failures=%d`, extra-1, extra, 2*extra-1); !strings.Contains(out, want) {
+		t.Errorf("no summary %q", want)
+	}
+	if byReason, n := a.counts(); n != 2*(maxAuthLogSources+extra) || byReason[AuthNoHello] != maxAuthLogSources+extra {
+		t.Errorf("counts %v (%d)", byReason, n)
+	}
 }
