@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -567,7 +569,7 @@ func TestBadTokenFlood(t *testing.T) {
 	if n := resets.Load(); n > 0 {
 		t.Logf("%d bad-token clients saw a stateless reset: coordinator's close to them was lost in the flood", n)
 	}
-	if v, err := metric(b.coordMetrics, "quictunnel_auth_failures_total"); err != nil || v != bad {
+	if v, err := metric(b.coordMetrics, `quictunnel_auth_failures_total{reason="invalid_token"}`); err != nil || v != bad {
 		t.Errorf("auth_failures_total %v (%v), want %d", v, err, bad)
 	}
 	if v, err := metric(b.coordMetrics, "quictunnel_clients_connected"); err != nil || v != 2 {
@@ -578,4 +580,20 @@ func TestBadTokenFlood(t *testing.T) {
 	t.Logf("%d bad-token connections refused in %v; good requests: before median %v max %v, during (%d) median %v max %v",
 		bad, floodTook.Round(time.Millisecond), baseline[len(baseline)/2].Round(time.Microsecond), baseline[len(baseline)-1].Round(time.Microsecond),
 		len(during), during[len(during)/2].Round(time.Microsecond), during[len(during)-1].Round(time.Microsecond))
+
+	// The log: a line for the first failure from 127.0.0.1, then summaries
+	// with counts (every 10 s, and the rest when coordinator stops).
+	b.coord.cmd.Process.Signal(os.Interrupt)
+	err = <-b.coord.done
+	b.coord.done <- err // for the cleanup
+	out := b.coord.out.String()
+	full := strings.Count(out, "client refused")
+	summed := 0
+	for _, m := range regexp.MustCompile(`more failed authentications" source=127\.0\.0\.1 invalid_token=(\d+)`).FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.Atoi(m[1])
+		summed += n
+	}
+	if full > 3 || full+summed != bad {
+		t.Errorf("%d lines for single refusals and %d in summaries, want a few lines adding up to %d", full, summed, bad)
+	}
 }

@@ -25,7 +25,8 @@ type Client struct {
 	cert     tls.Certificate
 	certHash [32]byte
 	table    *sessionTable
-	kick     chan struct{} // asks the connect loop to retry now
+	kick     chan struct{}   // asks the connect loop to retry now
+	guard    *handshakeGuard // dial-back connections not yet authenticated
 
 	mu         sync.Mutex
 	conn       *quic.Conn   // control connection; nil while down
@@ -89,9 +90,15 @@ type ClientStats struct {
 	// SetupLatency is the time from a Dial to its session being ready
 	// (coordinator reached the target and the dial-back or relay is up).
 	SetupLatency HistogramSnapshot
-	// LimitHits counts, by limit name (LimitPendingSessions), the
-	// sessions refused for a limit.
+	// LimitHits counts, by limit name (LimitPendingSessions,
+	// LimitHandshakes, LimitHandshakesPerSource), the sessions and
+	// dial-back connection attempts refused for a limit.
 	LimitHits map[string]int64
+	// Handshakes counts the dial-back connections not yet authenticated
+	// now (see HandshakeLimits); HandshakeRetries the connection attempts
+	// asked to answer a Retry first.
+	Handshakes       int
+	HandshakeRetries int64
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -104,7 +111,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{
+	c := &Client{
 		cfg:              cfg,
 		log:              cfg.Logger,
 		cert:             cert,
@@ -115,7 +122,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		dialBackAccepted: make(chan struct{}, 1),
 		ready:            make(chan struct{}),
 		publicAddr:       cfg.PublicAddr,
-	}, nil
+	}
+	c.guard = newHandshakeGuard(cfg.Handshakes, cfg.Logger, &c.stats.limits)
+	return c, nil
 }
 
 // Run serves the tunnel creation service and keeps the control connection
@@ -126,6 +135,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	if !c.refuseDialBacks {
+		c.guard.install(c.cfg.Transport)
 		ln, err := c.cfg.Transport.Listen(c.dialBackTLS(), c.quicConfig())
 		if err != nil {
 			return fmt.Errorf("start tunnel creation service: %w", err)
@@ -456,6 +466,8 @@ func (c *Client) Stats() ClientStats {
 	st.DialBacksClosed = c.stats.dialBacksClosed.Load()
 	st.SetupLatency = c.stats.setupLatency.Snapshot()
 	st.LimitHits = c.stats.limits.snapshot()
+	st.Handshakes = c.guard.inHandshake()
+	st.HandshakeRetries = c.guard.retries.Load()
 	return st
 }
 

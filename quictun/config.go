@@ -84,6 +84,10 @@ type ClientConfig struct {
 	KeepAlive time.Duration
 	// Services are the local apps to expose through coordinator.
 	Services []ExposedService
+	// Handshakes bounds the connections to the tunnel creation service not
+	// yet authenticated (until coordinator's pinned certificate is seen).
+	// Default: see HandshakeLimits.
+	Handshakes HandshakeLimits
 	// RequestLog asks coordinator for a record of every public request
 	// relayed to the exposed apps and writes a line for each to
 	// AccessLog (wire flow step 8). Off, coordinator sends none.
@@ -139,7 +143,7 @@ func (c *ClientConfig) validate() error {
 		}
 		seen[svc.Name] = true
 	}
-	return nil
+	return c.Handshakes.validate("Handshakes")
 }
 
 // ValidHostHeader reports whether h can be sent as a Host header: a DNS
@@ -217,6 +221,7 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.MaxPendingSessions, 10000)
 	setDefault(&c.MaxStreams, 10000)
 	setDefault(&c.KeepAlive, 10*time.Second)
+	c.Handshakes.setDefaults()
 	if c.ServerName == "" {
 		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)
 	}
@@ -276,8 +281,12 @@ type ServerConfig struct {
 	// WorkerToken is the secret dial-back workers (coordinator --role
 	// dialback) present. Default: none, and workers are refused.
 	WorkerToken string
-	// HelloTimeout bounds the wait for a new client's Hello. Default 10s.
+	// HelloTimeout bounds the wait for a new client's Hello, and its QUIC
+	// handshake. Default 10s.
 	HelloTimeout time.Duration
+	// Handshakes bounds the connections not yet authenticated (until a
+	// valid Hello). Default: see HandshakeLimits.
+	Handshakes HandshakeLimits
 	// MaxStreams bounds concurrent session set-ups per client. Default 10000.
 	MaxStreams int64
 	// MaxSessionsPerClient bounds the forward sessions one client
@@ -310,7 +319,7 @@ func (c *ServerConfig) validate() error {
 	case c.MaxClients < 0:
 		return &ConfigError{"MaxClients", "negative"}
 	}
-	return nil
+	return c.Handshakes.validate("Handshakes")
 }
 
 func (c *ServerConfig) setDefaults() {
@@ -321,6 +330,7 @@ func (c *ServerConfig) setDefaults() {
 	setDefault(&c.MaxStreams, 10000)
 	setDefault(&c.MaxSessionsPerClient, 10000)
 	setDefault(&c.MaxClients, 10000)
+	c.Handshakes.setDefaults()
 	if c.DialTarget == nil {
 		d := &net.Dialer{Timeout: c.TargetDialTimeout}
 		c.DialTarget = d.DialContext

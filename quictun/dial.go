@@ -422,6 +422,7 @@ func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
 		if err != nil {
 			return
 		}
+		authenticated(conn) // its TLS handshake checked coordinator's pinned certificate
 		c.log.Debug("dial-back connection accepted", "peer", conn.RemoteAddr())
 		wg.Go(func() {
 			c.serveDialBack(ctx, conn)

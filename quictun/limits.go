@@ -16,6 +16,10 @@ const (
 	LimitClients = "clients"
 	// LimitPendingSessions is ClientConfig.MaxPendingSessions.
 	LimitPendingSessions = "pending_sessions"
+	// LimitHandshakes is HandshakeLimits.Max.
+	LimitHandshakes = "handshakes"
+	// LimitHandshakesPerSource is HandshakeLimits.MaxPerSource.
+	LimitHandshakesPerSource = "handshakes_per_source"
 )
 
 // limitLogEvery is the least time between two warnings about one limit.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type Server struct {
 	cfg   ServerConfig
 	log   *slog.Logger
 	stats serverCounters
+	guard *handshakeGuard // unauthenticated connections
+	auth  *authLog        // failed authentications
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
@@ -39,24 +42,32 @@ type Server struct {
 }
 
 type serverCounters struct {
-	clients, authFailures, sessions, activeSessions atomic.Int64
-	targetErrors, targetsForbidden, dialBackErrors  atomic.Int64
-	dialBackDials                                   atomic.Int64
-	dialBackSessions, relaySessions                 atomic.Int64
-	fastOpenSessions                                atomic.Int64
-	bytesUp, bytesDown                              atomic.Int64
-	setupLatency, dialBackLatency                   Histogram
-	limits                                          limitHits
+	clients, sessions, activeSessions              atomic.Int64
+	targetErrors, targetsForbidden, dialBackErrors atomic.Int64
+	dialBackDials                                  atomic.Int64
+	dialBackSessions, relaySessions                atomic.Int64
+	fastOpenSessions                               atomic.Int64
+	bytesUp, bytesDown                             atomic.Int64
+	setupLatency, dialBackLatency                  Histogram
+	limits                                         limitHits
 }
 
 // ServerStats is a snapshot of a Server's counters. Up is client→target.
 type ServerStats struct {
-	Clients        int // connected now
-	Workers        int // dial-back workers connected now
-	AuthFailures   int64
-	Sessions       int64 // established since start
-	ActiveSessions int64
-	TargetErrors   int64
+	Clients int // connected now
+	Workers int // dial-back workers connected now
+	// AuthFailures counts connections refused before authenticating;
+	// AuthFailuresByReason splits them by reason (AuthInvalidToken...).
+	AuthFailures         int64
+	AuthFailuresByReason map[string]int64
+	// Handshakes counts connections not yet authenticated now (see
+	// HandshakeLimits); HandshakeRetries the connection attempts asked to
+	// answer a Retry first.
+	Handshakes       int
+	HandshakeRetries int64
+	Sessions         int64 // established since start
+	ActiveSessions   int64
+	TargetErrors     int64
 	// TargetsForbidden counts sessions refused by policy: the token may
 	// not use the forward proxy, or DialTarget refused the target.
 	TargetsForbidden int64
@@ -75,7 +86,8 @@ type ServerStats struct {
 	SetupLatency    HistogramSnapshot
 	DialBackLatency HistogramSnapshot
 	// LimitHits counts, by limit name (LimitSessionsPerClient,
-	// LimitClients), the sessions and clients refused for a limit.
+	// LimitClients, LimitHandshakes, LimitHandshakesPerSource), the
+	// sessions, clients and connection attempts refused for a limit.
 	LimitHits map[string]int64
 	// WorkersDraining counts the connected workers that take no more
 	// clients (Worker.Drain).
@@ -88,7 +100,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Server{cfg: cfg, log: cfg.Logger, peers: make(map[*peer]struct{}), workers: make(map[*workerPeer]int)}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, peers: make(map[*peer]struct{}), workers: make(map[*workerPeer]int)}
+	s.guard = newHandshakeGuard(cfg.Handshakes, cfg.Logger, &s.stats.limits)
+	s.auth = newAuthLog(cfg.Logger, authLogEvery)
+	return s, nil
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -102,25 +117,29 @@ func (s *Server) Stats() ServerStats {
 		}
 	}
 	s.mu.Unlock()
+	byReason, failures := s.auth.counts()
 	return ServerStats{
-		Clients:          n,
-		Workers:          nw,
-		WorkersDraining:  nd,
-		AuthFailures:     s.stats.authFailures.Load(),
-		Sessions:         s.stats.sessions.Load(),
-		ActiveSessions:   s.stats.activeSessions.Load(),
-		TargetErrors:     s.stats.targetErrors.Load(),
-		TargetsForbidden: s.stats.targetsForbidden.Load(),
-		DialBackErrors:   s.stats.dialBackErrors.Load(),
-		DialBackDials:    s.stats.dialBackDials.Load(),
-		DialBackSessions: s.stats.dialBackSessions.Load(),
-		RelaySessions:    s.stats.relaySessions.Load(),
-		FastOpenSessions: s.stats.fastOpenSessions.Load(),
-		BytesUp:          s.stats.bytesUp.Load(),
-		BytesDown:        s.stats.bytesDown.Load(),
-		SetupLatency:     s.stats.setupLatency.Snapshot(),
-		DialBackLatency:  s.stats.dialBackLatency.Snapshot(),
-		LimitHits:        s.stats.limits.snapshot(),
+		Clients:              n,
+		Workers:              nw,
+		WorkersDraining:      nd,
+		AuthFailures:         failures,
+		AuthFailuresByReason: byReason,
+		Handshakes:           s.guard.inHandshake(),
+		HandshakeRetries:     s.guard.retries.Load(),
+		Sessions:             s.stats.sessions.Load(),
+		ActiveSessions:       s.stats.activeSessions.Load(),
+		TargetErrors:         s.stats.targetErrors.Load(),
+		TargetsForbidden:     s.stats.targetsForbidden.Load(),
+		DialBackErrors:       s.stats.dialBackErrors.Load(),
+		DialBackDials:        s.stats.dialBackDials.Load(),
+		DialBackSessions:     s.stats.dialBackSessions.Load(),
+		RelaySessions:        s.stats.relaySessions.Load(),
+		FastOpenSessions:     s.stats.fastOpenSessions.Load(),
+		BytesUp:              s.stats.bytesUp.Load(),
+		BytesDown:            s.stats.bytesDown.Load(),
+		SetupLatency:         s.stats.setupLatency.Snapshot(),
+		DialBackLatency:      s.stats.dialBackLatency.Snapshot(),
+		LimitHits:            s.stats.limits.snapshot(),
 	}
 }
 
@@ -138,6 +157,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	qc := QUICConfig(s.cfg.MaxStreams, s.cfg.HelloTimeout)
 	qc.Tracer = qlogTracer(s.cfg.QlogDir, s.cfg.Logger)
+	s.guard.install(s.cfg.Transport)
+	defer s.auth.close() // after every client's goroutine has ended
 	ln, err := s.cfg.Transport.Listen(tlsConf, qc)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
@@ -180,19 +201,22 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 
-	hello, ctrl, err := s.readHello(ctx, conn)
+	src := sourceOf(conn.RemoteAddr())
+	hello, ctrl, reason, err := s.readHello(ctx, conn)
 	if err != nil {
-		log.Warn("client refused", "err", err)
+		if ctx.Err() == nil {
+			s.auth.fail(src, reason, "client refused", "client_addr", conn.RemoteAddr(), "err", err)
+		}
 		return
 	}
 	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
-	grant, ok, why := s.authenticate(conn, hello, p)
-	if !ok {
-		s.stats.authFailures.Add(1)
-		log.Warn("client refused: "+why, "client", hello.ClientName, "identity", p.identity)
+	grant, reason, why := s.authenticate(conn, hello, p)
+	if reason != "" {
+		s.auth.fail(src, reason, "client refused: "+why, "client_addr", conn.RemoteAddr(), "client", hello.ClientName, "identity", p.identity)
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), why)
 		return
 	}
+	authenticated(conn)
 	p.grant = grant
 	if grant.Client != "" {
 		p.name = grant.Client
@@ -227,31 +251,32 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 
 // authenticate checks a new client by its certificate (with ClientCAs)
 // or its token, and sets p's identity or token and owner. On refusal it
-// returns the reason, which is sent to the client.
-func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (Grant, bool, string) {
+// returns the reason (AuthInvalidToken...) and why in words, which is sent
+// to the client.
+func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (grant Grant, reason, why string) {
 	if s.cfg.ClientCAs == nil {
 		grant, ok := s.cfg.Authorize(hello.Token)
 		if !ok {
-			return Grant{}, false, "invalid token"
+			return Grant{}, AuthInvalidToken, "invalid token"
 		}
 		tokenHash := sha256.Sum256([]byte(hello.Token))
 		p.token, p.owner = hello.Token, hex.EncodeToString(tokenHash[:8])+"/"+hello.ClientName
-		return grant, true, ""
+		return grant, "", ""
 	}
 	chains := conn.ConnectionState().TLS.VerifiedChains
 	if len(chains) == 0 || len(chains[0]) == 0 {
-		return Grant{}, false, "client certificate required"
+		return Grant{}, AuthCertificate, "client certificate required"
 	}
 	p.identity = certIdentity(chains[0][0])
 	if p.identity == "" {
-		return Grant{}, false, "client certificate names no one (no common name or DNS name)"
+		return Grant{}, AuthCertificate, "client certificate names no one (no common name or DNS name)"
 	}
 	grant, ok := s.cfg.AuthorizeCert(p.identity)
 	if !ok {
-		return Grant{}, false, fmt.Sprintf("certificate identity %q is not authorized", p.identity)
+		return Grant{}, AuthCertificate, fmt.Sprintf("certificate identity %q is not authorized", p.identity)
 	}
 	p.owner = "cert/" + p.identity
-	return grant, true, ""
+	return grant, "", ""
 }
 
 // certIdentity names a client certificate's holder: its subject common
@@ -266,31 +291,67 @@ func certIdentity(c *x509.Certificate) string {
 	return ""
 }
 
-func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
-	defer cancel()
-	ctrl, err := conn.AcceptStream(ctx)
+// readHello reads a new client's Hello, on the first stream it opens,
+// within HelloTimeout. On failure it closes conn and returns the reason
+// (AuthNoHello or AuthBadHello).
+func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, string, error) {
+	msg, ctrl, reason, err := readFirstFrame(ctx, conn, s.cfg.HelloTimeout)
 	if err != nil {
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
-		return nil, nil, fmt.Errorf("no control stream: %w", err)
-	}
-	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
-	msg, err := ReadFrame(ctrl)
-	ctrl.SetReadDeadline(time.Time{})
-	if err != nil {
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "bad hello")
-		return nil, nil, fmt.Errorf("read hello: %w", err)
+		return nil, nil, reason, err
 	}
 	hello, ok := msg.(*Hello)
 	if !ok {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "expected hello")
-		return nil, nil, fmt.Errorf("%w: expected hello, got %T", ErrProtocol, msg)
+		return nil, nil, AuthBadHello, fmt.Errorf("%w: expected hello, got %T", ErrProtocol, msg)
 	}
 	if hello.Version != ProtocolVersion {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeVersion), fmt.Sprintf("coordinator speaks version %d", ProtocolVersion))
-		return nil, nil, fmt.Errorf("%w: client speaks %d", ErrVersion, hello.Version)
+		return nil, nil, AuthBadHello, fmt.Errorf("%w: client speaks %d", ErrVersion, hello.Version)
 	}
-	return hello, ctrl, nil
+	return hello, ctrl, "", nil
+}
+
+// readFirstFrame accepts the first stream a new connection opens and
+// reads one frame from it (a Hello or WorkerHello), within timeout. A peer
+// opens nothing else before coordinator's Welcome, so a second stream
+// meanwhile closes the connection: an unauthenticated peer gets no buffers
+// beyond the one stream. On failure it closes conn and returns the reason
+// (AuthNoHello or AuthBadHello).
+func readFirstFrame(ctx context.Context, conn *quic.Conn, timeout time.Duration) (any, *quic.Stream, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ctrl, err := conn.AcceptStream(ctx)
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
+		return nil, nil, AuthNoHello, fmt.Errorf("no control stream: %w", err)
+	}
+	var early atomic.Bool
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		if str, err := conn.AcceptStream(ctx); err == nil {
+			early.Store(true)
+			str.CancelRead(quic.StreamErrorCode(CodeProtocol))
+			str.CancelWrite(quic.StreamErrorCode(CodeProtocol))
+			conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "stream opened before welcome")
+		}
+	})
+	deadline, _ := ctx.Deadline()
+	ctrl.SetReadDeadline(deadline)
+	msg, err := ReadFrame(ctrl)
+	ctrl.SetReadDeadline(time.Time{})
+	cancel()
+	watch.Wait()
+	switch {
+	case early.Load():
+		return nil, nil, AuthBadHello, fmt.Errorf("%w: stream opened before welcome", ErrProtocol)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
+		return nil, nil, AuthNoHello, fmt.Errorf("read hello: %w", err)
+	case err != nil:
+		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "bad hello")
+		return nil, nil, AuthBadHello, fmt.Errorf("read hello: %w", err)
+	}
+	return msg, ctrl, "", nil
 }
 
 // Drain stops accepting clients and sessions (new Opens are answered

@@ -26,7 +26,9 @@ package quictun
 //     connection (the control stream) and writes Hello.
 //  2. coordinator checks the token in constant time; on failure it closes the
 //     connection with CodeUnauthorized and never dials anything for it. On
-//     success it answers Welcome.
+//     success it answers Welcome. localproxy opens no other stream before
+//     Welcome: coordinator closes a connection that does, with
+//     CodeProtocol (so does a worker's before its Welcome).
 //  3. localproxy may later write AddrUpdate on the control stream when its
 //     public address changes.
 //  4. Per session, localproxy opens a new bidirectional stream and writes Open

@@ -31,31 +31,29 @@ type workerPeer struct {
 // serveWorker authenticates a worker's connection and keeps it in the pool
 // until it closes.
 func (s *Server) serveWorker(ctx context.Context, conn *quic.Conn, log *slog.Logger) {
-	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
-	ctrl, err := conn.AcceptStream(hctx)
-	cancel()
-	if err != nil {
-		conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "no hello")
-		return
-	}
-	ctrl.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
-	msg, err := ReadFrame(ctrl)
+	src := sourceOf(conn.RemoteAddr())
+	msg, ctrl, reason, err := readFirstFrame(ctx, conn, s.cfg.HelloTimeout)
 	hello, ok := msg.(*WorkerHello)
-	if err != nil || !ok {
+	if err == nil && !ok {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "expected worker hello")
-		log.Warn("dial-back worker refused: bad hello", "err", err)
+		reason, err = AuthBadHello, fmt.Errorf("%w: expected worker hello, got %T", ErrProtocol, msg)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			s.auth.fail(src, reason, "dial-back worker refused: bad hello", "worker_addr", conn.RemoteAddr(), "err", err)
+		}
 		return
 	}
 	if !checkWorkerToken(hello.Token, s.cfg.WorkerToken) {
-		s.stats.authFailures.Add(1)
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeUnauthorized), "invalid worker token")
-		log.Warn("dial-back worker refused: invalid worker token")
+		s.auth.fail(src, AuthInvalidWorkerToken, "dial-back worker refused: invalid worker token", "worker_addr", conn.RemoteAddr())
 		return
 	}
 	if hello.Version != ProtocolVersion {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeVersion), fmt.Sprintf("coordinator speaks version %d", ProtocolVersion))
 		return
 	}
+	authenticated(conn)
 	w := &workerPeer{conn: conn, log: log}
 	if a, ok := conn.RemoteAddr().(interface{ AddrPort() netip.AddrPort }); ok {
 		ap := a.AddrPort()

@@ -102,6 +102,12 @@ func main() {
 			service.QlogDirFlag("COORDINATOR_"),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-clients", Value: 10000, EnvVars: []string{"COORDINATOR_MAX_CLIENTS"},
 				Usage: "most clients connected at once; others are refused until one leaves"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-handshakes", Value: quictun.DefaultMaxHandshakes, EnvVars: []string{"COORDINATOR_MAX_HANDSHAKES"},
+				Usage: "most connections not yet authenticated (no valid Hello yet) at once; others are refused"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-handshakes-per-source", Value: quictun.DefaultMaxHandshakesPerSource, EnvVars: []string{"COORDINATOR_MAX_HANDSHAKES_PER_SOURCE"},
+				Usage: "most connections not yet authenticated from one IP address at once"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "retry-above-handshakes", Value: quictun.DefaultRetryAbove, EnvVars: []string{"COORDINATOR_RETRY_ABOVE_HANDSHAKES"},
+				Usage: "with this many connections not yet authenticated, new ones must first prove their address with a QUIC Retry (one round trip more); -1: always"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-public-conns", Value: coordinator.DefaultMaxPublicConns, EnvVars: []string{"COORDINATOR_MAX_PUBLIC_CONNS"},
 				Usage: "most public connections to exposed HTTP apps open at once (--http and --https together; each dedicated port alike); more wait until one closes; -1: no limit"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
@@ -195,6 +201,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ShutdownTimeout:      c.Duration("shutdown-timeout"),
 		MaxSessionsPerClient: c.Int("max-sessions-per-client"),
 		MaxClients:           c.Int("max-clients"),
+		Handshakes:           handshakeLimits(c),
 		MaxPublicConns:       c.Int("max-public-conns"),
 		QlogDir:              qlogDir,
 		Targets:              targetPolicy(c),
@@ -379,4 +386,10 @@ func dnsCacheTTL(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// handshakeLimits maps the --max-handshakes flags.
+func handshakeLimits(c *cli.Context) quictun.HandshakeLimits {
+	return quictun.HandshakeLimits{RetryAbove: c.Int("retry-above-handshakes"),
+		Max: c.Int("max-handshakes"), MaxPerSource: c.Int("max-handshakes-per-source")}
 }

@@ -99,6 +99,9 @@ type Config struct {
 	MaxSessionsPerClient int
 	// MaxClients bounds the clients connected at once. Default 10000.
 	MaxClients int
+	// Handshakes bounds the connections not yet authenticated. Default:
+	// see quictun.HandshakeLimits.
+	Handshakes quictun.HandshakeLimits
 	// MaxPublicConns bounds the public connections to exposed HTTP apps
 	// open at once: on HTTPListen and HTTPSListen together, and on each
 	// dedicated HTTP port. At the bound, new ones wait in the listen
@@ -205,6 +208,7 @@ func New(cfg Config) (*Coordinator, error) {
 		WorkerToken:          cfg.WorkerToken,
 		MaxSessionsPerClient: cfg.MaxSessionsPerClient,
 		MaxClients:           cfg.MaxClients,
+		Handshakes:           cfg.Handshakes,
 		QlogDir:              cfg.QlogDir,
 		Logger:               c.log,
 		AccessLog:            cfg.AccessLog,

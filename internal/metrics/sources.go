@@ -17,7 +17,10 @@ func b2f(b bool) float64 {
 func (r *Registry) AddTunnelServer(s *quictun.Server) {
 	st := func() quictun.ServerStats { return s.Stats() }
 	r.Gauge("clients_connected", "Authenticated localproxy clients connected now.", func() float64 { return float64(st().Clients) })
-	r.Counter("auth_failures_total", "Clients refused for a bad token.", func() float64 { return float64(st().AuthFailures) })
+	r.LabeledCounter("auth_failures_total", "Connections refused before authenticating, by reason.", "reason",
+		quictun.AuthReasons, func() map[string]int64 { return st().AuthFailuresByReason })
+	r.Gauge("handshakes_pending", "Connections not yet authenticated now.", func() float64 { return float64(st().Handshakes) })
+	r.Counter("handshake_retries_total", "Connection attempts asked to prove their address with a QUIC Retry.", func() float64 { return float64(st().HandshakeRetries) })
 	r.Counter("sessions_total", "Forward sessions established.", func() float64 { return float64(st().Sessions) })
 	r.Gauge("sessions_active", "Forward sessions open now.", func() float64 { return float64(st().ActiveSessions) })
 	r.Counter("dialback_sessions_total", "Sessions carried over a dial-back connection.", func() float64 { return float64(st().DialBackSessions) })
@@ -35,8 +38,9 @@ func (r *Registry) AddTunnelServer(s *quictun.Server) {
 		func() quictun.HistogramSnapshot { return st().DialBackLatency })
 	r.Gauge("dialback_workers_connected", "Dial-back workers connected now.", func() float64 { return float64(st().Workers) })
 	r.Gauge("dialback_workers_draining", "Dial-back workers connected but taking no more clients (stopping).", func() float64 { return float64(st().WorkersDraining) })
-	r.LabeledCounter("limit_hits_total", "Sessions or clients refused because a limit was hit, by limit.", "limit",
-		[]string{quictun.LimitSessionsPerClient, quictun.LimitClients}, func() map[string]int64 { return st().LimitHits })
+	r.LabeledCounter("limit_hits_total", "Sessions, clients or connection attempts refused because a limit was hit, by limit.", "limit",
+		[]string{quictun.LimitSessionsPerClient, quictun.LimitClients, quictun.LimitHandshakes, quictun.LimitHandshakesPerSource},
+		func() map[string]int64 { return st().LimitHits })
 }
 
 // AddDialBackWorker registers a dial-back worker's metrics.
@@ -72,8 +76,12 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 		func() float64 { return float64(st().PublicAddrChanges) })
 	r.Counter("dialback_connections_closed_total", "Dial-back connections closed because the NAT mapping they came through was gone.",
 		func() float64 { return float64(st().DialBacksClosed) })
-	r.LabeledCounter("limit_hits_total", "Sessions refused because a limit was hit, by limit.", "limit",
-		[]string{quictun.LimitPendingSessions}, func() map[string]int64 { return st().LimitHits })
+	r.LabeledCounter("limit_hits_total", "Sessions or dial-back connection attempts refused because a limit was hit, by limit.", "limit",
+		[]string{quictun.LimitPendingSessions, quictun.LimitHandshakes, quictun.LimitHandshakesPerSource},
+		func() map[string]int64 { return st().LimitHits })
+	r.Gauge("handshakes_pending", "Dial-back connections not yet authenticated now.", func() float64 { return float64(st().Handshakes) })
+	r.Counter("handshake_retries_total", "Dial-back connection attempts asked to prove their address with a QUIC Retry.",
+		func() float64 { return float64(st().HandshakeRetries) })
 	r.Gauge("exposed_services", "Services published through coordinator.", func() float64 {
 		n := 0
 		for _, reg := range c.Registrations() {
