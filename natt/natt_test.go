@@ -1,13 +1,16 @@
 package natt
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -382,16 +385,42 @@ func FuzzClientHandlePacket(f *testing.F) {
 }
 
 // FuzzServerHandle feeds arbitrary datagrams to the server: nothing may
-// panic and a response is never much larger than the request.
+// panic, a response is never much larger than the request, a request
+// whose FINGERPRINT does not match gets none, and a 420 lists only
+// comprehension-required attributes the request carried.
 func FuzzServerHandle(f *testing.F) {
 	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest).Raw)
 	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.RawAttribute{Type: AttrKeepaliveRequest}, stun.Fingerprint).Raw)
+	f.Add(rfc5769Request())
+	f.Add(corrupt(rfc5769Request()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		srv, _ := NewServer(ServerConfig{})
 		pc := &recordingConn{}
 		srv.handle(pc, pc, b, netip.MustParseAddrPort("[2001:db8::1]:40000"))
-		if pc.n > 0 && pc.last > 2*len(b)+24 {
-			t.Fatalf("request of %d bytes got a %d-byte response", len(b), pc.last)
+		if pc.n == 0 {
+			return
+		}
+		if pc.n > 1 || len(pc.last) > 2*len(b)+24 {
+			t.Fatalf("request of %d bytes got %d responses, the last of %d bytes", len(b), pc.n, len(pc.last))
+		}
+		req := &stun.Message{Raw: append([]byte(nil), b...)}
+		if err := req.Decode(); err != nil {
+			t.Fatalf("answered a request pion cannot decode: %v", err)
+		}
+		if req.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(req) != nil {
+			t.Fatal("answered a request whose FINGERPRINT does not match")
+		}
+		resp := &stun.Message{Raw: pc.last}
+		if err := resp.Decode(); err != nil {
+			t.Fatalf("response does not decode: %v", err)
+		}
+		if resp.Type != stun.BindingError {
+			return
+		}
+		for _, typ := range unknownAttributes(t, resp) {
+			if !typ.Required() || !req.Contains(typ) {
+				t.Fatalf("420 lists %v, not a required attribute of the request", typ)
+			}
 		}
 	})
 }
@@ -399,11 +428,163 @@ func FuzzServerHandle(f *testing.F) {
 // recordingConn is a PacketConn that records what is written to it.
 type recordingConn struct {
 	net.PacketConn
-	n, last int
+	n    int
+	last []byte
 }
 
 func (r *recordingConn) WriteTo(b []byte, _ net.Addr) (int, error) {
 	r.n++
-	r.last = len(b)
+	r.last = append([]byte(nil), b...)
 	return len(b), nil
+}
+
+// rfc5769Request is the RFC 5769 §2.1 sample request: SOFTWARE, PRIORITY,
+// ICE-CONTROLLED, USERNAME, MESSAGE-INTEGRITY and FINGERPRINT.
+func rfc5769Request() []byte {
+	return mustHex("00010058" + "2112a442" + "b7e7a701bc34d686fa87dfae" +
+		"80220010" + "5354554e207465737420636c69656e74" +
+		"00240004" + "6e0001ff" +
+		"80290008" + "932ff9b151263b36" +
+		"00060009" + "6576746a3a68367659202020" +
+		"00080014" + "9aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2" +
+		"80280004" + "e57a3bcf")
+}
+
+// request builds a Binding request with a fresh transaction id.
+func request(t *testing.T, setters ...stun.Setter) []byte {
+	t.Helper()
+	m, err := stun.Build(append([]stun.Setter{stun.TransactionID, stun.BindingRequest}, setters...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Raw
+}
+
+// corrupt returns b with its last byte (in the FINGERPRINT) flipped.
+func corrupt(b []byte) []byte {
+	b = append([]byte(nil), b...)
+	b[len(b)-1] ^= 0x01
+	return b
+}
+
+// TestServerChecksRequests sends requests over UDP: a FINGERPRINT that
+// does not match (or is not last) gets no answer at all (RFC 8489 §14.7),
+// and unknown comprehension-required attributes get 420 with
+// UNKNOWN-ATTRIBUTES listing each once (§6.3.1, §14.9); optional ones and
+// CHANGE-REQUEST are fine.
+func TestServerChecksRequests(t *testing.T) {
+	var dropped stun.MessageType // no answer
+	unknownReq := request(t, stun.RawAttribute{Type: 0x0024, Value: []byte{1, 2, 3, 4}}, stun.RawAttribute{Type: 0x7F01},
+		stun.RawAttribute{Type: 0x0024, Value: []byte{5, 6, 7, 8}}, stun.RawAttribute{Type: 0x8055}, stun.Fingerprint)
+	tests := []struct {
+		name    string
+		req     []byte
+		want    stun.MessageType // dropped: no answer
+		unknown []stun.AttrType  // listed in a 420
+	}{
+		{"plain", request(t), stun.BindingSuccess, nil},
+		{"fingerprint", request(t, stun.Fingerprint), stun.BindingSuccess, nil},
+		{"bad fingerprint", corrupt(request(t, stun.Fingerprint)), dropped, nil},
+		{"fingerprint not last", request(t, stun.Fingerprint, stun.RawAttribute{Type: 0x8022, Value: []byte("x")}), dropped, nil},
+		{"optional unknown", request(t, stun.RawAttribute{Type: 0x8055, Value: []byte("abc")}, stun.Fingerprint), stun.BindingSuccess, nil},
+		{"keepalive request", request(t, stun.RawAttribute{Type: AttrKeepaliveRequest}, stun.Fingerprint), stun.BindingSuccess, nil},
+		{"change request", request(t, stun.RawAttribute{Type: AttrChangeRequest, Value: []byte{0, 0, 0, 0}}), stun.BindingSuccess, nil},
+		{"unknown required", unknownReq, stun.BindingError, []stun.AttrType{0x0024, 0x7F01}},
+		{"unknown required, bad fingerprint", corrupt(unknownReq), dropped, nil},
+		{"RFC 5769 sample request", rfc5769Request(), stun.BindingError, []stun.AttrType{0x0024, stun.AttrUsername, stun.AttrMessageIntegrity}},
+		{"RFC 5769 sample request, bad fingerprint", corrupt(rfc5769Request()), dropped, nil},
+	}
+	srv, server := startServer(t, "127.0.0.1", ServerConfig{RatePerSecond: 1000})
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := srv.Stats().Dropped
+			// A plain request follows: when its answer is the first to
+			// come back, the server has handled (and ignored) tt.req.
+			after := request(t)
+			if _, err := conn.Write(tt.req); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Write(after); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 1500)
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if err := resp.Decode(); err != nil {
+				t.Fatal(err)
+			}
+			if tt.want == dropped {
+				if !bytes.Equal(resp.TransactionID[:], after[8:20]) {
+					t.Fatalf("answered %v to a request that should be dropped", resp.Type)
+				}
+				if got := srv.Stats().Dropped; got != before+1 {
+					t.Errorf("dropped %d, want %d", got, before+1)
+				}
+				return
+			}
+			if !bytes.Equal(resp.TransactionID[:], tt.req[8:20]) || resp.Type != tt.want {
+				t.Fatalf("answer %v to %x, want %v", resp.Type, resp.TransactionID, tt.want)
+			}
+			if n, err := conn.Read(buf); err != nil || !bytes.Equal(buf[8:20], after[8:20]) {
+				t.Fatalf("second answer: %x, %v", buf[:n], err)
+			}
+			if bytes.HasSuffix(tt.req[len(tt.req)-8:len(tt.req)-4], []byte{0x80, 0x28, 0, 4}) {
+				if err := stun.Fingerprint.Check(resp); err != nil {
+					t.Errorf("answer's fingerprint: %v", err)
+				}
+			}
+			if tt.want != stun.BindingError {
+				return
+			}
+			var code stun.ErrorCodeAttribute
+			if err := code.GetFrom(resp); err != nil || code.Code != stun.CodeUnknownAttribute {
+				t.Errorf("error code %v, %v; want 420", code.Code, err)
+			}
+			if got := unknownAttributes(t, resp); !slices.Equal(got, tt.unknown) {
+				t.Errorf("UNKNOWN-ATTRIBUTES %v, want %v", got, tt.unknown)
+			}
+			if resp.Contains(stun.AttrXORMappedAddress) {
+				t.Error("a 420 answer carries a mapped address")
+			}
+		})
+	}
+	if n := srv.Stats().KeptAlive; n != 1 {
+		t.Errorf("kept alive %d clients, want 1 (the keepalive request)", n)
+	}
+}
+
+// unknownAttributes decodes UNKNOWN-ATTRIBUTES as RFC 8489 §14.9 lays it
+// out: 16-bit types, padded to 4 bytes.
+func unknownAttributes(t *testing.T, m *stun.Message) []stun.AttrType {
+	t.Helper()
+	v, err := m.Get(stun.AttrUnknownAttributes)
+	if err != nil || len(v)%2 != 0 {
+		t.Fatalf("UNKNOWN-ATTRIBUTES %x, %v", v, err)
+	}
+	var out []stun.AttrType
+	for i := 0; i < len(v); i += 2 {
+		out = append(out, stun.AttrType(binary.BigEndian.Uint16(v[i:])))
+	}
+	return out
+}
+
+// TestRFC5769Request checks the transcription of the RFC 5769 §2.1 sample
+// request: its FINGERPRINT matches.
+func TestRFC5769Request(t *testing.T) {
+	m := &stun.Message{Raw: rfc5769Request()}
+	if err := m.Decode(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stun.Fingerprint.Check(m); err != nil {
+		t.Fatalf("fingerprint: %v", err)
+	}
 }

@@ -2,12 +2,14 @@ package natt
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -190,14 +192,23 @@ func (s *Server) handle(pc, probe net.PacketConn, b []byte, from netip.AddrPort)
 		s.dropped.Add(1)
 		return
 	}
+	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
+		// RFC 8489 §14.7: a message whose FINGERPRINT does not match (or
+		// is not last) is not STUN, or is damaged: discard it silently.
+		s.dropped.Add(1)
+		return
+	}
 	switch m.Type {
 	case stun.BindingRequest:
 		if !s.allow(from.Addr()) {
 			s.dropped.Add(1)
 			return
 		}
-		resp := s.response(m, from)
-		if resp == nil {
+		if unknown := unknownRequired(m); len(unknown) > 0 {
+			// RFC 8489 §6.3.1: a request with comprehension-required
+			// attributes we do not understand gets 420 listing them, and
+			// nothing else happens (no keepalive, no other port).
+			s.send(pc, errorUnknownAttributes(m, unknown), from)
 			return
 		}
 		out := pc
@@ -209,14 +220,67 @@ func (s *Server) handle(pc, probe net.PacketConn, b []byte, from netip.AddrPort)
 			// One whose answer is lost is forgotten after MaxMisses pings.
 			s.register(pc, from)
 		}
-		if _, err := out.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
-			s.log.Debug("STUN response not sent", "to", from, "err", err)
-			return
-		}
-		s.requests.Add(1)
+		s.send(out, s.response(m, from), from)
 	case stun.BindingSuccess:
 		s.pong(m, from)
 	}
+}
+
+// send writes resp, an answer to a request from from, on pc.
+func (s *Server) send(pc net.PacketConn, resp []byte, from netip.AddrPort) {
+	if resp == nil {
+		return
+	}
+	if _, err := pc.WriteTo(resp, net.UDPAddrFromAddrPort(from)); err != nil {
+		s.log.Debug("STUN response not sent", "to", from, "err", err)
+		return
+	}
+	s.requests.Add(1)
+}
+
+// understood are the comprehension-required attributes (0x0000-0x7FFF) a
+// Binding request may carry here: CHANGE-REQUEST (RFC 5780). Every other
+// one, including the RFC 8489 authentication attributes (the reporter
+// authenticates nobody) and RFC 5780's RESPONSE-PORT and PADDING, gets a
+// 420 answer.
+var understood = map[stun.AttrType]bool{AttrChangeRequest: true}
+
+// maxUnknownListed bounds the attribute types a 420 answer lists.
+const maxUnknownListed = 16
+
+// unknownRequired returns the comprehension-required attribute types of m
+// that the server does not understand, each once, at most
+// maxUnknownListed of them.
+func unknownRequired(m *stun.Message) []stun.AttrType {
+	var out []stun.AttrType
+	for _, a := range m.Attributes {
+		if a.Type.Required() && !understood[a.Type] && !slices.Contains(out, a.Type) && len(out) < maxUnknownListed {
+			out = append(out, a.Type)
+		}
+	}
+	return out
+}
+
+// errorUnknownAttributes builds the 420 (Unknown Attribute) answer to req,
+// with UNKNOWN-ATTRIBUTES listing unknown (RFC 8489 §14.9: 16 bits each,
+// padded to 4 bytes; pion's UnknownAttributes spends 4 bytes on each), and
+// FINGERPRINT only if the request had one. Each listed type took at least
+// 4 bytes of the request, so the answer stays small (no amplification).
+func errorUnknownAttributes(req *stun.Message, unknown []stun.AttrType) []byte {
+	list := make([]byte, 0, 2*len(unknown))
+	for _, t := range unknown {
+		list = binary.BigEndian.AppendUint16(list, uint16(t))
+	}
+	setters := []stun.Setter{stun.NewTransactionIDSetter(req.TransactionID), stun.BindingError,
+		stun.CodeUnknownAttribute, stun.RawAttribute{Type: stun.AttrUnknownAttributes, Value: list}}
+	if req.Contains(stun.AttrFingerprint) {
+		setters = append(setters, stun.Fingerprint)
+	}
+	resp, err := stun.Build(setters...)
+	if err != nil {
+		return nil
+	}
+	return resp.Raw
 }
 
 // response builds the answer to a Binding request: XOR-MAPPED-ADDRESS,
@@ -235,13 +299,13 @@ func (s *Server) response(req *stun.Message, from netip.AddrPort) []byte {
 	return resp.Raw
 }
 
-// register starts (or refreshes) keepalive for a client.
 // changePort reports whether m asks for the answer from another port.
 func changePort(m *stun.Message) bool {
 	v, err := m.Get(AttrChangeRequest)
 	return err == nil && len(v) == 4 && v[3]&changePortFlag != 0
 }
 
+// register starts (or refreshes) keepalive for a client.
 func (s *Server) register(pc net.PacketConn, from netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -44,6 +44,14 @@ type Client struct {
 	dialBacks map[*quic.Conn]time.Time
 	// dialBackAccepted is signalled when one is accepted.
 	dialBackAccepted chan struct{}
+	// tunnelLn is the tunnel creation service's listener, nil when it
+	// stopped; tunnelUp is closed when it serves again, and
+	// tunnelListenErr says why listening again failed.
+	tunnelLn        *quic.Listener
+	tunnelUp        chan struct{}
+	tunnelListenErr error
+	// tunnelKick asks the tunnel creation service to listen again now.
+	tunnelKick chan struct{}
 
 	stats clientCounters
 	// silentConn is the last control connection found silent (see
@@ -120,6 +128,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		kick:             make(chan struct{}, 1),
 		dialBacks:        make(map[*quic.Conn]time.Time),
 		dialBackAccepted: make(chan struct{}, 1),
+		tunnelKick:       make(chan struct{}, 1),
 		ready:            make(chan struct{}),
 		publicAddr:       cfg.PublicAddr,
 	}
@@ -140,8 +149,10 @@ func (c *Client) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("start tunnel creation service: %w", err)
 		}
-		defer ln.Close()
-		wg.Go(func() { c.acceptDialBacks(ctx, ln) })
+		c.mu.Lock()
+		c.tunnelLn = ln
+		c.mu.Unlock()
+		wg.Go(func() { c.serveTunnel(ctx, ln) })
 	}
 	err := c.connectLoop(ctx)
 	cancel(err)

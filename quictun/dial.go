@@ -413,10 +413,85 @@ func (c *Client) pinnedCoordinator() []byte {
 	return c.coordLeaf
 }
 
-// acceptDialBacks serves the tunnel creation service until ctx ends.
-func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener) {
+// tunnelRelisten is how long the tunnel creation service waits before
+// listening again after its listener stopped, unless EnsureTunnelService
+// asks sooner.
+const tunnelRelisten = time.Second
+
+// serveTunnel serves the tunnel creation service on ln until ctx ends.
+// Should the listener stop while ctx lives, it listens again on the same
+// transport (EnsureTunnelService asks at once; otherwise every
+// tunnelRelisten); dial-back connections already accepted live on.
+func (c *Client) serveTunnel(ctx context.Context, ln *quic.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	for {
+		c.acceptDialBacks(ctx, ln, &wg)
+		ln.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		c.tunnelLn, c.tunnelUp = nil, make(chan struct{})
+		c.mu.Unlock()
+		c.log.Warn("tunnel creation service stopped; listening again")
+		for ln = nil; ln == nil; {
+			t := time.NewTimer(tunnelRelisten)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-c.tunnelKick:
+			case <-t.C:
+			}
+			t.Stop()
+			l, err := c.cfg.Transport.Listen(c.dialBackTLS(), c.quicConfig())
+			c.mu.Lock()
+			if c.tunnelListenErr = err; err == nil {
+				ln, c.tunnelLn = l, l
+				close(c.tunnelUp)
+				c.tunnelUp = nil
+			}
+			c.mu.Unlock()
+			if err != nil {
+				c.log.Warn("tunnel creation service cannot listen again", "err", err)
+			}
+		}
+		c.log.Info("tunnel creation service serving again")
+	}
+}
+
+// EnsureTunnelService makes sure the tunnel creation service is serving:
+// if its listener stopped, it has it listen again at once and waits for
+// that until ctx ends. restarted says it had to.
+func (c *Client) EnsureTunnelService(ctx context.Context) (restarted bool, err error) {
+	c.mu.Lock()
+	up := c.tunnelUp
+	c.mu.Unlock()
+	if up == nil {
+		return false, nil
+	}
+	select {
+	case c.tunnelKick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-up:
+		return true, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		err := c.tunnelListenErr
+		c.mu.Unlock()
+		if err == nil {
+			err = context.Cause(ctx)
+		}
+		return false, fmt.Errorf("tunnel creation service not serving: %w", err)
+	}
+}
+
+// acceptDialBacks accepts dial-back connections on ln until it or ctx
+// ends, serving each in wg.
+func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener, wg *sync.WaitGroup) {
 	for {
 		conn, err := ln.Accept(ctx)
 		if err != nil {

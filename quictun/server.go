@@ -519,6 +519,13 @@ func (p *peer) readControl(ctrl *quic.Stream) {
 		case *AddrUpdate:
 			p.mu.Lock()
 			old := p.publicAddr
+			if old == m.PublicAddr {
+				// localproxy's idle timer confirms its address: the
+				// dial-back connection still fits it.
+				p.mu.Unlock()
+				p.log.Debug("client confirmed its public address", "addr", old)
+				continue
+			}
 			p.publicAddr = m.PublicAddr
 			p.relayUntil = time.Time{} // a new address deserves a new dial-back attempt
 			p.mu.Unlock()

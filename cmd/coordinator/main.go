@@ -1,7 +1,8 @@
 // Command coordinator is the tunnel's public host: it authenticates
 // localproxy clients over QUIC (TLS 1.3 with the operator's key pair), dials
 // the targets they ask for and dials back to them with each session. With
-// --reporter-listen it also runs the STUN reporter in the same process.
+// --reporter-listen it also runs the STUN reporter in the same process,
+// pinging every NAT_KEEP_ALIVE_INTERVAL milliseconds like the standalone one.
 package main
 
 import (
@@ -59,6 +60,8 @@ func main() {
 				Usage: "PEM CA certificate(s): clients must present a certificate it signed (mutual TLS) instead of a token; its name picks the --tokens entry with that client name"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter-listen", EnvVars: []string{"COORDINATOR_REPORTER_LISTEN"},
 				Usage: "also run the STUN reporter on this UDP address (e.g. :3478)"}),
+			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "reporter-keepalive-interval", Value: 15000, EnvVars: []string{"COORDINATOR_REPORTER_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
+				Usage: "with --reporter-listen: milliseconds between keepalive pings to clients that asked for them; keep it below the NAT's UDP timeout"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "http", EnvVars: []string{"COORDINATOR_HTTP"},
 				Usage: "public TCP address where exposed HTTP apps are reached as NAME.DOMAIN (e.g. :8080)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "https", EnvVars: []string{"COORDINATOR_HTTPS"},
@@ -158,6 +161,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return service.Usage(err)
 	}
+	reporterKeepAlive := c.Int64("reporter-keepalive-interval")
+	if reporterKeepAlive <= 0 {
+		return fmt.Errorf("--reporter-keepalive-interval (NAT_KEEP_ALIVE_INTERVAL) must be a positive number of milliseconds, got %d", reporterKeepAlive)
+	}
 	var ports coordinator.PortRange
 	if r := c.String("port-range"); r != "" {
 		if ports, err = coordinator.ParsePortRange(r); err != nil {
@@ -195,6 +202,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Tokens:               tokens,
 		ClientCAs:            clientCAs,
 		ReporterListen:       c.String("reporter-listen"),
+		ReporterKeepAlive:    time.Duration(reporterKeepAlive) * time.Millisecond,
 		TargetDialTimeout:    c.Duration("target-dial-timeout"),
 		DialBackTimeout:      c.Duration("dial-back-timeout"),
 		WorkerToken:          c.String("worker-token"),

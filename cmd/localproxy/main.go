@@ -91,7 +91,7 @@ func main() {
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
-				Usage: "after this long without a new session, ask the reporter again and tell coordinator if the public address changed; while sessions are open it asks every 5s (negative: never)"}),
+				Usage: "this long after a session last opened or closed, re-run the startup workflow: ask the reporter for the public address, make sure the tunnel creation service serves, tell coordinator the address; while sessions are open the reporter is also asked every 5s (negative: never)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM or SIGINT, how long requests and tunnels in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},

@@ -28,7 +28,7 @@ func main() {
 		Flags: []cli.Flag{
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":3478", EnvVars: []string{"REPORTER_LISTEN"},
 				Usage: "UDP address to serve STUN on (\":port\" serves IPv4 and IPv6)"}),
-			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 15000, EnvVars: []string{"NAT_KEEP_ALIVE_INTERVAL"},
+			altsrc.NewInt64Flag(&cli.Int64Flag{Name: "keepalive-interval", Value: 15000, EnvVars: []string{"REPORTER_KEEPALIVE_INTERVAL", "NAT_KEEP_ALIVE_INTERVAL"},
 				Usage: "milliseconds between keepalive pings to clients that asked for them; keep it below the NAT's UDP timeout"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "probe-listen", EnvVars: []string{"REPORTER_PROBE_LISTEN"},
 				Usage: "second UDP address (another port, same IP) that answers RFC 5780 change-port requests, so clients can measure their NAT's filtering (e.g. :3479)"}),

@@ -73,12 +73,57 @@ var blockedPrefixes = []struct {
 	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }
 
-// embeddingPrefixes carry an IPv4 address in their last 32 bits (NAT64)
-// or in bits 16-48 (6to4); the embedded address is checked too.
+// IPv6 addresses that carry an IPv4 address, which the policy checks as
+// well: a host with a NAT64 gateway, a 6to4 (sit) or Teredo interface, or
+// an SIIT translator reaches that IPv4 address through them. IPv4-mapped
+// addresses (::ffff:0:0/96) are unmapped before any check; IPv4-compatible
+// ones (::/96, deprecated by RFC 4291) are refused outright as reserved,
+// like the rest of ::/8 and 100::/64.
 var (
-	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour   = netip.MustParsePrefix("2002::/16")
+	nat64Prefix      = netip.MustParsePrefix("64:ff9b::/96")    // RFC 6052: IPv4 in the last 32 bits
+	sixToFour        = netip.MustParsePrefix("2002::/16")       // RFC 3056: IPv4 in bits 16-47
+	teredo           = netip.MustParsePrefix("2001::/32")       // RFC 4380: server IPv4 in bits 32-63, client IPv4 inverted in the last 32
+	ipv4Translated   = netip.MustParsePrefix("::ffff:0:0:0/96") // RFC 2765 (SIIT): IPv4 in the last 32 bits
+	ipv4Compatible   = netip.MustParsePrefix("::/96")           // RFC 4291 §2.5.5.1, deprecated
+	reservedIETF     = netip.MustParsePrefix("::/8")            // RFC 4291: reserved by the IETF
+	discardOnly      = netip.MustParsePrefix("100::/64")        // RFC 6666
+	embeddedV4Checks = []struct {
+		prefix netip.Prefix
+		via    string
+		at     []int // byte offsets of the IPv4 addresses in the IPv6 one
+		invert bool  // Teredo stores the client address inverted
+	}{
+		{nat64Prefix, "NAT64", []int{12}, false},
+		{ipv4Translated, "SIIT", []int{12}, false},
+		{sixToFour, "6to4", []int{2}, false},
+		{teredo, "Teredo", []int{4, 12}, true},
+	}
 )
+
+// embeddedV4 returns the IPv4 addresses ip carries (see embeddedV4Checks)
+// and the mechanism that carries them.
+func embeddedV4(ip netip.Addr) (addrs []netip.Addr, via string) {
+	if !ip.Is6() {
+		return nil, ""
+	}
+	b := ip.As16()
+	for _, e := range embeddedV4Checks {
+		if !e.prefix.Contains(ip) {
+			continue
+		}
+		for i, at := range e.at {
+			v4 := [4]byte(b[at : at+4])
+			if e.invert && i == len(e.at)-1 {
+				for j := range v4 {
+					v4[j] ^= 0xff
+				}
+			}
+			addrs = append(addrs, netip.AddrFrom4(v4))
+		}
+		return addrs, e.via
+	}
+	return nil, ""
+}
 
 // targetPolicy is a TargetPolicy compiled for checking.
 type targetPolicy struct {
@@ -182,6 +227,9 @@ func (c *targetPolicy) checkAddr(ip netip.Addr) string {
 	if c.own[ip] {
 		return ip.String() + " is coordinator's own address (--allow-target opens it)"
 	}
+	if embedded, via := embeddedV4(ip); slices.ContainsFunc(embedded, func(a netip.Addr) bool { return c.own[a] }) {
+		return ip.String() + " carries coordinator's own address (" + via + "; --allow-target opens it)"
+	}
 	return ""
 }
 
@@ -192,16 +240,19 @@ func addrClass(ip netip.Addr) string {
 			return b.class
 		}
 	}
-	b := ip.As16()
+	embedded, via := embeddedV4(ip)
+	for _, v4 := range embedded {
+		if class := addrClass(v4); class != "" {
+			return class + " (" + via + ")"
+		}
+	}
 	switch {
 	case nat64Prefix.Contains(ip):
-		if class := addrClass(netip.AddrFrom4([4]byte(b[12:16]))); class != "" {
-			return class + " (NAT64)"
-		}
-	case sixToFour.Contains(ip):
-		if class := addrClass(netip.AddrFrom4([4]byte(b[2:6]))); class != "" {
-			return class + " (6to4)"
-		}
+		return "" // inside ::/8, but a public IPv4 address translated
+	case ipv4Compatible.Contains(ip):
+		return "reserved (IPv4-compatible, deprecated)"
+	case reservedIETF.Contains(ip), discardOnly.Contains(ip):
+		return "reserved"
 	}
 	return ""
 }

@@ -76,11 +76,13 @@ type Config struct {
 	KeepAlive time.Duration
 	// STUNTimeout bounds the reporter query at start. Default 3s.
 	STUNTimeout time.Duration
-	// IdleRestart is the idle timer of the startup workflow: after this
-	// long without a new session, localproxy asks the reporter again and,
-	// if its public address changed (a NAT reboot, a new uplink), tells
-	// coordinator, so later dial-backs reach it. Default 1m; negative
-	// turns it off.
+	// IdleRestart is the idle timer of the startup workflow: this long
+	// after a browser session last opened or closed (or start, or the
+	// last run), localproxy re-runs the workflow: asks the reporter for
+	// its public address, makes sure the tunnel creation service serves,
+	// and tells coordinator the address (changed after a NAT reboot or a
+	// new uplink, so later dial-backs reach it). Sessions still open are
+	// left alone. Default 1m; negative turns it off.
 	IdleRestart time.Duration
 	// BusyRecheck is how often localproxy asks the reporter again while
 	// browser sessions are open, so that a NAT that maps the tunnel socket
@@ -189,6 +191,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Logger}
+	p.sessions.changed = make(chan struct{}, 1)
 	udp, err := service.ListenUDP(cfg.UDPListen)
 	if err != nil {
 		return nil, err
@@ -432,12 +435,105 @@ func (p *Proxy) drain() {
 	p.log.Info("drained: every browser connection finished")
 }
 
-// relearnPublicAddr runs the startup workflow's STUN step again: each time
-// IdleRestart passes without a new session or a byte moved (the idle
-// timer), every BusyRecheck while sessions are open, and after each new
-// dial-back connection; it reports a changed public address to
-// coordinator. public is the address learnt at start, by a query sent at
-// learnt.
+// relearnPublicAddr keeps the public address fresh until ctx ends. The
+// idle timer fires IdleRestart after a browser session last opened or
+// closed (or after start, or after its last run), and re-runs the whole
+// startup workflow (rerunStartup), which leaves sessions still open
+// alone; each run is logged at info. While sessions are open the STUN
+// query alone is also made every BusyRecheck, and after each new
+// dial-back connection. public is the address learnt at start, by a
+// query sent at learnt.
+func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, learnt time.Time) {
+	if p.cfg.IdleRestart < 0 {
+		return
+	}
+	w := &addrWatch{p: p, public: public}
+	if public.IsValid() {
+		w.confirmed = learnt
+	}
+	idle := time.NewTimer(p.cfg.IdleRestart)
+	defer idle.Stop()
+	busy := time.NewTimer(p.cfg.BusyRecheck) // armed while sessions are open
+	busy.Stop()
+	defer busy.Stop()
+	idleSince, busyArmed := time.Now(), false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.probeReady:
+			w.closeSilent()
+		case <-p.sessions.changed:
+			// A session opened or closed: the idle timer starts again.
+			// (Since Go 1.23, Reset and Stop drop a pending tick, so
+			// none fires late.)
+			idle.Reset(p.cfg.IdleRestart)
+			idleSince = time.Now()
+			open := p.sessions.count() > 0
+			switch {
+			case !open:
+				busy.Stop()
+			case !busyArmed:
+				busy.Reset(p.cfg.BusyRecheck)
+			}
+			busyArmed = open
+		case <-p.client.DialBackAccepted():
+			// Check now: a mapping change must not catch this connection
+			// unconfirmed (it would be left to hang).
+			w.check(ctx)
+		case <-busy.C:
+			busy.Reset(p.cfg.BusyRecheck)
+			w.check(ctx)
+		case fired := <-idle.C:
+			// The next run is IdleRestart after this one started.
+			idle.Reset(p.cfg.IdleRestart)
+			p.rerunStartup(ctx, w, fired.Sub(idleSince))
+			idleSince = fired
+		}
+	}
+}
+
+// rerunStartup re-runs the startup workflow for the idle timer: it asks
+// the reporter for the public address, makes sure the tunnel creation
+// service serves on the socket (listening again if it stopped), and tells
+// coordinator the address, changed or not, so its view is fresh. Sessions
+// and connections in progress are left alone (those the NAT mapping
+// change cut excepted, see addrWatch.check). It logs one line.
+func (p *Proxy) rerunStartup(ctx context.Context, w *addrWatch, idle time.Duration) {
+	start := time.Now()
+	old := w.public
+	addr, err := w.check(ctx)
+	attrs := []any{"idle_for", idle.Round(time.Millisecond), "public_addr", w.public, "changed", err == nil && addr != old}
+	if err != nil {
+		attrs = append(attrs, "reporter_err", err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+	restarted, terr := p.client.EnsureTunnelService(tctx)
+	cancel()
+	switch {
+	case terr != nil:
+		attrs = append(attrs, "tunnel_service", terr)
+	case restarted:
+		attrs = append(attrs, "tunnel_service", "listening again")
+	default:
+		attrs = append(attrs, "tunnel_service", "serving")
+	}
+	switch {
+	case err != nil || addr != old:
+		// Nothing new to tell, or check told it already.
+	case !p.client.Stats().Connected:
+		attrs = append(attrs, "coordinator", "not connected; told on reconnect")
+	default:
+		if err := p.client.SetPublicAddr(addr); err != nil {
+			attrs = append(attrs, "coordinator", fmt.Errorf("not told: %w", err))
+		} else {
+			attrs = append(attrs, "coordinator", "told")
+		}
+	}
+	p.log.Info("startup workflow re-run (idle timer)", append(attrs, "took", time.Since(start).Round(time.Microsecond))...)
+}
+
+// addrWatch is the public address as last learnt, and what depends on it.
 //
 // Behind a NAT that maps every destination alike (or none, when the old
 // address has left the interfaces), a new address means the old mapping is
@@ -447,93 +543,72 @@ func (p *Proxy) drain() {
 // idle timeout. The other dial-back connections (behind a NAT that maps
 // each destination apart, or not yet confirmed) are closed if they then
 // hear nothing from their peer for a keepalive period. (The control
-// connection follows the new mapping by itself.) It returns when ctx ends.
-func (p *Proxy) relearnPublicAddr(ctx context.Context, public netip.AddrPort, learnt time.Time) {
-	if p.cfg.IdleRestart < 0 {
-		return
+// connection follows the new mapping by itself.)
+type addrWatch struct {
+	p         *Proxy
+	public    netip.AddrPort
+	confirmed time.Time // when the last query that saw public was sent
+	shared    bool      // the mapping is the one coordinator sees too
+	// probe holds the dial-back connections that may have lost their
+	// mapping, to be closed when probeReady fires if still silent.
+	probe      *quictun.DialBackProbe
+	probeReady <-chan time.Time
+}
+
+// check asks the reporter for the public address and, if it changed,
+// tells coordinator and deals with the dial-back connections.
+func (w *addrWatch) check(ctx context.Context) (netip.AddrPort, error) {
+	p := w.p
+	sent := time.Now()
+	if st := p.client.Stats(); st.Connected && st.ObservedAddr == w.public {
+		w.shared = true
 	}
-	t := time.NewTicker(min(p.cfg.IdleRestart, p.cfg.BusyRecheck))
-	defer t.Stop()
-	sessions, moved := p.client.Stats().Sessions, p.sessions.bytes()
-	lastCheck := time.Now()
-	confirmed := time.Time{} // when the last query that saw public was sent
-	if public.IsValid() {
-		confirmed = learnt
+	qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+	addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
+	cancel()
+	switch {
+	case err != nil:
+		p.log.Debug("public address re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
+		return addr, err
+	case addr == w.public:
+		w.confirmed = sent
+		return addr, nil
 	}
-	shared := false // the mapping is the one coordinator sees too
-	var (
-		probe      *quictun.DialBackProbe // dial-back connections that may have lost their mapping
-		probeReady <-chan time.Time
-	)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-probeReady:
-			if n := probe.CloseSilent("localproxy's NAT mapping changed"); n > 0 {
-				p.log.Info("closed the dial-back connections that stopped answering when the NAT mapping changed; new sessions are dialed back to the new address",
-					"connections", n)
-			}
-			probe, probeReady = nil, nil
-			continue
-		case <-p.client.DialBackAccepted():
-			// Check now: a mapping change must not catch this connection
-			// unconfirmed (it would be left to hang).
-		case <-t.C:
-			if p.sessions.count() == 0 {
-				// Any new session or byte moved renews the idle timer:
-				// the mapping is in use, nothing to do.
-				if n, b := p.client.Stats().Sessions, p.sessions.bytes(); n != sessions || b != moved {
-					sessions, moved, lastCheck = n, b, time.Now()
-					continue
-				}
-				if time.Since(lastCheck) < p.cfg.IdleRestart {
-					continue
-				}
-			}
-		}
-		lastCheck = time.Now()
-		sent := lastCheck
-		if st := p.client.Stats(); st.Connected && st.ObservedAddr == public {
-			shared = true
-		}
-		qctx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
-		addr, err := p.socket.publicAddr(qctx, p.cfg.Reporter)
-		cancel()
-		switch {
-		case err != nil:
-			p.log.Debug("public address re-check: reporter did not answer", "reporter", p.cfg.Reporter, "err", err)
-			continue
-		case addr == public:
-			confirmed = sent
-			continue
-		}
-		p.log.Info("public address changed; telling coordinator", "old", public, "new", addr)
-		old := public
-		public = addr
-		if err := p.client.SetPublicAddr(addr); err != nil {
-			p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
-		}
-		// An old address still on an interface (an IPv6 temporary address
-		// replaced by a newer one) still reaches us: its dial-back
-		// connections live on.
-		if shared && !isLocalAddr(old.Addr()) {
-			if n := p.client.CloseDialBacks(confirmed, "localproxy's NAT mapping changed"); n > 0 {
-				p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
-					"connections", n)
-			}
-		}
-		// The others may have lost their mapping too (behind a NAT that
-		// maps each destination apart, a new mapping towards the reporter
-		// says nothing certain about theirs): those that hear nothing from
-		// their peer for a keepalive period are closed.
-		if probe = p.client.ProbeDialBacks(sent); probe.Len() > 0 {
-			probeReady = time.After(time.Until(probe.Ready))
-		} else {
-			probe, probeReady = nil, nil
-		}
-		confirmed = sent
+	p.log.Info("public address changed; telling coordinator", "old", w.public, "new", addr)
+	old := w.public
+	w.public = addr
+	if err := p.client.SetPublicAddr(addr); err != nil {
+		p.log.Warn("could not tell coordinator the new public address; it is sent on reconnect", "err", err)
 	}
+	// An old address still on an interface (an IPv6 temporary address
+	// replaced by a newer one) still reaches us: its dial-back
+	// connections live on.
+	if w.shared && !isLocalAddr(old.Addr()) {
+		if n := p.client.CloseDialBacks(w.confirmed, "localproxy's NAT mapping changed"); n > 0 {
+			p.log.Info("closed the dial-back connections that came through the old NAT mapping; their sessions end now, new ones are dialed back to the new address",
+				"connections", n)
+		}
+	}
+	// The others may have lost their mapping too (behind a NAT that
+	// maps each destination apart, a new mapping towards the reporter
+	// says nothing certain about theirs): those that hear nothing from
+	// their peer for a keepalive period are closed.
+	if w.probe = p.client.ProbeDialBacks(sent); w.probe.Len() > 0 {
+		w.probeReady = time.After(time.Until(w.probe.Ready))
+	} else {
+		w.probe, w.probeReady = nil, nil
+	}
+	w.confirmed = sent
+	return addr, nil
+}
+
+// closeSilent closes the probed dial-back connections that stayed silent.
+func (w *addrWatch) closeSilent() {
+	if n := w.probe.CloseSilent("localproxy's NAT mapping changed"); n > 0 {
+		w.p.log.Info("closed the dial-back connections that stopped answering when the NAT mapping changed; new sessions are dialed back to the new address",
+			"connections", n)
+	}
+	w.probe, w.probeReady = nil, nil
 }
 
 // isLocalAddr reports whether ip is assigned to one of this machine's

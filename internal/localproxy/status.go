@@ -102,11 +102,22 @@ func (p *Proxy) statusJSON() []byte {
 	return append(b, '\n')
 }
 
-// sessionTracker knows the open tunnel sessions, for Status.
+// sessionTracker knows the open tunnel sessions, for Status and the idle
+// timer.
 type sessionTracker struct {
-	mu     sync.Mutex
-	open   map[*trackedConn]struct{}
-	closed int64 // bytes moved by sessions no longer open
+	mu   sync.Mutex
+	open map[*trackedConn]struct{}
+	// changed, if not nil, is signalled when a session opens or closes
+	// (the idle timer).
+	changed chan struct{}
+}
+
+// notify signals changed without blocking.
+func (t *sessionTracker) notify() {
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (t *sessionTracker) add(c *trackedConn) {
@@ -116,13 +127,14 @@ func (t *sessionTracker) add(c *trackedConn) {
 		t.open = make(map[*trackedConn]struct{})
 	}
 	t.open[c] = struct{}{}
+	t.notify()
 }
 
 func (t *sessionTracker) remove(c *trackedConn) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.open, c)
-	t.closed += c.up.Load() + c.down.Load()
+	t.notify()
 }
 
 // count returns the number of sessions open.
@@ -130,18 +142,6 @@ func (t *sessionTracker) count() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.open)
-}
-
-// bytes returns the bytes every session moved so far, both ways: the idle
-// timer's measure of activity.
-func (t *sessionTracker) bytes() int64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := t.closed
-	for c := range t.open {
-		n += c.up.Load() + c.down.Load()
-	}
-	return n
 }
 
 // list returns the open sessions, oldest first.
