@@ -13,6 +13,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -74,6 +76,10 @@ func main() {
 				Usage: "address the ports of --port-range listen on (default: all)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "list-names", EnvVars: []string{"COORDINATOR_LIST_NAMES"},
 				Usage: "say which names are exposed on \"not found\" pages"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "name-grace", Value: coordinator.DefaultNameGrace, EnvVars: []string{"COORDINATOR_NAME_GRACE"},
+				Usage: "how long an offline client's names and ports stay reserved for its token or certificate (0: not at all)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "state-file", EnvVars: []string{"COORDINATOR_STATE_FILE"}, TakesFile: true,
+				Usage: "JSON file keeping which client holds which name and port across restarts (default: $STATE_DIRECTORY/coordinator-names.json when systemd sets STATE_DIRECTORY, else none; \"\" for none)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
@@ -173,6 +179,8 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		PortRange:            ports,
 		PublicBind:           c.String("public-bind"),
 		ListNames:            c.Bool("list-names"),
+		NameGrace:            nameGrace(c.Duration("name-grace")),
+		StateFile:            stateFile(c),
 		Listen:               c.String("listen"),
 		Certificate:          cert,
 		Token:                c.String("token"),
@@ -197,6 +205,26 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"), httpsCert)
 	defer stopReload()
 	return metrics.RunWith(ctx, c.String("metrics-listen"), c.Bool("pprof"), log, coord.RegisterMetrics, coord.Run)
+}
+
+// nameGrace maps --name-grace to Config.NameGrace, where 0 is the default.
+func nameGrace(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
+}
+
+// stateFile is --state-file, or by default a file in the state directory
+// systemd gives the service (StateDirectory=).
+func stateFile(c *cli.Context) string {
+	if c.IsSet("state-file") {
+		return c.String("state-file")
+	}
+	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "coordinator-names.json")
+	}
+	return ""
 }
 
 // loadClientCAs reads --client-ca; no file means no client certificates.
