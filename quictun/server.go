@@ -678,6 +678,7 @@ func (p *peer) dialBackSession(ctx context.Context, id SessionID) (*StreamConn, 
 		}
 		if !retried && closedByClient(conn, err) {
 			p.log.Debug("dial-back connection closed by the client meanwhile: dialing back anew", "err", err)
+			p.dropDialBack(conn) // its context may not have ended yet
 			continue
 		}
 		if stream != nil {
@@ -890,6 +891,16 @@ func (p *peer) retireDialBack() {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
 	p.retireDialBackLocked()
+}
+
+// dropDialBack stops giving new sessions conn, a dial-back connection the
+// client closed, if it is still the current one.
+func (p *peer) dropDialBack(conn *quic.Conn) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialBack == conn {
+		p.retireDialBackLocked()
+	}
 }
 
 // retireDialBackLocked is retireDialBack with p.dialMu held.
