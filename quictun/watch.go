@@ -46,7 +46,7 @@ func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
 	}
 	last := map[*quic.Conn]seen{}
 	var probed time.Time
-	var heard uint64 // packets received from coordinator when probed
+	var ctrlAtProbe uint64 // packets received on conn when probed
 	for {
 		select {
 		case <-ctx.Done():
@@ -55,20 +55,20 @@ func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
 			return
 		case <-tick.C:
 		}
-		conns := c.dialBacksFrom(coord)
-		received := conn.ConnectionStats().PacketsReceived
-		stalled := false
+		ctrl := conn.ConnectionStats().PacketsReceived
+		heard, stalled := ctrl != ctrlAtProbe, false
 		now := map[*quic.Conn]seen{}
-		for _, d := range conns {
+		for _, d := range c.dialBacksFrom(coord) {
 			n := d.ConnectionStats().PacketsReceived
-			received += n
 			prev := last[d] // a new one: zero packets before
-			now[d] = seen{packets: n, active: n != prev.packets}
-			stalled = stalled || (prev.active && n == prev.packets)
+			active := n != prev.packets
+			now[d] = seen{packets: n, active: active}
+			heard = heard || active
+			stalled = stalled || (prev.active && !active)
 		}
 		last = now
 		switch {
-		case !probed.IsZero() && received != heard:
+		case !probed.IsZero() && heard:
 			probed = time.Time{} // it answered
 		case !probed.IsZero():
 			if time.Since(probed) > silentLimit+3*conn.ConnectionStats().SmoothedRTT {
@@ -79,7 +79,7 @@ func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
 			}
 		case stalled:
 			probe(conn)
-			probed, heard = time.Now(), received
+			probed, ctrlAtProbe = time.Now(), ctrl
 		}
 	}
 }
