@@ -246,3 +246,61 @@ func TestNamesKeptAcrossCoordinatorRestart(t *testing.T) {
 		t.Errorf("app with alice back: %d %q, want alice's", status, body)
 	}
 }
+
+// TestNamesKeptAcrossCoordinatorCrash runs the binaries: coordinator with
+// --state-file is killed (SIGKILL) while alice's localproxy has "app"
+// published, and restarted while alice is gone; bob's localproxy is
+// refused the name, and the public gets 502 "offline", not bob's app.
+func TestNamesKeptAcrossCoordinatorCrash(t *testing.T) {
+	t.Parallel()
+	certs, err := filepath.Abs(certsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens.yaml")
+	os.WriteFile(tokens, []byte("tokens:\n  - token: "+nameTokens["alice"]+"\n    client: alice\n  - token: "+nameTokens["bob"]+"\n    client: bob\n"), 0o600)
+	state := filepath.Join(dir, "names.json")
+	quicPort, stunPort, httpPort := freeUDPPort(t), freeUDPPort(t), freeTCPPort(t)
+	startCoord := func() *process {
+		return start(t, nil, "coordinator", "--listen", loop(quicPort), "--reporter-listen", loop(stunPort), "--tokens", tokens, "--http", loop(httpPort),
+			"--domain", "localhost", "--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
+			"--state-file", state, "--name-grace", "1m")
+	}
+	client := func(who string) *process {
+		app := startTarget(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, who) }))
+		return start(t, nil, "localproxy", "--listen", loop(freeTCPPort(t)), "--coordinator", loop(quicPort), "--reporter", loop(stunPort),
+			"--token", nameTokens[who], "--name", who, "--ca", filepath.Join(certs, "ca.pem"), "--server-name", "localhost",
+			"--expose", "app="+app.Listener.Addr().String())
+	}
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	get := func() (int, string) {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+loop(httpPort)+"/", nil)
+		req.Host = "app.localhost"
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	coord := startCoord()
+	alice := client("alice")
+	waitFor(t, "alice's app published", func() bool { status, _ := get(); return status == 200 })
+	waitFor(t, "the state file", func() bool { b, _ := os.ReadFile(state); return strings.Contains(string(b), `"app"`) })
+	coord.kill()
+	alice.kill()
+
+	startCoord()
+	bob := client("bob")
+	waitFor(t, "bob refused", func() bool { return strings.Contains(bob.out.String(), "coordinator refused to publish a service") })
+	if out := bob.out.String(); !strings.Contains(out, "offline") || !strings.Contains(out, "retrying=true") {
+		t.Errorf("bob's log does not say the name is kept for an offline client and that it retries:\n%s", out)
+	}
+	if status, body := get(); status != 502 || !strings.Contains(body, "offline") {
+		t.Errorf("app after the crash and restart: %d %q, want 502 offline", status, body)
+	}
+}
