@@ -1,11 +1,18 @@
 package coordinator
 
 import (
+	"context"
+	"crypto/tls"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"quictunnel/quictun"
 )
 
 // TestStateFile: the holds written are read back; a hold whose owner was
@@ -57,5 +64,69 @@ func TestStateFile(t *testing.T) {
 		if _, _, err := readState(path, now, grace); err == nil {
 			t.Errorf("state file %q read without an error", bad)
 		}
+	}
+}
+
+// TestOnePortTwoServices: a client that asks for one public port for two
+// services on its connection gets the second refused with the reason,
+// and the first keeps the port (it used to lose it to the second).
+func TestOnePortTwoServices(t *testing.T) {
+	dir := filepath.Join("..", "..", "testdata", "certs")
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "coordinator.pem"), filepath.Join(dir, "coordinator-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := uint16(20000 + rand.IntN(500)*20)
+	c, err := New(Config{Listen: "127.0.0.1:0", Certificate: cert, Token: "secret-token-0123456789",
+		PortRange: PortRange{base, base + 19}, PublicBind: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	dctx, dcancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer dcancel()
+	conn, err := quic.DialAddr(dctx, c.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{quictun.ALPNControl}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	ctrl, err := conn.OpenStreamSync(dctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quictun.WriteFrame(ctrl, &quictun.Hello{Version: quictun.ProtocolVersion, Token: "secret-token-0123456789", ClientName: "one"})
+	if msg, err := quictun.ReadFrame(ctrl); err != nil {
+		t.Fatalf("welcome: %v", err)
+	} else if _, ok := msg.(*quictun.Welcome); !ok {
+		t.Fatalf("got %T, want Welcome", msg)
+	}
+	register := func(name string) *quictun.RegisterResult {
+		str, err := conn.OpenStreamSync(dctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer str.Close()
+		quictun.WriteFrame(str, &quictun.Register{Kind: quictun.ServiceTCP, Name: name, Port: base + 1})
+		msg, err := quictun.ReadFrame(str)
+		if err != nil {
+			t.Fatalf("register %s: %v", name, err)
+		}
+		return msg.(*quictun.RegisterResult)
+	}
+	if r := register("db"); r.Code != quictun.CodeOK || r.Port != base+1 {
+		t.Fatalf("db: %+v", r)
+	}
+	if r := register("cache"); r.Code != quictun.CodeNameTaken || !strings.Contains(r.Reason, `this client's service "db"`) {
+		t.Errorf("cache on db's port: %+v, want refused as used by db", r)
+	}
+	c.registry.mu.Lock()
+	p := c.registry.byPort[base+1]
+	c.registry.mu.Unlock()
+	if p == nil || p.svc.Name != "db" {
+		t.Errorf("port %d serves %+v, want db still", base+1, p)
 	}
 }
