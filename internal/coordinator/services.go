@@ -162,35 +162,37 @@ func (r *registry) portFor(svc *quictun.Service, name, owner string, now time.Ti
 // port stay reserved for its owner for r.grace.
 func (r *registry) Withdraw(svc *quictun.Service) {
 	name := strings.ToLower(svc.Name)
-	owner, now := ownerKey(svc.Owner), time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p, ok := r.byName[name]; ok && p.svc == svc {
 		r.unpublish(p)
+	}
+	for _, p := range r.byPort {
+		if p.svc == svc {
+			r.unpublish(p)
+		}
+	}
+	r.changedLocked(time.Now())
+}
+
+// unpublish removes p from the maps and closes its port; its name and
+// port stay held for its owner, who is offline from now on unless it
+// publishes them again. r.mu is held.
+func (r *registry) unpublish(p *publication) {
+	name := strings.ToLower(p.svc.Name)
+	owner, now := ownerKey(p.svc.Owner), time.Now()
+	if r.byName[name] == p {
+		delete(r.byName, name)
 		if h := r.holds[name]; h != nil && h.Owner == owner {
 			h.Left = now
 		}
 	}
-	for _, p := range r.byPort {
-		if p.svc == svc {
-			if h := r.portHolds[p.port]; h != nil && h.Owner == owner {
-				h.Left = now
-			}
-			r.unpublish(p)
-		}
-	}
-	r.changedLocked(now)
-}
-
-// unpublish removes p from the maps and closes its port; r.mu is held.
-func (r *registry) unpublish(p *publication) {
-	name := strings.ToLower(p.svc.Name)
-	if r.byName[name] == p {
-		delete(r.byName, name)
-	}
 	if p.ln != nil {
 		p.ln.Close()
 		delete(r.byPort, p.port)
+		if h := r.portHolds[p.port]; h != nil && h.Owner == owner {
+			h.Left = now
+		}
 	}
 }
 
