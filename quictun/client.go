@@ -220,6 +220,7 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	if len(c.cfg.Services) > 0 {
 		wg.Go(func() { c.registerServices(ctx, conn) })
 	}
+	wg.Go(func() { c.watchCoordinator(ctx, conn) })
 	wg.Go(func() {
 		var b [1]byte
 		ctrl.Read(b[:])
@@ -230,6 +231,11 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
 		return context.Cause(ctx)
 	case <-conn.Context().Done():
+		// The sessions on coordinator's own dial-back connections end
+		// with it (see watch.go).
+		if n := c.closeDialBacksFrom(addrPort(conn.RemoteAddr()), "control connection to coordinator ended"); n > 0 {
+			c.log.Info("closed coordinator's dial-back connections with the control connection", "connections", n)
+		}
 		return authError(context.Cause(conn.Context()))
 	}
 }

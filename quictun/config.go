@@ -73,6 +73,11 @@ type ClientConfig struct {
 	// ReconnectMin and ReconnectMax bound the exponential backoff (with
 	// jitter) between reconnection attempts. Defaults 250ms and 30s.
 	ReconnectMin, ReconnectMax time.Duration
+	// RegisterRetry is the first wait before a service coordinator
+	// refused because its name or port is taken is asked for again; the
+	// wait doubles up to 12 times RegisterRetry (a minute by default), for
+	// as long as the connection lasts. Default 5s.
+	RegisterRetry time.Duration
 	// MaxPendingSessions bounds sessions waiting for their dial-back; a
 	// Dial beyond it fails with ErrTooManySessions. Default 10000.
 	MaxPendingSessions int
@@ -118,9 +123,12 @@ func (c *ClientConfig) validate() error {
 		return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
 	}
 	seen := map[string]bool{}
+	ports := map[uint16]string{}
 	for _, svc := range c.Services {
 		field := "Services[" + svc.Name + "]"
 		switch {
+		case svc.Port != 0 && ports[svc.Port] != "":
+			return &ConfigError{field, fmt.Sprintf("public port %d is asked for by %q too: give each service a port of its own", svc.Port, ports[svc.Port])}
 		case !ValidServiceName(svc.Name):
 			return &ConfigError{field, "a name is 1-63 letters, digits or '-', not starting or ending with '-'"}
 		case seen[svc.Name]:
@@ -142,6 +150,9 @@ func (c *ClientConfig) validate() error {
 			return &ConfigError{field, "local app must be host:port: " + err.Error()}
 		}
 		seen[svc.Name] = true
+		if svc.Port != 0 {
+			ports[svc.Port] = svc.Name
+		}
 	}
 	return c.Handshakes.validate("Handshakes")
 }
@@ -218,6 +229,7 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.ConnectTimeout, 5*time.Second)
 	setDefault(&c.ReconnectMin, 250*time.Millisecond)
 	setDefault(&c.ReconnectMax, 30*time.Second)
+	setDefault(&c.RegisterRetry, 5*time.Second)
 	setDefault(&c.MaxPendingSessions, 10000)
 	setDefault(&c.MaxStreams, 10000)
 	setDefault(&c.KeepAlive, 10*time.Second)

@@ -64,21 +64,73 @@ type Registration struct {
 }
 
 // registerServices publishes every exposed service on conn and records the
-// outcome. It runs after each (re)connection.
+// outcome. It runs after each (re)connection. Services refused because
+// their name or port is taken (by another client, or kept for one that is
+// offline) are asked for again, with backoff, until they are published or
+// conn ends: a name that frees up is taken without a restart.
 func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
 	regs := make([]Registration, len(c.cfg.Services))
 	for i, svc := range c.cfg.Services {
 		regs[i] = c.register(ctx, conn, svc)
-		if regs[i].Err != nil {
-			c.log.Error("coordinator refused to publish a service", "service", svc.Name, "kind", svc.Kind, "err", regs[i].Err)
-		} else {
-			c.log.Info("service published", withOptions([]any{"service", svc.Name, "kind", svc.Kind, "local", svc.Local,
-				"url", regs[i].URL, "port", regs[i].Port}, svc.HostHeader, svc.BasicAuth, svc.AllowFrom)...)
-		}
+		c.logRegistration(regs[i], true)
 	}
+	c.setRegistrations(conn, regs)
+	wait := c.cfg.RegisterRetry
+	for {
+		retry := slices.ContainsFunc(regs, func(r Registration) bool { return nameTaken(r.Err) })
+		if !retry {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-conn.Context().Done():
+			return
+		case <-time.After(wait):
+		}
+		for i := range regs {
+			if nameTaken(regs[i].Err) {
+				regs[i] = c.register(ctx, conn, regs[i].Service)
+				c.logRegistration(regs[i], false)
+			}
+		}
+		c.setRegistrations(conn, regs)
+		wait = min(2*wait, 12*c.cfg.RegisterRetry)
+	}
+}
+
+// nameTaken reports whether err is coordinator refusing a registration
+// because the name or port is taken.
+func nameTaken(err error) bool {
+	var se *SessionError
+	return errors.As(err, &se) && se.Code == CodeNameTaken
+}
+
+// logRegistration logs reg's outcome; a refusal is logged as an error the
+// first time only.
+func (c *Client) logRegistration(reg Registration, first bool) {
+	svc := reg.Service
+	switch {
+	case reg.Err == nil:
+		c.log.Info("service published", withOptions([]any{"service", svc.Name, "kind", svc.Kind, "local", svc.Local,
+			"url", reg.URL, "port", reg.Port}, svc.HostHeader, svc.BasicAuth, svc.AllowFrom)...)
+	case first:
+		attrs := []any{"service", svc.Name, "kind", svc.Kind, "err", reg.Err}
+		if nameTaken(reg.Err) {
+			attrs = append(attrs, "retrying", true)
+		}
+		c.log.Error("coordinator refused to publish a service", attrs...)
+	default:
+		c.log.Debug("service still refused", "service", svc.Name, "err", reg.Err)
+	}
+}
+
+// setRegistrations records regs as the outcome on conn, if it is still
+// the control connection.
+func (c *Client) setRegistrations(conn *quic.Conn, regs []Registration) {
 	c.mu.Lock()
 	if c.conn == conn {
-		c.registrations = regs
+		c.registrations = slices.Clone(regs)
 	}
 	c.mu.Unlock()
 }
@@ -283,6 +335,10 @@ type Service struct {
 	Owner string
 	peer  *peer
 }
+
+// SameClient reports whether s and o were registered on the same control
+// connection.
+func (s *Service) SameClient(o *Service) bool { return s.peer != nil && s.peer == o.peer }
 
 // withOptions adds a service's options that are set to log attributes
 // (never the credentials, only that there are some).

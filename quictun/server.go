@@ -676,21 +676,11 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 		return su
 	}
 	dialBackStart := time.Now()
-	stream, err := p.openDialBack(ctx, open.Session)
-	if err == nil {
-		su.release = func() { p.releaseDialBack(stream.conn) } // by the caller, when the session ends
-		wait := p.s.cfg.DialBackTimeout
-		if !p.s.cfg.DisableRelay {
-			wait = p.s.cfg.RelayAfter
-		}
-		if err = awaitAck(stream, wait); err != nil {
-			stream.Reset()
-			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
-			p.noteDialBackFailure(err)
-		}
-	}
+	stream, err := p.dialBackSession(ctx, open.Session)
 	switch {
 	case err == nil:
+		// The caller ends the session's use of the connection when it ends.
+		su.release = func() { p.releaseDialBack(stream.conn) }
 		finishOpen(str) // the session goes over the dial-back stream
 		su.sess, su.mode = stream, "dial-back"
 		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
@@ -734,13 +724,62 @@ func finishOpen(str *quic.Stream) {
 	}()
 }
 
+// dialBackSession opens session id's stream on the dial-back connection
+// and waits for the client's ack. A dial-back connection the client closed
+// on purpose (Client.CloseDialBacks, after its NAT mapped it anew) is no
+// failed dial-back: the close may not have been heard of when the
+// connection was chosen for this session, so it dials back anew, once,
+// instead of relaying the client's sessions for relayRetry.
+func (p *peer) dialBackSession(ctx context.Context, id SessionID) (*StreamConn, error) {
+	wait := p.s.cfg.DialBackTimeout
+	if !p.s.cfg.DisableRelay {
+		wait = p.s.cfg.RelayAfter
+	}
+	for retried := false; ; retried = true {
+		stream, conn, err := p.openDialBack(ctx, id)
+		if err == nil {
+			if err = awaitAck(stream, wait); err == nil {
+				return stream, nil
+			}
+			stream.Reset()
+			p.releaseDialBack(conn)
+		}
+		if !retried && closedByClient(conn, err) {
+			p.log.Debug("dial-back connection closed by the client meanwhile: dialing back anew", "err", err)
+			p.dropDialBack(conn) // its context may not have ended yet
+			continue
+		}
+		if stream != nil {
+			p.closeDialBack() // silent: dead, or the NAT no longer lets it in
+			p.noteDialBackFailure(err)
+		}
+		return nil, err
+	}
+}
+
+// closedByClient reports whether err, or conn's end, is the client
+// closing conn on purpose (CodeCanceled, as Client.CloseDialBacks does)
+// rather than it being lost. A stream may fail with the close before the
+// connection's context ends.
+func closedByClient(conn *quic.Conn, err error) bool {
+	if conn == nil {
+		return false
+	}
+	if conn.Context().Err() != nil {
+		err = context.Cause(conn.Context())
+	}
+	var ae *quic.ApplicationError
+	return errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quic.ApplicationErrorCode(CodeCanceled)
+}
+
 // openDialBack opens a stream for session id on the dial-back connection,
 // dialing that connection first if needed, and writes the session header.
-func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, error) {
+// It returns the connection it used, if any, also on failure.
+func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, *quic.Conn, error) {
 	timeout := p.s.cfg.DialBackTimeout
 	if !p.s.cfg.DisableRelay {
 		if err := p.relaying(); err != nil {
-			return nil, err // dial-back failed lately: go straight to the relay
+			return nil, nil, err // dial-back failed lately: go straight to the relay
 		}
 		timeout = min(timeout, p.s.cfg.RelayAfter)
 	}
@@ -749,13 +788,13 @@ func (p *peer) openDialBack(ctx context.Context, id SessionID) (*StreamConn, err
 	conn, err := p.dialBackConn(ctx)
 	if err != nil {
 		p.noteDialBackFailure(err)
-		return nil, err
+		return nil, nil, err
 	}
 	s, err := openDialBackStream(ctx, conn, id)
 	if err != nil {
 		p.releaseDialBack(conn)
 	}
-	return s, err
+	return s, conn, err
 }
 
 // dialBackConn returns the dial-back connection to this client, dialing it
@@ -920,6 +959,16 @@ func (p *peer) retireDialBack() {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
 	p.retireDialBackLocked()
+}
+
+// dropDialBack stops giving new sessions conn, a dial-back connection the
+// client closed, if it is still the current one.
+func (p *peer) dropDialBack(conn *quic.Conn) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	if p.dialBack == conn {
+		p.retireDialBackLocked()
+	}
 }
 
 // retireDialBackLocked is retireDialBack with p.dialMu held.

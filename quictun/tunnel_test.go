@@ -457,6 +457,10 @@ func TestConfigValidation(t *testing.T) {
 		{"no coordinator", ClientConfig{Transport: tr, Token: "t"}, "Coordinator"},
 		{"bad coordinator", ClientConfig{Transport: tr, Coordinator: "nohost", Token: "t"}, "Coordinator"},
 		{"no token", ClientConfig{Transport: tr, Coordinator: "a:1"}, "Token"},
+		{"two services on one port", ClientConfig{Transport: tr, Coordinator: "a:1", Token: "t", Services: []ExposedService{
+			{Kind: ServiceTCP, Name: "db", Port: 20001, Local: "127.0.0.1:5432"},
+			{Kind: ServiceTCP, Name: "cache", Port: 20001, Local: "127.0.0.1:6379"},
+		}}, "Services[cache]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

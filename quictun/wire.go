@@ -94,6 +94,14 @@ package quictun
 //     that did not ask (localproxy --log-public-requests), or is older,
 //     allows none, and coordinator then sends nothing. Records that would
 //     wait behind a slow client are dropped, never the requests.
+//  9. Probe: when a dial-back connection from coordinator stops receiving
+//     anything, localproxy may open a stream and write 32 zero bytes on it
+//     (with FIN): coordinator takes it for an unknown message (type 0x00)
+//     and resets the stream, as coordinators always have. It is only there
+//     to make coordinator answer: a coordinator that restarted answers with
+//     a stateless reset (which needs a packet larger than 42 bytes, hence
+//     the padding); one that answers nothing within 2 s has its dial-back
+//     connections closed.
 //
 // # Framing
 //

@@ -15,6 +15,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -82,6 +84,10 @@ func main() {
 				Usage: "CIDR[,CIDR...] of load balancers in front of --http/--https whose Forwarded, X-Forwarded-* and X-Real-IP reach the apps (extended); from anyone else they are replaced"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "list-names", EnvVars: []string{"COORDINATOR_LIST_NAMES"},
 				Usage: "say which names are exposed on \"not found\" pages"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "name-grace", Value: coordinator.DefaultNameGrace, EnvVars: []string{"COORDINATOR_NAME_GRACE"},
+				Usage: "how long an offline client's names and ports stay reserved for its token or certificate (0: not at all)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "state-file", EnvVars: []string{"COORDINATOR_STATE_FILE"}, TakesFile: true,
+				Usage: "JSON file keeping which client holds which name and port across restarts (default: $STATE_DIRECTORY/coordinator-names.json when systemd sets STATE_DIRECTORY, else none; \"\" for none)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
@@ -196,6 +202,8 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		PublicBind:           c.String("public-bind"),
 		ListNames:            c.Bool("list-names"),
 		TrustedProxies:       trusted,
+		NameGrace:            nameGrace(c.Duration("name-grace")),
+		StateFile:            stateFile(c),
 		Listen:               c.String("listen"),
 		Certificate:          cert,
 		Token:                c.String("token"),
@@ -252,6 +260,26 @@ func settingError(err error, fieldFlags service.FieldFlags) error {
 		return fieldFlags.Setting(e.Field, e.Reason, err)
 	}
 	return err
+}
+
+// nameGrace maps --name-grace to Config.NameGrace, where 0 is the default.
+func nameGrace(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
+}
+
+// stateFile is --state-file, or by default a file in the state directory
+// systemd gives the service (StateDirectory=).
+func stateFile(c *cli.Context) string {
+	if c.IsSet("state-file") {
+		return c.String("state-file")
+	}
+	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "coordinator-names.json")
+	}
+	return ""
 }
 
 // loadClientCAs reads --client-ca; no file means no client certificates.

@@ -82,6 +82,16 @@ type Config struct {
 	// reach the apps, extended with this hop. From any other peer those
 	// fields are dropped and written afresh. Default: none.
 	TrustedProxies []netip.Prefix
+	// NameGrace is how long a name or port stays reserved for the client
+	// identity (token or certificate) that published it once that client
+	// is offline: others are refused it, and the public gets 502 "offline".
+	// Default DefaultNameGrace; negative: not reserved.
+	NameGrace time.Duration
+	// StateFile, if set, is a JSON file (replaced atomically) where
+	// coordinator keeps which identity holds which name and port, as
+	// hashes, so that they stay reserved across a restart. Default: not
+	// kept.
+	StateFile string
 	// WorkerToken, if set, lets dial-back workers (NewWorker) with this
 	// secret connect and carry sessions' dial-backs.
 	WorkerToken string
@@ -159,6 +169,12 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = "localhost"
+	}
+	switch {
+	case cfg.NameGrace == 0:
+		cfg.NameGrace = DefaultNameGrace
+	case cfg.NameGrace < 0:
+		cfg.NameGrace = 0
 	}
 	if cfg.AccessLog == nil {
 		cfg.AccessLog = cfg.Logger
@@ -249,13 +265,18 @@ func (c *Coordinator) setupPublic() (err error) {
 	c.registry = &registry{
 		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
 		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog, c.cfg.MaxPublicConns, c.cfg.TrustedProxies), log: c.log, ctx: ctx,
-		byName: map[string]*publication{}, byPort: map[uint16]*publication{}, offline: map[string]time.Time{},
+		byName: map[string]*publication{}, byPort: map[uint16]*publication{},
+		holds: map[string]*hold{}, portHolds: map[uint16]*hold{},
+		grace: c.cfg.NameGrace, statePath: c.cfg.StateFile, dirty: make(chan struct{}, 1),
 	}
 	defer func() {
 		if err != nil {
 			c.closePublic()
 		}
 	}()
+	if err := c.registry.loadState(); err != nil {
+		return err
+	}
 	if c.cfg.HTTPListen != "" {
 		if c.httpLn, err = service.ListenTCP(c.cfg.HTTPListen); err != nil {
 			return err

@@ -25,7 +25,7 @@ func (r *registry) Route(host string) (httpproxy.Backend, error) {
 	case offline:
 		name, _ := r.nameOf(host)
 		return nil, &httpproxy.DialError{Status: http.StatusBadGateway,
-			Reason: fmt.Sprintf("the client exposing %q is offline", name)}
+			Reason: fmt.Sprintf("%s is offline: the client exposing %q is not connected", host, name)}
 	}
 	reason := fmt.Sprintf("no app is exposed as %s", host)
 	if r.listNames {

@@ -16,10 +16,6 @@ import (
 	"quictunnel/quictun"
 )
 
-// offlineMemory is how long a withdrawn name is remembered, so requests
-// for it get "client offline" (502) rather than "not found" (404).
-const offlineMemory = 10 * time.Minute
-
 // PortRange is an inclusive range of public TCP ports.
 type PortRange struct{ Min, Max uint16 }
 
@@ -52,10 +48,18 @@ type registry struct {
 	ctx context.Context // ends every published listener
 	wg  sync.WaitGroup
 
-	mu      sync.Mutex
-	byName  map[string]*publication // HTTP services, by lower-case name
-	byPort  map[uint16]*publication
-	offline map[string]time.Time // recently withdrawn names
+	// grace is how long names and ports stay reserved for an owner that
+	// went offline (see names.go); statePath, if set, is where they are
+	// kept across restarts, written by saveState when dirty says so.
+	grace     time.Duration
+	statePath string
+	dirty     chan struct{}
+
+	mu        sync.Mutex
+	byName    map[string]*publication // HTTP services, by lower-case name
+	byPort    map[uint16]*publication
+	holds     map[string]*hold // every name published, online or kept for its owner
+	portHolds map[uint16]*hold // every port published, likewise
 }
 
 type publication struct {
@@ -67,6 +71,7 @@ type publication struct {
 // Publish implements quictun.ServiceRegistry.
 func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
 	name := strings.ToLower(svc.Name)
+	owner, now := ownerKey(svc.Owner), time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if svc.Kind == quictun.ServiceHTTP {
@@ -75,29 +80,34 @@ func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
 				return quictun.Publication{}, fmt.Errorf("%w: name %q is already exposed by another client", quictun.ErrNameTaken, svc.Name)
 			}
 			r.unpublish(old) // the same client, reconnected: replace its stale registration
+		} else if h := r.holds[name]; h.reservedFor(owner, now, r.grace) {
+			return quictun.Publication{}, fmt.Errorf("%w: name %q belongs to a client that is offline: it is kept for it until %s (--name-grace %s)",
+				quictun.ErrNameTaken, svc.Name, h.Left.Add(r.grace).UTC().Format(time.RFC3339), r.grace)
 		}
 	}
-	if old, taken := r.byPort[svc.Port]; taken && svc.Port != 0 && old.svc.Owner == svc.Owner {
-		r.unpublish(old)
+	want, err := r.portFor(svc, name, owner, now)
+	if err != nil {
+		return quictun.Publication{}, err
 	}
 	pub := &publication{svc: svc}
-	if r.offline == nil {
-		r.offline = map[string]time.Time{}
-	}
 	if svc.Kind == quictun.ServiceTCP || svc.Port != 0 {
-		ln, port, err := r.listenPort(svc.Port)
+		ln, port, err := r.listenPort(want, owner, now)
+		if err != nil && want != svc.Port { // the port it had is gone: any other
+			ln, port, err = r.listenPort(0, owner, now)
+		}
 		if err != nil {
 			return quictun.Publication{}, err
 		}
 		pub.ln, pub.port = ln, port
 		r.byPort[port] = pub
+		r.portHolds[port] = &hold{Owner: owner, Name: name}
 		r.wg.Go(func() { r.servePort(r.ctx, ln, svc) })
 	}
 	var out quictun.Publication
 	out.Port = pub.port
 	if svc.Kind == quictun.ServiceHTTP {
 		r.byName[name] = pub
-		delete(r.offline, name)
+		r.holds[name] = &hold{Owner: owner}
 		out.URL = fmt.Sprintf(r.httpURL, name+"."+r.domain)
 		if pub.port != 0 {
 			out.URL += " and http://" + net.JoinHostPort(r.publicHost(), strconv.Itoa(int(pub.port))) + "/"
@@ -105,40 +115,84 @@ func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
 	} else {
 		out.URL = "tcp://" + net.JoinHostPort(r.publicHost(), strconv.Itoa(int(pub.port)))
 	}
+	r.changedLocked(now)
 	return out, nil
 }
 
-// Withdraw implements quictun.ServiceRegistry.
+// portFor chooses the public port svc asks for: its Port, or for a TCP
+// service that asks for any, the one its owner had for it; 0 for any.
+// The same owner's stale registration of that port (a reconnect) is
+// withdrawn; a port another service of the same connection has, or one
+// kept for an offline owner, is refused. r.mu is held.
+func (r *registry) portFor(svc *quictun.Service, name, owner string, now time.Time) (uint16, error) {
+	if svc.Port != 0 {
+		if old, taken := r.byPort[svc.Port]; taken {
+			switch {
+			case old.svc.SameClient(svc):
+				return 0, fmt.Errorf("%w: port %d is already used by this client's service %q: give each service a port of its own",
+					quictun.ErrNameTaken, svc.Port, old.svc.Name)
+			case old.svc.Owner == svc.Owner:
+				r.unpublish(old)
+			}
+		} else if h := r.portHolds[svc.Port]; h.reservedFor(owner, now, r.grace) {
+			return 0, fmt.Errorf("%w: port %d belongs to a client that is offline: it is kept for it until %s (--name-grace %s)",
+				quictun.ErrNameTaken, svc.Port, h.Left.Add(r.grace).UTC().Format(time.RFC3339), r.grace)
+		}
+		return svc.Port, nil
+	}
+	if svc.Kind != quictun.ServiceTCP {
+		return 0, nil
+	}
+	for port, h := range r.portHolds {
+		if h.Owner != owner || h.Name != name {
+			continue
+		}
+		if old, taken := r.byPort[port]; taken {
+			if old.svc.SameClient(svc) || old.svc.Owner != svc.Owner {
+				continue
+			}
+			r.unpublish(old) // the same client, reconnected
+		}
+		return port, nil
+	}
+	return 0, nil
+}
+
+// Withdraw implements quictun.ServiceRegistry. The service's name and
+// port stay reserved for its owner for r.grace.
 func (r *registry) Withdraw(svc *quictun.Service) {
 	name := strings.ToLower(svc.Name)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p, ok := r.byName[name]; ok && p.svc == svc {
 		r.unpublish(p)
-		now := time.Now()
-		for n, t := range r.offline { // forget names gone long enough
-			if now.Sub(t) >= offlineMemory {
-				delete(r.offline, n)
-			}
-		}
-		r.offline[name] = now
 	}
 	for _, p := range r.byPort {
 		if p.svc == svc {
 			r.unpublish(p)
 		}
 	}
+	r.changedLocked(time.Now())
 }
 
-// unpublish removes p from the maps and closes its port; r.mu is held.
+// unpublish removes p from the maps and closes its port; its name and
+// port stay held for its owner, who is offline from now on unless it
+// publishes them again. r.mu is held.
 func (r *registry) unpublish(p *publication) {
 	name := strings.ToLower(p.svc.Name)
+	owner, now := ownerKey(p.svc.Owner), time.Now()
 	if r.byName[name] == p {
 		delete(r.byName, name)
+		if h := r.holds[name]; h != nil && h.Owner == owner {
+			h.Left = now
+		}
 	}
 	if p.ln != nil {
 		p.ln.Close()
 		delete(r.byPort, p.port)
+		if h := r.portHolds[p.port]; h != nil && h.Owner == owner {
+			h.Left = now
+		}
 	}
 }
 
@@ -154,8 +208,7 @@ func (r *registry) lookup(host string) (svc *quictun.Service, offline bool) {
 	if p, ok := r.byName[name]; ok {
 		return p.svc, false
 	}
-	t, ok := r.offline[name]
-	return nil, ok && time.Since(t) < offlineMemory
+	return nil, r.holds[name].offline(time.Now(), r.grace)
 }
 
 // nameOf extracts NAME from "NAME.DOMAIN[:port]".
@@ -183,8 +236,8 @@ func (r *registry) names() []string {
 }
 
 // listenPort binds a public port: want, or the first free one of the
-// range when want is 0.
-func (r *registry) listenPort(want uint16) (net.Listener, uint16, error) {
+// range when want is 0 (skipping those kept for other owners).
+func (r *registry) listenPort(want uint16, owner string, now time.Time) (net.Listener, uint16, error) {
 	if r.ports == (PortRange{}) {
 		return nil, 0, fmt.Errorf("%w: this coordinator publishes no ports (see --port-range)", quictun.ErrNotAllowed)
 	}
@@ -202,7 +255,7 @@ func (r *registry) listenPort(want uint16) (net.Listener, uint16, error) {
 		return ln, want, nil
 	}
 	for p := int(r.ports.Min); p <= int(r.ports.Max); p++ {
-		if _, taken := r.byPort[uint16(p)]; taken {
+		if _, taken := r.byPort[uint16(p)]; taken || r.portHolds[uint16(p)].reservedFor(owner, now, r.grace) {
 			continue
 		}
 		ln, err := net.Listen("tcp", net.JoinHostPort(r.bindHost, strconv.Itoa(p)))

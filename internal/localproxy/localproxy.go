@@ -95,6 +95,10 @@ type Config struct {
 	// Services are local apps to expose through coordinator (reverse
 	// direction). See ParseExpose.
 	Services []quictun.ExposedService
+	// RegisterRetry is the first wait before a service refused because its
+	// name or port is taken is asked for again (see
+	// quictun.ClientConfig.RegisterRetry). Default 5s.
+	RegisterRetry time.Duration
 	// LogPublicRequests logs every public request to the exposed apps
 	// (see quictun.ClientConfig.RequestLog).
 	LogPublicRequests bool
@@ -224,6 +228,7 @@ func New(cfg Config) (*Proxy, error) {
 		KeepAlive:          cfg.KeepAlive,
 		MaxPendingSessions: cfg.MaxPendingSessions,
 		Services:           cfg.Services,
+		RegisterRetry:      cfg.RegisterRetry,
 		RequestLog:         cfg.LogPublicRequests,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
