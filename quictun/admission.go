@@ -165,7 +165,7 @@ func (s *handshakeSlot) release() {
 }
 
 // authenticated frees conn's place among the unauthenticated connections.
-func authenticated(conn *quic.Conn) {
+func authenticated(conn Conn) {
 	if s, ok := conn.Context().Value(handshakeSlotKey{}).(*handshakeSlot); ok {
 		s.release()
 	}
@@ -180,8 +180,11 @@ func (g *handshakeGuard) inHandshake() int {
 
 // sourceOf is the IP address of a UDP peer, IPv4 unmapped.
 func sourceOf(a net.Addr) netip.Addr {
-	if ua, ok := a.(*net.UDPAddr); ok {
-		return ua.AddrPort().Addr().Unmap()
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
 }

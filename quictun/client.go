@@ -29,13 +29,15 @@ type Client struct {
 	guard    *handshakeGuard // dial-back connections not yet authenticated
 
 	mu         sync.Mutex
-	conn       *quic.Conn   // control connection; nil while down
-	control    *quic.Stream // its control stream
-	coordLeaf  []byte       // coordinator's certificate, pinned for dial-backs
+	conn       Conn   // control connection; nil while down
+	control    Stream // its control stream
+	coordLeaf  []byte // coordinator's certificate, pinned for dial-backs
 	ready      chan struct{}
 	lastErr    error
 	publicAddr netip.AddrPort
 	welcome    Welcome
+	// transport and transportWhy: see ClientStats.
+	transport, transportWhy string
 	// registrations are the outcomes of publishing cfg.Services on the
 	// current control connection.
 	registrations []Registration
@@ -56,7 +58,8 @@ type Client struct {
 	stats clientCounters
 	// silentConn is the last control connection found silent (see
 	// SilenceTimeout), so that is logged once per connection.
-	silentConn atomic.Pointer[quic.Conn]
+	silentMu   sync.Mutex
+	silentConn Conn
 
 	// refuseDialBacks leaves the tunnel creation service off, so dial-back
 	// packets vanish as behind a NAT that lets nothing in. Tests only.
@@ -76,18 +79,21 @@ type clientCounters struct {
 
 // ClientStats is a snapshot of a Client's counters.
 type ClientStats struct {
-	Connected        bool
-	PublicAddr       netip.AddrPort
-	ObservedAddr     netip.AddrPort // as coordinator saw us
-	Sessions         uint64         // sessions established
-	RelaySessions    uint64         // of which relayed over the control connection after a failed dial-back
-	FastOpenSessions uint64         // of which opened with fast open (also over the control connection)
-	PendingSessions  int            // waiting for their dial-back now
-	DialBackTimeouts uint64
-	UnknownSessions  uint64 // dial-back streams refused: unknown or expired id
-	BadStreams       uint64 // dial-back streams refused: malformed header
-	Connects         uint64 // control connections established
-	Punches          uint64 // sessions that punched towards a dial-back worker
+	Connected bool
+	// Transport is the control connection's transport ("quic", "tcp"),
+	// the last one used while down; TransportWhy says why auto chose TCP.
+	Transport, TransportWhy string
+	PublicAddr              netip.AddrPort
+	ObservedAddr            netip.AddrPort // as coordinator saw us
+	Sessions                uint64         // sessions established
+	RelaySessions           uint64         // of which relayed over the control connection after a failed dial-back
+	FastOpenSessions        uint64         // of which opened with fast open (also over the control connection)
+	PendingSessions         int            // waiting for their dial-back now
+	DialBackTimeouts        uint64
+	UnknownSessions         uint64 // dial-back streams refused: unknown or expired id
+	BadStreams              uint64 // dial-back streams refused: malformed header
+	Connects                uint64 // control connections established
+	Punches                 uint64 // sessions that punched towards a dial-back worker
 	// PublicAddrChanges counts changes of the public address after the
 	// first one learnt (SetPublicAddr).
 	PublicAddrChanges uint64
@@ -199,7 +205,7 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.conn, c.control, c.welcome = conn, ctrl, *w
-	c.coordLeaf = conn.ConnectionState().TLS.PeerCertificates[0].Raw
+	c.coordLeaf = conn.TLS().PeerCertificates[0].Raw
 	c.lastErr = nil
 	close(c.ready)
 	pub := c.publicAddr
@@ -207,7 +213,7 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	c.stats.connects.Add(1)
 	c.log.Info("connected to coordinator", "coordinator", c.cfg.Coordinator, "public_addr", pub,
 		"observed_addr", w.ObservedAddr, "nat_mapping", NATMapping(pub, w.ObservedAddr),
-		"rtt", conn.ConnectionStats().SmoothedRTT.Round(time.Microsecond))
+		"rtt", conn.RTT().Round(time.Microsecond), "transport", conn.Transport())
 
 	// The control stream carries nothing from coordinator yet; reading it
 	// notices when coordinator goes away.
@@ -240,13 +246,47 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	}
 }
 
-func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcome, error) {
+func (c *Client) connect(ctx context.Context) (Conn, Stream, *Welcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
-	addr, err := net.ResolveUDPAddr("udp", c.cfg.Coordinator)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("resolve coordinator %s: %w", c.cfg.Coordinator, err)
+	var (
+		conn Conn
+		err  error
+		why  string // TCP chosen by auto: why
+	)
+	switch c.cfg.Via {
+	case TransportTCP:
+		conn, err = c.dialTCP(ctx)
+	case TransportAuto:
+		qctx, qcancel := context.WithTimeout(ctx, c.cfg.QUICFallback)
+		conn, err = c.dialQUIC(qctx)
+		qcancel()
+		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUntrustedCoordinator) {
+			why = quicFailure(err, c.cfg.QUICFallback)
+			if conn, err = c.dialTCP(ctx); err != nil {
+				err = fmt.Errorf("QUIC failed (%s), and TCP: %w", why, err)
+			}
+		}
+	default:
+		conn, err = c.dialQUIC(ctx)
 	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.mu.Lock()
+	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
+	c.mu.Unlock()
+	ctrl, w, err := greet(ctx, conn, hello)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.setTransport(conn.Transport(), why)
+	return conn, ctrl, w, nil
+}
+
+// coordinatorTLS is the TLS configuration of the control connection, on
+// either transport.
+func (c *Client) coordinatorTLS() *tls.Config {
 	tlsConf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		RootCAs:            c.cfg.RootCAs,
@@ -257,6 +297,16 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	if c.cfg.Certificate != nil {
 		tlsConf.Certificates = []tls.Certificate{*c.cfg.Certificate}
 	}
+	return tlsConf
+}
+
+// dialQUIC makes the QUIC control connection.
+func (c *Client) dialQUIC(ctx context.Context) (Conn, error) {
+	addr, err := net.ResolveUDPAddr("udp", c.cfg.Coordinator)
+	if err != nil {
+		return nil, fmt.Errorf("resolve coordinator %s: %w", c.cfg.Coordinator, err)
+	}
+	tlsConf := c.coordinatorTLS()
 	qc := c.quicConfig()
 	if c.cfg.RequestLog {
 		qc.MaxIncomingUniStreams = 1 // coordinator's request log (flow step 8)
@@ -265,30 +315,23 @@ func (c *Client) connect(ctx context.Context) (*quic.Conn, *quic.Stream, *Welcom
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
-			return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w: its certificate is not trusted for %q; "+
+			return nil, fmt.Errorf("connect to coordinator %s: %w: its certificate is not trusted for %q; "+
 				"trust the CA that signed it (localproxy --ca FILE) or check the server name: %w", addr, ErrUntrustedCoordinator, c.cfg.ServerName, err)
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, nil, nil, fmt.Errorf("connect to coordinator %s: no answer within %s (is coordinator running, and is UDP to that port allowed?): %w",
+			return nil, fmt.Errorf("connect to coordinator %s: no answer within %s (is coordinator running, and is UDP to that port allowed?): %w",
 				addr, c.cfg.ConnectTimeout, err)
 		}
-		return nil, nil, nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
+		return nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
-	c.mu.Lock()
-	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
-	c.mu.Unlock()
-	ctrl, w, err := greet(ctx, conn, hello)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return conn, ctrl, w, nil
+	return wrapQUIC(conn), nil
 }
 
 // greet opens conn's control stream, sends hello (Hello or WorkerHello) and
 // reads coordinator's Welcome, within ctx. On failure it closes conn; a
 // refused token is ErrAuthFailed.
-func greet(ctx context.Context, conn *quic.Conn, hello frame) (*quic.Stream, *Welcome, error) {
-	fail := func(err error) (*quic.Stream, *Welcome, error) {
+func greet(ctx context.Context, conn Conn, hello frame) (Stream, *Welcome, error) {
+	fail := func(err error) (Stream, *Welcome, error) {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "handshake failed")
 		return nil, nil, authError(err)
 	}
@@ -353,7 +396,7 @@ func (c *Client) setDown(err error) {
 }
 
 // markDown forgets conn as the control connection if it still is.
-func (c *Client) markDown(conn *quic.Conn) {
+func (c *Client) markDown(conn Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn == conn {
@@ -468,7 +511,8 @@ func (c *Client) SetPublicAddr(addr netip.AddrPort) error {
 // Stats returns a snapshot of the client's state and counters.
 func (c *Client) Stats() ClientStats {
 	c.mu.Lock()
-	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr}
+	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr,
+		Transport: c.transport, TransportWhy: c.transportWhy}
 	c.mu.Unlock()
 	st.Sessions = c.stats.sessions.Load()
 	st.RelaySessions = c.stats.relaySessions.Load()
@@ -490,7 +534,7 @@ func (c *Client) Stats() ClientStats {
 
 // controlConn returns the control connection, waiting up to ConnectTimeout
 // for one while it is down.
-func (c *Client) controlConn(ctx context.Context) (*quic.Conn, error) {
+func (c *Client) controlConn(ctx context.Context) (Conn, error) {
 	timer := time.NewTimer(c.cfg.ConnectTimeout)
 	defer timer.Stop()
 	for {
@@ -522,4 +566,16 @@ func (c *Client) controlConn(ctx context.Context) (*quic.Conn, error) {
 			return nil, context.Cause(ctx)
 		}
 	}
+}
+
+// newlySilent records conn as found silent, reporting whether it was not
+// already: the silence is logged once per connection.
+func (c *Client) newlySilent(conn Conn) bool {
+	c.silentMu.Lock()
+	defer c.silentMu.Unlock()
+	if c.silentConn == conn {
+		return false
+	}
+	c.silentConn = conn
+	return true
 }

@@ -27,6 +27,19 @@ type ClientConfig struct {
 	Transport *quic.Transport
 	// Coordinator is coordinator's address, "host:port". Required.
 	Coordinator string
+	// Via picks the transport to coordinator: TransportQUIC (default),
+	// TransportTCP (TLS over TCP to CoordinatorTCP), or TransportAuto:
+	// QUIC, and TCP when QUIC has no handshake within QUICFallback.
+	Via string
+	// CoordinatorTCP is coordinator's TCP transport, "host:port".
+	// Default: Coordinator.
+	CoordinatorTCP string
+	// QUICFallback is how long auto waits for QUIC's handshake before it
+	// uses TCP. Default 2s.
+	QUICFallback time.Duration
+	// DialTCP, if set, makes the TCP connection to CoordinatorTCP (through
+	// an upstream proxy, say). Default: a plain net.Dialer.
+	DialTCP func(ctx context.Context, addr string) (net.Conn, error)
 	// Token authenticates this client. Required unless Certificate is set.
 	Token string
 	// Certificate, if set, is presented to coordinator as client
@@ -118,6 +131,8 @@ func (c *ClientConfig) validate() error {
 		return &ConfigError{"Token", "longer than 1024 bytes"}
 	case len(c.Name) > maxNameLen:
 		return &ConfigError{"Name", "longer than 256 bytes"}
+	case c.Via != "" && c.Via != TransportQUIC && c.Via != TransportTCP && c.Via != TransportAuto:
+		return &ConfigError{"Via", fmt.Sprintf("%q is none of auto, quic, tcp", c.Via)}
 	}
 	if _, _, err := net.SplitHostPort(c.Coordinator); err != nil {
 		return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
@@ -233,6 +248,9 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.MaxPendingSessions, 10000)
 	setDefault(&c.MaxStreams, 10000)
 	setDefault(&c.KeepAlive, 10*time.Second)
+	setDefault(&c.QUICFallback, 2*time.Second)
+	setDefault(&c.Via, TransportQUIC)
+	setDefault(&c.CoordinatorTCP, c.Coordinator)
 	c.Handshakes.setDefaults()
 	if c.ServerName == "" {
 		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)

@@ -65,7 +65,7 @@ func (c *Client) dialSession(ctx context.Context, target string) (*StreamConn, e
 // connEnded reports whether conn has ended. A stream can report the
 // connection's closing error (coordinator restarting) a moment before
 // quic-go marks the connection done: then it waits for that mark.
-func connEnded(conn *quic.Conn, err error) bool {
+func connEnded(conn Conn, err error) bool {
 	if conn.Context().Err() != nil {
 		return true
 	}
@@ -91,7 +91,7 @@ func connEnded(conn *quic.Conn, err error) bool {
 // dialFast sends a FastOpen on a new stream of conn and returns the stream
 // at once; coordinator's answer is read by its first Read or Peek (see
 // StreamConn.awaitAnswer), under the same time limits as dial's.
-func (c *Client) dialFast(ctx context.Context, conn *quic.Conn, target string) (*StreamConn, error) {
+func (c *Client) dialFast(ctx context.Context, conn Conn, target string) (*StreamConn, error) {
 	start := time.Now()
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
@@ -112,10 +112,10 @@ func (c *Client) dialFast(ctx context.Context, conn *quic.Conn, target string) (
 		str.CancelRead(quic.StreamErrorCode(CodeTimeout))
 		str.CancelWrite(quic.StreamErrorCode(CodeTimeout))
 	}
-	received := conn.ConnectionStats().PacketsReceived
+	received := conn.Received()
 	watchdog := time.AfterFunc(c.cfg.SilenceTimeout, func() {
-		if conn.ConnectionStats().PacketsReceived == received {
-			if c.silentConn.Swap(conn) != conn {
+		if conn.Received() == received {
+			if c.newlySilent(conn) {
 				c.log.Warn("coordinator stopped answering: sessions are refused until it answers again or the connection times out",
 					"coordinator", conn.RemoteAddr(), "silent_for", c.cfg.SilenceTimeout)
 			}
@@ -175,7 +175,7 @@ func isRemoteCode(err error, code ErrorCode) bool {
 var errCoordinatorSilent = fmt.Errorf("%w: coordinator stopped answering", ErrCoordinatorUnavailable)
 
 // dial runs one Open exchange on conn.
-func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *StreamConn, err error) {
+func (c *Client) dial(ctx context.Context, conn Conn, target string) (_ *StreamConn, err error) {
 	start := time.Now()
 	id := NewSessionID()
 	ch, err := c.table.add(id)
@@ -212,12 +212,12 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 	// from it, an acknowledgement of the Open at least, proves it alive.
 	// The session is given up; the connection is left to the QUIC idle
 	// timeout, so that a path that comes back keeps its sessions.
-	received := conn.ConnectionStats().PacketsReceived
+	received := conn.Received()
 	var silent atomic.Bool
 	watchdog := time.AfterFunc(c.cfg.SilenceTimeout, func() {
-		if conn.ConnectionStats().PacketsReceived == received {
+		if conn.Received() == received {
 			silent.Store(true)
-			if c.silentConn.Swap(conn) != conn { // once per connection
+			if c.newlySilent(conn) { // once per connection
 				c.log.Warn("coordinator stopped answering: sessions are refused until it answers again or the connection times out",
 					"coordinator", conn.RemoteAddr(), "silent_for", c.cfg.SilenceTimeout)
 			}
@@ -325,7 +325,7 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 		str.Close()
 		str.SetReadDeadline(time.Now().Add(openEndTimeout)) // bounds the reader, which lives on
 		succeeded = true
-		return newStreamConn(d.stream, d.conn, id), nil
+		return newStreamConn(d.stream, wrapQUIC(d.conn), id), nil
 	case <-relay:
 		return takeRelay()
 	case err := <-failed:
@@ -497,7 +497,7 @@ func (c *Client) acceptDialBacks(ctx context.Context, ln *quic.Listener, wg *syn
 		if err != nil {
 			return
 		}
-		authenticated(conn) // its TLS handshake checked coordinator's pinned certificate
+		authenticated(wrapQUIC(conn)) // its TLS handshake checked coordinator's pinned certificate
 		c.log.Debug("dial-back connection accepted", "peer", conn.RemoteAddr())
 		wg.Go(func() {
 			c.serveDialBack(ctx, conn)

@@ -23,14 +23,14 @@ const requestLogBatch = 16 << 10
 // with the first record; a client that takes no unidirectional streams (an
 // older one) turns the log off for the connection.
 type requestLog struct {
-	conn    *quic.Conn
+	conn    Conn
 	log     *slog.Logger
 	records chan *RequestLog
 	off     atomic.Bool
 	dropped atomic.Int64
 }
 
-func newRequestLog(conn *quic.Conn, log *slog.Logger) *requestLog {
+func newRequestLog(conn Conn, log *slog.Logger) *requestLog {
 	return &requestLog{conn: conn, log: log, records: make(chan *RequestLog, requestLogQueue)}
 }
 
@@ -55,7 +55,7 @@ func (l *requestLog) run(ctx context.Context) {
 			l.log.Warn("request log records not sent to the client: it read them too slowly", "dropped", n)
 		}
 	}()
-	var str *quic.SendStream
+	var str SendStream
 	buf := make([]byte, 0, requestLogBatch+MaxFrameSize+3)
 	for {
 		var m *RequestLog

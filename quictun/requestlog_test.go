@@ -41,7 +41,7 @@ func quicPair(t *testing.T, clientUni int64) (server, client *quic.Conn) {
 
 func TestRequestLog(t *testing.T) {
 	server, client := quicPair(t, 1)
-	l := newRequestLog(server, slog.New(slog.DiscardHandler))
+	l := newRequestLog(wrapQUIC(server), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { l.run(ctx); close(done) }()
@@ -79,7 +79,7 @@ func TestRequestLog(t *testing.T) {
 // itself off and adding records neither blocks nor fails.
 func TestRequestLogOlderClient(t *testing.T) {
 	server, client := quicPair(t, -1)
-	l := newRequestLog(server, slog.New(slog.DiscardHandler))
+	l := newRequestLog(wrapQUIC(server), slog.New(slog.DiscardHandler))
 	done := make(chan struct{})
 	go func() { l.run(t.Context()); close(done) }()
 	l.add(&RequestLog{Method: "GET", Target: "/"})
@@ -108,7 +108,7 @@ func TestRequestLogOlderClient(t *testing.T) {
 // never waited for.
 func TestRequestLogDrops(t *testing.T) {
 	server, _ := quicPair(t, 1)
-	l := newRequestLog(server, slog.New(slog.DiscardHandler)) // not running: nothing drains the queue
+	l := newRequestLog(wrapQUIC(server), slog.New(slog.DiscardHandler)) // not running: nothing drains the queue
 	for range requestLogQueue + 5 {
 		l.add(&RequestLog{Method: "GET", Target: "/"})
 	}

@@ -68,7 +68,7 @@ type Registration struct {
 // their name or port is taken (by another client, or kept for one that is
 // offline) are asked for again, with backoff, until they are published or
 // conn ends: a name that frees up is taken without a restart.
-func (c *Client) registerServices(ctx context.Context, conn *quic.Conn) {
+func (c *Client) registerServices(ctx context.Context, conn Conn) {
 	regs := make([]Registration, len(c.cfg.Services))
 	for i, svc := range c.cfg.Services {
 		regs[i] = c.register(ctx, conn, svc)
@@ -127,7 +127,7 @@ func (c *Client) logRegistration(reg Registration, first bool) {
 
 // setRegistrations records regs as the outcome on conn, if it is still
 // the control connection.
-func (c *Client) setRegistrations(conn *quic.Conn, regs []Registration) {
+func (c *Client) setRegistrations(conn Conn, regs []Registration) {
 	c.mu.Lock()
 	if c.conn == conn {
 		c.registrations = slices.Clone(regs)
@@ -135,7 +135,7 @@ func (c *Client) setRegistrations(conn *quic.Conn, regs []Registration) {
 	c.mu.Unlock()
 }
 
-func (c *Client) register(ctx context.Context, conn *quic.Conn, svc ExposedService) Registration {
+func (c *Client) register(ctx context.Context, conn Conn, svc ExposedService) Registration {
 	reg := Registration{Service: svc}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpenTimeout)
 	defer cancel()
@@ -182,7 +182,7 @@ func (c *Client) Registrations() []Registration {
 
 // serveReverse accepts the streams coordinator opens on the control
 // connection, one per public connection, until conn ends.
-func (c *Client) serveReverse(ctx context.Context, conn *quic.Conn) {
+func (c *Client) serveReverse(ctx context.Context, conn Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -196,7 +196,7 @@ func (c *Client) serveReverse(ctx context.Context, conn *quic.Conn) {
 
 // serveRequestLog logs the records of public requests coordinator sends
 // on the unidirectional streams it opens (flow step 8), until conn ends.
-func (c *Client) serveRequestLog(ctx context.Context, conn *quic.Conn) {
+func (c *Client) serveRequestLog(ctx context.Context, conn Conn) {
 	for {
 		str, err := conn.AcceptUniStream(ctx)
 		if err != nil {
@@ -239,7 +239,7 @@ func (c *Client) logRequest(m *RequestLog) {
 }
 
 // handleReverse connects one public connection to its local app.
-func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.Stream) {
+func (c *Client) handleReverse(ctx context.Context, conn Conn, str Stream) {
 	start := time.Now()
 	// The set-up runs on a goroutine of its own (see onFreshStack); this
 	// one lives on, mostly idle, as the relay.
@@ -258,7 +258,7 @@ func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.S
 
 // setUpReverse reads ReverseOpen and dials the local app. It returns the
 // app's connection, or nil when the session was refused or failed.
-func (c *Client) setUpReverse(ctx context.Context, str *quic.Stream, start time.Time) (*ReverseOpen, net.Conn) {
+func (c *Client) setUpReverse(ctx context.Context, str Stream, start time.Time) (*ReverseOpen, net.Conn) {
 	str.SetReadDeadline(start.Add(sessionHeaderTimeout))
 	msg, err := ReadFrame(str)
 	str.SetReadDeadline(time.Time{})
@@ -419,7 +419,7 @@ func (svc *Service) dial(ctx context.Context, remote netip.AddrPort) (*StreamCon
 
 // streamConn wraps a reverse session's stream, with the client's request
 // log.
-func (svc *Service) streamConn(str *quic.Stream, id SessionID) *StreamConn {
+func (svc *Service) streamConn(str Stream, id SessionID) *StreamConn {
 	sc := newStreamConn(str, svc.peer.conn, id)
 	sc.service, sc.requests = svc.Name, svc.peer.requests
 	return sc
@@ -441,7 +441,7 @@ func (svc *Service) DialEarly(ctx context.Context, remote netip.AddrPort) (*Stre
 }
 
 // open opens a stream to svc's client and sends ReverseOpen on it.
-func (svc *Service) open(ctx context.Context, remote netip.AddrPort) (*quic.Stream, SessionID, error) {
+func (svc *Service) open(ctx context.Context, remote netip.AddrPort) (Stream, SessionID, error) {
 	p := svc.peer
 	id := NewSessionID()
 	str, err := p.conn.OpenStreamSync(ctx)
@@ -458,7 +458,7 @@ func (svc *Service) open(ctx context.Context, remote netip.AddrPort) (*quic.Stre
 
 // answer reads the client's ReverseAck and OpenResult on str; on any
 // failure it resets str and says why.
-func (svc *Service) answer(ctx context.Context, str *quic.Stream) error {
+func (svc *Service) answer(ctx context.Context, str Stream) error {
 	fail := func(err error) error {
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
@@ -492,9 +492,9 @@ func (svc *Service) answer(ctx context.Context, str *quic.Stream) error {
 // its connection is closed so its names are withdrawn now, not at the idle
 // timeout. A client that is alive but slow (loaded) only fails this
 // session, after reverseSlowAckLimit.
-func (p *peer) awaitReverseAck(ctx context.Context, str *quic.Stream, svc *Service) error {
-	ackWait := reverseAckTimeout + 4*p.conn.ConnectionStats().SmoothedRTT
-	heard := p.conn.ConnectionStats().PacketsReceived
+func (p *peer) awaitReverseAck(ctx context.Context, str Stream, svc *Service) error {
+	ackWait := reverseAckTimeout + 4*p.conn.RTT()
+	heard := p.conn.Received()
 	giveUp := time.Now().Add(reverseSlowAckLimit)
 	var ack [3]byte // ReverseAck: type, zero length
 	for got := 0; got < len(ack); {
@@ -510,7 +510,7 @@ func (p *peer) awaitReverseAck(ctx context.Context, str *quic.Stream, svc *Servi
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return fmt.Errorf("%w: %s: %w", ErrClientOffline, svc.Client, err)
 		}
-		now := p.conn.ConnectionStats().PacketsReceived
+		now := p.conn.Received()
 		if now == heard {
 			p.conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "client did not answer a reverse session")
 			return fmt.Errorf("%w: %s sent nothing within %s", ErrClientOffline, svc.Client, ackWait.Round(time.Millisecond))
@@ -529,7 +529,7 @@ func (p *peer) awaitReverseAck(ctx context.Context, str *quic.Stream, svc *Servi
 }
 
 // serveRegister handles one Register from p.
-func (p *peer) serveRegister(str *quic.Stream, reg *Register) {
+func (p *peer) serveRegister(str Stream, reg *Register) {
 	defer str.Close()
 	answer := func(code ErrorCode, reason string, pub Publication) {
 		WriteFrame(str, &RegisterResult{Code: code, Reason: reason, Port: pub.Port, URL: pub.URL})

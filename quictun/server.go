@@ -184,20 +184,20 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		wg.Go(func() { s.serveClient(ctx, conn) })
+		wg.Go(func() { s.serveClient(ctx, wrapQUIC(conn)) })
 	}
 }
 
 // serveClient authenticates one control connection and serves its
 // sessions until it or ctx ends.
-func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
+func (s *Server) serveClient(ctx context.Context, conn Conn) {
 	log := s.log.With("client_addr", conn.RemoteAddr())
 	stop := context.AfterFunc(ctx, func() {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "coordinator shutting down")
 	})
 	defer stop()
-	if conn.ConnectionState().TLS.NegotiatedProtocol == ALPNWorker {
-		s.serveWorker(ctx, conn, log)
+	if qc := quicOf(conn); qc != nil && conn.TLS().NegotiatedProtocol == ALPNWorker {
+		s.serveWorker(ctx, qc, log)
 		return
 	}
 
@@ -253,7 +253,7 @@ func (s *Server) serveClient(ctx context.Context, conn *quic.Conn) {
 // or its token, and sets p's identity or token and owner. On refusal it
 // returns the reason (AuthInvalidToken...) and why in words, which is sent
 // to the client.
-func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (grant Grant, reason, why string) {
+func (s *Server) authenticate(conn Conn, hello *Hello, p *peer) (grant Grant, reason, why string) {
 	if s.cfg.ClientCAs == nil {
 		grant, ok := s.cfg.Authorize(hello.Token)
 		if !ok {
@@ -263,7 +263,7 @@ func (s *Server) authenticate(conn *quic.Conn, hello *Hello, p *peer) (grant Gra
 		p.token, p.owner = hello.Token, hex.EncodeToString(tokenHash[:8])+"/"+hello.ClientName
 		return grant, "", ""
 	}
-	chains := conn.ConnectionState().TLS.VerifiedChains
+	chains := conn.TLS().VerifiedChains
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return Grant{}, AuthCertificate, "client certificate required"
 	}
@@ -294,7 +294,7 @@ func certIdentity(c *x509.Certificate) string {
 // readHello reads a new client's Hello, on the first stream it opens,
 // within HelloTimeout. On failure it closes conn and returns the reason
 // (AuthNoHello or AuthBadHello).
-func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.Stream, string, error) {
+func (s *Server) readHello(ctx context.Context, conn Conn) (*Hello, Stream, string, error) {
 	msg, ctrl, reason, err := readFirstFrame(ctx, conn, s.cfg.HelloTimeout)
 	if err != nil {
 		return nil, nil, reason, err
@@ -317,7 +317,7 @@ func (s *Server) readHello(ctx context.Context, conn *quic.Conn) (*Hello, *quic.
 // meanwhile closes the connection: an unauthenticated peer gets no buffers
 // beyond the one stream. On failure it closes conn and returns the reason
 // (AuthNoHello or AuthBadHello).
-func readFirstFrame(ctx context.Context, conn *quic.Conn, timeout time.Duration) (any, *quic.Stream, string, error) {
+func readFirstFrame(ctx context.Context, conn Conn, timeout time.Duration) (any, Stream, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	ctrl, err := conn.AcceptStream(ctx)
@@ -446,7 +446,7 @@ func (s *Server) removePeer(p *peer) {
 // peer is one authenticated localproxy.
 type peer struct {
 	s        *Server
-	conn     *quic.Conn
+	conn     Conn
 	name     string
 	log      *slog.Logger
 	token    string // kept to check again on Reauthorize
@@ -487,7 +487,7 @@ func (p *peer) observedAddr() netip.AddrPort {
 
 // serve reads control messages and serves session requests until the
 // connection ends.
-func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
+func (p *peer) serve(ctx context.Context, ctrl Stream) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer p.withdrawServices()
@@ -505,7 +505,7 @@ func (p *peer) serve(ctx context.Context, ctrl *quic.Stream) {
 
 // readControl handles messages on the control stream; it ends with the
 // connection.
-func (p *peer) readControl(ctrl *quic.Stream) {
+func (p *peer) readControl(ctrl Stream) {
 	for {
 		msg, err := ReadFrame(ctrl)
 		if err != nil {
@@ -539,7 +539,7 @@ func (p *peer) readControl(ctrl *quic.Stream) {
 }
 
 // serveStream handles a stream the client opened: Open or Register.
-func (p *peer) serveStream(ctx context.Context, str *quic.Stream) {
+func (p *peer) serveStream(ctx context.Context, str Stream) {
 	str.SetReadDeadline(time.Now().Add(p.s.cfg.HelloTimeout))
 	msg, err := ReadFrame(str)
 	if err != nil {
@@ -563,7 +563,7 @@ func (p *peer) serveStream(ctx context.Context, str *quic.Stream) {
 
 // serveSession handles one Open: dial the target, answer, dial back and
 // relay.
-func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
+func (p *peer) serveSession(ctx context.Context, str Stream, open *Open) {
 	start := time.Now()
 	log := p.log.With("session", open.Session, "target", open.Target)
 	outcome := func(status string, err error, st relay.Stats) {
@@ -607,7 +607,7 @@ func (p *peer) serveSession(ctx context.Context, str *quic.Stream, open *Open) {
 		outcome("forbidden", nil, relay.Stats{})
 		return
 	}
-	if w := p.pickWorker(); w != nil && !open.Fast {
+	if w := p.pickWorker(); w != nil && !open.Fast && quicOf(p.conn) != nil {
 		if p.serveViaWorker(ctx, w, str, open, outcome) {
 			return
 		}
@@ -644,7 +644,7 @@ type sessionSetup struct {
 
 // setUpSession dials the target, answers Open and dials back (or falls
 // back to the relay); a FastOpen is relayed on its own stream.
-func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, log *slog.Logger,
+func (p *peer) setUpSession(ctx context.Context, str Stream, open *Open, log *slog.Logger,
 	outcome func(string, error, relay.Stats), endOpen func()) (su sessionSetup) {
 	dctx, cancel := context.WithTimeout(ctx, p.s.cfg.TargetDialTimeout)
 	target, err := p.s.cfg.DialTarget(dctx, "tcp", open.Target)
@@ -676,16 +676,22 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 		return su
 	}
 	dialBackStart := time.Now()
-	stream, err := p.dialBackSession(ctx, open.Session)
+	var stream *StreamConn
+	overTCP := quicOf(p.conn) == nil
+	if overTCP {
+		err = errTCPNoDialBack // the session rides the client's own connection
+	} else {
+		stream, err = p.dialBackSession(ctx, open.Session)
+	}
 	switch {
 	case err == nil:
 		// The caller ends the session's use of the connection when it ends.
-		su.release = func() { p.releaseDialBack(stream.conn) }
+		su.release = func() { p.releaseDialBack(quicOf(stream.conn)) }
 		finishOpen(str) // the session goes over the dial-back stream
 		su.sess, su.mode = stream, "dial-back"
 		p.s.stats.dialBackLatency.Observe(time.Since(dialBackStart))
 		p.s.stats.dialBackSessions.Add(1)
-	case p.s.cfg.DisableRelay:
+	case p.s.cfg.DisableRelay && !overTCP:
 		p.s.stats.dialBackErrors.Add(1)
 		str.CancelWrite(quic.StreamErrorCode(CodeDialBackFailed))
 		str.CancelRead(quic.StreamErrorCode(CodeDialBackFailed))
@@ -713,7 +719,7 @@ func (p *peer) setUpSession(ctx context.Context, str *quic.Stream, open *Open, l
 // dial-back stream reaches it), so the stream ends without STOP_SENDING or
 // RESET_STREAM, in fewer packets. The FIN is waited for on a goroutine of
 // its own, bounded by openEndTimeout and by the connection.
-func finishOpen(str *quic.Stream) {
+func finishOpen(str Stream) {
 	str.Close()
 	str.SetReadDeadline(time.Now().Add(openEndTimeout))
 	go func() {
@@ -893,7 +899,7 @@ func openDialBackStream(ctx context.Context, conn *quic.Conn, id SessionID) (*St
 		s.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		return nil, fmt.Errorf("write session header: %w", err)
 	}
-	return newStreamConn(s, conn, id), nil
+	return newStreamConn(s, wrapQUIC(conn), id), nil
 }
 
 // awaitAck waits up to wait for localproxy's dialBackAck on a new dial-back

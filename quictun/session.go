@@ -26,7 +26,7 @@ func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
 
 // dialBack is a dial-back stream with the connection it arrived on.
 type dialBack struct {
-	stream *quic.Stream
+	stream Stream
 	conn   *quic.Conn
 }
 

@@ -12,8 +12,8 @@ import (
 // sends FIN, CloseRead stops reading, Reset aborts both directions so the
 // peer sees an error rather than a clean end.
 type StreamConn struct {
-	*quic.Stream
-	conn          *quic.Conn
+	Stream
+	conn          Conn
 	local, remote net.Addr
 	id            SessionID
 
@@ -71,7 +71,7 @@ func (c *StreamConn) Peek(b []byte) (int, error) {
 	return c.Stream.Peek(b)
 }
 
-func newStreamConn(s *quic.Stream, c *quic.Conn, id SessionID) *StreamConn {
+func newStreamConn(s Stream, c Conn, id SessionID) *StreamConn {
 	return &StreamConn{Stream: s, conn: c, local: c.LocalAddr(), remote: c.RemoteAddr(), id: id}
 }
 

@@ -89,6 +89,7 @@ type harness struct {
 	client    *Client
 	serverTr  *quic.Transport
 	clientTr  *quic.Transport
+	tcpAddr   string // the server's TCP transport, with harnessOpts.via
 	stopSrv   context.CancelFunc
 	srvDone   chan error
 	clientErr chan error
@@ -102,6 +103,9 @@ type harnessOpts struct {
 	clientMod   func(*ClientConfig)
 	// refuseDialBacks: the client serves no tunnel creation service.
 	refuseDialBacks bool
+	// via, if set, is the client's transport (ClientConfig.Via); the
+	// server then serves the TCP transport too, on tcpAddr.
+	via string
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -116,12 +120,18 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		o.clientToken = o.serverToken
 	}
 	h := &harness{serverTr: newTransport(t, o.host), clientTr: newTransport(t, o.host)}
+	if o.via != "" {
+		h.tcpAddr = net.JoinHostPort(o.host, "0")
+	}
 	h.startServer(t, o)
 	cc := ClientConfig{
 		Transport: h.clientTr, Coordinator: h.serverTr.Conn.LocalAddr().String(), Token: o.clientToken,
 		RootCAs: getPKI(t).pool, ServerName: "localhost", Name: "test-client",
 		PublicAddr:     h.clientTr.Conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		ConnectTimeout: 2 * time.Second, ReconnectMin: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+	}
+	if o.via != "" {
+		cc.Via, cc.CoordinatorTCP = o.via, h.tcpAddr
 	}
 	if o.clientMod != nil {
 		o.clientMod(&cc)
@@ -156,7 +166,18 @@ func (h *harness) startServer(t testing.TB, o harnessOpts) {
 	ctx, cancel := context.WithCancel(t.Context())
 	h.stopSrv = cancel
 	h.srvDone = make(chan error, 1)
-	go func() { h.srvDone <- s.Serve(ctx) }()
+	if h.tcpAddr == "" {
+		go func() { h.srvDone <- s.Serve(ctx) }()
+		return
+	}
+	ln, err := net.Listen("tcp", h.tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.tcpAddr = ln.Addr().String()
+	tcpDone := make(chan error, 1)
+	go func() { tcpDone <- s.ServeTCP(ctx, ln) }()
+	go func() { err := s.Serve(ctx); h.srvDone <- errors.Join(err, <-tcpDone) }()
 }
 
 func (h *harness) stopServer() {

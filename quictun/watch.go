@@ -36,7 +36,7 @@ const (
 // restarted coordinator answers the probe with a stateless reset, which
 // ends conn (and connectAndWait closes them). It returns when conn or ctx
 // ends.
-func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
+func (c *Client) watchCoordinator(ctx context.Context, conn Conn) {
 	tick := time.NewTicker(watchEvery)
 	defer tick.Stop()
 	coord := addrPort(conn.RemoteAddr())
@@ -55,7 +55,7 @@ func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
 			return
 		case <-tick.C:
 		}
-		ctrl := conn.ConnectionStats().PacketsReceived
+		ctrl := conn.Received()
 		heard, stalled := ctrl != ctrlAtProbe, false
 		now := map[*quic.Conn]seen{}
 		for _, d := range c.dialBacksFrom(coord) {
@@ -71,7 +71,7 @@ func (c *Client) watchCoordinator(ctx context.Context, conn *quic.Conn) {
 		case !probed.IsZero() && heard:
 			probed = time.Time{} // it answered
 		case !probed.IsZero():
-			if time.Since(probed) > silentLimit+3*conn.ConnectionStats().SmoothedRTT {
+			if time.Since(probed) > silentLimit+3*conn.RTT() {
 				n := c.closeDialBacksFrom(coord, "coordinator stopped answering")
 				c.log.Warn("coordinator stopped answering: closed its dial-back connections", "coordinator", coord,
 					"connections", n, "silent_for", time.Since(probed).Round(time.Millisecond))
@@ -91,8 +91,10 @@ const probeSize = 32
 // probe makes coordinator answer on conn: a stream carrying probeSize
 // zero bytes, which coordinator takes for an unknown message (type 0) and
 // resets, as it always has (wire.go, flow step 9).
-func probe(conn *quic.Conn) {
-	str, err := conn.OpenStream()
+func probe(conn Conn) {
+	ctx, cancel := context.WithTimeout(conn.Context(), time.Second)
+	defer cancel()
+	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return
 	}

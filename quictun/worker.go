@@ -124,7 +124,7 @@ type Worker struct {
 	connected bool
 	observed  netip.AddrPort // our address as coordinator sees it
 	clients   map[[32]byte]*workerClient
-	ctrl      *quic.Stream // control stream to coordinator; nil while down
+	ctrl      Stream // control stream to coordinator; nil while down
 
 	sessions drainGate // jobs being served; stopped by Drain
 
@@ -315,7 +315,7 @@ func (w *Worker) connect(ctx context.Context) (*quic.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to coordinator %s: %w", addr, err)
 	}
-	ctrl, welcome, err := greet(ctx, conn, &WorkerHello{Version: ProtocolVersion, Token: w.cfg.Token, Advertise: w.cfg.Advertise})
+	ctrl, welcome, err := greet(ctx, wrapQUIC(conn), &WorkerHello{Version: ProtocolVersion, Token: w.cfg.Token, Advertise: w.cfg.Advertise})
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +385,7 @@ func (w *Worker) closeClients() {
 }
 
 // serveJob runs one session handed over by coordinator.
-func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Stream) {
+func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str Stream) {
 	str.SetReadDeadline(time.Now().Add(10 * time.Second))
 	msg, err := ReadFrame(str)
 	job, ok := msg.(*Job)
@@ -438,7 +438,7 @@ func (w *Worker) serveJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 
 // setUpJob dials the target, answers the job and dials back to the
 // client (or falls back to the relay through coordinator).
-func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Stream, job *Job, log *slog.Logger,
+func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str Stream, job *Job, log *slog.Logger,
 	outcome func(string, error, relay.Stats), fail func(ErrorCode)) (su sessionSetup) {
 	dctx, cancel := context.WithTimeout(ctx, w.cfg.TargetDialTimeout)
 	target, err := w.cfg.DialTarget(dctx, "tcp", job.Target)
@@ -543,11 +543,11 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 		w.stats.dialBackSessions.Add(1)
 		su.sess, su.mode = s, "dial-back"
 		wc.mu.Lock()
-		wc.refs.add(s.conn)
+		wc.refs.add(quicOf(s.conn))
 		wc.mu.Unlock()
 		su.release = func() { // by serveJob, when the session ends
 			wc.mu.Lock()
-			retired := wc.refs.done(s.conn)
+			retired := wc.refs.done(quicOf(s.conn))
 			wc.mu.Unlock()
 			if retired {
 				s.conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "client address changed")
@@ -560,7 +560,7 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str *quic.Strea
 			outcome("coordinator_gone", err, relay.Stats{})
 			return su
 		}
-		su.sess, su.mode = newStreamConn(str, coord, job.Session), "relay"
+		su.sess, su.mode = newStreamConn(str, wrapQUIC(coord), job.Session), "relay"
 		w.stats.relaySessions.Add(1)
 	}
 	su.target = target

@@ -32,7 +32,7 @@ type workerPeer struct {
 // until it closes.
 func (s *Server) serveWorker(ctx context.Context, conn *quic.Conn, log *slog.Logger) {
 	src := sourceOf(conn.RemoteAddr())
-	msg, ctrl, reason, err := readFirstFrame(ctx, conn, s.cfg.HelloTimeout)
+	msg, ctrl, reason, err := readFirstFrame(ctx, wrapQUIC(conn), s.cfg.HelloTimeout)
 	hello, ok := msg.(*WorkerHello)
 	if err == nil && !ok {
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "expected worker hello")
@@ -53,7 +53,7 @@ func (s *Server) serveWorker(ctx context.Context, conn *quic.Conn, log *slog.Log
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeVersion), fmt.Sprintf("coordinator speaks version %d", ProtocolVersion))
 		return
 	}
-	authenticated(conn)
+	authenticated(wrapQUIC(conn))
 	w := &workerPeer{conn: conn, log: log}
 	if a, ok := conn.RemoteAddr().(interface{ AddrPort() netip.AddrPort }); ok {
 		ap := a.AddrPort()
@@ -128,7 +128,7 @@ func (p *peer) releaseWorker() {
 // serveViaWorker hands the session to worker w. It returns false, having
 // written nothing to str, when w cannot take it: the caller serves the
 // session itself.
-func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stream, open *Open,
+func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str Stream, open *Open,
 	outcome func(string, error, relay.Stats)) bool {
 	start := time.Now()
 	js, err := w.conn.OpenStreamSync(ctx)
@@ -144,7 +144,7 @@ func (p *peer) serveViaWorker(ctx context.Context, w *workerPeer, str *quic.Stre
 		js.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		return false
 	}
-	jsc := newStreamConn(js, w.conn, open.Session)
+	jsc := newStreamConn(js, wrapQUIC(w.conn), open.Session)
 	abort := func(code ErrorCode) {
 		jsc.Reset()
 		str.CancelRead(quic.StreamErrorCode(code))

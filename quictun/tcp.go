@@ -1,0 +1,405 @@
+package quictun
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+	"github.com/quic-go/quic-go"
+)
+
+// The TCP transport: TLS 1.3 over TCP, with the same certificates and ALPN
+// as QUIC, and yamux (libp2p's maintained fork of hashicorp/yamux) as the
+// stream multiplexer on it. The fork is chosen for what maps onto QUIC:
+// stream resets and connection closes carry a 32-bit error code
+// (ResetWithError, CloseWithError), and CloseWrite is a FIN.
+//
+// What QUIC has and this lacks: unidirectional streams (the request log is
+// off over TCP), a reason text with a connection close (the code arrives;
+// the text is replaced by the code's name), STOP_SENDING alone (CancelRead
+// after the FIN was sent resets the stream with its code, which the peer
+// sees on writing; before it, reading just stops locally), and dial-back:
+// a TCP client's sessions ride its own connection (the relay).
+
+// muxConfig is the yamux configuration of both sides; maxStreams bounds the
+// streams the peer may have open at once.
+func muxConfig(maxStreams int64, keepAlive time.Duration) *yamux.Config {
+	mc := yamux.DefaultConfig()
+	mc.LogOutput = io.Discard
+	mc.MaxIncomingStreams = uint32(min(max(maxStreams, 1), 1<<20))
+	mc.AcceptBacklog = 256
+	mc.EnableKeepAlive = keepAlive > 0
+	if keepAlive > 0 {
+		mc.KeepAliveInterval = keepAlive
+	}
+	mc.MaxStreamWindowSize = 16 << 20
+	return mc
+}
+
+// countingConn counts the reads that brought bytes: Conn.Received.
+type countingConn struct {
+	net.Conn
+	reads atomic.Uint64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.reads.Add(1)
+	}
+	return n, err
+}
+
+// muxConn is a yamux session over TLS over TCP as a Conn.
+type muxConn struct {
+	sess    *yamux.Session
+	raw     *countingConn
+	state   tls.ConnectionState
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	accepts chan *yamux.Stream
+	wg      sync.WaitGroup
+}
+
+// newMuxConn starts yamux on tc, a TLS connection whose handshake is done
+// and whose underlying connection is raw. ctx may carry values (a
+// handshake slot); its end does not close the connection.
+func newMuxConn(ctx context.Context, tc *tls.Conn, raw *countingConn, server bool, mc *yamux.Config) (*muxConn, error) {
+	var (
+		sess *yamux.Session
+		err  error
+	)
+	if server {
+		sess, err = yamux.Server(tc, mc, nil)
+	} else {
+		sess, err = yamux.Client(tc, mc, nil)
+	}
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("start multiplexer: %w", err)
+	}
+	c := &muxConn{sess: sess, raw: raw, state: tc.ConnectionState(), accepts: make(chan *yamux.Stream)}
+	c.ctx, c.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	c.wg.Go(c.acceptLoop)
+	return c, nil
+}
+
+// acceptLoop hands the streams the peer opens to AcceptStream, and ends
+// the connection's context with why it closed.
+func (c *muxConn) acceptLoop() {
+	for {
+		s, err := c.sess.AcceptStream()
+		if err != nil {
+			c.sess.Close()
+			c.cancel(muxError(err))
+			return
+		}
+		select {
+		case c.accepts <- s:
+		case <-c.sess.CloseChan():
+			s.Reset()
+		}
+	}
+}
+
+func (c *muxConn) OpenStreamSync(ctx context.Context) (Stream, error) {
+	s, err := c.sess.OpenStream(ctx)
+	if err != nil {
+		return nil, c.connErr(err)
+	}
+	return &muxStream{s: s}, nil
+}
+
+func (c *muxConn) AcceptStream(ctx context.Context) (Stream, error) {
+	select {
+	case s := <-c.accepts:
+		return &muxStream{s: s}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.ctx.Done():
+		return nil, context.Cause(c.ctx)
+	}
+}
+
+// errNoUniStreams is OpenUniStream over TCP.
+var errNoUniStreams = errors.New("no unidirectional streams over the TCP transport")
+
+func (c *muxConn) OpenUniStream() (SendStream, error) { return nil, errNoUniStreams }
+
+func (c *muxConn) AcceptUniStream(ctx context.Context) (ReceiveStream, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.ctx.Done():
+		return nil, context.Cause(c.ctx)
+	}
+}
+
+// CloseWithError closes the connection; the peer learns code (not msg).
+func (c *muxConn) CloseWithError(code quic.ApplicationErrorCode, msg string) error {
+	c.cancel(&quic.ApplicationError{ErrorCode: code, ErrorMessage: msg})
+	if code == 0 {
+		c.sess.Close()
+	} else {
+		c.sess.CloseWithError(uint32(code))
+	}
+	c.wg.Wait()
+	return nil
+}
+
+func (c *muxConn) connErr(err error) error {
+	if c.ctx.Err() != nil {
+		return context.Cause(c.ctx)
+	}
+	return muxError(err)
+}
+
+func (c *muxConn) Context() context.Context { return c.ctx }
+func (c *muxConn) LocalAddr() net.Addr      { return c.raw.LocalAddr() }
+func (c *muxConn) RemoteAddr() net.Addr     { return c.raw.RemoteAddr() }
+func (c *muxConn) TLS() tls.ConnectionState { return c.state }
+func (c *muxConn) RTT() time.Duration       { return c.sess.RTT() }
+func (c *muxConn) Received() uint64         { return c.raw.reads.Load() }
+func (c *muxConn) Transport() string        { return TransportTCP }
+func (c *muxConn) String() string           { return "tcp " + c.RemoteAddr().String() }
+
+// muxError turns yamux's errors into quic-go's, which the session layer
+// checks: a reset with a code into *quic.StreamError, a close with a code
+// into *quic.ApplicationError, a deadline into os.ErrDeadlineExceeded.
+func muxError(err error) error {
+	var se *yamux.StreamError
+	var ge *yamux.GoAwayError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &se):
+		return &quic.StreamError{ErrorCode: quic.StreamErrorCode(se.ErrorCode), Remote: se.Remote}
+	case errors.As(err, &ge):
+		return &quic.ApplicationError{ErrorCode: quic.ApplicationErrorCode(ge.ErrorCode), Remote: ge.Remote,
+			ErrorMessage: ErrorCode(ge.ErrorCode).String()}
+	case errors.Is(err, io.EOF):
+		return err
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("%w: %w", os.ErrDeadlineExceeded, err)
+	}
+	return err
+}
+
+// muxStream is a yamux stream as a Stream.
+type muxStream struct {
+	s           *yamux.Stream
+	peekBuf     *[]byte // from peekPool while it holds bytes not yet Read
+	peeked      []byte  // in peekBuf: read by Peek, not yet by Read
+	writeClosed atomic.Bool
+}
+
+// peekPool holds Peek's buffers. Peek reads what has arrived, up to a
+// buffer, rather than only len(b), so a relay that peeks one byte then
+// reads gets a whole burst.
+var peekPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+func (s *muxStream) Read(b []byte) (int, error) {
+	if len(s.peeked) > 0 {
+		n := copy(b, s.peeked)
+		s.peeked = s.peeked[n:]
+		if len(s.peeked) == 0 {
+			peekPool.Put(s.peekBuf)
+			s.peekBuf, s.peeked = nil, nil
+		}
+		return n, nil
+	}
+	n, err := s.s.Read(b)
+	return n, muxError(err)
+}
+
+func (s *muxStream) Peek(b []byte) (int, error) {
+	for len(s.peeked) < len(b) {
+		if s.peekBuf == nil {
+			s.peekBuf = peekPool.Get().(*[]byte)
+			s.peeked = (*s.peekBuf)[:0]
+		}
+		buf := *s.peekBuf
+		if len(b) > len(buf) {
+			return 0, fmt.Errorf("peek %d bytes: more than %d", len(b), len(buf))
+		}
+		// Move what is left to the front, then fill behind it.
+		start := copy(buf, s.peeked)
+		n, err := s.s.Read(buf[start:])
+		s.peeked = buf[:start+n]
+		if err != nil {
+			return copy(b, s.peeked), muxError(err)
+		}
+	}
+	return copy(b, s.peeked), nil
+}
+
+func (s *muxStream) Write(b []byte) (int, error) {
+	n, err := s.s.Write(b)
+	if errors.Is(err, yamux.ErrStreamClosed) {
+		return n, fmt.Errorf("write on closed stream: %w", net.ErrClosed)
+	}
+	return n, muxError(err)
+}
+
+// Close sends a FIN: the writing direction only, as QUIC's.
+func (s *muxStream) Close() error {
+	s.writeClosed.Store(true)
+	return muxError(s.s.CloseWrite())
+}
+
+// CancelWrite resets the stream with code, both directions.
+func (s *muxStream) CancelWrite(code quic.StreamErrorCode) {
+	s.writeClosed.Store(true)
+	s.s.ResetWithError(uint32(code))
+}
+
+// CancelRead stops reading. Once the FIN is sent it resets the stream with
+// code, so a peer still writing learns it (QUIC's STOP_SENDING); before,
+// reading stops here only, and the writing direction stays open.
+func (s *muxStream) CancelRead(code quic.StreamErrorCode) {
+	if s.writeClosed.Load() {
+		s.s.ResetWithError(uint32(code))
+		return
+	}
+	s.s.CloseRead()
+}
+
+func (s *muxStream) SetDeadline(t time.Time) error      { return s.s.SetDeadline(t) }
+func (s *muxStream) SetReadDeadline(t time.Time) error  { return s.s.SetReadDeadline(t) }
+func (s *muxStream) SetWriteDeadline(t time.Time) error { return s.s.SetWriteDeadline(t) }
+
+// setTransport records the transport of a new control connection, and
+// logs why once when auto chose TCP (why set).
+func (c *Client) setTransport(name, why string) {
+	c.mu.Lock()
+	changed := c.transport != name || c.transportWhy != why
+	c.transport, c.transportWhy = name, why
+	c.mu.Unlock()
+	if changed && why != "" {
+		c.log.Warn("QUIC to coordinator failed: using the TCP transport", "coordinator", c.cfg.Coordinator,
+			"coordinator_tcp", c.cfg.CoordinatorTCP, "reason", why)
+	}
+}
+
+// quicFailure says in a few words why QUIC did not connect within wait.
+func quicFailure(err error, wait time.Duration) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no QUIC handshake within %s (UDP blocked?)", wait)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Sprintf("no QUIC handshake within %s (UDP blocked?)", wait)
+	}
+	return "UDP error: " + err.Error()
+}
+
+// dialTCP makes the control connection over the TCP transport: TCP (or
+// cfg.DialTCP), TLS 1.3 with the same verification and client certificate
+// as QUIC, then yamux.
+func (c *Client) dialTCP(ctx context.Context) (Conn, error) {
+	addr := c.cfg.CoordinatorTCP
+	dial := c.cfg.DialTCP
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	nc, err := dial(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to coordinator over TCP %s: %w", addr, err)
+	}
+	raw := &countingConn{Conn: nc}
+	tc := tls.Client(raw, c.coordinatorTLS())
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			return nil, fmt.Errorf("connect to coordinator over TCP %s: %w: its certificate is not trusted for %q: %w",
+				addr, ErrUntrustedCoordinator, c.cfg.ServerName, err)
+		}
+		return nil, fmt.Errorf("connect to coordinator over TCP %s: TLS: %w", addr, err)
+	}
+	mc, err := newMuxConn(context.Background(), tc, raw, false, muxConfig(c.cfg.MaxStreams, c.cfg.KeepAlive))
+	if err != nil {
+		return nil, err
+	}
+	return mc, nil
+}
+
+// ServeTCP serves clients on the TCP transport, on ln, until ctx ends. It
+// shares Serve's limits: unauthenticated connections count against
+// HandshakeLimits (beyond them a connection is closed at once), and the
+// TLS handshake and the Hello must both come within HelloTimeout. Dial-back
+// workers use QUIC only.
+func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{s.cfg.Certificate},
+		NextProtos:   []string{ALPNControl},
+	}
+	if s.cfg.ClientCAs != nil {
+		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
+	}
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || s.sessions.isStopped() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept tcp: %w", err)
+		}
+		slot, err := s.guard.admit(sourceOf(nc.RemoteAddr()))
+		if err != nil {
+			nc.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer slot.release()
+			conn, err := s.handshakeTCP(ctx, nc, tlsConf, slot)
+			if err != nil {
+				s.log.Debug("tcp client handshake failed", "client_addr", nc.RemoteAddr(), "err", err)
+				return
+			}
+			s.serveClient(ctx, conn)
+			conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "")
+		})
+	}
+}
+
+// handshakeTCP does the TLS handshake of a new TCP client within
+// HelloTimeout, and starts yamux on it.
+func (s *Server) handshakeTCP(ctx context.Context, nc net.Conn, tlsConf *tls.Config, slot *handshakeSlot) (Conn, error) {
+	raw := &countingConn{Conn: nc}
+	tc := tls.Server(raw, tlsConf)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if tc.ConnectionState().NegotiatedProtocol != ALPNControl {
+		nc.Close()
+		return nil, fmt.Errorf("%w: ALPN %q", ErrProtocol, tc.ConnectionState().NegotiatedProtocol)
+	}
+	return newMuxConn(context.WithValue(ctx, handshakeSlotKey{}, slot), tc, raw, true, muxConfig(s.cfg.MaxStreams, 0))
+}
+
+// errTCPNoDialBack is why a TCP client's sessions are relayed: coordinator
+// cannot dial back through its NAT.
+var errTCPNoDialBack = errors.New("client on the TCP transport: no dial-back")

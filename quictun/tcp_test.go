@@ -1,0 +1,307 @@
+package quictun
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-yamux/v5"
+)
+
+// netipRemote is a public client of a reverse session.
+var netipRemote = netip.MustParseAddrPort("203.0.113.5:5555")
+
+// echoOver sends 1 MiB through conn to an echo target and checks it all
+// comes back, then the end.
+func echoOver(t *testing.T, conn *StreamConn) {
+	t.Helper()
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	go func() {
+		conn.Write(payload)
+		conn.CloseWrite()
+	}()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(payload))
+	}
+}
+
+func TestTCPTransport(t *testing.T) {
+	for _, fast := range []bool{false, true} {
+		for _, host := range []string{"127.0.0.1", "::1"} {
+			t.Run(fmt.Sprintf("%s/fast_open=%v", host, fast), func(t *testing.T) {
+				reg := newMapRegistry()
+				app := echoServer(t, host)
+				h := newHarness(t, harnessOpts{host: host, via: TransportTCP,
+					serverMod: func(c *ServerConfig) { c.Services = reg },
+					clientMod: func(c *ClientConfig) {
+						c.FastOpen = fast
+						c.Services = []ExposedService{{Kind: ServiceTCP, Name: "app", Local: app}}
+					}})
+				target := echoServer(t, host)
+				conn, err := h.client.Dial(t.Context(), target)
+				if err != nil {
+					t.Fatalf("Dial: %v", err)
+				}
+				echoOver(t, conn)
+				conn.Close()
+
+				// Reverse: coordinator opens the stream on the client's
+				// TCP connection.
+				waitRegistered(t, h.client, 1)
+				rc, err := reg.get("app").Dial(t.Context(), netipRemote)
+				if err != nil {
+					t.Fatalf("reverse Dial: %v", err)
+				}
+				echoOver(t, rc)
+				rc.Close()
+
+				// A refused target still says why, over TCP.
+				ln, _ := net.Listen("tcp", net.JoinHostPort(host, "0"))
+				dead := ln.Addr().String()
+				ln.Close()
+				var se *SessionError
+				if c, err := h.client.Dial(t.Context(), dead); err == nil {
+					_, err = c.Read(make([]byte, 1))
+					c.Close()
+					if !errors.As(err, &se) || se.Code != CodeTargetUnreachable {
+						t.Fatalf("dead target: %v, want CodeTargetUnreachable", err)
+					}
+				} else if !errors.As(err, &se) || se.Code != CodeTargetUnreachable {
+					t.Fatalf("dead target: %v, want CodeTargetUnreachable", err)
+				}
+
+				if st := h.client.Stats(); st.Transport != TransportTCP || st.TransportWhy != "" || !st.Connected {
+					t.Errorf("client stats: transport %q (%q), connected %v", st.Transport, st.TransportWhy, st.Connected)
+				}
+				st := h.server.Stats()
+				if st.DialBackSessions != 0 || st.DialBackDials != 0 || st.Sessions != 1 || st.RelaySessions+st.FastOpenSessions != 1 {
+					t.Errorf("server stats = %+v: want 1 forward session, over the client's connection", st)
+				}
+			})
+		}
+	}
+}
+
+func TestTCPTransportTokenRefused(t *testing.T) {
+	h := newHarness(t, harnessOpts{via: TransportTCP, clientToken: "wrong"})
+	select {
+	case err := <-h.clientErr:
+		h.clientErr <- err // for the cleanup
+		if !errors.Is(err, ErrAuthFailed) {
+			t.Fatalf("Run = %v, want ErrAuthFailed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("client still running with a refused token")
+	}
+}
+
+// TestAutoFallsBackToTCP: coordinator's UDP port swallows every packet
+// (as behind a firewall that drops UDP), or answers none (nothing
+// listening): auto connects over TCP soon after QUICFallback and says why.
+func TestAutoFallsBackToTCP(t *testing.T) {
+	for _, blocked := range []string{"dropped", "rejected"} {
+		t.Run(blocked, func(t *testing.T) {
+			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hole := pc.LocalAddr().String()
+			if blocked == "rejected" {
+				pc.Close() // the port is closed: ICMP port unreachable
+			} else {
+				defer pc.Close() // never read
+			}
+			start := time.Now()
+			h := newHarness(t, harnessOpts{via: TransportAuto, clientMod: func(c *ClientConfig) {
+				c.Coordinator, c.QUICFallback = hole, 300*time.Millisecond
+			}})
+			select {
+			case <-h.client.Connected():
+			case <-time.After(3 * time.Second):
+				t.Fatalf("not connected 3 s after start: %v", h.client.Stats())
+			}
+			took := time.Since(start)
+			st := h.client.Stats()
+			if st.Transport != TransportTCP || st.TransportWhy == "" {
+				t.Fatalf("transport %q (%q), want tcp with a reason", st.Transport, st.TransportWhy)
+			}
+			t.Logf("connected over TCP after %s: %s", took.Round(time.Millisecond), st.TransportWhy)
+			conn, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			echoOver(t, conn)
+			conn.Close()
+		})
+	}
+}
+
+// TestAutoPrefersQUIC: with both open, auto uses QUIC.
+func TestAutoPrefersQUIC(t *testing.T) {
+	h := newHarness(t, harnessOpts{via: TransportAuto})
+	<-h.client.Connected()
+	if st := h.client.Stats(); st.Transport != TransportQUIC {
+		t.Fatalf("transport %q, want quic", st.Transport)
+	}
+}
+
+// TestTCPListenerBadInput throws what a stranger might at the TCP
+// transport: each connection is closed within HelloTimeout, the
+// unauthenticated ones stay bounded, and a QUIC client meanwhile works.
+func TestTCPListenerBadInput(t *testing.T) {
+	const helloTimeout = 500 * time.Millisecond
+	h := newHarness(t, harnessOpts{via: TransportQUIC, serverMod: func(c *ServerConfig) {
+		c.HelloTimeout = helloTimeout
+		c.Handshakes.Max = 8
+	}})
+	<-h.client.Connected()
+	tlsConf := &tls.Config{RootCAs: getPKI(t).pool, ServerName: "localhost", NextProtos: []string{ALPNControl}}
+
+	// closedWithin checks the server ends c within limit.
+	closedWithin := func(t *testing.T, c net.Conn, limit time.Duration) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(limit))
+		_, err := io.Copy(io.Discard, c)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("connection still open after %s", limit)
+		}
+	}
+	dial := func(t *testing.T) net.Conn {
+		c, err := net.Dial("tcp", h.tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	t.Run("plain HTTP", func(t *testing.T) {
+		c := dial(t)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		closedWithin(t, c, 2*time.Second)
+	})
+	t.Run("garbage", func(t *testing.T) {
+		c := dial(t)
+		c.Write(bytes.Repeat([]byte{0xff, 0x00, 0x17}, 1000))
+		closedWithin(t, c, 2*time.Second)
+	})
+	t.Run("silent", func(t *testing.T) {
+		closedWithin(t, dial(t), helloTimeout+2*time.Second)
+	})
+	t.Run("slowloris TLS", func(t *testing.T) {
+		// A ClientHello record header, then one byte now and then.
+		c := dial(t)
+		c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 20 {
+				if _, err := c.Write([]byte{0x01}); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		closedWithin(t, c, helloTimeout+2*time.Second)
+		<-done
+	})
+	t.Run("no hello after TLS", func(t *testing.T) {
+		tc := tls.Client(dial(t), tlsConf)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		closedWithin(t, tc, helloTimeout+2*time.Second)
+	})
+	t.Run("malformed multiplexer frames", func(t *testing.T) {
+		tc := tls.Client(dial(t), tlsConf)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		tc.Write(bytes.Repeat([]byte{0x07, 0xee}, 64)) // version 7: no yamux
+		closedWithin(t, tc, 2*time.Second)
+	})
+	t.Run("10000 streams before hello", func(t *testing.T) {
+		tc := tls.Client(dial(t), tlsConf)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		mc := yamux.DefaultConfig()
+		mc.LogOutput = io.Discard
+		sess, err := yamux.Client(tc, mc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		opened := 0
+		for range 10000 {
+			s, err := sess.OpenStream(ctx)
+			if err != nil {
+				break
+			}
+			s.Write([]byte{0})
+			opened++
+		}
+		select {
+		case <-sess.CloseChan():
+		case <-ctx.Done():
+			t.Fatalf("connection still open after opening %d streams", opened)
+		}
+		t.Logf("closed after %d streams opened", opened)
+	})
+	t.Run("handshake limit", func(t *testing.T) {
+		var conns []net.Conn
+		for range 8 {
+			conns = append(conns, dial(t))
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for h.server.Stats().Handshakes < 8 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := h.server.Stats().Handshakes; n != 8 {
+			t.Fatalf("%d unauthenticated connections counted, want 8", n)
+		}
+		// The ninth is closed at once.
+		closedWithin(t, dial(t), time.Second)
+		if h.server.Stats().LimitHits[LimitHandshakes] == 0 {
+			t.Errorf("limit hit not counted: %v", h.server.Stats().LimitHits)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+
+	// Every place is free again, and the QUIC client was not disturbed.
+	deadline := time.Now().Add(3 * time.Second)
+	for h.server.Stats().Handshakes != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := h.server.Stats().Handshakes; n != 0 {
+		t.Errorf("%d unauthenticated connections still counted", n)
+	}
+	conn, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatalf("QUIC client after the onslaught: %v", err)
+	}
+	echoOver(t, conn)
+	conn.Close()
+	if st := h.client.Stats(); st.Connects != 1 {
+		t.Errorf("QUIC client reconnected %d times meanwhile", st.Connects-1)
+	}
+	if n := h.server.Stats().Clients; n != 1 {
+		t.Errorf("%d clients on the server, want the QUIC one", n)
+	}
+}
