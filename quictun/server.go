@@ -37,6 +37,7 @@ type Server struct {
 	peers   map[*peer]struct{}
 	workers map[*workerPeer]int // dial-back workers, with the number of clients each serves
 	ln      *quic.Listener
+	tcpLns  map[net.Listener]struct{} // ServeTCP's, closed by Drain
 
 	sessions drainGate // sessions being set up or relayed
 }
@@ -363,6 +364,9 @@ func (s *Server) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	for ln := range s.tcpLns {
+		ln.Close()
 	}
 	s.mu.Unlock()
 	return s.sessions.wait(ctx)

@@ -350,12 +350,30 @@ func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	s.mu.Lock()
+	if s.tcpLns == nil {
+		s.tcpLns = make(map[net.Listener]struct{})
+	}
+	s.tcpLns[ln] = struct{}{}
+	if s.sessions.isStopped() {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.tcpLns, ln)
+		s.mu.Unlock()
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			if ctx.Err() != nil || s.sessions.isStopped() {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if s.sessions.isStopped() {
+				<-ctx.Done() // the clients connected still have sessions to finish
 				return nil
 			}
 			var ne net.Error

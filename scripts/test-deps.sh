@@ -5,7 +5,8 @@
 # conntrack (the network-namespace NAT lab), curl and procps (the demo and
 # the binary tests), firefox-esr, chromium and libnss3-tools (certutil) for
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
-# downloaded by any other means).
+# downloaded by any other means), tinyproxy (the upstream HTTP proxy of the
+# TCP-transport lab, e2e/transport_natlab_test.go).
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
@@ -49,6 +50,7 @@ if [ -z "$demo" ]; then
   want firefox-esr firefox-esr
   want chromium chromium
   want certutil libnss3-tools
+  want tinyproxy tinyproxy # the upstream (corporate) HTTP proxy of the TCP-transport lab
 fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u

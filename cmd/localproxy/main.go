@@ -39,6 +39,12 @@ func main() {
 				Usage: "TCP address of the HTTP proxy for the browser"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator", EnvVars: []string{"LOCALPROXY_COORDINATOR"}, Required: true,
 				Usage: "coordinator's QUIC address, host:port"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "transport", Value: "auto", EnvVars: []string{"LOCALPROXY_TRANSPORT"},
+				Usage: "auto: QUIC, or TLS over TCP when QUIC has no handshake within 2s (UDP blocked); quic; tcp (coordinator needs --tcp-listen)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator-tcp", EnvVars: []string{"LOCALPROXY_COORDINATOR_TCP"},
+				Usage: "coordinator's TCP transport, host:port (default: --coordinator's host and port)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-proxy", EnvVars: []string{"LOCALPROXY_UPSTREAM_PROXY"},
+				Usage: "reach coordinator's TCP transport through this HTTP proxy with CONNECT: http://[USER:PASSWORD@]HOST:PORT (default: $HTTPS_PROXY, minding $NO_PROXY)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter", EnvVars: []string{"LOCALPROXY_REPORTER"},
 				Usage: "STUN reporter address, host:port, to learn the public address (default: the coordinator's host, port 3478)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"LOCALPROXY_TOKEN"},
@@ -236,6 +242,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),
 		Coordinator:         c.String("coordinator"),
+		Transport:           c.String("transport"),
+		CoordinatorTCP:      c.String("coordinator-tcp"),
+		UpstreamProxy:       c.String("upstream-proxy"),
+		UpstreamFromEnv:     true,
 		Reporter:            c.String("reporter"),
 		Token:               c.String("token"),
 		RootCAs:             roots,
@@ -265,6 +275,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
 	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name",
+	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }
 

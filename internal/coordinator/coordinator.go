@@ -32,6 +32,10 @@ import (
 type Config struct {
 	// Listen is the UDP address for QUIC. Default ":4433".
 	Listen string
+	// TCPListen, if set, is the TCP address of the TCP transport (TLS
+	// over TCP with a stream multiplexer), for clients whose UDP is
+	// blocked: same certificate, tokens and policy as QUIC.
+	TCPListen string
 	// Certificate is the TLS certificate clients verify. Required.
 	Certificate tls.Certificate
 	// Token is the secret clients present. Required unless Tokens is set.
@@ -140,6 +144,7 @@ type Coordinator struct {
 	auth     atomic.Pointer[authFunc] // current tokens; nil with a single Token
 	certAuth atomic.Pointer[authFunc] // current grants by certificate identity; nil without Tokens
 	udp      *net.UDPConn
+	tcpLn    net.Listener // the TCP transport, with TCPListen
 	tr       *quic.Transport
 	server   *quictun.Server
 	reporter *natt.Server
@@ -210,6 +215,13 @@ func New(cfg Config) (*Coordinator, error) {
 		c.closePublic()
 		return nil, err
 	}
+	if cfg.TCPListen != "" {
+		if c.tcpLn, err = net.Listen("tcp", cfg.TCPListen); err != nil {
+			udp.Close()
+			c.closePublic()
+			return nil, fmt.Errorf("tcp transport: %w", err)
+		}
+	}
 	c.udp, c.tr = udp, &quic.Transport{Conn: udpgro.Wrap(udp), StatelessResetKey: resetKey}
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
 		Transport:            c.tr,
@@ -233,6 +245,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if err != nil {
 		c.tr.Close()
 		c.udp.Close()
+		c.closeTCP()
 		c.closePublic()
 		return nil, err
 	}
@@ -244,6 +257,7 @@ func New(cfg Config) (*Coordinator, error) {
 		if err != nil {
 			c.tr.Close()
 			c.udp.Close()
+			c.closeTCP()
 			c.closePublic()
 			return nil, fmt.Errorf("embedded reporter: %w", err)
 		}
@@ -481,6 +495,21 @@ func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 	}
 }
 
+// closeTCP closes the TCP transport's listener, if any.
+func (c *Coordinator) closeTCP() {
+	if c.tcpLn != nil {
+		c.tcpLn.Close()
+	}
+}
+
+// TCPAddr is the TCP transport's address, nil without TCPListen.
+func (c *Coordinator) TCPAddr() net.Addr {
+	if c.tcpLn == nil {
+		return nil
+	}
+	return c.tcpLn.Addr()
+}
+
 // Server exposes the tunnel server, for status and tests.
 func (c *Coordinator) Server() *quictun.Server { return c.server }
 
@@ -495,11 +524,18 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(hard)
 	g.Go(func() error { return c.server.Serve(gctx) })
 	defer c.closePublic()
+	if c.tcpLn != nil {
+		defer c.closeTCP()
+		g.Go(func() error { return c.server.ServeTCP(gctx, c.tcpLn) })
+	}
 	targets := c.targets.String()
 	if c.cfg.DialTarget != nil {
 		targets = "decided by the embedding program (Config.DialTarget)"
 	}
 	summary := []any{"quic", c.udp.LocalAddr(), "targets", targets}
+	if c.tcpLn != nil {
+		summary = append(summary, "tcp", c.tcpLn.Addr())
+	}
 	if c.public != nil {
 		for _, ln := range []net.Listener{c.httpLn, c.httpsLn} {
 			if ln != nil {

@@ -37,6 +37,17 @@ type Config struct {
 	UDPListen string
 	// Coordinator is coordinator's QUIC address, "host:port". Required.
 	Coordinator string
+	// Transport is quictun.TransportAuto, TransportQUIC or TransportTCP
+	// (see quictun.ClientConfig.Via). Default quic.
+	Transport string
+	// CoordinatorTCP is coordinator's TCP transport. Default: Coordinator.
+	CoordinatorTCP string
+	// UpstreamProxy, if set, is the HTTP proxy the TCP transport reaches
+	// CoordinatorTCP through, with CONNECT: http://[USER:PASSWORD@]HOST:PORT.
+	UpstreamProxy string
+	// UpstreamFromEnv: without UpstreamProxy, take $HTTPS_PROXY, minding
+	// $NO_PROXY.
+	UpstreamFromEnv bool
 	// Reporter is the STUN server, "host:port". Default: coordinator's
 	// host, port 3478.
 	Reporter string
@@ -130,6 +141,16 @@ func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8118"
 	}
+	if c.CoordinatorTCP == "" {
+		c.CoordinatorTCP = c.Coordinator
+	}
+	switch c.Transport {
+	case "":
+		c.Transport = quictun.TransportQUIC
+	case quictun.TransportQUIC, quictun.TransportTCP, quictun.TransportAuto:
+	default:
+		return &ConfigError{"Transport", fmt.Sprintf("%q: want auto, quic or tcp", c.Transport)}
+	}
 	if c.UDPListen == "" {
 		c.UDPListen = ":0"
 	}
@@ -195,6 +216,17 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Logger}
+	upstream, err := upstreamProxy(cfg.UpstreamProxy, cfg.UpstreamFromEnv, cfg.CoordinatorTCP)
+	if err != nil {
+		return nil, err
+	}
+	var dialTCP func(ctx context.Context, addr string) (net.Conn, error)
+	if upstream != nil {
+		dialTCP = connectDialer(upstream)
+		if cfg.Transport != quictun.TransportQUIC {
+			p.log.Info("the TCP transport goes through an upstream proxy", "upstream_proxy", upstream.Redacted())
+		}
+	}
 	p.sessions.changed = make(chan struct{}, 1)
 	udp, err := service.ListenUDP(cfg.UDPListen)
 	if err != nil {
@@ -215,6 +247,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.client, err = quictun.NewClient(quictun.ClientConfig{
 		Transport:          p.tr,
 		Coordinator:        cfg.Coordinator,
+		Via:                cfg.Transport,
+		CoordinatorTCP:     cfg.CoordinatorTCP,
+		DialTCP:            dialTCP,
 		Token:              cfg.Token,
 		Certificate:        cfg.ClientCertificate,
 		Name:               cfg.Name,
@@ -311,15 +346,35 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer p.socket.start(ctx)()
 
 	learnt := time.Now()
-	stunCtx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
-	public, err := p.socket.publicAddr(stunCtx, p.cfg.Reporter)
-	cancel()
-	if err != nil {
-		p.log.Warn("reporter did not tell us our public address; coordinator will dial back to the address it sees. "+
-			"Is UDP to the reporter blocked, or is its port wrong?", "reporter", p.cfg.Reporter, "err", err)
-	} else {
-		p.log.Info("public address learnt from reporter", "public_addr", public, "reporter", p.cfg.Reporter)
-		p.client.SetPublicAddr(public)
+	var (
+		public   netip.AddrPort
+		err      error
+		stunDone = make(chan struct{})
+	)
+	go func() {
+		defer close(stunDone)
+		stunCtx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+		public, err = p.socket.publicAddr(stunCtx, p.cfg.Reporter)
+		cancel()
+		if err != nil {
+			p.log.Warn("reporter did not tell us our public address; coordinator will dial back to the address it sees. "+
+				"Is UDP to the reporter blocked, or is its port wrong?", "reporter", p.cfg.Reporter, "err", err)
+		} else {
+			p.log.Info("public address learnt from reporter", "public_addr", public, "reporter", p.cfg.Reporter)
+			p.client.SetPublicAddr(public)
+		}
+	}()
+	// The first Hello carries the public address. Where TCP may be used,
+	// a reporter that does not answer soon (UDP blocked?) delays
+	// connecting by stunWaitTCP at most; a later answer follows in an
+	// AddrUpdate.
+	wait := p.cfg.STUNTimeout
+	if p.cfg.Transport != quictun.TransportQUIC {
+		wait = min(wait, stunWaitTCP)
+	}
+	select {
+	case <-stunDone:
+	case <-time.After(wait):
 	}
 
 	outer := ctx
@@ -347,6 +402,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	natDone := make(chan struct{})
 	go func() {
 		defer close(natDone)
+		<-stunDone
 		if err == nil {
 			p.measureNAT(ctx, public)
 		}
@@ -355,6 +411,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	idleDone := make(chan struct{})
 	go func() {
 		defer close(idleDone)
+		<-stunDone
 		p.relearnPublicAddr(ctx, public, learnt)
 	}()
 	defer func() { <-idleDone }()
@@ -367,8 +424,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		select {
 		case <-connected:
 			connected = nil
+			st := p.client.Stats()
 			p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
-				"public_addr", public, "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
+				"public_addr", st.PublicAddr, "transport", transportLine(st), "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
 				"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
 		case <-ctx.Done():
 			waiting = false

@@ -19,6 +19,8 @@ type Status struct {
 	Proxy       string `json:"proxy"`
 	Coordinator string `json:"coordinator"`
 	Connected   bool   `json:"connected"`
+	// Transport is "quic", "tcp", or "tcp (why)" when auto fell back.
+	Transport string `json:"transport,omitempty"`
 	// PublicAddr is what the reporter told us; ObservedAddr what
 	// coordinator sees.
 	PublicAddr   string `json:"public_addr,omitempty"`
@@ -69,7 +71,7 @@ func (p *Proxy) Status() Status {
 		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
 		NATMapping: mapping, NATFiltering: filtering,
 		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions, FastOpenSessions: st.FastOpenSessions,
-		Sessions: p.sessions.list(),
+		Sessions: p.sessions.list(), Transport: transportLine(st),
 	}
 	if st.PublicAddr.IsValid() {
 		s.PublicAddr = st.PublicAddr.String()
@@ -198,6 +200,19 @@ func (c *trackedConn) Reset() error {
 	return c.StreamConn.Reset()
 }
 
+// transportLine is the control connection's transport, with why auto
+// chose TCP.
+func transportLine(st quictun.ClientStats) string {
+	if st.TransportWhy != "" {
+		return st.Transport + " (" + st.TransportWhy + ")"
+	}
+	return st.Transport
+}
+
+// stunWaitTCP bounds the wait for the reporter before connecting, when
+// the TCP transport may be used: UDP may be blocked.
+const stunWaitTCP = 500 * time.Millisecond
+
 // FormatStatus renders s for a person.
 func FormatStatus(s Status) string {
 	var b strings.Builder
@@ -212,6 +227,7 @@ func FormatStatus(s Status) string {
 	}
 	line("proxy", s.Proxy)
 	line("coordinator", s.Coordinator+" — "+state)
+	line("transport", s.Transport)
 	line("public address", s.PublicAddr)
 	line("seen by coord.", s.ObservedAddr)
 	line("NAT mapping", s.NATMapping)

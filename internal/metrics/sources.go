@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
 	"quictunnel/httpproxy"
 	"quictunnel/natt"
 	"quictunnel/quictun"
@@ -63,6 +65,12 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	st := func() quictun.ClientStats { return c.Stats() }
 	r.Gauge("coordinator_connected", "1 while the control connection to coordinator is up.", func() float64 { return b2f(st().Connected) })
 	r.Counter("coordinator_connects_total", "Control connections established.", func() float64 { return float64(st().Connects) })
+	for _, tr := range []string{quictun.TransportQUIC, quictun.TransportTCP} {
+		r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "coordinator_transport",
+			Help:        "1 for the transport the control connection to coordinator is up on (quic, or tcp where QUIC failed or was not chosen).",
+			ConstLabels: prometheus.Labels{"transport": tr}},
+			func() float64 { s := st(); return b2f(s.Connected && s.Transport == tr) }))
+	}
 	r.Counter("sessions_total", "Sessions established.", func() float64 { return float64(st().Sessions) })
 	r.Counter("relay_sessions_total", "Sessions relayed over the control connection.", func() float64 { return float64(st().RelaySessions) })
 	r.Counter("fast_open_sessions_total", "Sessions opened with fast open (carried over the control connection).", func() float64 { return float64(st().FastOpenSessions) })
