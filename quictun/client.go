@@ -56,6 +56,8 @@ type Client struct {
 	tunnelKick chan struct{}
 
 	stats clientCounters
+	// retiring runs the retire of TCP control connections left for QUIC.
+	retiring sync.WaitGroup
 	// silentConn is the last control connection found silent (see
 	// SilenceTimeout), so that is logged once per connection.
 	silentMu   sync.Mutex
@@ -163,6 +165,7 @@ func (c *Client) Run(ctx context.Context) error {
 	err := c.connectLoop(ctx)
 	cancel(err)
 	wg.Wait()
+	c.retiring.Wait()
 	return err
 }
 
@@ -200,14 +203,38 @@ func (c *Client) connectLoop(ctx context.Context) error {
 // and blocks until it closes.
 func (c *Client) connectAndWait(ctx context.Context) error {
 	conn, ctrl, w, err := c.connect(ctx)
-	if err != nil {
-		return err
+	for err == nil {
+		var next *controlConn
+		next, err = c.serve(ctx, conn, ctrl, w)
+		if next == nil {
+			return err
+		}
+		conn, ctrl, w = next.conn, next.ctrl, next.welcome
 	}
+	return err
+}
+
+// controlConn is a control connection that coordinator welcomed.
+type controlConn struct {
+	conn    Conn
+	ctrl    Stream
+	welcome *Welcome
+}
+
+// serve publishes conn as the control connection and blocks until it
+// closes. With auto on TCP it probes QUIC meanwhile; once QUIC works it
+// returns that connection, to serve next, and leaves conn to the sessions
+// on it, closed when they have ended (retire).
+func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) (*controlConn, error) {
 	c.mu.Lock()
 	c.conn, c.control, c.welcome = conn, ctrl, *w
 	c.coordLeaf = conn.TLS().PeerCertificates[0].Raw
 	c.lastErr = nil
-	close(c.ready)
+	select {
+	case <-c.ready: // already up: a move from TCP to QUIC
+	default:
+		close(c.ready)
+	}
 	pub := c.publicAddr
 	c.mu.Unlock()
 	c.stats.connects.Add(1)
@@ -218,7 +245,12 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	// The control stream carries nothing from coordinator yet; reading it
 	// notices when coordinator goes away.
 	var wg sync.WaitGroup
-	defer wg.Wait() // both ways out below close conn, which ends these
+	retired := false
+	defer func() {
+		if !retired {
+			wg.Wait() // both ways out below close conn, which ends these
+		}
+	}()
 	wg.Go(func() { c.serveReverse(ctx, conn) })
 	if c.cfg.RequestLog {
 		wg.Go(func() { c.serveRequestLog(ctx, conn) })
@@ -232,17 +264,34 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 		ctrl.Read(b[:])
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "control stream ended")
 	})
+	var quicBack chan *controlConn
+	if conn.Transport() == TransportTCP && c.cfg.Via == TransportAuto {
+		quicBack = make(chan *controlConn)
+		pctx, stopProbe := context.WithCancel(ctx)
+		defer stopProbe()
+		wg.Go(func() { c.probeQUIC(pctx, quicBack) })
+	}
 	select {
 	case <-ctx.Done():
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
-		return context.Cause(ctx)
+		return nil, context.Cause(ctx)
 	case <-conn.Context().Done():
 		// The sessions on coordinator's own dial-back connections end
 		// with it (see watch.go).
 		if n := c.closeDialBacksFrom(addrPort(conn.RemoteAddr()), "control connection to coordinator ended"); n > 0 {
 			c.log.Info("closed coordinator's dial-back connections with the control connection", "connections", n)
 		}
-		return authError(context.Cause(conn.Context()))
+		return nil, authError(context.Cause(conn.Context()))
+	case next := <-quicBack:
+		c.log.Info("QUIC to coordinator works again: new sessions go over it, those on TCP finish there",
+			"coordinator", c.cfg.Coordinator)
+		c.setTransport(TransportQUIC, "")
+		retired = true
+		c.retiring.Go(func() {
+			c.retire(ctx, conn)
+			wg.Wait()
+		})
+		return next, nil
 	}
 }
 

@@ -37,6 +37,10 @@ type ClientConfig struct {
 	// QUICFallback is how long auto waits for QUIC's handshake before it
 	// uses TCP. Default 2s.
 	QUICFallback time.Duration
+	// QUICProbe is how long auto, connected over TCP, waits before it
+	// tries QUIC again; the wait doubles after each failure, up to 5
+	// minutes. Default 5s.
+	QUICProbe time.Duration
 	// DialTCP, if set, makes the TCP connection to CoordinatorTCP (through
 	// an upstream proxy, say). Default: a plain net.Dialer.
 	DialTCP func(ctx context.Context, addr string) (net.Conn, error)
@@ -249,6 +253,7 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.MaxStreams, 10000)
 	setDefault(&c.KeepAlive, 10*time.Second)
 	setDefault(&c.QUICFallback, 2*time.Second)
+	setDefault(&c.QUICProbe, 5*time.Second)
 	setDefault(&c.Via, TransportQUIC)
 	setDefault(&c.CoordinatorTCP, c.Coordinator)
 	c.Handshakes.setDefaults()

@@ -421,3 +421,83 @@ func (s *Server) handshakeTCP(ctx context.Context, nc net.Conn, tlsConf *tls.Con
 // errTCPNoDialBack is why a TCP client's sessions are relayed: coordinator
 // cannot dial back through its NAT.
 var errTCPNoDialBack = errors.New("client on the TCP transport: no dial-back")
+
+// quicProbeMax bounds the wait between two tries of QUIC while auto is
+// connected over TCP.
+const quicProbeMax = 5 * time.Minute
+
+// probeQUIC tries QUIC now and then (QUICProbe, doubling up to
+// quicProbeMax) while the control connection is on TCP, and sends the
+// first QUIC connection coordinator welcomes on back, unless ctx ends.
+func (c *Client) probeQUIC(ctx context.Context, back chan<- *controlConn) {
+	wait := c.cfg.QUICProbe
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, quicProbeMax)
+		t.Reset(wait)
+		next, err := c.tryQUIC(ctx)
+		if err != nil {
+			c.log.Debug("QUIC to coordinator still fails", "err", err, "next_try_in", wait)
+			continue
+		}
+		select {
+		case back <- next:
+			return
+		case <-ctx.Done():
+			next.conn.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "localproxy shutting down")
+			return
+		}
+	}
+}
+
+// tryQUIC makes a QUIC control connection within QUICFallback, and says
+// Hello on it.
+func (c *Client) tryQUIC(ctx context.Context) (*controlConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
+	qctx, qcancel := context.WithTimeout(ctx, c.cfg.QUICFallback)
+	conn, err := c.dialQUIC(qctx)
+	qcancel()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
+	c.mu.Unlock()
+	ctrl, w, err := greet(ctx, conn, hello)
+	if err != nil {
+		return nil, err
+	}
+	return &controlConn{conn: conn, ctrl: ctrl, welcome: w}, nil
+}
+
+// retireCheck is how often a retired TCP connection is checked for
+// sessions left.
+const retireCheck = 250 * time.Millisecond
+
+// retire closes conn, a TCP control connection left for QUIC, once no
+// session is left on it (only its control stream), or ctx ends.
+func (c *Client) retire(ctx context.Context, conn Conn) {
+	defer conn.CloseWithError(quic.ApplicationErrorCode(CodeOK), "moved to QUIC")
+	mc, ok := conn.(*muxConn)
+	if !ok {
+		return
+	}
+	t := time.NewTicker(retireCheck)
+	defer t.Stop()
+	for mc.sess.NumStreams() > 1 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-conn.Context().Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -304,4 +306,112 @@ func TestTCPListenerBadInput(t *testing.T) {
 	if n := h.server.Stats().Clients; n != 1 {
 		t.Errorf("%d clients on the server, want the QUIC one", n)
 	}
+}
+
+// udpGate forwards one client's UDP datagrams to a server and back, or
+// drops them all while closed: a firewall that blocks UDP, then stops.
+type udpGate struct {
+	ln, up *net.UDPConn
+	open   atomic.Bool
+	client atomic.Pointer[net.UDPAddr]
+	wg     sync.WaitGroup
+}
+
+func newUDPGate(t *testing.T, server string) *udpGate {
+	t.Helper()
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := net.ResolveUDPAddr("udp", server)
+	up, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &udpGate{ln: ln, up: up}
+	g.wg.Go(func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := ln.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if g.open.Load() {
+				g.client.Store(from)
+				up.Write(buf[:n])
+			}
+		}
+	})
+	g.wg.Go(func() {
+		buf := make([]byte, 65536)
+		for {
+			n, err := up.Read(buf)
+			if err != nil {
+				return
+			}
+			if to := g.client.Load(); to != nil && g.open.Load() {
+				ln.WriteToUDP(buf[:n], to)
+			}
+		}
+	})
+	t.Cleanup(func() { ln.Close(); up.Close(); g.wg.Wait() })
+	return g
+}
+
+// TestAutoMovesBackToQUIC: connected over TCP while UDP is blocked, auto
+// moves new sessions to QUIC once it gets through again; a session open
+// on TCP meanwhile finishes there, and then the TCP connection closes.
+func TestAutoMovesBackToQUIC(t *testing.T) {
+	var gate *udpGate
+	h := newHarness(t, harnessOpts{via: TransportAuto, clientMod: func(c *ClientConfig) {
+		c.QUICFallback, c.QUICProbe = 300*time.Millisecond, 200*time.Millisecond
+		c.Coordinator = "127.0.0.1:1" // replaced below, before Run
+	}, beforeRun: func(h *harness, c *ClientConfig) {
+		gate = newUDPGate(t, h.serverTr.Conn.LocalAddr().String())
+		c.Coordinator = gate.ln.LocalAddr().String()
+	}})
+	<-h.client.Connected()
+	if st := h.client.Stats(); st.Transport != TransportTCP {
+		t.Fatalf("transport %q, want tcp while UDP is blocked", st.Transport)
+	}
+	target := echoServer(t, "127.0.0.1")
+	onTCP, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, onTCP, "over tcp")
+
+	gate.open.Store(true)
+	opened := time.Now()
+	waitFor := func(what string, limit time.Duration, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(limit); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within %s", what, limit)
+			}
+		}
+	}
+	waitFor("back on QUIC", 3*time.Second, func() bool { return h.client.Stats().Transport == TransportQUIC })
+	t.Logf("back on QUIC %s after UDP was let through", time.Since(opened).Round(time.Millisecond))
+	if st := h.client.Stats(); st.TransportWhy != "" {
+		t.Errorf("still says why it used TCP: %q", st.TransportWhy)
+	}
+
+	onQUIC, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, onQUIC, "over quic")
+	onQUIC.Close()
+	if st := h.server.Stats(); st.DialBackSessions != 1 || st.RelaySessions != 1 {
+		t.Errorf("server: %d dial-back and %d relayed sessions, want the new one over dial-back (QUIC), the old relayed (TCP)",
+			st.DialBackSessions, st.RelaySessions)
+	}
+	// The session on TCP still works, and ends there.
+	echo(t, onTCP, "still over tcp")
+	if n := h.server.Stats().Clients; n != 2 {
+		t.Errorf("%d clients on the server while the TCP connection has a session, want 2", n)
+	}
+	onTCP.Close()
+	waitFor("TCP connection closed", 3*time.Second, func() bool { return h.server.Stats().Clients == 1 })
 }

@@ -106,6 +106,9 @@ type harnessOpts struct {
 	// via, if set, is the client's transport (ClientConfig.Via); the
 	// server then serves the TCP transport too, on tcpAddr.
 	via string
+	// beforeRun, if set, may change the client's configuration once the
+	// server runs.
+	beforeRun func(*harness, *ClientConfig)
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -135,6 +138,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	if o.clientMod != nil {
 		o.clientMod(&cc)
+	}
+	if o.beforeRun != nil {
+		o.beforeRun(h, &cc)
 	}
 	c, err := NewClient(cc)
 	if err != nil {
