@@ -78,13 +78,13 @@ func connectDialer(proxy *url.URL) func(ctx context.Context, addr string) (net.C
 		resp.Body.Close()
 		switch resp.StatusCode {
 		case http.StatusOK:
-		case http.StatusProxyAuthRequired:
+		case http.StatusProxyAuthRequired, http.StatusUnauthorized: // some proxies answer 401
 			c.Close()
 			why := "wants credentials: give them in --upstream-proxy http://USER:PASSWORD@HOST:PORT"
 			if proxy.User != nil {
 				why = "refused the credentials given"
 			}
-			return nil, fmt.Errorf("%w %s %s (407 Proxy Authentication Required)", ErrUpstreamProxy, name, why)
+			return nil, fmt.Errorf("%w %s %s (%s)", ErrUpstreamProxy, name, why, resp.Status)
 		case http.StatusForbidden:
 			c.Close()
 			return nil, fmt.Errorf("%w %s forbids CONNECT to %s (403 Forbidden): ask its administrator to allow that port", ErrUpstreamProxy, name, addr)
