@@ -309,7 +309,7 @@ func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.L
 		f    func(context.Context, route, int64) error
 	}
 	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
-		quicFloorRoute(l.app, l.quicRelayProxy)}
+		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))}
 	dirs := []transfer{{"download", download}, {"upload", upload}}
 	rounds := make([][]bulkRow, len(routes)*len(dirs))
 	for range cfg.rounds {
@@ -385,7 +385,7 @@ type smallRow struct {
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
 	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
-		quicFloorRoute(l.app, l.quicRelayProxy)}
+		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))}
 	rounds := make([][]smallRow, len(routes))
 	for range cfg.rounds {
 		for i, r := range routes {

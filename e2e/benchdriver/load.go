@@ -36,6 +36,9 @@ type route struct {
 	// quic-go (quicrelay.go), whose processes are measured instead of the
 	// tunnel's.
 	quicFloor bool
+	// tcp marks the routes through the localproxy on the TCP transport
+	// (issue 19), whose process is measured instead of the QUIC one's.
+	tcp bool
 }
 
 func newTransport() *http.Transport {
@@ -77,6 +80,22 @@ func quicFloorRoute(app, proxy string) route {
 	r := connectRoute(app, proxy)
 	r.name, r.reference, r.quicFloor = quicFloorName, true, true
 	return r
+}
+
+// tcpTransportPrefix starts the names of the routes over the TCP
+// transport: the issue-6 targets leave them out, issue 19's cover them.
+const tcpTransportPrefix = "TCP transport: "
+
+// overTCP is r through the localproxy on the TCP transport.
+func overTCP(r route) route {
+	r.name, r.reference, r.tcp = tcpTransportPrefix+r.name, true, true
+	return r
+}
+
+// exposeTCPRoute reaches the app exposed with --expose-tcp on its public
+// port of coordinator.
+func exposeTCPRoute(public string) route {
+	return route{name: "reverse --expose-tcp port", base: "http://" + public, transport: newTransport}
 }
 
 func reverseRoute(public string) route {

@@ -145,7 +145,11 @@ type lab struct {
 	relays                     [2]*proc
 	quicRelayProxy             string   // the first of two relays joined by QUIC (the QUIC floor of each benchmark)
 	quicRelays                 [2]*proc // entry, exit
-	dir                        string
+	// The TCP transport (issue 19): a localproxy with --transport tcp,
+	// its proxy address, and the app it exposes with --expose-tcp.
+	localpxTCP          *proc
+	tcpProxy, tcpPublic string
+	dir                 string
 }
 
 func (l *lab) procs() [2]*proc { return [2]*proc{l.localpx, l.coordinator} }
@@ -156,16 +160,19 @@ func (l *lab) measuredOn(r route) [2]*proc {
 	if r.quicFloor {
 		return l.quicRelays
 	}
+	if r.tcp {
+		return [2]*proc{l.localpxTCP, l.coordinator}
+	}
 	return l.procs()
 }
 
 func (l *lab) alive() error {
-	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited(),
+	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited(), l.localpxTCP.exited(),
 		l.relays[0].exited(), l.relays[1].exited(), l.quicRelays[0].exited(), l.quicRelays[1].exited())
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 10)
+	tcp, err := ports("tcp", 14)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -181,7 +188,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), publicTLS: addr(tcp[8]), roots: roots, fastProxy: addr(tcp[5]),
 		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]),
-		quicRelayProxy: addr(tcp[9]), dir: dir}
+		quicRelayProxy: addr(tcp[9]), tcpProxy: addr(tcp[11]), tcpPublic: addr(tcp[12]), dir: dir}
 	var started []*proc
 	cleanup := func() {
 		for i := len(started) - 1; i >= 0; i-- {
@@ -199,6 +206,7 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 			"--token", token, "--http", l.public, "--https", l.publicTLS, "--domain", "localhost",
 			"--allow-private-targets", // the demo app is on loopback
+			"--tcp-listen", addr(tcp[10]), "--port-range", fmt.Sprintf("%d-%d", tcp[12], tcp[12]),
 			"--metrics-listen", addr(tcp[3]), "--pprof"}},
 		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
@@ -206,6 +214,11 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		{&l.localpxFast, "localproxy+fast-open", []string{"--listen", l.fastProxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
 			"--token", token, "--name", "fast-open", "--fast-open"}},
+		{&l.localpxTCP, "localproxy+tcp", []string{"--listen", l.tcpProxy, "--coordinator", addr(udp[0]),
+			"--transport", "tcp", "--coordinator-tcp", addr(tcp[10]),
+			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
+			"--token", token, "--name", "tcp", "--expose-tcp", fmt.Sprintf("apptcp=%s:%d", l.app, tcp[12]),
+			"--metrics-listen", addr(tcp[13])}},
 	} {
 		p, err := startProc(dir, cfg.bin, s.name, s.args...)
 		if err != nil {
@@ -242,7 +255,8 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
 	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), absoluteFormRoute(l.app, l.fastProxy),
-		connectRoute(l.app, l.relayProxy), quicFloorRoute(l.app, l.quicRelayProxy)} {
+		connectRoute(l.app, l.relayProxy), quicFloorRoute(l.app, l.quicRelayProxy),
+		overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
 			_, err := smallLoad(lctx, r, 1, time.Millisecond)

@@ -150,6 +150,7 @@ func (r *report) targets(p printer) {
 	if len(floor) > 0 {
 		p("| (reference: CPU-s per GiB of two relays over bare quic-go, no tunnel) | %s | |", strings.Join(floor, ", "))
 	}
+	r.tcpTargets(p)
 	if s := r.setup; s != nil {
 		d := s.tunnelP[0] - s.directP[0]
 		p("| session set-up p50 ≤ direct + 1 ms | +%s ms (%s vs %s) | %s |", ms(d), ms(s.tunnelP[0]), ms(s.directP[0]), verdict(d <= time.Millisecond))
@@ -167,6 +168,35 @@ func (r *report) targets(p printer) {
 			m.sessions, per[0]/1024, per[1]/1024, verdict(max(per[0], per[1]) <= 20*1024 && m.answered == m.sessions))
 	}
 	p("")
+}
+
+// tcpTargets are issue 19's targets for the TCP transport: the rows
+// through the localproxy with --transport tcp.
+func (r *report) tcpTargets(p printer) {
+	worst, what, worstCPU, cpuWhat := 1e9, "", 0.0, ""
+	for _, row := range r.bulk {
+		if !strings.HasPrefix(row.route, tcpTransportPrefix) {
+			continue
+		}
+		if x := row.ratio(); strings.Contains(row.route, "reverse") && x < worst {
+			worst, what = x, row.route+" "+row.dir
+		}
+		if c := cpuPerGiB(row.cpu[0]+row.cpu[1], row.bytes); c > worstCPU {
+			worstCPU, cpuWhat = c, row.route+" "+row.dir
+		}
+	}
+	if what != "" {
+		p("| reverse bulk over the TCP transport ≥ 0.20× direct (issue 19) | %.3f× (lowest: %s) | %s |", worst, what, verdict(worst >= 0.20))
+	}
+	if cpuWhat != "" {
+		p("| both processes ≤ 4.5 CPU-s per GiB over the TCP transport (issue 19) | %.2f (highest: %s) | %s |", worstCPU, cpuWhat, verdict(worstCPU <= 4.5))
+	}
+	for _, row := range r.small {
+		if strings.HasPrefix(row.route, tcpTransportPrefix) && strings.Contains(row.route, "--expose-tcp") {
+			x := row.ratio()
+			p("| %s req/s ≥ 0.40× (issue 19) | %.3f× | %s |", row.route, x, verdict(x >= 0.40))
+		}
+	}
 }
 
 func (m *memResult) perSession() [2]float64 {
