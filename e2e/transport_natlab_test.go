@@ -159,25 +159,35 @@ func (s *tcpLab) exposedGet(t *testing.T, path string) {
 	checkSiteAnswer(t, bufio.NewReader(c), path)
 }
 
-// status reads localproxy's /status.
-func (s *tcpLab) status(t *testing.T) map[string]any {
+// get fetches path from addr, a server in the client's namespace.
+func (s *tcpLab) get(t *testing.T, addr, path string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	c, err := s.lab.Client().DialTCP(ctx, "127.0.0.1:8118")
+	c, err := s.lab.Client().DialTCP(ctx, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "GET /status HTTP/1.1\r\nHost: 127.0.0.1:8118\r\nConnection: close\r\n\r\n")
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, addr)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s%s: %d %v", addr, path, resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+// status reads localproxy's /status.
+func (s *tcpLab) status(t *testing.T) map[string]any {
+	t.Helper()
 	var st map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.Unmarshal([]byte(s.get(t, "127.0.0.1:8118", "/status")), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -202,7 +212,7 @@ func TestTransportUDPBlocked(t *testing.T) {
 				on = s.lab.NAT()
 			}
 			iptables(t, on, block.rule...)
-			p, took := s.localproxy(t, 10*time.Second)
+			p, took := s.localproxy(t, 10*time.Second, "--metrics-listen", "127.0.0.1:9100")
 			if took == 0 {
 				t.Fatalf("localproxy not ready within 10s")
 			}
@@ -216,6 +226,9 @@ func TestTransportUDPBlocked(t *testing.T) {
 			st := s.status(t)
 			if tr, _ := st["transport"].(string); !strings.HasPrefix(tr, "tcp (") {
 				t.Errorf("status transport = %q, want tcp (why)", st["transport"])
+			}
+			if m := s.get(t, "127.0.0.1:9100", "/metrics"); !strings.Contains(m, `quictunnel_coordinator_transport{transport="tcp"} 1`) {
+				t.Errorf("metrics do not show the TCP transport:\n%s", m)
 			}
 			s.proxyGet(t, "/over-tcp")
 			waitLog(t, p, "tcp://")

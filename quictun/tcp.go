@@ -415,7 +415,7 @@ func (s *Server) handshakeTCP(ctx context.Context, nc net.Conn, tlsConf *tls.Con
 		nc.Close()
 		return nil, fmt.Errorf("%w: ALPN %q", ErrProtocol, tc.ConnectionState().NegotiatedProtocol)
 	}
-	return newMuxConn(context.WithValue(ctx, handshakeSlotKey{}, slot), tc, raw, true, muxConfig(s.cfg.MaxStreams, 0))
+	return newMuxConn(context.WithValue(ctx, handshakeSlotKey{}, slot), tc, raw, true, muxConfig(s.cfg.MaxStreams, serverKeepAlive))
 }
 
 // errTCPNoDialBack is why a TCP client's sessions are relayed: coordinator
@@ -501,3 +501,8 @@ func (c *Client) retire(ctx context.Context, conn Conn) {
 		}
 	}
 }
+
+// serverKeepAlive is how often coordinator pings a TCP client: one that
+// does not answer within yamux's write timeout (10 s) is gone, about as
+// soon as QUIC's idle timeout would tell.
+const serverKeepAlive = 15 * time.Second

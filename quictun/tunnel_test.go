@@ -744,16 +744,21 @@ func slowDialer(d time.Duration) func(ctx context.Context, network, addr string)
 
 func TestSlowTargetIsNotSilence(t *testing.T) {
 	// A target that takes longer than SilenceTimeout to answer is not a
-	// dead coordinator: coordinator acknowledges the Open meanwhile.
-	h := newHarness(t, harnessOpts{
-		clientMod: func(c *ClientConfig) { c.SilenceTimeout = 100 * time.Millisecond },
-		serverMod: func(c *ServerConfig) {
-			c.DialTarget = slowDialer(time.Second)
-		},
-	})
-	sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
-	if err != nil {
-		t.Fatalf("Dial through a slow target: %v", err)
+	// dead coordinator: coordinator acknowledges the Open meanwhile (over
+	// TCP, yamux's acknowledgement of the new stream).
+	for _, via := range []string{TransportQUIC, TransportTCP} {
+		t.Run(via, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{via: via,
+				clientMod: func(c *ClientConfig) { c.SilenceTimeout = 100 * time.Millisecond },
+				serverMod: func(c *ServerConfig) {
+					c.DialTarget = slowDialer(time.Second)
+				},
+			})
+			sc, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+			if err != nil {
+				t.Fatalf("Dial through a slow target: %v", err)
+			}
+			sc.Close()
+		})
 	}
-	sc.Close()
 }
