@@ -204,7 +204,7 @@ func (c *Client) connectLoop(ctx context.Context) error {
 func (c *Client) connectAndWait(ctx context.Context) error {
 	conn, ctrl, w, err := c.connect(ctx)
 	for err == nil {
-		var next *controlConn
+		var next *welcomedConn
 		next, err = c.serve(ctx, conn, ctrl, w)
 		if next == nil {
 			return err
@@ -214,8 +214,8 @@ func (c *Client) connectAndWait(ctx context.Context) error {
 	return err
 }
 
-// controlConn is a control connection that coordinator welcomed.
-type controlConn struct {
+// welcomedConn is a control connection that coordinator welcomed.
+type welcomedConn struct {
 	conn    Conn
 	ctrl    Stream
 	welcome *Welcome
@@ -225,7 +225,7 @@ type controlConn struct {
 // closes. With auto on TCP it probes QUIC meanwhile; once QUIC works it
 // returns that connection, to serve next, and leaves conn to the sessions
 // on it, closed when they have ended (retire).
-func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) (*controlConn, error) {
+func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) (*welcomedConn, error) {
 	c.mu.Lock()
 	c.conn, c.control, c.welcome = conn, ctrl, *w
 	c.coordLeaf = conn.TLS().PeerCertificates[0].Raw
@@ -264,9 +264,9 @@ func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) 
 		ctrl.Read(b[:])
 		conn.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "control stream ended")
 	})
-	var quicBack chan *controlConn
+	var quicBack chan *welcomedConn
 	if conn.Transport() == TransportTCP && c.cfg.Via == TransportAuto {
-		quicBack = make(chan *controlConn)
+		quicBack = make(chan *welcomedConn)
 		pctx, stopProbe := context.WithCancel(ctx)
 		defer stopProbe()
 		wg.Go(func() { c.probeQUIC(pctx, quicBack) })

@@ -429,7 +429,7 @@ const quicProbeMax = 5 * time.Minute
 // probeQUIC tries QUIC now and then (QUICProbe, doubling up to
 // quicProbeMax) while the control connection is on TCP, and sends the
 // first QUIC connection coordinator welcomes on back, unless ctx ends.
-func (c *Client) probeQUIC(ctx context.Context, back chan<- *controlConn) {
+func (c *Client) probeQUIC(ctx context.Context, back chan<- *welcomedConn) {
 	wait := c.cfg.QUICProbe
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -458,7 +458,7 @@ func (c *Client) probeQUIC(ctx context.Context, back chan<- *controlConn) {
 
 // tryQUIC makes a QUIC control connection within QUICFallback, and says
 // Hello on it.
-func (c *Client) tryQUIC(ctx context.Context) (*controlConn, error) {
+func (c *Client) tryQUIC(ctx context.Context) (*welcomedConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
 	qctx, qcancel := context.WithTimeout(ctx, c.cfg.QUICFallback)
@@ -474,7 +474,7 @@ func (c *Client) tryQUIC(ctx context.Context) (*controlConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &controlConn{conn: conn, ctrl: ctrl, welcome: w}, nil
+	return &welcomedConn{conn: conn, ctrl: ctrl, welcome: w}, nil
 }
 
 // retireCheck is how often a retired TCP connection is checked for
