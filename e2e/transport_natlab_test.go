@@ -41,7 +41,7 @@ func startTCPLab(t *testing.T) *tcpLab {
 	s.reporter = l.Public(1).Start(t, filepath.Join(s.bin, "reporter"), "--listen", ":3478", "--probe-listen", ":3479")
 	s.coord = l.Public(2).Start(t, filepath.Join(s.bin, "coordinator"), "--listen", ":4433", "--tcp-listen", ":4433",
 		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
-		"--token", "lab-token", "--port-range", "20000-20010")
+		"--token", "lab-token", "--port-range", "20000-20010", "--http", ":8080", "--domain", "lab.test")
 	s.target = l.Public(4).AddrPort4(8080).String()
 	s.app = l.Public(4).Start(t, filepath.Join(s.bin, "demoapp"), "--listen", s.target)
 	// The app localproxy exposes, on the client's own loopback.
@@ -59,14 +59,15 @@ func startTCPLab(t *testing.T) *tcpLab {
 const localApp = "127.0.0.1:8081"
 
 // localproxy starts localproxy in the client namespace, exposing localApp
-// as TCP service on coordinator's port 20001, and returns it with
+// as TCP service on coordinator's port 20001 and as HTTP app
+// web.lab.test on its port 8080, and returns it with
 // the time it took to log "localproxy ready" (bounded by wait).
 func (s *tcpLab) localproxy(t *testing.T, wait time.Duration, args ...string) (*natlab.Process, time.Duration) {
 	t.Helper()
 	args = append([]string{"--listen", "127.0.0.1:8118", "--coordinator", s.lab.Public(2).AddrPort4(4433).String(),
 		"--reporter", s.lab.Public(1).AddrPort4(3478).String(), "--token", "lab-token",
 		"--ca", filepath.Join(s.certs, "ca.pem"), "--server-name", "localhost",
-		"--expose-tcp", "site=" + localApp + ":20001"}, args...)
+		"--expose-tcp", "site=" + localApp + ":20001", "--expose", "web=" + localApp}, args...)
 	start := time.Now()
 	p := s.lab.Client().Start(t, filepath.Join(s.bin, "localproxy"), args...)
 	t.Cleanup(func() {
@@ -143,20 +144,25 @@ func checkSiteAnswer(t *testing.T, br *bufio.Reader, path string) {
 	}
 }
 
-// exposedGet fetches path from the exposed TCP service, from the
-// internet.
+// exposedGet fetches path from the exposed TCP service and the exposed
+// HTTP app, from the internet.
 func (s *tcpLab) exposedGet(t *testing.T, path string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	c, err := s.lab.Public(1).DialTCP(ctx, s.lab.Public(2).AddrPort4(20001).String())
-	if err != nil {
-		t.Fatal(err)
+	for _, via := range []struct {
+		port uint16
+		host string
+	}{{20001, "site"}, {8080, "web.lab.test"}} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		c, err := s.lab.Public(1).DialTCP(ctx, s.lab.Public(2).AddrPort4(via.port).String())
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, via.host)
+		checkSiteAnswer(t, bufio.NewReader(c), path)
+		c.Close()
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n", path)
-	checkSiteAnswer(t, bufio.NewReader(c), path)
 }
 
 // get fetches path from addr, a server in the client's namespace.
@@ -232,6 +238,7 @@ func TestTransportUDPBlocked(t *testing.T) {
 			}
 			s.proxyGet(t, "/over-tcp")
 			waitLog(t, p, "tcp://")
+			waitLog(t, p, `msg="service published" service=web`)
 			s.exposedGet(t, "/exposed-over-tcp")
 
 			if block.nat {
@@ -327,6 +334,7 @@ func TestTransportThroughHTTPProxy(t *testing.T) {
 		}
 		s.proxyGet(t, "/via-corporate-proxy")
 		waitLog(t, p, "tcp://")
+		waitLog(t, p, `msg="service published" service=web`)
 		s.exposedGet(t, "/exposed-via-corporate-proxy")
 	})
 }
