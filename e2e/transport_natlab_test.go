@@ -28,16 +28,21 @@ type tcpLab struct {
 	coord, app, reporter *natlab.Process
 	certs, bin           string
 	target               string // the web site, host:port
+	v6                   bool   // localproxy reaches coordinator and the reporter over IPv6
 }
 
-func startTCPLab(t *testing.T) *tcpLab {
+func startTCPLab(t *testing.T, v6 bool) *tcpLab {
 	t.Helper()
-	l := natlab.New(t, natlab.Options{})
+	o := natlab.Options{}
+	if v6 {
+		o.IPv6 = natlab.IPv6NAT66
+	}
+	l := natlab.New(t, o)
 	certs, err := filepath.Abs(certsDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &tcpLab{lab: l, certs: certs, bin: binaries(t)}
+	s := &tcpLab{lab: l, certs: certs, bin: binaries(t), v6: v6}
 	s.reporter = l.Public(1).Start(t, filepath.Join(s.bin, "reporter"), "--listen", ":3478", "--probe-listen", ":3479")
 	s.coord = l.Public(2).Start(t, filepath.Join(s.bin, "coordinator"), "--listen", ":4433", "--tcp-listen", ":4433",
 		"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
@@ -64,8 +69,12 @@ const localApp = "127.0.0.1:8081"
 // the time it took to log "localproxy ready" (bounded by wait).
 func (s *tcpLab) localproxy(t *testing.T, wait time.Duration, args ...string) (*natlab.Process, time.Duration) {
 	t.Helper()
-	args = append([]string{"--listen", "127.0.0.1:8118", "--coordinator", s.lab.Public(2).AddrPort4(4433).String(),
-		"--reporter", s.lab.Public(1).AddrPort4(3478).String(), "--token", "lab-token",
+	coord, reporter := s.lab.Public(2).AddrPort4(4433).String(), s.lab.Public(1).AddrPort4(3478).String()
+	if s.v6 {
+		coord, reporter = s.lab.Public(2).AddrPort6(4433).String(), s.lab.Public(1).AddrPort6(3478).String()
+	}
+	args = append([]string{"--listen", "127.0.0.1:8118", "--coordinator", coord,
+		"--reporter", reporter, "--token", "lab-token",
 		"--ca", filepath.Join(s.certs, "ca.pem"), "--server-name", "localhost",
 		"--expose-tcp", "site=" + localApp + ":20001", "--expose", "web=" + localApp}, args...)
 	start := time.Now()
@@ -92,8 +101,14 @@ func (s *tcpLab) localproxy(t *testing.T, wait time.Duration, args ...string) (*
 // iptables runs iptables in h's namespace.
 func iptables(t *testing.T, h *natlab.Host, args ...string) {
 	t.Helper()
-	if out, err := h.Command(t.Context(), "iptables", args...).CombinedOutput(); err != nil {
-		t.Fatalf("iptables %s: %v\n%s", strings.Join(args, " "), err, out)
+	netfilter(t, h, "iptables", args...)
+}
+
+// netfilter runs tool (iptables or ip6tables) in h's namespace.
+func netfilter(t *testing.T, h *natlab.Host, tool string, args ...string) {
+	t.Helper()
+	if out, err := h.Command(t.Context(), tool, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
 	}
 }
 
@@ -200,24 +215,30 @@ func (s *tcpLab) status(t *testing.T) map[string]any {
 }
 
 func TestTransportUDPBlocked(t *testing.T) {
+	dropUDP := []string{"-A", "OUTPUT", "!", "-o", "lo", "-p", "udp", "-j", "DROP"}
 	for _, block := range []struct {
 		name string
-		// on the client (its own firewall: sending fails) or on the NAT
-		// (the network: a port unreachable comes back)
+		// on the client (its own firewall, silently) or on the NAT (the
+		// network: a port unreachable comes back)
 		nat  bool
+		v6   bool
 		rule []string
 	}{
-		{"dropped by the client's firewall", false, []string{"-A", "OUTPUT", "!", "-o", "lo", "-p", "udp", "-j", "DROP"}},
-		{"rejected by the network", true, []string{"-I", "FORWARD", "-p", "udp", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"}},
+		{"dropped by the client's firewall", false, false, dropUDP},
+		{"rejected by the network", true, false, []string{"-I", "FORWARD", "-p", "udp", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"}},
+		{"IPv6, dropped by the client's firewall", false, true, dropUDP},
 	} {
 		t.Run(block.name, func(t *testing.T) {
 			t.Parallel()
-			s := startTCPLab(t)
-			on := s.lab.Client()
+			s := startTCPLab(t, block.v6)
+			on, tool := s.lab.Client(), "iptables"
 			if block.nat {
 				on = s.lab.NAT()
 			}
-			iptables(t, on, block.rule...)
+			if block.v6 {
+				tool = "ip6tables"
+			}
+			netfilter(t, on, tool, block.rule...)
 			p, took := s.localproxy(t, 10*time.Second, "--metrics-listen", "127.0.0.1:9100")
 			if took == 0 {
 				t.Fatalf("localproxy not ready within 10s")
@@ -246,7 +267,7 @@ func TestTransportUDPBlocked(t *testing.T) {
 			}
 			// UDP opens again: within the first probe (5s after
 			// connecting) new sessions go over QUIC.
-			iptables(t, on, "-D", "OUTPUT", "!", "-o", "lo", "-p", "udp", "-j", "DROP")
+			netfilter(t, on, tool, append([]string{"-D"}, dropUDP[1:]...)...)
 			opened := time.Now()
 			waitLog(t, p, "QUIC to coordinator works again")
 			t.Logf("back on QUIC %s after UDP was let through", time.Since(opened).Round(time.Millisecond))
@@ -305,7 +326,7 @@ func lookTool(name string) (string, error) {
 // TestTransportThroughHTTPProxy: the client's only way out is an HTTP
 // proxy asking for credentials.
 func TestTransportThroughHTTPProxy(t *testing.T) {
-	s := startTCPLab(t)
+	s := startTCPLab(t, false)
 	proxy := s.lab.Public(3)
 	tinyproxy(t, proxy, "corp", "s3cret")
 	c := s.lab.Client()
