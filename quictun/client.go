@@ -63,6 +63,7 @@ type clientCounters struct {
 	fastOpenSessions, addrChanges, dialBacksClosed          atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
+	reverseActive                                           atomic.Int64
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -92,6 +93,9 @@ type ClientStats struct {
 	// LimitHits counts, by limit name (LimitPendingSessions), the
 	// sessions refused for a limit.
 	LimitHits map[string]int64
+	// ReverseSessions counts the reverse sessions (public connections to
+	// exposed apps) open now, from their stream's arrival to its end.
+	ReverseSessions int64
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -447,6 +451,7 @@ func (c *Client) Stats() ClientStats {
 	st.DialBacksClosed = c.stats.dialBacksClosed.Load()
 	st.SetupLatency = c.stats.setupLatency.Snapshot()
 	st.LimitHits = c.stats.limits.snapshot()
+	st.ReverseSessions = c.stats.reverseActive.Load()
 	return st
 }
 
