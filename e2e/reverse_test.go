@@ -46,14 +46,18 @@ type reverseLab struct {
 	httpAddr          string
 	quicAddr          string
 	ports             coordinator.PortRange
+	// tweaks change the coordinator's configuration (startReverseLab).
+	tweaks []func(*coordinator.Config)
 }
 
-func startReverseLab(t *testing.T) *reverseLab {
+// startReverseLab starts the coordinator, its configuration changed by
+// tweaks, if any.
+func startReverseLab(t *testing.T, tweaks ...func(*coordinator.Config)) *reverseLab {
 	t.Helper()
 	// Public ports come from below the kernel's ephemeral range (32768 and
 	// up here), so no outgoing connection of the tests can hold them.
 	base := 20000 + rand.IntN(500)*20
-	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}}
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}, tweaks: tweaks}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -67,11 +71,15 @@ func startReverseLab(t *testing.T) *reverseLab {
 func (l *reverseLab) start(t *testing.T, quicAddr, httpAddr string) {
 	t.Helper()
 	cert, _ := loadCoordinatorCert(t)
-	c, err := coordinator.New(coordinator.Config{
+	cfg := coordinator.Config{
 		Listen: quicAddr, Certificate: cert, Token: "rev-token", ReporterListen: "127.0.0.1:0",
 		HTTPListen: httpAddr, Domain: "localhost", PortRange: l.ports, PublicBind: "127.0.0.1",
 		Logger: l.coordLog.logger(),
-	})
+	}
+	for _, tweak := range l.tweaks {
+		tweak(&cfg)
+	}
+	c, err := coordinator.New(cfg)
 	if err != nil {
 		t.Fatalf("coordinator: %v", err)
 	}
