@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -39,11 +40,12 @@ func abortedUploads() (n, conc int) {
 }
 
 // countingApp is an app that reads every request body whole before it
-// answers, and counts its open connections. Its connections are cut at
-// the end of the test before the proxies close (call after starting them).
-func countingApp(t *testing.T) (addr string, open *atomic.Int64) {
+// answers, and counts its open connections and all it accepted. Its
+// connections are cut at the end of the test before the proxies close
+// (call after starting them).
+func countingApp(t *testing.T) (addr string, open, accepted *atomic.Int64) {
 	t.Helper()
-	open = new(atomic.Int64)
+	open, accepted = new(atomic.Int64), new(atomic.Int64)
 	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
@@ -55,6 +57,7 @@ func countingApp(t *testing.T) (addr string, open *atomic.Int64) {
 		switch s {
 		case http.StateNew:
 			open.Add(1)
+			accepted.Add(1)
 		case http.StateClosed, http.StateHijacked:
 			open.Add(-1)
 		}
@@ -62,7 +65,7 @@ func countingApp(t *testing.T) (addr string, open *atomic.Int64) {
 	app.Config.ErrorLog = slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
 	app.Start()
 	t.Cleanup(func() { app.CloseClientConnections(); app.Close() })
-	return app.Listener.Addr().String(), open
+	return app.Listener.Addr().String(), open, accepted
 }
 
 // uploadFailure is one way a request body fails.
@@ -228,7 +231,7 @@ func allZero(gauges ...map[string]float64) bool {
 // works.
 func TestAbortedUploadsReverse(t *testing.T) {
 	l := startReverseLab(t, func(c *coordinator.Config) { c.BodyReadTimeout = abortBodyTimeout })
-	app, open := countingApp(t)
+	app, open, _ := countingApp(t)
 	p := l.addClient(t, "up", quictun.ExposedService{Name: "up", Kind: quictun.ServiceHTTP, Local: app})
 	coordMetrics := serveMetrics(t, l.coord.RegisterMetrics)
 	proxyMetrics := serveMetrics(t, p.RegisterMetrics)
@@ -262,7 +265,7 @@ func TestAbortedUploadsReverse(t *testing.T) {
 // connection. A normal request then works.
 func TestAbortedUploadsForward(t *testing.T) {
 	l := startLab(t, labOptions{bodyReadTimeout: abortBodyTimeout})
-	app, open := countingApp(t)
+	app, open, _ := countingApp(t)
 	coordMetrics := serveMetrics(t, l.coord.RegisterMetrics)
 	proxyMetrics := serveMetrics(t, l.proxy.RegisterMetrics)
 
@@ -291,5 +294,62 @@ func TestAbortedUploadsForward(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || string(body) != "read 5" {
 		t.Fatalf("a normal request after them: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestMalformedRequestsAtTheEdge sends requests that break HTTP/1.1 (RFC
+// 9112) to coordinator's public HTTP and HTTPS ports and to localproxy:
+// each is answered 400 at once, not after the 30s header timeout, and no
+// app sees it.
+func TestMalformedRequestsAtTheEdge(t *testing.T) {
+	l := startReverseLab(t, func(c *coordinator.Config) { c.HTTPSListen = "127.0.0.1:0" })
+	app, _, accepted := countingApp(t)
+	l.addClient(t, "up", quictun.ExposedService{Name: "up", Kind: quictun.ServiceHTTP, Local: app})
+	fwd := startLab(t, labOptions{})
+	_, roots := loadCoordinatorCert(t)
+
+	edges := []struct {
+		name, addr, target, host string
+		tls                      bool
+	}{
+		{"public http", l.httpAddr, "/", "up.localhost", false},
+		{"public https", l.coord.HTTPSAddr().String(), "/", "up.localhost", true},
+		{"localproxy", fwd.proxyURL.Host, "http://" + app + "/", app, false},
+	}
+	requests := []struct{ name, req string }{
+		{"HTTP/0.9", "GET /\r\n"},
+		{"no version", "GET / \r\nHost: up.localhost\r\n"},
+		{"two Host fields", "GET {target} HTTP/1.1\r\nHost: {host}\r\nHost: other.example\r\n\r\n"},
+		{"gzip, chunked", "POST {target} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"},
+	}
+	for _, e := range edges {
+		for _, r := range requests {
+			t.Run(e.name+"/"+r.name, func(t *testing.T) {
+				var c net.Conn
+				var err error
+				if e.tls {
+					c, err = tls.Dial("tcp", e.addr, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+				} else {
+					c, err = net.Dial("tcp", e.addr)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				io.WriteString(c, strings.NewReplacer("{target}", e.target, "{host}", e.host).Replace(r.req))
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatalf("no answer within 3s: %v", err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Fatalf("answered %d, want 400", resp.StatusCode)
+				}
+			})
+		}
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Errorf("the app accepted %d connections: malformed requests reached it", n)
 	}
 }
