@@ -72,6 +72,7 @@ type clientCounters struct {
 	fastOpenSessions, addrChanges, dialBacksClosed          atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
+	reverseActive                                           atomic.Int64
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -107,6 +108,9 @@ type ClientStats struct {
 	// asked to answer a Retry first.
 	Handshakes       int
 	HandshakeRetries int64
+	// ReverseSessions counts the reverse sessions (public connections to
+	// exposed apps) open now, from their stream's arrival to its end.
+	ReverseSessions int64
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -485,6 +489,7 @@ func (c *Client) Stats() ClientStats {
 	st.LimitHits = c.stats.limits.snapshot()
 	st.Handshakes = c.guard.inHandshake()
 	st.HandshakeRetries = c.guard.retries.Load()
+	st.ReverseSessions = c.stats.reverseActive.Load()
 	return st
 }
 

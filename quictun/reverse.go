@@ -241,6 +241,8 @@ func (c *Client) logRequest(m *RequestLog) {
 // handleReverse connects one public connection to its local app.
 func (c *Client) handleReverse(ctx context.Context, conn *quic.Conn, str *quic.Stream) {
 	start := time.Now()
+	c.stats.reverseActive.Add(1)
+	defer c.stats.reverseActive.Add(-1)
 	// The set-up runs on a goroutine of its own (see onFreshStack); this
 	// one lives on, mostly idle, as the relay.
 	var ro *ReverseOpen

@@ -92,6 +92,8 @@ func main() {
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
 				Usage: "this long after a session last opened or closed, re-run the startup workflow: ask the reporter for the public address, make sure the tunnel creation service serves, tell coordinator the address; while sessions are open the reporter is also asked every 5s (negative: never)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "body-read-timeout", Value: 30 * time.Second, EnvVars: []string{"LOCALPROXY_BODY_READ_TIMEOUT"},
+				Usage: "how long a browser request's body may stop arriving before the request is answered 408 and ended on every hop"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM or SIGINT, how long requests and tunnels in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
@@ -252,6 +254,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		IdleRestart:         c.Duration("idle-restart"),
 		MaxPendingSessions:  c.Int("max-pending-sessions"),
 		ShutdownTimeout:     c.Duration("shutdown-timeout"),
+		BodyReadTimeout:     c.Duration("body-read-timeout"),
 		Logger:              log,
 		AccessLog:           accessLog,
 	})

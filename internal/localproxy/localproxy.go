@@ -102,6 +102,10 @@ type Config struct {
 	// LogPublicRequests logs every public request to the exposed apps
 	// (see quictun.ClientConfig.RequestLog).
 	LogPublicRequests bool
+	// BodyReadTimeout bounds the wait for each next part of a browser
+	// request's body: a browser that stops sending is answered 408 and
+	// the request is ended on every hop. Default 30s.
+	BodyReadTimeout time.Duration
 	// ShutdownTimeout is how long Run lets browser requests and tunnels in
 	// progress finish once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -250,7 +254,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client, &p.sessions, isLoopbackListener(p.ln)}, Logger: p.log, AccessLog: cfg.AccessLog,
-		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth})
+		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth, BodyReadTimeout: cfg.BodyReadTimeout})
 	if err != nil {
 		p.ln.Close()
 		p.tr.Close()
