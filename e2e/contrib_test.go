@@ -85,6 +85,13 @@ func TestExampleConfigs(t *testing.T) {
 				"bad type":    {strings.Replace(string(text), "\npprof: false", "\npprof: [1]", 1), "pprof"},
 				"not yaml":    {"listen: [\n", "not a YAML mapping"},
 			}
+			// A value only this service refuses (its App.Check).
+			own := map[string][3]string{
+				"coordinator": {"\nrole: all", "\nrole: alll", `--role "alll": want all or dialback`},
+				"localproxy":  {"\nexpose: []", "\nexpose: [app]", "--expose"},
+				"reporter":    {"\nkeepalive-misses: 3", "\nkeepalive-misses: -1", "--keepalive-misses"},
+			}[name]
+			bad["own check"] = struct{ text, want string }{strings.Replace(string(text), own[0], own[1], 1), own[2]}
 			for what, b := range bad {
 				if b.text == string(text) {
 					t.Fatalf("%s: the example has no line to change", what)
