@@ -634,4 +634,9 @@ func TestCheckConfig(t *testing.T) {
 			}
 		})
 	}
+	// A --config before the command is not read: check-config reads FILE.
+	bad, good := cfg("listn: x\n"), cfg("listen: x\n")
+	if code, stdout, stderr := runApp(t, testApp(&settings{}), "--config", bad, "check-config", good); code != 0 || stdout != good+": ok\n" {
+		t.Errorf("--config BAD check-config GOOD: exit %d, %q %q; want 0 and ok", code, stdout, stderr)
+	}
 }
