@@ -144,7 +144,9 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 			}
 		}
 	}
-	commands := append(slices.Clone(app.Commands), checkConfigCommand(app, flags, required))
+	check := checkConfigCommand(app, flags, required)
+	check.OnUsageError = usageError
+	commands := append(slices.Clone(app.Commands), check)
 	a := &cli.App{
 		Name:           app.Name,
 		Usage:          app.Usage,
