@@ -5,7 +5,9 @@
 # conntrack (the network-namespace NAT lab), curl and procps (the demo and
 # the binary tests), firefox-esr, chromium and libnss3-tools (certutil) for
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
-# downloaded by any other means).
+# downloaded by any other means), and systemd for systemd-analyze verify of
+# contrib/systemd (the package installs fine where systemd does not run:
+# nothing is started).
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
@@ -49,6 +51,7 @@ if [ -z "$demo" ]; then
   want firefox-esr firefox-esr
   want chromium chromium
   want certutil libnss3-tools
+  want systemd-analyze systemd
 fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u

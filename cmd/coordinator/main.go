@@ -126,7 +126,8 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
-		Run: run,
+		Check: checkSettings,
+		Run:   run,
 		// quic-go handles each connection on one goroutine; with the few
 		// clients coordinator usually has, more cores mostly add hand-offs
 		// between them (docs/benchmarks.md: ~25% more CPU per GiB with both

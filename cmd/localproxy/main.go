@@ -108,7 +108,8 @@ func main() {
 			},
 			Action: status,
 		}},
-		Run: run,
+		Check: checkSettings,
+		Run:   run,
 		// One person's traffic over one QUIC connection, which quic-go
 		// handles on one goroutine: on two cores, the second mostly added
 		// hand-offs between cores (docs/benchmarks.md: 20-25% more CPU
