@@ -45,6 +45,10 @@ func TestInspector(t *testing.T) {
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := count.Add(1)
 		body, _ := io.ReadAll(r.Body)
+		if size, err := strconv.Atoi(r.URL.Query().Get("size")); err == nil && size <= 1<<20 {
+			w.Write(bytes.Repeat([]byte("x"), size)) // a download, for the chart
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Set-Cookie", "appsession=topsecret")
 		fmt.Fprintf(w, `{"count": %d, "path": %q, "got": %q}`, n, r.URL.Path, body)
@@ -130,9 +134,31 @@ func TestInspector(t *testing.T) {
 	}
 	page.waitTrue(t, 5*time.Second, "a replay row", `!!document.querySelector('#requests tbody tr[data-kind="replay"]')`)
 
+	// Some traffic each way for three seconds (bounded: 15 rounds), for
+	// the chart.
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for i := range 15 {
+		if resp, err := client.Get(fmt.Sprintf("http://%s/download?size=%d", appLn.Addr(), (i%5+1)<<16)); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/api/orders/%d", httpPort, i), nil)
+		req.Host = "app.localhost"
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	// State and chart.
 	page.waitTrue(t, 5*time.Second, "chart data and the service's URL", `Number(document.getElementById("chart").dataset.points) > 0 && document.querySelector("#services a") !== null`)
 
+	// coordinator's record of each public request completed the captured
+	// one: no request is listed twice.
+	if n := page.eval(t, `[...document.querySelectorAll('#requests tbody tr[data-kind="public"]')].filter(tr => tr.querySelector(".path").textContent === "/api/orders").length`); n != "1" {
+		t.Errorf("the public POST is listed %s times, want once", n)
+	}
 	page.screenshot(t)
 
 	// Refusals: a foreign Host (DNS rebinding), a foreign Origin, an

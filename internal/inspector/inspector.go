@@ -93,7 +93,8 @@ type Inspector struct {
 	nextID  uint64
 	subs    map[chan []byte]struct{}
 	closed  bool
-	samples []sample // one a second, the last five minutes
+	samples []sample     // one a second, the last five minutes
+	pending []pendingLog // coordinator's records waiting for their capture, oldest first
 
 	appUp, appDown counter // the exposed apps' bytes, as captured
 }
@@ -124,7 +125,8 @@ func New(cfg Config) (*Inspector, error) {
 	return &Inspector{cfg: cfg, log: cfg.Logger, token: newToken(), byID: make(map[uint64]*Record), subs: make(map[chan []byte]struct{})}, nil
 }
 
-// Run samples the throughput every second until ctx ends.
+// Run samples the throughput every second, and adds coordinator's records
+// that found no capture, until ctx ends.
 func (in *Inspector) Run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -145,6 +147,7 @@ func (in *Inspector) Run(ctx context.Context) {
 			in.mu.Unlock()
 		}
 		first, lastUp, lastDown = false, up, down
+		in.flushPending(time.Now())
 		select {
 		case <-ctx.Done():
 			return
@@ -196,35 +199,81 @@ func (in *Inspector) update(id uint64, f func(*Record)) {
 	if r, ok := in.byID[id]; ok {
 		f(r)
 		r.Detail = r.detail != nil
+		if r.Done && r.Kind == KindPublic && !r.logged {
+			in.captureDoneLocked(r)
+		}
 		in.publishLocked(r)
 	}
 }
 
 // AddPublic records coordinator's record of a public request on the
-// reverse session session. It completes the request captured on that
-// session, if there is one not yet completed (the oldest), or is added
-// as a request of its own (one coordinator answered itself: a refused
-// password, a client not allowed).
+// reverse session session. It completes the captured request it
+// describes (same session, method, path and status), or else waits up to
+// publicWait for it (the capture may lag behind), and is then added as a
+// request of its own (one coordinator answered itself: a refused
+// password, a client not allowed, an app that never answered).
 func (in *Inspector) AddPublic(r Record, session string) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	r.Kind, r.session, r.logged, r.Done = KindPublic, session, true, true
 	for _, c := range in.ring {
-		if c.Kind == KindPublic && c.session == session && !c.logged {
-			c.logged, c.Client, c.TLS, c.Outcome = true, r.Client, r.TLS, r.Outcome
-			if r.Status != 0 {
-				c.Status = r.Status
-			}
-			if c.Service == "" {
-				c.Service = r.Service
-			}
-			c.Duration = max(c.Duration, r.Duration)
-			c.Done = true
-			in.publishLocked(c)
+		if c.Kind == KindPublic && !c.logged && c.Done && sameRequest(c, &r) {
+			in.mergeLocked(c, &r)
 			return
 		}
 	}
-	r.Kind, r.session, r.logged, r.Done = KindPublic, session, true, true
-	in.addLocked(&r)
+	in.pending = append(in.pending, pendingLog{r, time.Now().Add(publicWait)})
+	if len(in.pending) > in.cfg.History {
+		in.addLocked(&in.pending[0].r)
+		in.pending = in.pending[1:]
+	}
+}
+
+// publicWait is how long coordinator's record of a public request waits
+// for the captured request it describes.
+const publicWait = time.Second
+
+// pendingLog is a record of coordinator's waiting for its capture.
+type pendingLog struct {
+	r     Record
+	until time.Time
+}
+
+func sameRequest(c, r *Record) bool {
+	return c.session == r.session && c.Method == r.Method && c.Path == r.Path && c.Status == r.Status
+}
+
+// mergeLocked completes the captured c with coordinator's record r.
+func (in *Inspector) mergeLocked(c, r *Record) {
+	c.logged, c.Client, c.TLS, c.Outcome = true, r.Client, r.TLS, r.Outcome
+	if c.Service == "" {
+		c.Service = r.Service
+	}
+	c.Duration = max(c.Duration, r.Duration)
+	in.publishLocked(c)
+}
+
+// captureDoneLocked merges a record of coordinator's waiting for the
+// captured request c, now answered.
+func (in *Inspector) captureDoneLocked(c *Record) {
+	for i := range in.pending {
+		if sameRequest(c, &in.pending[i].r) {
+			in.mergeLocked(c, &in.pending[i].r)
+			in.pending = append(in.pending[:i], in.pending[i+1:]...)
+			return
+		}
+	}
+}
+
+// flushPending adds coordinator's records that waited long enough as
+// requests of their own.
+func (in *Inspector) flushPending(now time.Time) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for len(in.pending) > 0 && now.After(in.pending[0].until) {
+		in.addLocked(&in.pending[0].r)
+		in.pending = in.pending[1:]
+	}
 }
 
 // publishLocked sends r to every page's event stream; a page too slow to

@@ -286,14 +286,24 @@ func TestAddPublicCompletesTheCapturedRequest(t *testing.T) {
 	app, _ := countingApp(t)
 	exchange(t, in, app, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 1, "GET")
 	waitDone(t, in, 1)
-	in.AddPublic(Record{Status: 200, Client: "198.51.100.9:1234", TLS: true, Outcome: "ok", Service: "app"}, "sess1")
-	in.AddPublic(Record{Method: "GET", Path: "/y", Status: 401, Client: "198.51.100.9:1234", Outcome: "authentication required", Service: "app"}, "sess2")
+	// After the capture.
+	in.AddPublic(Record{Method: "GET", Path: "/x", Status: 200, Client: "198.51.100.9:1234", TLS: true, Outcome: "ok", Service: "app"}, "sess1")
+	// Before the capture (it lags behind): waits for it.
+	in.AddPublic(Record{Method: "GET", Path: "/z", Status: 200, Client: "198.51.100.9:1234", Outcome: "ok", Service: "app"}, "sess1")
+	// coordinator answered itself: no capture ever comes.
+	in.AddPublic(Record{Method: "GET", Path: "/y", Status: 401, Client: "198.51.100.9:1234", Outcome: "authentication required", Service: "app"}, "sess1")
+	exchange(t, in, app, "GET /z HTTP/1.1\r\nHost: a\r\n\r\n", 1, "GET")
+	waitDone(t, in, 2)
+	in.flushPending(time.Now().Add(publicWait + time.Second))
 	recs := in.Records()
-	if len(recs) != 2 {
-		t.Fatalf("%d records, want 2: %+v", len(recs), recs)
+	if len(recs) != 3 {
+		t.Fatalf("%d records, want 3: %+v", len(recs), recs)
 	}
-	if r := recs[1]; r.Path != "/x" || r.Client != "198.51.100.9:1234" || !r.TLS || !r.Detail {
+	if r := recs[2]; r.Path != "/x" || r.Client != "198.51.100.9:1234" || !r.TLS || !r.Detail || !r.logged {
 		t.Errorf("captured record not completed by coordinator's: %+v", r)
+	}
+	if r := recs[1]; r.Path != "/z" || r.Client != "198.51.100.9:1234" || !r.Detail || !r.logged {
+		t.Errorf("capture after coordinator's record not completed by it: %+v", r)
 	}
 	if r := recs[0]; r.Path != "/y" || r.Status != 401 || r.Detail {
 		t.Errorf("coordinator's own answer: %+v", r)
