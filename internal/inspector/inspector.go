@@ -249,7 +249,8 @@ func (in *Inspector) mergeLocked(c, r *Record) {
 	if c.Service == "" {
 		c.Service = r.Service
 	}
-	c.Duration = max(c.Duration, r.Duration)
+	// A capture that gave up on a long body counted less.
+	c.Up, c.Down, c.Duration = max(c.Up, r.Up), max(c.Down, r.Down), max(c.Duration, r.Duration)
 	in.publishLocked(c)
 }
 
