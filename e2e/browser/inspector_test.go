@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,20 +24,29 @@ import (
 )
 
 // TestInspector drives the inspector page of the real localproxy binary
-// (served on the proxy's own port, at /ui/) in headless Chromium, over
-// the DevTools protocol: a forward-proxy request and a public request to
-// an exposed app appear in the page within 2 s; the public one's detail
-// shows its headers (Authorization masked) and body; Replay reaches the
-// app again and shows the new response; the chart has data. A foreign
-// Host or Origin is refused. The screenshot is kept as a test artifact
-// (and copied to docs/inspector.png with UPDATE_SCREENSHOT=1).
-//
-// Firefox ESR is not driven: it has no DevTools protocol any more, and
-// this harness has no WebDriver BiDi client.
+// (served on the proxy's own port, at /ui/) in headless Chromium (over
+// the DevTools protocol) and Firefox ESR (over WebDriver BiDi): a
+// forward-proxy request and a public request to an exposed app appear in
+// the page within 2 s; the public one's detail shows its headers
+// (Authorization masked) and body; Replay reaches the app again and shows
+// the new response; the chart has data. A foreign Host or Origin is
+// refused. The screenshot is kept as a test artifact (and Chromium's is
+// copied to docs/inspector.png with UPDATE_SCREENSHOT=1).
 func TestInspector(t *testing.T) {
-	b := browsers[1]
-	bin := lookBrowser(t, b)
 	bins := buildBinaries(t)
+	for _, b := range browsers {
+		t.Run(b.name, func(t *testing.T) { testInspector(t, b, bins) })
+	}
+}
+
+// page is a browser page the test drives.
+type page interface {
+	eval(t *testing.T, expr string) string
+	screenshotPNG(t *testing.T) []byte
+}
+
+func testInspector(t *testing.T, b browserSpec, bins string) {
+	bin := lookBrowser(t, b)
 
 	// The exposed app counts its requests and says the count.
 	var count atomic.Int64
@@ -72,7 +80,13 @@ func TestInspector(t *testing.T) {
 	})
 
 	ui := "http://" + proxyPort + "/ui/"
-	page := openDevTools(t, b, bin, ui)
+	var pg page
+	if b.name == "chromium" {
+		pg = openDevTools(t, b, bin, ui)
+	} else {
+		pg = openBiDi(t, b, bin, ui)
+	}
+	page := driver{pg}
 	page.waitTrue(t, 10*time.Second, "the page's event stream is live", `document.getElementById("live").textContent === "live"`)
 
 	// Traffic both ways.
@@ -159,7 +173,7 @@ func TestInspector(t *testing.T) {
 	if n := page.eval(t, `[...document.querySelectorAll('#requests tbody tr[data-kind="public"]')].filter(tr => tr.querySelector(".path").textContent === "/api/orders").length`); n != "1" {
 		t.Errorf("the public POST is listed %s times, want once", n)
 	}
-	page.screenshot(t)
+	page.screenshot(t, b.name)
 
 	// Refusals: a foreign Host (DNS rebinding), a foreign Origin, an
 	// action without the page's token.
@@ -244,30 +258,15 @@ func freePort(t *testing.T, network string) string {
 	return addr
 }
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
-// buildBinaries builds the commands once per test binary.
+// buildBinaries builds the commands into a directory of the test's.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "quictunnel-inspector-bin-")
-		if buildErr != nil {
-			return
-		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "../../cmd/localproxy", "../../cmd/coordinator", "../../cmd/reporter").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	dir := t.TempDir()
+	out, err := exec.Command("go", "build", "-o", dir+"/", "../../cmd/localproxy", "../../cmd/coordinator", "../../cmd/reporter").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { os.RemoveAll(binDir) })
-	return binDir
+	return dir
 }
 
 // runBin runs a command until the test ends.
@@ -430,7 +429,10 @@ func (d *devtools) eval(t *testing.T, expr string) string {
 	return string(b)
 }
 
-func (d *devtools) waitTrue(t *testing.T, within time.Duration, what, expr string) {
+// driver adds waiting and screenshots to a page.
+type driver struct{ page }
+
+func (d driver) waitTrue(t *testing.T, within time.Duration, what, expr string) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for d.eval(t, "(() => { try { return !!("+expr+") } catch (e) { return false } })()") != "true" {
@@ -442,25 +444,163 @@ func (d *devtools) waitTrue(t *testing.T, within time.Duration, what, expr strin
 	}
 }
 
-// screenshot saves the page as inspector.png among the test's artifacts
-// and, with UPDATE_SCREENSHOT=1, as docs/inspector.png.
-func (d *devtools) screenshot(t *testing.T) {
+// screenshot saves the page as inspector-BROWSER.png among the test's
+// artifacts and, with UPDATE_SCREENSHOT=1, Chromium's as
+// docs/inspector.png.
+func (d driver) screenshot(t *testing.T, browser string) {
+	t.Helper()
+	png := d.screenshotPNG(t)
+	if !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Fatalf("screenshot: not a PNG")
+	}
+	file := filepath.Join(t.ArtifactDir(), "inspector-"+browser+".png")
+	if err := os.WriteFile(file, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", file)
+	if os.Getenv("UPDATE_SCREENSHOT") == "1" && browser == "chromium" {
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "inspector.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (d *devtools) screenshotPNG(t *testing.T) []byte {
 	t.Helper()
 	res := d.call(t, "Page.captureScreenshot", map[string]any{"format": "png", "captureBeyondViewport": true})
 	var r struct{ Data string }
 	json.Unmarshal(res, &r)
 	png, err := base64.StdEncoding.DecodeString(r.Data)
-	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
-		t.Fatalf("screenshot: not a PNG (%v)", err)
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
 	}
-	file := filepath.Join(t.ArtifactDir(), "inspector.png")
-	if err := os.WriteFile(file, png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot: %s", file)
-	if os.Getenv("UPDATE_SCREENSHOT") == "1" {
-		if err := os.WriteFile(filepath.Join("..", "..", "docs", "inspector.png"), png, 0o644); err != nil {
+	return png
+}
+
+// bidi is a page of Firefox driven over WebDriver BiDi.
+type bidi struct {
+	ws      *websocket.Conn
+	id      int
+	context string
+}
+
+// openBiDi starts Firefox headless, without a proxy, with WebDriver BiDi
+// on a loopback port, and opens url.
+func openBiDi(t *testing.T, b browserSpec, bin, pageURL string) *bidi {
+	t.Helper()
+	spec := b
+	spec.start = func(t *testing.T, bin, home, _, _, u string) *exec.Cmd {
+		profile := filepath.Join(home, "profile")
+		if err := os.MkdirAll(profile, 0o700); err != nil {
 			t.Fatal(err)
 		}
+		// The test profile's prefs, then no proxy: the page is on loopback.
+		prefs := firefoxPrefs("127.0.0.1:1") + "user_pref(\"network.proxy.type\", 0);\n"
+		if err := os.WriteFile(filepath.Join(profile, "user.js"), []byte(prefs), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--headless", "--no-remote", "--new-instance", "--profile", profile,
+			"--remote-debugging-port=0", "--remote-allow-hosts=127.0.0.1", "--window-size=1400,1000", "about:blank")
+		cmd.Env = append(baseEnv(home), "MOZ_CRASHREPORTER_DISABLE=1", "MOZ_DISABLE_AUTO_SAFE_MODE=1", "MOZ_REMOTE_SETTINGS_DEVTOOLS=1")
+		return cmd
 	}
+	p := launch(t, spec, bin, "", nil, pageURL)
+	re := regexp.MustCompile(`WebDriver BiDi listening on (ws://[0-9.:]+)`)
+	var endpoint string
+	waitUntil(t, 60*time.Second, "Firefox's WebDriver BiDi endpoint", func() bool {
+		if m := re.FindStringSubmatch(p.out.String()); m != nil {
+			endpoint = m[1]
+			return true
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, endpoint+"/session", nil)
+	if err != nil {
+		t.Fatalf("WebDriver BiDi: %v", err)
+	}
+	ws.SetReadLimit(32 << 20)
+	t.Cleanup(func() { ws.CloseNow() })
+	d := &bidi{ws: ws}
+	d.call(t, "session.new", map[string]any{"capabilities": map[string]any{}})
+	var tree struct {
+		Contexts []struct{ Context string }
+	}
+	json.Unmarshal(d.call(t, "browsingContext.getTree", map[string]any{}), &tree)
+	if len(tree.Contexts) == 0 {
+		t.Fatal("WebDriver BiDi: no browsing context")
+	}
+	d.context = tree.Contexts[0].Context
+	d.call(t, "browsingContext.setViewport", map[string]any{"context": d.context, "viewport": map[string]any{"width": 1400, "height": 1000}})
+	d.call(t, "browsingContext.navigate", map[string]any{"context": d.context, "url": pageURL, "wait": "complete"})
+	return d
+}
+
+func (d *bidi) call(t *testing.T, method string, params any) json.RawMessage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	d.id++
+	msg, _ := json.Marshal(map[string]any{"id": d.id, "method": method, "params": params})
+	if err := d.ws.Write(ctx, websocket.MessageText, msg); err != nil {
+		t.Fatalf("BiDi %s: %v", method, err)
+	}
+	for {
+		_, b, err := d.ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("BiDi %s: %v", method, err)
+		}
+		var r struct {
+			Type    string          `json:"type"`
+			ID      int             `json:"id"`
+			Result  json.RawMessage `json:"result"`
+			Error   string          `json:"error"`
+			Message string          `json:"message"`
+		}
+		if json.Unmarshal(b, &r) != nil || r.Type == "event" || r.ID != d.id {
+			continue
+		}
+		if r.Type == "error" {
+			t.Fatalf("BiDi %s: %s: %s", method, r.Error, r.Message)
+		}
+		return r.Result
+	}
+}
+
+func (d *bidi) eval(t *testing.T, expr string) string {
+	t.Helper()
+	res := d.call(t, "script.evaluate", map[string]any{"expression": expr, "target": map[string]any{"context": d.context},
+		"awaitPromise": true, "resultOwnership": "none"})
+	var r struct {
+		Type   string `json:"type"`
+		Result struct {
+			Type  string `json:"type"`
+			Value any    `json:"value"`
+		} `json:"result"`
+		ExceptionDetails *struct{ Text string } `json:"exceptionDetails"`
+	}
+	if err := json.Unmarshal(res, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Type == "exception" {
+		t.Fatalf("page: %s: %s", expr, r.ExceptionDetails.Text)
+	}
+	if s, ok := r.Result.Value.(string); ok {
+		return s
+	}
+	b, _ := json.Marshal(r.Result.Value)
+	return string(b)
+}
+
+func (d *bidi) screenshotPNG(t *testing.T) []byte {
+	t.Helper()
+	res := d.call(t, "browsingContext.captureScreenshot", map[string]any{"context": d.context, "origin": "document"})
+	var r struct{ Data string }
+	json.Unmarshal(res, &r)
+	png, err := base64.StdEncoding.DecodeString(r.Data)
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	return png
 }
