@@ -70,6 +70,23 @@ func (c *captureConn) CloseWrite() error {
 	return nil
 }
 
+// CloseRead stops reading from the app, as the relay may.
+func (c *captureConn) CloseRead() error {
+	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return nil
+}
+
+// Reset closes the connection with a TCP RST, so that the app learns the
+// relay failed (as the relay does with a connection it did not wrap).
+func (c *captureConn) Reset() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	return c.Close()
+}
+
 // Close closes the connection and waits for the parsers.
 func (c *captureConn) Close() error {
 	err := c.Conn.Close()

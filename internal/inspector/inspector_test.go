@@ -404,3 +404,40 @@ func BenchmarkCapture(b *testing.B) {
 		})
 	}
 }
+
+// The relay resets a connection it gives up on: the app must see an RST,
+// not a clean end, through the capture too.
+func TestCaptureResetReachesTheApp(t *testing.T) {
+	in, _ := newTest(t, Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		_, err = io.Copy(io.Discard, c)
+		got <- err
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := in.Capture(conn, "app", ln.Addr().String(), "203.0.113.1:1", "s")
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\npartial")
+	// As relay.reset does.
+	if r, ok := c.(interface{ Reset() error }); ok {
+		r.Reset()
+	} else {
+		c.Close()
+	}
+	if err := <-got; err == nil {
+		t.Fatal("the app saw a clean end of a reset connection")
+	}
+}
