@@ -1,6 +1,7 @@
 package browser
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -116,6 +117,24 @@ func testInspector(t *testing.T, b browserSpec, bins string) {
 	t.Logf("both requests shown %v after they were answered", time.Since(sent).Round(time.Millisecond))
 	if got := page.eval(t, `document.querySelector('#requests tbody tr[data-kind="proxy"]').classList.contains("has-detail")`); got != "false" {
 		t.Errorf("the forward proxy's request has a detail view (headers, bodies): it must not")
+	}
+
+	// A CONNECT tunnel is one row once it closes, with its transport.
+	tun, err := net.Dial("tcp", proxyPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(tun, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", appLn.Addr())
+	br := bufio.NewReader(tun)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	io.WriteString(tun, "GET /tunneled HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+	io.Copy(io.Discard, br)
+	tun.Close()
+	page.waitTrue(t, 2*time.Second, "the tunnel in the page", `(`+rows+`).includes("proxy CONNECT  200")`)
+	if via := page.eval(t, `[...document.querySelectorAll('#requests tbody tr[data-kind="proxy"]')].find(tr => tr.querySelector(".method").textContent === "CONNECT").querySelector(".via").textContent`); via != "dial-back" {
+		t.Errorf("the tunnel's transport shown as %q, want dial-back", via)
 	}
 
 	// Detail: headers (secrets masked), body as JSON.

@@ -51,7 +51,14 @@
     const body = $("requests").tBodies[0];
     const old = document.getElementById("req-" + r.id);
     const tr = row(r);
-    if (old) old.replaceWith(tr); else body.insertBefore(tr, body.firstChild);
+    if (old) old.replaceWith(tr);
+    else {
+      // Newest first, by id: a record may arrive after newer ones (the
+      // list loaded on connect races the events).
+      let next = body.firstChild;
+      while (next && Number(next.dataset.id) > r.id) next = next.nextSibling;
+      body.insertBefore(tr, next);
+    }
     while (body.rows.length > historyCap) { // the server keeps as many
       const last = body.rows[body.rows.length - 1];
       records.delete(Number(last.dataset.id));
@@ -83,16 +90,16 @@
     b.textContent = { on: "live", paused: "paused", off: "reconnecting…" }[s];
   }
 
+  // loadAll adds the records kept that the page lacks; those the events
+  // brought meanwhile are newer and stay.
   async function loadAll() {
     const res = await fetch("/ui/api/requests", { headers: { "X-Inspector-Token": token } });
     const list = await res.json();
-    $("requests").tBodies[0].replaceChildren();
-    records.clear();
-    list.reverse().forEach(upsert); // oldest first, so the newest ends on top
+    list.reverse().forEach((r) => { if (!records.has(r.id)) upsert(r); });
   }
   function connect() {
     const es = new EventSource("/ui/api/events");
-    es.addEventListener("open", () => { live(paused ? "paused" : "on"); loadAll(); });
+    es.addEventListener("open", async () => { await loadAll(); live(paused ? "paused" : "on"); });
     es.addEventListener("record", (ev) => {
       const r = JSON.parse(ev.data);
       if (paused) queued.push(r); else upsert(r);
