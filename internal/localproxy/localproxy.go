@@ -325,7 +325,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 		defer p.uiLn.Close()
 	}
 	if p.mux != nil {
-		defer p.mux.wait()
+		defer func() {
+			p.mux.close()
+			p.mux.wait()
+		}()
 	}
 	defer p.socket.start(ctx)()
 
