@@ -80,6 +80,7 @@ type ClientStats struct {
 	Connected        bool
 	PublicAddr       netip.AddrPort
 	ObservedAddr     netip.AddrPort // as coordinator saw us
+	RTT              time.Duration  // smoothed round-trip time of the control connection
 	Sessions         uint64         // sessions established
 	RelaySessions    uint64         // of which relayed over the control connection after a failed dial-back
 	FastOpenSessions uint64         // of which opened with fast open (also over the control connection)
@@ -473,7 +474,11 @@ func (c *Client) SetPublicAddr(addr netip.AddrPort) error {
 func (c *Client) Stats() ClientStats {
 	c.mu.Lock()
 	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr}
+	conn := c.conn
 	c.mu.Unlock()
+	if conn != nil {
+		st.RTT = conn.ConnectionStats().SmoothedRTT
+	}
 	st.Sessions = c.stats.sessions.Load()
 	st.RelaySessions = c.stats.relaySessions.Load()
 	st.FastOpenSessions = c.stats.fastOpenSessions.Load()

@@ -125,6 +125,7 @@ func (c *Client) dialFast(ctx context.Context, conn *quic.Conn, target string) (
 	deadline := time.AfterFunc(c.cfg.OpenTimeout, func() { abort(&late) })
 
 	sc := newStreamConn(str, conn, id)
+	sc.transport = "fast-open"
 	sc.stopAnswer = func() {
 		watchdog.Stop()
 		deadline.Stop()
@@ -309,7 +310,9 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 		c.stats.sessions.Add(1)
 		c.stats.setupLatency.Observe(time.Since(start))
 		c.stats.relaySessions.Add(1)
-		return newStreamConn(str, conn, id), nil
+		sc := newStreamConn(str, conn, id)
+		sc.transport = "relay"
+		return sc, nil
 	}
 	timer := time.NewTimer(c.cfg.DialBackTimeout)
 	defer timer.Stop()
@@ -325,7 +328,9 @@ func (c *Client) dial(ctx context.Context, conn *quic.Conn, target string) (_ *S
 		str.Close()
 		str.SetReadDeadline(time.Now().Add(openEndTimeout)) // bounds the reader, which lives on
 		succeeded = true
-		return newStreamConn(d.stream, d.conn, id), nil
+		sc := newStreamConn(d.stream, d.conn, id)
+		sc.transport = "dial-back"
+		return sc, nil
 	case <-relay:
 		return takeRelay()
 	case err := <-failed:

@@ -236,6 +236,9 @@ func (c *Client) logRequest(m *RequestLog) {
 	}
 	attrs = append(attrs, slog.String("outcome", m.Outcome))
 	c.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "public request", attrs...)
+	if c.cfg.OnRequestLog != nil {
+		c.cfg.OnRequestLog(m)
+	}
 }
 
 // handleReverse connects one public connection to its local app.
@@ -295,6 +298,9 @@ func (c *Client) setUpReverse(ctx context.Context, str *quic.Stream, start time.
 		app.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		return ro, nil
+	}
+	if c.cfg.WrapApp != nil {
+		app = c.cfg.WrapApp(c.cfg.Services[i], *ro, app)
 	}
 	return ro, app
 }

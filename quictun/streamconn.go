@@ -16,6 +16,7 @@ type StreamConn struct {
 	conn          *quic.Conn
 	local, remote net.Addr
 	id            SessionID
+	transport     string // client side: "dial-back", "relay" or "fast-open"
 
 	// On coordinator's side of a reverse session: the service and its
 	// client's request log (see LogRequest).
@@ -86,6 +87,11 @@ func (c *StreamConn) LogRequest(m RequestLog) {
 	r.Session, r.Service = c.id, c.service
 	c.requests.add(&r)
 }
+
+// Transport says how a client's session reached coordinator:
+// "dial-back", "relay" (over the control connection after a failed
+// dial-back) or "fast-open"; "" elsewhere.
+func (c *StreamConn) Transport() string { return c.transport }
 
 // SessionID returns the session this stream carries, as hex.
 func (c *StreamConn) SessionID() string { return c.id.String() }

@@ -86,6 +86,12 @@ func main() {
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "log-public-requests", EnvVars: []string{"LOCALPROXY_LOG_PUBLIC_REQUESTS"},
 				Usage: "log every public request to the --expose'd apps (method, path, status, bytes, duration, the public client), as coordinator relayed it; costs some CPU on both sides at high request rates"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "ui", Value: true, EnvVars: []string{"LOCALPROXY_UI"},
+				Usage: "serve the inspector page (requests both ways, live; state; replay) at http://LISTEN/ui/ (--ui=false: off)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "ui-listen", EnvVars: []string{"LOCALPROXY_UI_LISTEN"},
+				Usage: "serve the inspector page on its own TCP address instead (beyond loopback it asks for the --proxy-auth credentials)"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "ui-history", Value: 500, EnvVars: []string{"LOCALPROXY_UI_HISTORY"},
+				Usage: "how many requests the inspector page keeps"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
@@ -236,6 +242,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ClientCertificate:   clientCert,
 		Services:            services,
 		LogPublicRequests:   c.Bool("log-public-requests"),
+		NoUI:                !c.Bool("ui"),
+		UIListen:            c.String("ui-listen"),
+		UIHistory:           c.Int("ui-history"),
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),
 		Coordinator:         c.String("coordinator"),
@@ -268,7 +277,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // fieldFlags names the flags that set localproxy.Config's (and
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
-	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name",
+	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }
 

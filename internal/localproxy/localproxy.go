@@ -21,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"quictunnel/httpproxy"
+	"quictunnel/internal/inspector"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/internal/udpgro"
@@ -106,6 +107,15 @@ type Config struct {
 	// request's body: a browser that stops sending is answered 408 and
 	// the request is ended on every hop. Default 30s.
 	BodyReadTimeout time.Duration
+	// NoUI turns the inspector page off.
+	NoUI bool
+	// UIListen, if set, is the TCP address of the inspector page's own
+	// listener. Default: the page is served on Listen, at /ui/. Beyond
+	// loopback it requires ProxyAuth (the page asks for the same
+	// credentials).
+	UIListen string
+	// UIHistory is how many requests the inspector keeps. Default 500.
+	UIHistory int
 	// ShutdownTimeout is how long Run lets browser requests and tunnels in
 	// progress finish once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -173,6 +183,9 @@ type Proxy struct {
 	proxy  *httpproxy.Proxy
 
 	sessions sessionTracker
+	ins      *inspector.Inspector // nil when the page is off
+	uiLn     net.Listener
+	mux      *uiMux // when the page shares the proxy's listener
 
 	mu  sync.Mutex
 	nat natReport
@@ -234,6 +247,8 @@ func New(cfg Config) (*Proxy, error) {
 		Services:           cfg.Services,
 		RegisterRetry:      cfg.RegisterRetry,
 		RequestLog:         cfg.LogPublicRequests,
+		OnRequestLog:       p.publicRequest,
+		WrapApp:            p.captureApp,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
 	})
@@ -244,6 +259,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.ln, err = service.ListenTCP(cfg.Listen); err == nil {
 		err = p.checkExposure()
+		if err == nil {
+			err = p.setUpUI()
+		}
 		if err != nil {
 			p.ln.Close()
 		}
@@ -257,6 +275,9 @@ func New(cfg Config) (*Proxy, error) {
 		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth, BodyReadTimeout: cfg.BodyReadTimeout})
 	if err != nil {
 		p.ln.Close()
+		if p.uiLn != nil {
+			p.uiLn.Close()
+		}
 		p.tr.Close()
 		p.udp.Close()
 		return nil, err
@@ -312,6 +333,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer p.udp.Close()
 	defer p.tr.Close()
 	defer p.ln.Close()
+	if p.uiLn != nil {
+		defer p.uiLn.Close()
+	}
+	if p.mux != nil {
+		defer func() {
+			p.mux.close()
+			p.mux.wait()
+		}()
+	}
 	defer p.socket.start(ctx)()
 
 	learnt := time.Now()
@@ -362,6 +392,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.relearnPublicAddr(ctx, public, learnt)
 	}()
 	defer func() { <-idleDone }()
+	uiDone := make(chan struct{})
+	go func() {
+		defer close(uiDone)
+		p.serveUI(ctx)
+	}()
+	defer func() { <-uiDone }()
 
 	// "ready" once coordinator has accepted us: a refused token ends Run
 	// (ctx) before it, with the reason logged.

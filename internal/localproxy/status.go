@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"quictunnel/internal/inspector"
 	"quictunnel/quictun"
 )
 
@@ -19,6 +20,10 @@ type Status struct {
 	Proxy       string `json:"proxy"`
 	Coordinator string `json:"coordinator"`
 	Connected   bool   `json:"connected"`
+	// RTT is the control connection's smoothed round-trip time.
+	RTT string `json:"rtt,omitempty"`
+	// Transport is how localproxy reaches coordinator.
+	Transport string `json:"transport,omitempty"`
 	// PublicAddr is what the reporter told us; ObservedAddr what
 	// coordinator sees.
 	PublicAddr   string `json:"public_addr,omitempty"`
@@ -69,7 +74,11 @@ func (p *Proxy) Status() Status {
 		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
 		NATMapping: mapping, NATFiltering: filtering,
 		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions, FastOpenSessions: st.FastOpenSessions,
-		Sessions: p.sessions.list(),
+		Sessions:  p.sessions.list(),
+		Transport: "QUIC over UDP from " + p.udp.LocalAddr().String(),
+	}
+	if st.Connected {
+		s.RTT = st.RTT.Round(10 * time.Microsecond).String()
 	}
 	if st.PublicAddr.IsValid() {
 		s.PublicAddr = st.PublicAddr.String()
@@ -105,11 +114,14 @@ func (p *Proxy) statusJSON() []byte {
 // sessionTracker knows the open tunnel sessions, for Status and the idle
 // timer.
 type sessionTracker struct {
-	mu   sync.Mutex
-	open map[*trackedConn]struct{}
+	mu                   sync.Mutex
+	open                 map[*trackedConn]struct{}
+	closedUp, closedDown int64 // bytes moved by sessions no longer open
 	// changed, if not nil, is signalled when a session opens or closes
 	// (the idle timer).
 	changed chan struct{}
+
+	ins *inspector.Inspector // records each tunnel (CONNECT) closed; nil: none
 }
 
 // notify signals changed without blocking.
@@ -135,6 +147,21 @@ func (t *sessionTracker) remove(c *trackedConn) {
 	defer t.mu.Unlock()
 	delete(t.open, c)
 	t.notify()
+	t.closedUp += c.up.Load()
+	t.closedDown += c.down.Load()
+}
+
+// upDown returns the bytes every session moved so far, each way (up:
+// towards the targets).
+func (t *sessionTracker) upDown() (up, down int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	up, down = t.closedUp, t.closedDown
+	for c := range t.open {
+		up += c.up.Load()
+		down += c.down.Load()
+	}
+	return up, down
 }
 
 // count returns the number of sessions open.
@@ -170,6 +197,7 @@ type trackedConn struct {
 	start    time.Time
 	up, down atomic.Int64
 	gone     sync.Once
+	reported atomic.Bool // httpproxy reported requests: not a tunnel
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
@@ -189,13 +217,30 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 }
 
 func (c *trackedConn) Close() error {
-	c.gone.Do(func() { c.t.remove(c) })
+	c.gone.Do(c.end)
 	return c.StreamConn.Close()
 }
 
 func (c *trackedConn) Reset() error {
-	c.gone.Do(func() { c.t.remove(c) })
+	c.gone.Do(c.end)
 	return c.StreamConn.Reset()
+}
+
+// end takes the session off the list and, for a tunnel (CONNECT), records
+// it in the inspector.
+func (c *trackedConn) end() {
+	c.t.remove(c)
+	if c.t.ins == nil || c.reported.Load() {
+		return
+	}
+	up, down := c.up.Load(), c.down.Load()
+	status := 0
+	if down > 0 {
+		status = 200
+	}
+	d := time.Since(c.start)
+	c.t.ins.Add(inspector.Record{Time: c.start, Kind: inspector.KindProxy, Method: "CONNECT", Host: c.target, Status: status,
+		Up: up, Down: down, Duration: float64(d.Microseconds()) / 1000, Transport: c.Transport(), Done: true})
 }
 
 // FormatStatus renders s for a person.
