@@ -28,9 +28,10 @@ func exitCode(err error) int {
 // combined output and exit status.
 func runBinary(t *testing.T, name string, args ...string) (string, int) {
 	t.Helper()
+	bin := filepath.Join(binaries(t), name) // the first call builds them: before the 10 s start
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, filepath.Join(binaries(t), name), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	return string(out), exitCode(err)
 }
 

@@ -387,15 +387,21 @@ func TestErrorsReachTheBrowser(t *testing.T) {
 }
 
 // accessLine returns the access-log line in log for target.
+// The proxy writes the line once the response is sent: the browser may
+// have it first.
 func accessLine(t *testing.T, log *logBuffer, target string) string {
 	t.Helper()
-	for line := range strings.Lines(log.String()) {
-		if strings.Contains(line, "msg=request ") && strings.Contains(line, " target="+target+" ") {
-			return strings.TrimSpace(line)
+	var found string
+	waitFor(t, "the access-log line for "+target, func() bool {
+		for line := range strings.Lines(log.String()) {
+			if strings.Contains(line, "msg=request ") && strings.Contains(line, " target="+target+" ") {
+				found = strings.TrimSpace(line)
+				return true
+			}
 		}
-	}
-	t.Fatalf("no access-log line for %s in:\n%s", target, log)
-	return ""
+		return false
+	})
+	return found
 }
 
 func TestReconnectAfterCoordinatorRestart(t *testing.T) {

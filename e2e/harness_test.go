@@ -109,6 +109,8 @@ type labOptions struct {
 	targets *coordinator.TargetPolicy
 	// fastOpen turns on localproxy's fast open.
 	fastOpen bool
+	// bodyReadTimeout is localproxy's; default: its default.
+	bodyReadTimeout time.Duration
 }
 
 func startLab(t testing.TB, o labOptions) *lab {
@@ -143,6 +145,8 @@ func startLab(t testing.TB, o labOptions) *lab {
 		IdleRestart:    o.idleRestart,
 		FastOpen:       o.fastOpen,
 		Logger:         l.proxyLog.logger(),
+
+		BodyReadTimeout: o.bodyReadTimeout,
 	})
 	if err != nil {
 		t.Fatalf("localproxy: %v", err)

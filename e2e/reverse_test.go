@@ -46,20 +46,18 @@ type reverseLab struct {
 	httpAddr          string
 	quicAddr          string
 	ports             coordinator.PortRange
-	// configure, if set, changes coordinator's Config before each start.
-	configure func(*coordinator.Config)
+	// tweaks change the coordinator's configuration (startReverseLab).
+	tweaks []func(*coordinator.Config)
 }
 
-func startReverseLab(t *testing.T) *reverseLab { return startReverseLabWith(t, nil) }
-
-// startReverseLabWith starts a reverseLab whose coordinator Config
-// configure changes.
-func startReverseLabWith(t *testing.T, configure func(*coordinator.Config)) *reverseLab {
+// startReverseLab starts the coordinator, its configuration changed by
+// tweaks, if any.
+func startReverseLab(t *testing.T, tweaks ...func(*coordinator.Config)) *reverseLab {
 	t.Helper()
 	// Public ports come from below the kernel's ephemeral range (32768 and
 	// up here), so no outgoing connection of the tests can hold them.
 	base := 20000 + rand.IntN(500)*20
-	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}, configure: configure}
+	l := &reverseLab{coordLog: &logBuffer{}, ports: coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}, tweaks: tweaks}
 	l.start(t, "127.0.0.1:0", "127.0.0.1:0")
 	t.Cleanup(func() {
 		l.stop()
@@ -78,8 +76,8 @@ func (l *reverseLab) start(t *testing.T, quicAddr, httpAddr string) {
 		HTTPListen: httpAddr, Domain: "localhost", PortRange: l.ports, PublicBind: "127.0.0.1",
 		Logger: l.coordLog.logger(),
 	}
-	if l.configure != nil {
-		l.configure(&cfg)
+	for _, tweak := range l.tweaks {
+		tweak(&cfg)
 	}
 	c, err := coordinator.New(cfg)
 	if err != nil {
@@ -639,7 +637,7 @@ func freePortIn(t *testing.T, r coordinator.PortRange) uint16 {
 // shared port and a dedicated one, while those of a trusted proxy
 // (127.0.0.2 here) are kept and extended.
 func TestReverseForwardingFields(t *testing.T) {
-	l := startReverseLabWith(t, func(c *coordinator.Config) {
+	l := startReverseLab(t, func(c *coordinator.Config) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
 	})
 	raw := newRawTarget(t, "127.0.0.1")

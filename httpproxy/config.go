@@ -40,6 +40,11 @@ type Config struct {
 	// connections wait in the kernel's listen queue until one closes.
 	// Default 0: no bound.
 	MaxConns int
+	// BodyReadTimeout bounds the wait for each next part of a request
+	// body: a client that stops sending mid-body is answered 408, and the
+	// exchange is aborted on every hop (the upstream is reset). Default
+	// 30s.
+	BodyReadTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for a target's response head
 	// after the request was sent. Default 0: none (long polls must work).
 	ResponseHeaderTimeout time.Duration
@@ -54,6 +59,9 @@ type Config struct {
 	ProxyAuth *Credentials
 }
 
+// DefaultBodyReadTimeout is Config.BodyReadTimeout's default.
+const DefaultBodyReadTimeout = 30 * time.Second
+
 func (c *Config) validate() error {
 	switch {
 	case c.Dialer == nil:
@@ -64,7 +72,7 @@ func (c *Config) validate() error {
 		return &ConfigError{"MaxConns", "must not be negative"}
 	case c.ProxyAuth != nil && (c.ProxyAuth.User == "" || c.ProxyAuth.Password == "" || strings.Contains(c.ProxyAuth.User, ":")):
 		return &ConfigError{"ProxyAuth", "user (without ':') and password must be non-empty"}
-	case c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 || c.ResponseHeaderTimeout < 0:
+	case c.ReadHeaderTimeout < 0 || c.IdleTimeout < 0 || c.ResponseHeaderTimeout < 0 || c.BodyReadTimeout < 0:
 		return &ConfigError{"Timeout", "must not be negative"}
 	}
 	return nil
@@ -79,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 2 * time.Minute
+	}
+	if c.BodyReadTimeout == 0 {
+		c.BodyReadTimeout = DefaultBodyReadTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

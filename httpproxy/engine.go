@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"quictunnel/internal/relay"
 )
 
 // engine is the HTTP/1.1 machinery both proxies share: it accepts
@@ -287,6 +289,7 @@ func (e *engine) countStatus(code int) {
 type conn struct {
 	e       *engine
 	c       net.Conn
+	rd      *connReader // what br reads
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	ctx     context.Context // ends when the connection is done
@@ -297,6 +300,28 @@ type conn struct {
 	// the client for the request being served, 0 before one is: what the
 	// access log records (see appendStatusLine).
 	status int
+}
+
+// connReader is what a client connection's buffered reader reads: the
+// connection itself, but while a request body is relayed (timeout set)
+// each read first moves the read deadline timeout ahead, so a client that
+// stops sending is noticed, and the first error is kept: the client's.
+type connReader struct {
+	c       net.Conn
+	timeout time.Duration // BodyReadTimeout while a body is read; 0 otherwise
+	err     error         // the first read error while timeout was set
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if r.timeout <= 0 {
+		return r.c.Read(p)
+	}
+	r.c.SetReadDeadline(time.Now().Add(r.timeout))
+	n, err := r.c.Read(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // upstream is an open connection to a target.
@@ -314,6 +339,14 @@ func (u *upstream) close() {
 	}
 }
 
+// abort resets the connection: the exchange on it was cut, and the other
+// end must not take what it got for a whole message.
+func (u *upstream) abort() {
+	if u != nil {
+		relay.Reset(u.c)
+	}
+}
+
 // connBufferSize is the size of the buffered reader and writer on each
 // side of a connection. Heads pass through them, but a longer line is read
 // in pieces (readLine) and a large body bypasses them, so they need not be
@@ -324,8 +357,8 @@ const connBufferSize = 8 << 10
 func (e *engine) serveConn(nc net.Conn) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
-	c := &conn{e: e, c: nc, ctx: ctx, client: nc.RemoteAddr().String()}
-	c.br, c.bw = e.reader(nc), e.writer(nc)
+	c := &conn{e: e, c: nc, rd: &connReader{c: nc}, ctx: ctx, client: nc.RemoteAddr().String()}
+	c.br, c.bw = e.reader(c.rd), e.writer(nc)
 	defer func() { c.up.close(); c.releaseBuffers() }()
 	for first := true; ; first = false {
 		h, err := c.readHead(first)
@@ -420,7 +453,7 @@ func (c *conn) waitIdle() error {
 		c.e.putWriter(u.bw)
 	}
 	_, err := waitReadable(c.c)
-	c.br, c.bw = c.e.reader(c.c), c.e.writer(c.c)
+	c.br, c.bw = c.e.reader(c.rd), c.e.writer(c.c)
 	if parkUp {
 		u.br, u.bw = c.e.reader(u.c), c.e.writer(u.c)
 	}

@@ -65,15 +65,10 @@ func (c *conn) serveRequest(h *head) bool {
 	}
 	keep, err := c.exchange(h, r, start)
 	if err != nil && c.up != nil {
-		c.up.close()
+		c.up.abort()
 		c.up = nil
 	}
 	return keep && err == nil
-}
-
-type bodyResult struct {
-	n   int64
-	err error
 }
 
 // exchange relays one request and its response over the route's upstream.
@@ -116,40 +111,37 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 		}
 	}
 
-	var bodyDone chan bodyResult
+	var body *requestBody
 	if h.requestHasBody() {
-		bodyDone = make(chan bodyResult, 1)
-		go func() {
-			var res bodyResult
-			if h.chunked {
-				res.n, res.err = copyChunked(u.bw, c.br)
-			} else {
-				res.n, res.err = copyFixed(u.c, c.br, h.contentLength)
-			}
-			bodyDone <- res
-		}()
+		body = c.relayBody(h, u)
 	}
 	waitBody := func(grace time.Duration) error {
-		if bodyDone == nil {
+		if body == nil {
 			return nil
 		}
-		var res bodyResult
-		select {
-		case res = <-bodyDone:
-		case <-time.After(grace):
+		b := body
+		body = nil
+		if !b.wait(grace) {
 			c.c.Close() // unblocks the reader; the connection cannot be reused
-			u.c.Close()
-			res = <-bodyDone
-			res.err = errors.Join(res.err, errors.New("request body not fully sent"))
+			u.abort()
+			<-b.done
+			b.err = errors.Join(b.err, errors.New("request body not fully sent"))
 		}
-		bodyDone = nil
-		up = res.n
-		return res.err
+		up = b.n
+		return b.err
 	}
 	defer waitBody(0)
 
 	resp, err := c.readFinalResponse(h, u)
-	if err != nil && !fresh && bodyDone == nil && isEOF(err) {
+	if err != nil && body.clientFailed() {
+		// The client stopped sending its body, left or sent a malformed
+		// one: the body's relay reset the upstream to end the wait.
+		b := body
+		waitBody(0)
+		err = c.answerBodyFailure(b)
+		return false, err
+	}
+	if err != nil && !fresh && body == nil && isEOF(err) {
 		// The target closed the idle connection we reused before reading
 		// our request: send it once more on a new one.
 		if _, err = c.redial(r); err == nil {
@@ -213,6 +205,9 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 	}
 	rest, err := copyBody(kind, length, c.c, c.bw, u.br)
 	down += rest
+	if err != nil && body.clientFailed() {
+		return false, fmt.Errorf("request body: %w", waitBody(0))
+	}
 	if err != nil {
 		return false, fmt.Errorf("response body: %w", err)
 	}

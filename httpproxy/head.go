@@ -52,6 +52,17 @@ func containsFold(names []string, name string) bool {
 	return false
 }
 
+// count returns the number of fields named name (case-insensitive).
+func (h *head) count(name string) int {
+	n := 0
+	for _, f := range h.fields {
+		if strings.EqualFold(f.name, name) {
+			n++
+		}
+	}
+	return n
+}
+
 // get returns the value of the first field named name (case-insensitive).
 func (h *head) get(name string) (string, bool) {
 	for _, f := range h.fields {
@@ -69,7 +80,38 @@ var errHeadTooLarge = errors.New("header block too large")
 // at most limit bytes in all. Leading empty lines are skipped (RFC 9112
 // §2.2). Lines may end in CRLF or a bare LF.
 func readLines(br *bufio.Reader, limit int) ([]string, error) {
-	var lines []string
+	start, n, err := readStartLine(br, limit)
+	if err != nil {
+		return nil, err
+	}
+	return readFieldLines(br, []string{start}, limit-n)
+}
+
+// readStartLine reads the first line of a head, skipping empty lines
+// before it, and returns it with the bytes it took.
+func readStartLine(br *bufio.Reader, limit int) (string, int, error) {
+	total := 0
+	for {
+		line, err := readLine(br, limit-total)
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return "", 0, errHeadTooLarge
+			}
+			return "", 0, err
+		}
+		total += len(line) + 2
+		if total > limit {
+			return "", 0, errHeadTooLarge
+		}
+		if line != "" {
+			return line, total, nil
+		}
+	}
+}
+
+// readFieldLines appends the field lines of a head to lines, up to the
+// empty line that ends it, at most limit bytes.
+func readFieldLines(br *bufio.Reader, lines []string, limit int) ([]string, error) {
 	total := 0
 	for {
 		line, err := readLine(br, limit-total)
@@ -84,9 +126,6 @@ func readLines(br *bufio.Reader, limit int) ([]string, error) {
 			return nil, errHeadTooLarge
 		}
 		if line == "" {
-			if len(lines) == 0 {
-				continue
-			}
 			return lines, nil
 		}
 		lines = append(lines, line)
@@ -130,25 +169,58 @@ func lineString(line []byte) (string, error) {
 // errMalformed marks a message that breaks HTTP/1.1 syntax: 400.
 var errMalformed = errors.New("malformed HTTP message")
 
-// parseRequestHead reads a request head.
+// parseRequestHead reads a request head. A request line that cannot be
+// one is refused as soon as it is read (an HTTP/0.9 client sends nothing
+// more and waits), or as soon as its first bytes show it (TLS, or
+// another protocol, on a plain HTTP port).
 func parseRequestHead(br *bufio.Reader, limit int) (*head, error) {
-	lines, err := readLines(br, limit)
+	if err := checkRequestStart(br); err != nil {
+		return nil, err
+	}
+	line, n, err := readStartLine(br, limit)
 	if err != nil {
 		return nil, err
 	}
-	method, rest, ok1 := strings.Cut(lines[0], " ")
+	method, rest, ok1 := strings.Cut(line, " ")
 	target, version, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || !isToken(method) || target == "" || strings.ContainsAny(target, " \t") {
-		return nil, fmt.Errorf("%w: bad request line %q", errMalformed, truncate(lines[0]))
+		return nil, fmt.Errorf("%w: bad request line %q", errMalformed, truncate(line))
 	}
 	h := &head{method: method, target: target}
 	if h.major, h.minor, ok1 = parseVersion(version); !ok1 {
 		return nil, fmt.Errorf("%w: bad HTTP version %q", errMalformed, truncate(version))
 	}
-	if err := h.parseFields(lines[1:]); err != nil {
+	lines, err := readFieldLines(br, nil, limit-n)
+	if err != nil {
 		return nil, err
 	}
+	if err := h.parseFields(lines); err != nil {
+		return nil, err
+	}
+	if hosts := h.count("Host"); hosts > 1 {
+		return nil, fmt.Errorf("%w: %d Host fields", errMalformed, hosts) // RFC 9112 §3.2
+	}
 	return h, h.requestFraming()
+}
+
+// checkRequestStart waits for the first bytes of a request and refuses
+// them when they cannot start a request line: a method is a token,
+// preceded by nothing but empty lines.
+func checkRequestStart(br *bufio.Reader) error {
+	if _, err := br.Peek(1); err != nil {
+		return err
+	}
+	b, _ := br.Peek(br.Buffered())
+	b = bytes.TrimLeft(b, "\r\n")
+	for _, c := range b {
+		if c == ' ' {
+			return nil
+		}
+		if !isTokenChar(c) {
+			return fmt.Errorf("%w: bad request line starting %q", errMalformed, truncate(string(b[:min(len(b), 16)])))
+		}
+	}
+	return nil
 }
 
 // parseResponseHead reads a response head.
@@ -260,7 +332,7 @@ func (h *head) bodyFraming() error {
 		}
 		for _, c := range te[:len(te)-1] {
 			if c == "chunked" {
-				return fmt.Errorf("%w: chunked applied twice", errMalformed)
+				return fmt.Errorf("%w: Transfer-Encoding applies chunked twice", errMalformed)
 			}
 		}
 		h.chunked = true
@@ -285,7 +357,18 @@ func (h *head) requestFraming() error {
 		// RFC 9112 §6.3: the length of such a request cannot be known.
 		return fmt.Errorf("%w: request Transfer-Encoding does not end in chunked", errMalformed)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// A coding before chunked (gzip, chunked) is one the app may not know
+	// (RFC 9112 §6.1); an empty field is one each reader may take its own
+	// way. Refused here rather than relayed.
+	for _, f := range h.fields {
+		if strings.EqualFold(f.name, "Transfer-Encoding") && !strings.EqualFold(f.value, "chunked") {
+			return fmt.Errorf("%w: Transfer-Encoding %q: only chunked is accepted", errMalformed, truncate(f.value))
+		}
+	}
+	return nil
 }
 
 func (h *head) responseFraming() error {
@@ -347,12 +430,16 @@ func isToken(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+		if !isTokenChar(s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// isTokenChar reports whether c is a tchar (RFC 9110 §5.6.2).
+func isTokenChar(c byte) bool {
+	return c > ' ' && c < 0x7f && strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) < 0
 }
 
 // truncate shortens s for error messages.

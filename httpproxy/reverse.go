@@ -83,11 +83,12 @@ type ReverseConfig struct {
 	Logger *slog.Logger
 	// AccessLog receives one line per request. Default: Logger.
 	AccessLog *slog.Logger
-	// MaxHeaderBytes, MaxConns, ReadHeaderTimeout, IdleTimeout and
-	// ResponseHeaderTimeout mean what they mean in Config, with the same
-	// defaults.
+	// MaxHeaderBytes, MaxConns, ReadHeaderTimeout, IdleTimeout,
+	// ResponseHeaderTimeout and BodyReadTimeout mean what they mean in
+	// Config, with the same defaults.
 	MaxHeaderBytes, MaxConns                              int
 	ReadHeaderTimeout, IdleTimeout, ResponseHeaderTimeout time.Duration
+	BodyReadTimeout                                       time.Duration
 }
 
 // RequestReporter is an upstream connection that wants a record of each
@@ -127,7 +128,8 @@ func NewReverse(cfg ReverseConfig) (*ReverseProxy, error) {
 		cfg.Proto = "http"
 	}
 	c := Config{Dialer: noDialer{}, Logger: cfg.Logger, AccessLog: cfg.AccessLog, MaxHeaderBytes: cfg.MaxHeaderBytes, MaxConns: cfg.MaxConns,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout}
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		BodyReadTimeout: cfg.BodyReadTimeout}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}

@@ -77,6 +77,7 @@ type clientCounters struct {
 	fastOpenSessions, addrChanges, dialBacksClosed          atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
+	reverseActive                                           atomic.Int64
 }
 
 // ClientStats is a snapshot of a Client's counters.
@@ -87,6 +88,7 @@ type ClientStats struct {
 	Transport, TransportWhy string
 	PublicAddr              netip.AddrPort
 	ObservedAddr            netip.AddrPort // as coordinator saw us
+	RTT                     time.Duration  // smoothed round-trip time of the control connection
 	Sessions                uint64         // sessions established
 	RelaySessions           uint64         // of which relayed over the control connection after a failed dial-back
 	FastOpenSessions        uint64         // of which opened with fast open (also over the control connection)
@@ -115,6 +117,9 @@ type ClientStats struct {
 	// asked to answer a Retry first.
 	Handshakes       int
 	HandshakeRetries int64
+	// ReverseSessions counts the reverse sessions (public connections to
+	// exposed apps) open now, from their stream's arrival to its end.
+	ReverseSessions int64
 }
 
 // NewClient validates cfg and prepares a client. Run starts it.
@@ -562,7 +567,11 @@ func (c *Client) Stats() ClientStats {
 	c.mu.Lock()
 	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr,
 		Transport: c.transport, TransportWhy: c.transportWhy}
+	conn := c.conn
 	c.mu.Unlock()
+	if conn != nil {
+		st.RTT = conn.RTT()
+	}
 	st.Sessions = c.stats.sessions.Load()
 	st.RelaySessions = c.stats.relaySessions.Load()
 	st.FastOpenSessions = c.stats.fastOpenSessions.Load()
@@ -578,6 +587,7 @@ func (c *Client) Stats() ClientStats {
 	st.LimitHits = c.stats.limits.snapshot()
 	st.Handshakes = c.guard.inHandshake()
 	st.HandshakeRetries = c.guard.retries.Load()
+	st.ReverseSessions = c.stats.reverseActive.Load()
 	return st
 }
 

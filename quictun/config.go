@@ -114,6 +114,13 @@ type ClientConfig struct {
 	// relayed to the exposed apps and writes a line for each to
 	// AccessLog (wire flow step 8). Off, coordinator sends none.
 	RequestLog bool
+	// OnRequestLog, if set, is also given each RequestLog record (with
+	// RequestLog on). It must not block.
+	OnRequestLog func(*RequestLog)
+	// WrapApp, if set, may wrap the connection to a local app of each
+	// reverse session (to observe its bytes); the result is relayed
+	// instead. It must keep CloseWrite working.
+	WrapApp func(svc ExposedService, ro ReverseOpen, app net.Conn) net.Conn
 	// QlogDir, if set, is an existing directory that receives a qlog trace
 	// of each QUIC connection (for debugging; the files grow with traffic).
 	QlogDir string

@@ -125,6 +125,10 @@ func (c *Client) dialFast(ctx context.Context, conn Conn, target string) (*Strea
 	deadline := time.AfterFunc(c.cfg.OpenTimeout, func() { abort(&late) })
 
 	sc := newStreamConn(str, conn, id)
+	sc.transport = "fast-open"
+	if conn.Transport() == TransportTCP {
+		sc.transport = "tcp fast-open"
+	}
 	sc.stopAnswer = func() {
 		watchdog.Stop()
 		deadline.Stop()
@@ -309,7 +313,12 @@ func (c *Client) dial(ctx context.Context, conn Conn, target string) (_ *StreamC
 		c.stats.sessions.Add(1)
 		c.stats.setupLatency.Observe(time.Since(start))
 		c.stats.relaySessions.Add(1)
-		return newStreamConn(str, conn, id), nil
+		sc := newStreamConn(str, conn, id)
+		sc.transport = "relay"
+		if conn.Transport() == TransportTCP {
+			sc.transport = TransportTCP // no dial-back over TCP: every session rides the connection
+		}
+		return sc, nil
 	}
 	timer := time.NewTimer(c.cfg.DialBackTimeout)
 	defer timer.Stop()
@@ -325,7 +334,9 @@ func (c *Client) dial(ctx context.Context, conn Conn, target string) (_ *StreamC
 		str.Close()
 		str.SetReadDeadline(time.Now().Add(openEndTimeout)) // bounds the reader, which lives on
 		succeeded = true
-		return newStreamConn(d.stream, wrapQUIC(d.conn), id), nil
+		sc := newStreamConn(d.stream, wrapQUIC(d.conn), id)
+		sc.transport = "dial-back"
+		return sc, nil
 	case <-relay:
 		return takeRelay()
 	case err := <-failed:

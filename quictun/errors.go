@@ -24,6 +24,11 @@ var (
 	ErrClosed          = errors.New("quictun: closed")
 )
 
+// errSessionAbandoned: the client reset a dial-back stream instead of
+// acknowledging it, because the session was given up (its browser left)
+// while it was set up. The dial-back connection answered: it works.
+var errSessionAbandoned = errors.New("session abandoned by the client")
+
 // SessionError reports why coordinator could not open a session: the code
 // and reason from OpenResult, or from a stream reset.
 type SessionError struct {

@@ -236,11 +236,16 @@ func (c *Client) logRequest(m *RequestLog) {
 	}
 	attrs = append(attrs, slog.String("outcome", m.Outcome))
 	c.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "public request", attrs...)
+	if c.cfg.OnRequestLog != nil {
+		c.cfg.OnRequestLog(m)
+	}
 }
 
 // handleReverse connects one public connection to its local app.
 func (c *Client) handleReverse(ctx context.Context, conn Conn, str Stream) {
 	start := time.Now()
+	c.stats.reverseActive.Add(1)
+	defer c.stats.reverseActive.Add(-1)
 	// The set-up runs on a goroutine of its own (see onFreshStack); this
 	// one lives on, mostly idle, as the relay.
 	var ro *ReverseOpen
@@ -293,6 +298,9 @@ func (c *Client) setUpReverse(ctx context.Context, str Stream, start time.Time) 
 		app.Close()
 		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
 		return ro, nil
+	}
+	if c.cfg.WrapApp != nil {
+		app = c.cfg.WrapApp(c.cfg.Services[i], *ro, app)
 	}
 	return ro, app
 }

@@ -687,6 +687,13 @@ func (p *peer) setUpSession(ctx context.Context, str Stream, open *Open, log *sl
 	} else {
 		stream, err = p.dialBackSession(ctx, open.Session)
 	}
+	if errors.Is(err, errSessionAbandoned) {
+		target.Close()
+		str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+		str.CancelRead(quic.StreamErrorCode(CodeCanceled))
+		outcome("client_gone", err, relay.Stats{})
+		return su
+	}
 	switch {
 	case err == nil:
 		// The caller ends the session's use of the connection when it ends.
@@ -753,6 +760,9 @@ func (p *peer) dialBackSession(ctx context.Context, id SessionID) (*StreamConn, 
 			}
 			stream.Reset()
 			p.releaseDialBack(conn)
+			if errors.Is(err, errSessionAbandoned) {
+				return nil, err // the connection answered: it works
+			}
 		}
 		if !retried && closedByClient(conn, err) {
 			p.log.Debug("dial-back connection closed by the client meanwhile: dialing back anew", "err", err)
@@ -907,12 +917,17 @@ func openDialBackStream(ctx context.Context, conn *quic.Conn, id SessionID) (*St
 }
 
 // awaitAck waits up to wait for localproxy's dialBackAck on a new dial-back
-// stream: proof that the dial-back connection still reaches it.
+// stream: proof that the dial-back connection still reaches it. A reset
+// from localproxy is proof too, of a session given up meanwhile (its ack
+// may be lost with the reset): errSessionAbandoned.
 func awaitAck(s *StreamConn, wait time.Duration) error {
 	s.SetReadDeadline(time.Now().Add(wait))
 	defer s.SetReadDeadline(time.Time{})
 	var b [1]byte
 	if _, err := io.ReadFull(s, b[:]); err != nil {
+		if se := (*quic.StreamError)(nil); errors.As(err, &se) && se.Remote {
+			return fmt.Errorf("%w: dial-back stream reset: %w", errSessionAbandoned, err)
+		}
 		return fmt.Errorf("dial-back stream not acknowledged within %s: %w", wait, err)
 	}
 	if b[0] != dialBackAck {

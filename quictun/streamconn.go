@@ -16,6 +16,7 @@ type StreamConn struct {
 	conn          Conn
 	local, remote net.Addr
 	id            SessionID
+	transport     string // client side: "dial-back", "relay" or "fast-open"
 
 	// On coordinator's side of a reverse session: the service and its
 	// client's request log (see LogRequest).
@@ -86,6 +87,12 @@ func (c *StreamConn) LogRequest(m RequestLog) {
 	r.Session, r.Service = c.id, c.service
 	c.requests.add(&r)
 }
+
+// Transport says how a client's session reached coordinator:
+// "dial-back", "relay" (over the control connection after a failed
+// dial-back), "fast-open", "tcp" (over the TCP transport) or "tcp
+// fast-open"; "" elsewhere.
+func (c *StreamConn) Transport() string { return c.transport }
 
 // SessionID returns the session this stream carries, as hex.
 func (c *StreamConn) SessionID() string { return c.id.String() }

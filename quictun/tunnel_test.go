@@ -762,3 +762,32 @@ func TestSlowTargetIsNotSilence(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionsResetAtOnceKeepTheDialBack: sessions a browser abandons as
+// soon as they are open (Reset: the dial-back stream's ack may not have
+// left yet) cost only themselves: the dial-back connection stays, no
+// session is moved to the relay, and the next one goes over dial-back.
+func TestSessionsResetAtOnceKeepTheDialBack(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	target := echoServer(t, "127.0.0.1")
+	const n = 200
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if conn, err := h.client.Dial(t.Context(), target); err == nil {
+				conn.Reset()
+				conn.Close()
+			}
+		})
+	}
+	wg.Wait()
+	conn, err := h.client.Dial(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, conn, "after")
+	conn.Close()
+	if st := h.server.Stats(); st.DialBackDials != 1 || st.DialBackErrors != 0 || st.RelaySessions != 0 {
+		t.Errorf("server stats %+v: want one dial-back connection, no session relayed", st)
+	}
+}

@@ -41,7 +41,9 @@ package quictun
 //     it before anything else; an unknown or expired id is refused with
 //     CodeSessionUnknown. coordinator relays nothing until the ack arrives:
 //     a dial-back connection that stays silent (a NAT mapping lost while
-//     idle) is dropped and the session relayed (5a) instead.
+//     idle) is dropped and the session relayed (5a) instead. A dial-back
+//     stream localproxy resets (its session given up; the reset may
+//     discard the ack) ends that session only: the connection answered.
 //  4a. Dial-back service elsewhere: when coordinator has dial-back workers
 //     (coordinator --role dialback, connected to it over ALPN
 //     "quictun-worker/1" with WorkerHello), it hands each Open to the

@@ -517,18 +517,24 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str Stream, job
 	case relaying:
 		err = fmt.Errorf("relaying since dial-back failed: %w", relayErr)
 	case live != nil:
-		if s, err = w.reuseDialBack(ctx, wc, live, job.Session); err != nil {
+		if s, err = w.reuseDialBack(ctx, wc, live, job.Session); err != nil && !errors.Is(err, errSessionAbandoned) {
 			// Only this session pays: the next one punches anew.
 			w.stats.dialBackErrors.Add(1)
 			log.Info("dial-back connection went silent (NAT mapping lost while idle?); relaying this session, the next one dials back anew", "reason", err)
 		}
 	default:
-		if s, err = w.dialBack(ctx, wc, job, res.PunchTo.IsValid()); err != nil {
+		if s, err = w.dialBack(ctx, wc, job, res.PunchTo.IsValid()); err != nil && !errors.Is(err, errSessionAbandoned) {
 			wc.relayUntil, wc.relayErr = time.Now().Add(relayRetry), err
 			w.stats.dialBackErrors.Add(1)
 			log.Warn("dial-back failed: relaying this client's sessions through coordinator", "reason", err, "retry_dial_back_in", relayRetry)
 		}
 		unlock()
+	}
+	if errors.Is(err, errSessionAbandoned) {
+		target.Close()
+		fail(CodeCanceled)
+		outcome("client_gone", err, relay.Stats{})
+		return su
 	}
 	if err == nil {
 		if _, err := str.Write([]byte{dialBackAck}); err != nil {
@@ -580,6 +586,9 @@ func (w *Worker) reuseDialBack(ctx context.Context, wc *workerClient, conn *quic
 			return s, nil
 		}
 		s.Reset()
+		if errors.Is(err, errSessionAbandoned) {
+			return nil, err // the connection answered
+		}
 	}
 	conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "dial-back connection silent")
 	wc.mu.Lock()
@@ -622,6 +631,9 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 			return s, nil
 		}
 		s.Reset()
+		if errors.Is(err, errSessionAbandoned) {
+			return nil, err // the connection answered: kept for the next sessions
+		}
 	}
 	conn.CloseWithError(quic.ApplicationErrorCode(CodeTimeout), "dial-back stream not acknowledged")
 	wc.conn = nil

@@ -204,3 +204,28 @@ func TestWorkerConcurrentSessions(t *testing.T) {
 		t.Errorf("worker %+v, client punched %d times: want 21 dial-back sessions and one punch", ws, cs.Punches)
 	}
 }
+
+// TestWorkerSessionsResetAtOnce is TestSessionsResetAtOnceKeepTheDialBack
+// with a dial-back worker: abandoned sessions cost the worker's dial-back
+// connection nothing.
+func TestWorkerSessionsResetAtOnce(t *testing.T) {
+	h := newHarness(t, harnessOpts{serverMod: func(c *ServerConfig) { c.WorkerToken = "worker-secret" }})
+	w := startWorker(t, h, "worker-secret")
+	waitFor(t, "the worker to connect", func() bool { return h.server.Stats().Workers == 1 })
+	target := echoServer(t, "127.0.0.1")
+	echoRoundTrip(t, h.client, target, []byte("first")) // the dial-back connection is up
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			if conn, err := h.client.Dial(t.Context(), target); err == nil {
+				conn.Reset()
+				conn.Close()
+			}
+		})
+	}
+	wg.Wait()
+	echoRoundTrip(t, h.client, target, []byte("after"))
+	if ws := w.Stats(); ws.DialBackErrors != 0 || ws.RelaySessions != 0 {
+		t.Errorf("worker stats %+v: want no dial-back error, no session relayed", ws)
+	}
+}

@@ -5,7 +5,9 @@
 # conntrack (the network-namespace NAT lab), curl and procps (the demo and
 # the binary tests), firefox-esr, chromium and libnss3-tools (certutil) for
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
-# downloaded by any other means), tinyproxy (the upstream HTTP proxy of the
+# downloaded by any other means), systemd for systemd-analyze verify of
+# contrib/systemd (the package installs fine where systemd does not run:
+# nothing is started), and tinyproxy (the upstream HTTP proxy of the
 # TCP-transport lab, e2e/transport_natlab_test.go).
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
@@ -50,6 +52,7 @@ if [ -z "$demo" ]; then
   want firefox-esr firefox-esr
   want chromium chromium
   want certutil libnss3-tools
+  want systemd-analyze systemd
   want tinyproxy tinyproxy # the upstream (corporate) HTTP proxy of the TCP-transport lab
 fi
 if [ -n "$dry_run" ]; then

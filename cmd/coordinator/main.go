@@ -121,12 +121,15 @@ func main() {
 				Usage: "with this many connections not yet authenticated, new ones must first prove their address with a QUIC Retry (one round trip more); -1: always"}),
 			altsrc.NewIntFlag(&cli.IntFlag{Name: "max-public-conns", Value: coordinator.DefaultMaxPublicConns, EnvVars: []string{"COORDINATOR_MAX_PUBLIC_CONNS"},
 				Usage: "most public connections to exposed HTTP apps open at once (--http and --https together; each dedicated port alike); more wait until one closes; -1: no limit"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "body-read-timeout", Value: 30 * time.Second, EnvVars: []string{"COORDINATOR_BODY_READ_TIMEOUT"},
+				Usage: "how long a public request's body may stop arriving before the request is answered 408 and ended on every hop"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM or SIGINT, how long sessions in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
-		Run: run,
+		Check: checkSettings,
+		Run:   run,
 		// quic-go handles each connection on one goroutine; with the few
 		// clients coordinator usually has, more cores mostly add hand-offs
 		// between them (docs/benchmarks.md: ~25% more CPU per GiB with both
@@ -222,6 +225,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		MaxClients:           c.Int("max-clients"),
 		Handshakes:           handshakeLimits(c),
 		MaxPublicConns:       c.Int("max-public-conns"),
+		BodyReadTimeout:      c.Duration("body-read-timeout"),
 		QlogDir:              qlogDir,
 		Targets:              targetPolicy(c),
 		Logger:               log,

@@ -92,12 +92,20 @@ func main() {
 				Usage: "expose a local TCP service on a public port of coordinator: NAME=HOST:PORT:PUBLICPORT, 0 lets coordinator choose (repeatable)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "log-public-requests", EnvVars: []string{"LOCALPROXY_LOG_PUBLIC_REQUESTS"},
 				Usage: "log every public request to the --expose'd apps (method, path, status, bytes, duration, the public client), as coordinator relayed it; costs some CPU on both sides at high request rates"}),
+			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "ui", Value: true, EnvVars: []string{"LOCALPROXY_UI"},
+				Usage: "serve the inspector page (requests both ways, live; state; replay) at http://LISTEN/ui/ (--ui=false: off)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "ui-listen", EnvVars: []string{"LOCALPROXY_UI_LISTEN"},
+				Usage: "serve the inspector page on its own TCP address instead (beyond loopback it asks for the --proxy-auth credentials)"}),
+			altsrc.NewIntFlag(&cli.IntFlag{Name: "ui-history", Value: 500, EnvVars: []string{"LOCALPROXY_UI_HISTORY"},
+				Usage: "how many requests the inspector page keeps"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"LOCALPROXY_METRICS_LISTEN"},
 				Usage: "serve Prometheus metrics at /metrics and a health check at /healthz on this TCP address (e.g. 127.0.0.1:9100)"}),
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"LOCALPROXY_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "idle-restart", Value: time.Minute, EnvVars: []string{"LOCALPROXY_IDLE_RESTART"},
 				Usage: "this long after a session last opened or closed, re-run the startup workflow: ask the reporter for the public address, make sure the tunnel creation service serves, tell coordinator the address; while sessions are open the reporter is also asked every 5s (negative: never)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "body-read-timeout", Value: 30 * time.Second, EnvVars: []string{"LOCALPROXY_BODY_READ_TIMEOUT"},
+				Usage: "how long a browser request's body may stop arriving before the request is answered 408 and ended on every hop"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: []string{"LOCALPROXY_SHUTDOWN_TIMEOUT"},
 				Usage: "on SIGTERM or SIGINT, how long requests and tunnels in progress may take to finish before they are closed"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"LOCALPROXY_ACCESS_LOG"},
@@ -112,7 +120,8 @@ func main() {
 			},
 			Action: status,
 		}},
-		Run: run,
+		Check: checkSettings,
+		Run:   run,
 		// One person's traffic over one QUIC connection, which quic-go
 		// handles on one goroutine: on two cores, the second mostly added
 		// hand-offs between cores (docs/benchmarks.md: 20-25% more CPU
@@ -239,6 +248,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		ClientCertificate:   clientCert,
 		Services:            services,
 		LogPublicRequests:   c.Bool("log-public-requests"),
+		NoUI:                !c.Bool("ui"),
+		UIListen:            c.String("ui-listen"),
+		UIHistory:           c.Int("ui-history"),
 		Listen:              c.String("listen"),
 		UDPListen:           c.String("udp-listen"),
 		Coordinator:         c.String("coordinator"),
@@ -262,6 +274,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		IdleRestart:         c.Duration("idle-restart"),
 		MaxPendingSessions:  c.Int("max-pending-sessions"),
 		ShutdownTimeout:     c.Duration("shutdown-timeout"),
+		BodyReadTimeout:     c.Duration("body-read-timeout"),
 		Logger:              log,
 		AccessLog:           accessLog,
 	})
@@ -274,7 +287,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // fieldFlags names the flags that set localproxy.Config's (and
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
-	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name",
+	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
 	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }

@@ -39,7 +39,8 @@ func main() {
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"REPORTER_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 		},
-		Run: run,
+		Check: checkSettings,
+		Run:   run,
 	}, os.Args))
 }
 

@@ -121,6 +121,10 @@ type Config struct {
 	// dedicated HTTP port. At the bound, new ones wait in the listen
 	// queue. Default 10000; negative: no bound.
 	MaxPublicConns int
+	// BodyReadTimeout bounds the wait for each next part of a public
+	// request's body: a client that stops sending is answered 408 and the
+	// request is ended on every hop. Default 30s.
+	BodyReadTimeout time.Duration
 	// QlogDir, if set, is an existing directory for a qlog trace of each
 	// QUIC connection (debugging).
 	QlogDir string
@@ -278,7 +282,7 @@ func (c *Coordinator) setupPublic() (err error) {
 	c.stopRegs = cancel
 	c.registry = &registry{
 		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
-		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.cfg.AccessLog, c.cfg.MaxPublicConns, c.cfg.TrustedProxies), log: c.log, ctx: ctx,
+		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.publicConfig()), log: c.log, ctx: ctx,
 		byName: map[string]*publication{}, byPort: map[uint16]*publication{},
 		holds: map[string]*hold{}, portHolds: map[uint16]*hold{},
 		grace: c.cfg.NameGrace, statePath: c.cfg.StateFile, dirty: make(chan struct{}, 1),
@@ -316,13 +320,20 @@ func (c *Coordinator) setupPublic() (err error) {
 	if c.httpLn == nil && c.httpsLn == nil {
 		return nil
 	}
-	rc := httpproxy.ReverseConfig{Router: c.registry, Logger: c.log, AccessLog: c.cfg.AccessLog, MaxConns: c.cfg.MaxPublicConns,
-		TrustedProxies: c.cfg.TrustedProxies}
+	rc := c.publicConfig()
+	rc.Router = c.registry
 	if c.cfg.HTTPToHTTPS {
 		rc.HTTPSPort = c.httpsLn.Addr().(*net.TCPAddr).Port
 	}
 	c.public, err = httpproxy.NewReverse(rc)
 	return err
+}
+
+// publicConfig is the configuration of every public HTTP port, but its
+// Router.
+func (c *Coordinator) publicConfig() httpproxy.ReverseConfig {
+	return httpproxy.ReverseConfig{Logger: c.log, AccessLog: c.cfg.AccessLog, MaxConns: c.cfg.MaxPublicConns,
+		BodyReadTimeout: c.cfg.BodyReadTimeout, TrustedProxies: c.cfg.TrustedProxies}
 }
 
 // urlTemplate is the URL template of exposed names on ln (%s is the host

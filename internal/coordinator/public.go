@@ -136,16 +136,17 @@ func (f fixedRouter) Route(string) (httpproxy.Backend, error) { return f.b, nil 
 
 // servePort serves a service's own public port until the listener is
 // closed (service withdrawn) or ctx ends: raw TCP, or HTTP for that
-// service alone.
-func servePort(log, accessLog *slog.Logger, maxConns int, trusted []netip.Prefix) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
-	raw := serveRawTCP(log, accessLog)
+// service alone, configured as public (its Router aside).
+func servePort(log *slog.Logger, public httpproxy.ReverseConfig) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+	raw := serveRawTCP(log, public.AccessLog)
 	return func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
 		if svc.Kind == quictun.ServiceTCP {
 			raw(ctx, ln, svc)
 			return
 		}
-		rp, err := httpproxy.NewReverse(httpproxy.ReverseConfig{Router: fixedRouter{backend{svc}}, Logger: log, AccessLog: accessLog, MaxConns: maxConns,
-			TrustedProxies: trusted})
+		rc := public
+		rc.Router = fixedRouter{backend{svc}}
+		rp, err := httpproxy.NewReverse(rc)
 		if err != nil {
 			ln.Close()
 			log.Error("dedicated HTTP port not served", "service", svc.Name, "err", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"quictunnel/httpproxy"
+	"quictunnel/internal/inspector"
 	"quictunnel/internal/metrics"
 	"quictunnel/internal/service"
 	"quictunnel/internal/udpgro"
@@ -113,6 +114,19 @@ type Config struct {
 	// LogPublicRequests logs every public request to the exposed apps
 	// (see quictun.ClientConfig.RequestLog).
 	LogPublicRequests bool
+	// BodyReadTimeout bounds the wait for each next part of a browser
+	// request's body: a browser that stops sending is answered 408 and
+	// the request is ended on every hop. Default 30s.
+	BodyReadTimeout time.Duration
+	// NoUI turns the inspector page off.
+	NoUI bool
+	// UIListen, if set, is the TCP address of the inspector page's own
+	// listener. Default: the page is served on Listen, at /ui/. Beyond
+	// loopback it requires ProxyAuth (the page asks for the same
+	// credentials).
+	UIListen string
+	// UIHistory is how many requests the inspector keeps. Default 500.
+	UIHistory int
 	// ShutdownTimeout is how long Run lets browser requests and tunnels in
 	// progress finish once its context ends. Default 0: close them at once.
 	ShutdownTimeout time.Duration
@@ -190,6 +204,9 @@ type Proxy struct {
 	proxy  *httpproxy.Proxy
 
 	sessions sessionTracker
+	ins      *inspector.Inspector // nil when the page is off
+	uiLn     net.Listener
+	mux      *uiMux // when the page shares the proxy's listener
 
 	mu  sync.Mutex
 	nat natReport
@@ -265,6 +282,8 @@ func New(cfg Config) (*Proxy, error) {
 		Services:           cfg.Services,
 		RegisterRetry:      cfg.RegisterRetry,
 		RequestLog:         cfg.LogPublicRequests,
+		OnRequestLog:       p.publicRequest,
+		WrapApp:            p.captureApp,
 		Logger:             p.log,
 		AccessLog:          cfg.AccessLog,
 	})
@@ -275,6 +294,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.ln, err = service.ListenTCP(cfg.Listen); err == nil {
 		err = p.checkExposure()
+		if err == nil {
+			err = p.setUpUI()
+		}
 		if err != nil {
 			p.ln.Close()
 		}
@@ -285,9 +307,12 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.proxy, err = httpproxy.New(httpproxy.Config{Dialer: tunnelDialer{p.client, &p.sessions, isLoopbackListener(p.ln)}, Logger: p.log, AccessLog: cfg.AccessLog,
-		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth})
+		PAC: pacFile(p.ln.Addr()), Status: p.statusJSON, ProxyAuth: cfg.ProxyAuth, BodyReadTimeout: cfg.BodyReadTimeout})
 	if err != nil {
 		p.ln.Close()
+		if p.uiLn != nil {
+			p.uiLn.Close()
+		}
 		p.tr.Close()
 		p.udp.Close()
 		return nil, err
@@ -343,22 +368,31 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer p.udp.Close()
 	defer p.tr.Close()
 	defer p.ln.Close()
+	if p.uiLn != nil {
+		defer p.uiLn.Close()
+	}
+	if p.mux != nil {
+		defer func() {
+			p.mux.close()
+			p.mux.wait()
+		}()
+	}
 	defer p.socket.start(ctx)()
 
 	learnt := time.Now()
 	var (
 		public   netip.AddrPort
-		err      error
+		stunErr  error
 		stunDone = make(chan struct{})
 	)
+	stunCtx, cancelSTUN := context.WithTimeout(ctx, p.cfg.STUNTimeout)
+	defer cancelSTUN()
 	go func() {
 		defer close(stunDone)
-		stunCtx, cancel := context.WithTimeout(ctx, p.cfg.STUNTimeout)
-		public, err = p.socket.publicAddr(stunCtx, p.cfg.Reporter)
-		cancel()
-		if err != nil {
+		public, stunErr = p.socket.publicAddr(stunCtx, p.cfg.Reporter)
+		if stunErr != nil {
 			p.log.Warn("reporter did not tell us our public address; coordinator will dial back to the address it sees. "+
-				"Is UDP to the reporter blocked, or is its port wrong?", "reporter", p.cfg.Reporter, "err", err)
+				"Is UDP to the reporter blocked, or is its port wrong?", "reporter", p.cfg.Reporter, "err", stunErr)
 		} else {
 			p.log.Info("public address learnt from reporter", "public_addr", public, "reporter", p.cfg.Reporter)
 			p.client.SetPublicAddr(public)
@@ -403,7 +437,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go func() {
 		defer close(natDone)
 		<-stunDone
-		if err == nil {
+		if stunErr == nil {
 			p.measureNAT(ctx, public)
 		}
 	}()
@@ -415,6 +449,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.relearnPublicAddr(ctx, public, learnt)
 	}()
 	defer func() { <-idleDone }()
+	uiDone := make(chan struct{})
+	go func() {
+		defer close(uiDone)
+		p.serveUI(ctx)
+	}()
+	defer func() { <-uiDone }()
 
 	// "ready" once coordinator has accepted us: a refused token ends Run
 	// (ctx) before it, with the reason logged.
@@ -426,7 +466,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			connected = nil
 			st := p.client.Stats()
 			p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
-				"public_addr", st.PublicAddr, "transport", transportLine(st), "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
+				"public_addr", st.PublicAddr, "transport", transportLine(st, p.udp.LocalAddr().String()), "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
 				"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
 		case <-ctx.Done():
 			waiting = false

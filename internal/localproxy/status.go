@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"quictunnel/internal/inspector"
 	"quictunnel/quictun"
 )
 
@@ -19,7 +20,10 @@ type Status struct {
 	Proxy       string `json:"proxy"`
 	Coordinator string `json:"coordinator"`
 	Connected   bool   `json:"connected"`
-	// Transport is "quic", "tcp", or "tcp (why)" when auto fell back.
+	// RTT is the control connection's smoothed round-trip time.
+	RTT string `json:"rtt,omitempty"`
+	// Transport is how localproxy reaches coordinator: "quic (UDP from
+	// ADDR)", "tcp", or "tcp (why)" when auto fell back to it.
 	Transport string `json:"transport,omitempty"`
 	// PublicAddr is what the reporter told us; ObservedAddr what
 	// coordinator sees.
@@ -71,7 +75,11 @@ func (p *Proxy) Status() Status {
 		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
 		NATMapping: mapping, NATFiltering: filtering,
 		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions, FastOpenSessions: st.FastOpenSessions,
-		Sessions: p.sessions.list(), Transport: transportLine(st),
+		Sessions:  p.sessions.list(),
+		Transport: transportLine(st, p.udp.LocalAddr().String()),
+	}
+	if st.Connected {
+		s.RTT = st.RTT.Round(10 * time.Microsecond).String()
 	}
 	if st.PublicAddr.IsValid() {
 		s.PublicAddr = st.PublicAddr.String()
@@ -107,11 +115,14 @@ func (p *Proxy) statusJSON() []byte {
 // sessionTracker knows the open tunnel sessions, for Status and the idle
 // timer.
 type sessionTracker struct {
-	mu   sync.Mutex
-	open map[*trackedConn]struct{}
+	mu                   sync.Mutex
+	open                 map[*trackedConn]struct{}
+	closedUp, closedDown int64 // bytes moved by sessions no longer open
 	// changed, if not nil, is signalled when a session opens or closes
 	// (the idle timer).
 	changed chan struct{}
+
+	ins *inspector.Inspector // records each tunnel (CONNECT) closed; nil: none
 }
 
 // notify signals changed without blocking.
@@ -137,6 +148,21 @@ func (t *sessionTracker) remove(c *trackedConn) {
 	defer t.mu.Unlock()
 	delete(t.open, c)
 	t.notify()
+	t.closedUp += c.up.Load()
+	t.closedDown += c.down.Load()
+}
+
+// upDown returns the bytes every session moved so far, each way (up:
+// towards the targets).
+func (t *sessionTracker) upDown() (up, down int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	up, down = t.closedUp, t.closedDown
+	for c := range t.open {
+		up += c.up.Load()
+		down += c.down.Load()
+	}
+	return up, down
 }
 
 // count returns the number of sessions open.
@@ -172,6 +198,7 @@ type trackedConn struct {
 	start    time.Time
 	up, down atomic.Int64
 	gone     sync.Once
+	reported atomic.Bool // httpproxy reported requests: not a tunnel
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
@@ -191,27 +218,47 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 }
 
 func (c *trackedConn) Close() error {
-	c.gone.Do(func() { c.t.remove(c) })
+	c.gone.Do(c.end)
 	return c.StreamConn.Close()
 }
 
 func (c *trackedConn) Reset() error {
-	c.gone.Do(func() { c.t.remove(c) })
+	c.gone.Do(c.end)
 	return c.StreamConn.Reset()
 }
 
 // transportLine is the control connection's transport, with why auto
-// chose TCP.
-func transportLine(st quictun.ClientStats) string {
-	if st.TransportWhy != "" {
+// chose TCP, or the UDP address QUIC leaves from.
+func transportLine(st quictun.ClientStats, udp string) string {
+	switch {
+	case st.Transport == quictun.TransportTCP && st.TransportWhy != "":
 		return st.Transport + " (" + st.TransportWhy + ")"
+	case st.Transport == quictun.TransportTCP:
+		return st.Transport
 	}
-	return st.Transport
+	return quictun.TransportQUIC + " (UDP from " + udp + ")"
 }
 
 // stunWaitTCP bounds the wait for the reporter before connecting, when
 // the TCP transport may be used: UDP may be blocked.
 const stunWaitTCP = 500 * time.Millisecond
+
+// end takes the session off the list and, for a tunnel (CONNECT), records
+// it in the inspector.
+func (c *trackedConn) end() {
+	c.t.remove(c)
+	if c.t.ins == nil || c.reported.Load() {
+		return
+	}
+	up, down := c.up.Load(), c.down.Load()
+	status := 0
+	if down > 0 {
+		status = 200
+	}
+	d := time.Since(c.start)
+	c.t.ins.Add(inspector.Record{Time: c.start, Kind: inspector.KindProxy, Method: "CONNECT", Host: c.target, Status: status,
+		Up: up, Down: down, Duration: float64(d.Microseconds()) / 1000, Transport: c.Transport(), Done: true})
+}
 
 // FormatStatus renders s for a person.
 func FormatStatus(s Status) string {

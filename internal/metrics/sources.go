@@ -75,6 +75,8 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	r.Counter("relay_sessions_total", "Sessions relayed over the control connection.", func() float64 { return float64(st().RelaySessions) })
 	r.Counter("fast_open_sessions_total", "Sessions opened with fast open (carried over the control connection).", func() float64 { return float64(st().FastOpenSessions) })
 	r.Gauge("sessions_pending", "Sessions waiting for their dial-back.", func() float64 { return float64(st().PendingSessions) })
+	r.Gauge("reverse_sessions_active", "Public connections to exposed apps (reverse sessions) open now.",
+		func() float64 { return float64(st().ReverseSessions) })
 	r.Counter("dialback_timeouts_total", "Sessions whose dial-back did not arrive in time.", func() float64 { return float64(st().DialBackTimeouts) })
 	r.Counter("unknown_sessions_total", "Dial-back streams refused for an unknown or expired session id.", func() float64 { return float64(st().UnknownSessions) })
 	r.Histogram("session_setup_seconds", "Time from a browser's request for a session to the session being ready.",

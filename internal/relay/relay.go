@@ -106,7 +106,7 @@ type closeReader interface{ CloseRead() error }
 // end cleanly, the first failure (a reset, a lost connection, a broken
 // pipe): the other direction's error is its consequence and is dropped.
 // When one direction fails, or ctx is cancelled, both connections are reset
-// (see reset) so neither peer mistakes a cut transfer for a complete one.
+// (see Reset) so neither peer mistakes a cut transfer for a complete one.
 func Splice(ctx context.Context, a, b net.Conn) (Stats, error) {
 	var (
 		st    Stats
@@ -114,7 +114,7 @@ func Splice(ctx context.Context, a, b net.Conn) (Stats, error) {
 		once  sync.Once
 		cause error // the first failure; the other side's error is its consequence
 	)
-	abort := sync.OnceFunc(func() { reset(a); reset(b) })
+	abort := sync.OnceFunc(func() { Reset(a); Reset(b) })
 	fail := func(err error) {
 		once.Do(func() { cause = err })
 		abort()
@@ -336,10 +336,10 @@ func endOf(werr, rerr error) error {
 // directions so the peer sees an error rather than a clean end of stream.
 type resetter interface{ Reset() error }
 
-// reset tears c down so that its peer learns the relay failed: a QUIC
-// stream is reset, a TCP connection is closed with RST. A clean close would
-// let a truncated transfer pass as complete.
-func reset(c net.Conn) {
+// Reset tears c down so that its peer learns the relay failed: a QUIC
+// stream is reset, a TCP connection is closed with RST; c is closed in any
+// case. A clean close would let a truncated transfer pass as complete.
+func Reset(c net.Conn) {
 	switch c := c.(type) {
 	case resetter:
 		c.Reset()

@@ -13,8 +13,10 @@
 // or settings error: an unknown flag, a bad or missing value (a
 // *SettingError or *UsageError from App.Run or a subcommand).
 //
-// Every binary answers --version (see Version); one with subcommands also
-// has "help COMMAND", and its subcommands take --config too.
+// Every binary answers --version (see Version) and has the subcommand
+// "check-config FILE", which checks a --config file and exits 0 if the
+// service would accept it, 1 if not; "help COMMAND" explains a subcommand,
+// and subcommands take --config too.
 package service
 
 import (
@@ -58,6 +60,10 @@ type App struct {
 	// (stderr, --log-format, --log-level). A *SettingError or *UsageError
 	// (a value the user gave cannot work) exits 2, other errors 1.
 	Run func(ctx context.Context, c *cli.Context, log *slog.Logger) error
+	// Check, if set, checks the settings further without opening anything
+	// (no socket, no file): "NAME check-config FILE" runs it after the
+	// checks every service has. A *SettingError names the setting.
+	Check func(c *cli.Context) error
 	// Procs is the default of --procs: how many cores the service's Go
 	// code runs on at once (GOMAXPROCS). 0 leaves Go's default (all the
 	// cores it may use), as does a GOMAXPROCS environment variable when
@@ -138,21 +144,23 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 			}
 		}
 	}
+	check := checkConfigCommand(app, flags, required)
+	check.OnUsageError = usageError
+	commands := append(slices.Clone(app.Commands), check)
 	a := &cli.App{
-		Name:            app.Name,
-		Usage:           app.Usage,
-		Description:     app.Description,
-		Flags:           flags,
-		Commands:        app.Commands,
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: len(app.Commands) == 0, // "help COMMAND"
-		Version:         Version(),
-		OnUsageError:    usageError,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run prints and picks the code
+		Name:           app.Name,
+		Usage:          app.Usage,
+		Description:    app.Description,
+		Flags:          flags,
+		Commands:       commands,
+		Writer:         stdout,
+		ErrWriter:      stderr,
+		Version:        Version(),
+		OnUsageError:   usageError,
+		ExitErrHandler: func(*cli.Context, error) {}, // run prints and picks the code
 		Before: func(c *cli.Context) error {
-			if path := c.String("config"); path != "" {
-				return loadConfig(c, path, flags)
+			if path := c.String("config"); path != "" && c.Args().First() != checkConfigName {
+				return loadConfig(c, path, flags) // check-config reads its own file
 			}
 			return nil
 		},

@@ -580,3 +580,63 @@ func TestQlogDir(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckConfig checks "svc check-config FILE": 0 and "FILE: ok" for a
+// file the service would accept, 1 and one line naming the setting for one
+// it would refuse, without running the service.
+func TestCheckConfig(t *testing.T) {
+	cfg := func(text string) string { return writeConfig(t, text) }
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want []string // substrings of stdout (code 0) or of the one-line stderr
+	}{
+		{"good", []string{cfg("listen: x\ntimeout: 7s\nverbose: true\ntoken: t\n")}, 0, []string{"svc.yaml: ok"}},
+		{"unknown key", []string{cfg("token: t\nlistn: x\n")}, 1, []string{"unknown key(s) listn", "listen"}},
+		{"bad duration", []string{cfg("token: t\ntimeout: soon\n")}, 1, []string{"timeout"}},
+		{"wrong type", []string{cfg("token: t\ntimeout: [1]\n")}, 1, []string{"timeout"}},
+		{"not a mapping", []string{cfg("- a\n")}, 1, []string{"--config", "YAML mapping"}},
+		{"missing file", []string{"/nonexistent/svc.yaml"}, 1, []string{"/nonexistent/svc.yaml", "no such file"}},
+		{"required missing", []string{cfg("listen: x\n")}, 1, []string{"--token: required"}},
+		{"log level", []string{cfg("token: t\nlog-level: loud\n")}, 1, []string{`--log-level "loud"`}},
+		{"procs", []string{cfg("token: t\nprocs: -2\n")}, 1, []string{`--procs "-2"`}},
+		{"app check", []string{cfg("token: t\nlisten: refused\n")}, 1, []string{`--listen "refused"`}},
+		{"no file", nil, 2, []string{"check-config wants one FILE"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got settings
+			app := testApp(&got)
+			app.Flags = append(app.Flags, altsrc.NewStringFlag(&cli.StringFlag{Name: "token", Required: true,
+				EnvVars: []string{"SVC_TOKEN"}, Usage: "secret"}))
+			app.Check = func(c *cli.Context) error {
+				if l := c.String("listen"); l == "refused" {
+					return &SettingError{Setting: "--listen", Value: l, Reason: "not an address"}
+				}
+				return nil
+			}
+			code, stdout, stderr := runApp(t, app, append([]string{"check-config"}, tt.args...)...)
+			if code != tt.code || got.ran {
+				t.Fatalf("exit %d (stderr %q), ran %v; want %d without running", code, stderr, got.ran, tt.code)
+			}
+			out := stdout
+			if code != 0 {
+				out = stderr
+				if !strings.HasPrefix(stderr, "svc: ") || strings.Count(stderr, "\n") != 1 || stdout != "" {
+					t.Fatalf("want one line on stderr and nothing on stdout; got stderr %q stdout %q", stderr, stdout)
+				}
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output %q lacks %q", out, w)
+				}
+			}
+		})
+	}
+	// A --config before the command is not read: check-config reads FILE.
+	bad, good := cfg("listn: x\n"), cfg("listen: x\n")
+	if code, stdout, stderr := runApp(t, testApp(&settings{}), "--config", bad, "check-config", good); code != 0 || stdout != good+": ok\n" {
+		t.Errorf("--config BAD check-config GOOD: exit %d, %q %q; want 0 and ok", code, stdout, stderr)
+	}
+}

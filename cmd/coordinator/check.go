@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/urfave/cli/v2"
+
+	"quictunnel/internal/coordinator"
+	"quictunnel/internal/service"
+)
+
+// checkSettings is what "coordinator check-config FILE" checks beyond
+// every service's checks: the combinations and values coordinator would
+// refuse at start, found without opening a file or a socket.
+func checkSettings(c *cli.Context) error {
+	switch c.String("role") {
+	case "all":
+		if c.String("token") == "" && c.String("tokens") == "" && c.String("client-ca") == "" {
+			return &service.SettingError{Setting: "--token", Reason: "required: set --token (one shared secret), --tokens FILE (per-client tokens) or --client-ca FILE (client certificates)"}
+		}
+	case "dialback":
+		if c.String("coordinator") == "" || c.String("worker-token") == "" {
+			return &service.SettingError{Setting: "--role", Value: "dialback", Reason: "needs --coordinator HOST:PORT and --worker-token (the same as coordinator's)"}
+		}
+		for _, a := range c.StringSlice("advertise") {
+			if _, err := netip.ParseAddrPort(a); err != nil {
+				return service.Usage(fmt.Errorf("--advertise %q: want ip:port: %w", a, err))
+			}
+		}
+	default:
+		return &service.SettingError{Setting: "--role", Value: c.String("role"), Reason: "want all or dialback"}
+	}
+	if r := c.String("port-range"); r != "" {
+		if _, err := coordinator.ParsePortRange(r); err != nil {
+			return service.Usage(fmt.Errorf("--port-range: %w", err))
+		}
+	}
+	if c.Bool("http-to-https") && (c.String("http") == "" || c.String("https") == "") {
+		return &service.SettingError{Setting: "--http-to-https", Reason: "needs --http (the port that redirects) and --https (where to)"}
+	}
+	if (c.String("https-cert") == "") != (c.String("https-key") == "") {
+		return &service.SettingError{Setting: "--https-cert", Reason: "set both --https-cert and --https-key, or neither (then --cert and --key serve HTTPS too)"}
+	}
+	if c.String("https") == "" && c.String("https-cert") != "" {
+		return &service.SettingError{Setting: "--https-cert", Reason: "needs --https ADDRESS"}
+	}
+	if _, err := coordinator.ParseTrustedProxies(c.StringSlice("trusted-proxies")); err != nil {
+		return service.Usage(fmt.Errorf("--trusted-proxies: %w", err))
+	}
+	return nil
+}

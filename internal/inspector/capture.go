@@ -1,0 +1,221 @@
+package inspector
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Capture wraps conn, the connection to the local app local (exposed as
+// service) of one reverse session, so that the HTTP/1.1 requests it
+// carries are recorded with their headers and bodies (within the size
+// cap). Parsing runs beside the relay and never holds it up: a parser that
+// falls behind gives up on the connection (its bytes still flow).
+// remote is the public client, session the reverse session (coordinator's
+// records name it).
+func (in *Inspector) Capture(conn net.Conn, service, local, remote, session string) net.Conn {
+	c := &captureConn{Conn: conn, in: in, req: newFeed(), resp: newFeed(), pending: make(chan pendingReq, 64),
+		respDone: make(chan struct{}), service: service, local: local, remote: remote, session: session}
+	c.wg.Add(2)
+	go c.readRequests()
+	go c.readResponses()
+	return c
+}
+
+// captureConn is a local app's connection whose bytes are copied to two
+// parsers: requests (written to the app) and responses (read from it).
+type captureConn struct {
+	net.Conn
+	in                              *Inspector
+	req, resp                       *feed
+	pending                         chan pendingReq // requests parsed, in order, awaiting their response
+	respDone                        chan struct{}
+	service, local, remote, session string
+	wg                              sync.WaitGroup
+	closeOnce                       sync.Once
+}
+
+type pendingReq struct {
+	id     uint64
+	method string
+	start  time.Time
+}
+
+func (c *captureConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.req.push(b[:n])
+	c.in.appUp.add(n)
+	return n, err
+}
+
+func (c *captureConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.resp.push(b[:n])
+	c.in.appDown.add(n)
+	if err != nil {
+		c.resp.end()
+	}
+	return n, err
+}
+
+// CloseWrite half-closes towards the app, as the relay expects.
+func (c *captureConn) CloseWrite() error {
+	c.req.end()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// CloseRead stops reading from the app, as the relay may.
+func (c *captureConn) CloseRead() error {
+	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return nil
+}
+
+// Reset closes the connection with a TCP RST, so that the app learns the
+// relay failed (as the relay does with a connection it did not wrap).
+func (c *captureConn) Reset() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	return c.Close()
+}
+
+// Close closes the connection and waits for the parsers.
+func (c *captureConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() {
+		c.req.end()
+		c.resp.end()
+		c.wg.Wait()
+	})
+	return err
+}
+
+func (c *captureConn) readRequests() {
+	defer c.wg.Done()
+	defer close(c.pending)
+	defer c.req.stop()
+	br := bufio.NewReader(c.req)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		start := time.Now()
+		d := &detail{Local: c.local, ReqHeaders: append([][2]string{{"Host", req.Host}}, headerList(req.Header)...)}
+		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: req.Method, Host: req.Host, Path: req.RequestURI,
+			Service: c.service, Client: c.remote, session: c.session, detail: d})
+		body, cut, n, err := readCapped(req.Body, c.in.cfg.BodyLimit)
+		c.in.update(id, func(r *Record) { r.Up, r.detail.ReqBody, r.detail.ReqCut = n, body, cut })
+		select {
+		case c.pending <- pendingReq{id, req.Method, start}:
+		case <-c.respDone:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (c *captureConn) readResponses() {
+	defer c.wg.Done()
+	defer close(c.respDone)
+	defer c.resp.stop()
+	br := bufio.NewReader(c.resp)
+	for p := range c.pending {
+		var resp *http.Response
+		var err error
+		for {
+			resp, err = http.ReadResponse(br, &http.Request{Method: p.method})
+			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+				break
+			}
+		}
+		if err != nil {
+			c.in.update(p.id, func(r *Record) { r.Outcome, r.Done = "no response", true })
+			return
+		}
+		headers := headerList(resp.Header)
+		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = resp.StatusCode, headers })
+		body, cut, n, err := readCapped(resp.Body, c.in.cfg.BodyLimit)
+		c.in.update(p.id, func(r *Record) {
+			r.Down, r.detail.RespBody, r.detail.RespCut = n, body, cut
+			r.Duration = max(r.Duration, ms(time.Since(p.start)))
+			r.Done = true
+		})
+		if err != nil || resp.StatusCode == http.StatusSwitchingProtocols {
+			return
+		}
+	}
+}
+
+// feedSlots bounds the chunks waiting for a parser: beyond them the parser
+// is taken to have fallen behind and the capture of that direction stops.
+const feedSlots = 64
+
+// feed carries copies of a connection's bytes to a parser.
+type feed struct {
+	mu    sync.Mutex
+	ch    chan []byte
+	ended bool
+	buf   []byte
+}
+
+func newFeed() *feed { return &feed{ch: make(chan []byte, feedSlots)} }
+
+func (f *feed) push(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ended {
+		return
+	}
+	select {
+	case f.ch <- append([]byte(nil), b...):
+	default:
+		f.ended = true // fallen behind: give up
+		close(f.ch)
+	}
+}
+
+// end says no more bytes come.
+func (f *feed) end() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.ended {
+		f.ended = true
+		close(f.ch)
+	}
+}
+
+// stop is end for the parser that quits: the bytes are copied no more, and
+// those queued are dropped.
+func (f *feed) stop() {
+	f.end()
+	for range f.ch {
+	}
+}
+
+// Read gives the parser the bytes pushed; io.EOF after end.
+func (f *feed) Read(b []byte) (int, error) {
+	if len(f.buf) == 0 {
+		chunk, ok := <-f.ch
+		if !ok {
+			return 0, io.EOF
+		}
+		f.buf = chunk
+	}
+	n := copy(b, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
