@@ -92,6 +92,10 @@ func TestExampleConfigs(t *testing.T) {
 				"reporter":    {"\nkeepalive-misses: 3", "\nkeepalive-misses: -1", "--keepalive-misses"},
 			}[name]
 			bad["own check"] = struct{ text, want string }{strings.Replace(string(text), own[0], own[1], 1), own[2]}
+			if name == "localproxy" {
+				bad["transport"] = struct{ text, want string }{strings.Replace(string(text), "\ntransport: auto", "\ntransport: udp", 1),
+					`--transport: "udp": want auto, quic or tcp`}
+			}
 			for what, b := range bad {
 				if b.text == string(text) {
 					t.Fatalf("%s: the example has no line to change", what)

@@ -44,6 +44,9 @@ func checkSettings(c *cli.Context) error {
 	if err := localproxy.ApplyAllowFrom(services, c.StringSlice("allow-from")); err != nil {
 		return service.Usage(fmt.Errorf("--%w", err))
 	}
+	if err := localproxy.CheckTransport(c.String("transport"), c.String("upstream-proxy")); err != nil {
+		return settingError(err)
+	}
 	certFile, keyFile := c.String("client-cert"), c.String("client-key")
 	if (certFile == "") != (keyFile == "") {
 		return &service.SettingError{Setting: "--client-cert", Reason: "give --client-cert and --client-key together"}

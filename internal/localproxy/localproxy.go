@@ -158,12 +158,11 @@ func (c *Config) setDefaults() error {
 	if c.CoordinatorTCP == "" {
 		c.CoordinatorTCP = c.Coordinator
 	}
-	switch c.Transport {
-	case "":
+	if c.Transport == "" {
 		c.Transport = quictun.TransportQUIC
-	case quictun.TransportQUIC, quictun.TransportTCP, quictun.TransportAuto:
-	default:
-		return &ConfigError{"Transport", fmt.Sprintf("%q: want auto, quic or tcp", c.Transport)}
+	}
+	if err := CheckTransport(c.Transport, ""); err != nil {
+		return err
 	}
 	if c.UDPListen == "" {
 		c.UDPListen = ":0"

@@ -10,12 +10,26 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"quictunnel/quictun"
 )
 
 // ErrUpstreamProxy is why the TCP transport could not get through the
 // upstream (corporate) HTTP proxy: it was unreachable, refused the
 // credentials (407) or the destination (403), or answered otherwise.
 var ErrUpstreamProxy = errors.New("upstream proxy")
+
+// CheckTransport checks a transport name and an upstream proxy URL (""
+// for none) as New would, without the environment.
+func CheckTransport(transport, upstream string) error {
+	switch transport {
+	case quictun.TransportQUIC, quictun.TransportTCP, quictun.TransportAuto:
+	default:
+		return &ConfigError{"Transport", fmt.Sprintf("%q: want auto, quic or tcp", transport)}
+	}
+	_, err := upstreamProxy(upstream, false, "")
+	return err
+}
 
 // upstreamProxy returns the HTTP proxy the TCP transport reaches
 // coordinatorTCP through: raw (http://[user:pass@]host:port) if set, else
