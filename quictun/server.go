@@ -611,9 +611,11 @@ func (p *peer) serveSession(ctx context.Context, str Stream, open *Open) {
 		outcome("forbidden", nil, relay.Stats{})
 		return
 	}
-	if w := p.pickWorker(); w != nil && !open.Fast && quicOf(p.conn) != nil {
-		if p.serveViaWorker(ctx, w, str, open, outcome) {
-			return
+	if quicOf(p.conn) != nil { // workers dial back: not to a client on TCP
+		if w := p.pickWorker(); w != nil && !open.Fast {
+			if p.serveViaWorker(ctx, w, str, open, outcome) {
+				return
+			}
 		}
 	}
 	// The set-up's deep calls run on a goroutine of their own (see
