@@ -69,6 +69,13 @@ const localApp = "127.0.0.1:8081"
 // the time it took to log "localproxy ready" (bounded by wait).
 func (s *tcpLab) localproxy(t *testing.T, wait time.Duration, args ...string) (*natlab.Process, time.Duration) {
 	t.Helper()
+	return s.localproxyEnv(t, wait, nil, args...)
+}
+
+// localproxyEnv is localproxy with env (NAME=VALUE) added to its
+// environment.
+func (s *tcpLab) localproxyEnv(t *testing.T, wait time.Duration, env []string, args ...string) (*natlab.Process, time.Duration) {
+	t.Helper()
 	coord, reporter := s.lab.Public(2).AddrPort4(4433).String(), s.lab.Public(1).AddrPort4(3478).String()
 	if s.v6 {
 		coord, reporter = s.lab.Public(2).AddrPort6(4433).String(), s.lab.Public(1).AddrPort6(3478).String()
@@ -78,7 +85,11 @@ func (s *tcpLab) localproxy(t *testing.T, wait time.Duration, args ...string) (*
 		"--ca", filepath.Join(s.certs, "ca.pem"), "--server-name", "localhost",
 		"--expose-tcp", "site=" + localApp + ":20001", "--expose", "web=" + localApp}, args...)
 	start := time.Now()
-	p := s.lab.Client().Start(t, filepath.Join(s.bin, "localproxy"), args...)
+	name := filepath.Join(s.bin, "localproxy")
+	if len(env) > 0 {
+		name, args = "env", append(append(env, name), args...)
+	}
+	p := s.lab.Client().Start(t, name, args...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("localproxy output:\n%s", p.Output())
@@ -354,6 +365,17 @@ func TestTransportThroughHTTPProxy(t *testing.T) {
 			t.Errorf("localproxy logged the proxy password")
 		}
 		s.proxyGet(t, "/via-corporate-proxy")
+		p.Stop()
+	})
+	t.Run("through the proxy of $HTTPS_PROXY", func(t *testing.T) {
+		p, took := s.localproxyEnv(t, 10*time.Second, []string{"HTTPS_PROXY=" + proxyURL, "NO_PROXY=example.org"})
+		if took == 0 {
+			t.Fatalf("localproxy not ready through the upstream proxy of $HTTPS_PROXY")
+		}
+		if !strings.Contains(p.Output(), `upstream_proxy=http://corp:xxxxx@`+proxy.AddrPort4(8888).String()) {
+			t.Errorf("localproxy did not say it uses the proxy of $HTTPS_PROXY")
+		}
+		s.proxyGet(t, "/via-https-proxy-variable")
 		waitLog(t, p, "tcp://")
 		waitLog(t, p, `msg="service published" service=web`)
 		s.exposedGet(t, "/exposed-via-corporate-proxy")
