@@ -269,6 +269,11 @@ func TestTransportUDPBlocked(t *testing.T) {
 				t.Errorf("metrics do not show the TCP transport:\n%s", m)
 			}
 			s.proxyGet(t, "/over-tcp")
+			// Both sessions (absolute form, CONNECT) rode localproxy's TCP
+			// connection and ended cleanly.
+			if n := countLog(s.coord, `outcome="ok (tcp)"`, 2); n != 2 || strings.Contains(s.coord.Output(), "error (tcp)") {
+				t.Errorf("coordinator logged %d sessions ok over TCP, want 2 and no error", n)
+			}
 			waitLog(t, p, "tcp://")
 			waitLog(t, p, `msg="service published" service=web`)
 			s.exposedGet(t, "/exposed-over-tcp")

@@ -644,7 +644,7 @@ func (p *peer) serveSession(ctx context.Context, str Stream, open *Open) {
 // was refused or failed, answered and logged (sess nil).
 type sessionSetup struct {
 	sess, target net.Conn
-	mode         string // "dial-back", "relay" or "fast-open"
+	mode         string // "dial-back", "relay", "tcp" (the client is on the TCP transport) or "fast-open"
 	release      func() // if set, ends its use of its dial-back connection (see connRefs)
 }
 
@@ -721,6 +721,9 @@ func (p *peer) setUpSession(ctx context.Context, str Stream, open *Open, log *sl
 			return su
 		}
 		su.sess, su.mode = newStreamConn(str, p.conn, open.Session), "relay"
+		if overTCP {
+			su.mode = TransportTCP
+		}
 		p.s.stats.relaySessions.Add(1)
 	}
 	su.target = target

@@ -200,6 +200,7 @@ type muxStream struct {
 	peekBuf     *[]byte // from peekPool while it holds bytes not yet Read
 	peeked      []byte  // in peekBuf: read by Peek, not yet by Read
 	writeClosed atomic.Bool
+	writeErr    atomic.Pointer[errBox] // why writing failed first, for Write(nil)
 }
 
 // peekPool holds Peek's buffers. Peek reads what has arrived, up to a
@@ -242,18 +243,37 @@ func (s *muxStream) Peek(b []byte) (int, error) {
 	return copy(b, s.peeked), nil
 }
 
+// Write writes b. Write(nil) reports why the writing direction ended, if
+// it did (StreamConn.CloseWrite asks, as of a QUIC stream).
 func (s *muxStream) Write(b []byte) (int, error) {
+	if len(b) == 0 {
+		if e := s.writeErr.Load(); e != nil {
+			return 0, e.err
+		}
+		return 0, nil
+	}
 	n, err := s.s.Write(b)
 	if errors.Is(err, yamux.ErrStreamClosed) {
 		return n, fmt.Errorf("write on closed stream: %w", net.ErrClosed)
 	}
-	return n, muxError(err)
+	err = muxError(err)
+	if err != nil {
+		s.writeErr.CompareAndSwap(nil, &errBox{err})
+	}
+	return n, err
 }
+
+// errBox holds an error in an atomic.Pointer.
+type errBox struct{ err error }
 
 // Close sends a FIN: the writing direction only, as QUIC's.
 func (s *muxStream) Close() error {
 	s.writeClosed.Store(true)
-	return muxError(s.s.CloseWrite())
+	err := muxError(s.s.CloseWrite())
+	if err != nil {
+		s.writeErr.CompareAndSwap(nil, &errBox{err})
+	}
+	return err
 }
 
 // CancelWrite resets the stream with code, both directions.

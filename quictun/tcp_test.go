@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
+	"github.com/quic-go/quic-go"
 )
 
 // netipRemote is a public client of a reverse session.
@@ -414,4 +415,98 @@ func TestAutoMovesBackToQUIC(t *testing.T) {
 	}
 	onTCP.Close()
 	waitFor("TCP connection closed", 3*time.Second, func() bool { return h.server.Stats().Clients == 1 })
+}
+
+// muxPair is a client and a server muxConn over TLS on loopback TCP.
+func muxPair(t *testing.T) (client, server Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srv := make(chan Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			srv <- nil
+			return
+		}
+		raw := &countingConn{Conn: nc}
+		tc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{getPKI(t).cert}})
+		if tc.Handshake() != nil {
+			nc.Close()
+			srv <- nil
+			return
+		}
+		c, _ := newMuxConn(context.Background(), tc, raw, true, muxConfig(100, 0))
+		srv <- c
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := &countingConn{Conn: nc}
+	tc := tls.Client(raw, &tls.Config{RootCAs: getPKI(t).pool, ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if client, err = newMuxConn(context.Background(), tc, raw, false, muxConfig(100, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if server = <-srv; server == nil {
+		t.Fatal("server side failed")
+	}
+	t.Cleanup(func() { client.CloseWithError(0, ""); server.CloseWithError(0, "") })
+	return client, server
+}
+
+// TestTCPStreamCloseAfterPeerDone: a peer that has read all it wanted and
+// closed (FIN, then stop reading with CodeOK) makes a later CloseWrite no
+// error, as on QUIC; a reset with another code still is one.
+func TestTCPStreamCloseAfterPeerDone(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		code    ErrorCode
+		wantErr bool
+	}{{"CodeOK", CodeOK, false}, {"CodeCanceled", CodeCanceled, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := muxPair(t)
+			cs, err := client.OpenStreamSync(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs.Write([]byte("request"))
+			ss, err := server.AcceptStream(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := newStreamConn(cs, client, SessionID{}), newStreamConn(ss, server, SessionID{})
+			buf := make([]byte, 7)
+			io.ReadFull(b, buf)
+			b.Write([]byte("answer"))
+			io.ReadFull(a, buf[:6])
+			// The client is done: FIN, then it stops reading.
+			a.CloseWrite()
+			a.Stream.CancelRead(quic.StreamErrorCode(tc.code))
+			if _, err := io.ReadAll(b); err != nil {
+				t.Fatalf("server read: %v", err)
+			}
+			// Wait until the stop has arrived: a write fails.
+			deadline := time.Now().Add(2 * time.Second)
+			for {
+				if _, err := b.Write([]byte{0}); err != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the client's stop never arrived")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			err = b.CloseWrite()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("CloseWrite after the client stopped reading with %s: %v", tc.code, err)
+			}
+		})
+	}
 }
