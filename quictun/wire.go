@@ -20,6 +20,15 @@ package quictun
 // SHA-256 it sent in Hello, and coordinator accepts no other. One dial-back
 // connection per localproxy, reused by every session.
 //
+// TCP transport (coordinator ServeTCP, localproxy Via "tcp" or "auto"):
+// the control connection may instead be TCP, TLS 1.3 with the same
+// certificates and ALPN "quictun/1", then yamux (go-yamux v5 framing,
+// localproxy the yamux client). Every stream and message below is the same;
+// a stream reset or connection close carries its code in yamux's RST or
+// GoAway (a close's reason text is not sent). Over it there is no dial-back
+// (coordinator answers every Open with OpenResult and RelayMarker at once:
+// 5a), no worker, and no unidirectional stream (no request log, 8).
+//
 // # Flow
 //
 //  1. localproxy opens the first bidirectional stream of the control
