@@ -112,14 +112,15 @@ func (c earlyConn) dialError(err error) error {
 
 // reverseDialError maps a reverse-session error to what the public client
 // sees: 502 the client or its app cannot be reached (with the cause), 504
-// it took too long.
+// it took too long. An offline client is not named: its name (by default
+// its host name) is none of the public's business.
 func reverseDialError(name string, err error) error {
 	status := http.StatusBadGateway
 	reason := err.Error()
 	var se *quictun.SessionError
 	switch {
 	case errors.Is(err, quictun.ErrClientOffline):
-		reason = fmt.Sprintf("the client exposing %q is offline (%v)", name, err)
+		reason = fmt.Sprintf("the client exposing %q is offline", name)
 	case errors.As(err, &se) && se.Code == quictun.CodeTimeout:
 		status = http.StatusGatewayTimeout
 	case errors.Is(err, context.DeadlineExceeded):

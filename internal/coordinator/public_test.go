@@ -2,11 +2,19 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"quictunnel/httpproxy"
+	"quictunnel/quictun"
 )
 
 // TestHTTPSCertificateCoverage: coordinator warns at start-up when the
@@ -44,6 +52,36 @@ func TestHTTPSCertificateCoverage(t *testing.T) {
 			}
 			if want := "https://%s:"; !strings.HasPrefix(c.registry.httpURL, want) {
 				t.Errorf("URL template %q, want %s...", c.registry.httpURL, want)
+			}
+		})
+	}
+}
+
+// TestReverseDialErrorHidesClient: the 502 a public visitor gets when the
+// client exposing an app stopped answering says the app is offline but not
+// which client it was (quictun's error names it: by default the client's
+// host name).
+func TestReverseDialErrorHidesClient(t *testing.T) {
+	offline := fmt.Errorf("%w: %s sent nothing within %s", quictun.ErrClientOffline, "ceo-laptop", 1500*time.Millisecond)
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		want   string
+	}{
+		{"offline", offline, http.StatusBadGateway, `the client exposing "app" is offline`},
+		{"deadline", context.DeadlineExceeded, http.StatusGatewayTimeout, "deadline"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var de *httpproxy.DialError
+			if !errors.As(reverseDialError("app", tc.err), &de) {
+				t.Fatalf("reverseDialError(%v) is not a DialError", tc.err)
+			}
+			if de.Status != tc.status || !strings.Contains(de.Reason, tc.want) || strings.Contains(de.Reason, "ceo-laptop") {
+				t.Errorf("reverseDialError(%v) = %d %q, want %d with %q and no client name", tc.err, de.Status, de.Reason, tc.status, tc.want)
+			}
+			if !errors.Is(de, tc.err) {
+				t.Errorf("DialError does not wrap %v", tc.err)
 			}
 		})
 	}
