@@ -45,6 +45,7 @@ type binLab struct {
 type binLabOptions struct {
 	publicHTTP bool     // give coordinator a public HTTP port (--http)
 	expose     []string // localproxy --expose values
+	proxyArgs  []string // more localproxy flags
 }
 
 const binToken = "faults-token"
@@ -68,6 +69,7 @@ func startBinLab(t *testing.T, o binLabOptions) *binLab {
 	for _, e := range o.expose {
 		args = append(args, "--expose", e)
 	}
+	args = append(args, o.proxyArgs...)
 	b.proxy = start(t, nil, "localproxy", args...)
 	waitFor(t, "localproxy connected", func() bool {
 		v, err := metric(b.proxyMetrics, "quictunnel_coordinator_connected")
@@ -299,6 +301,46 @@ func coordinatorKilledMidTransfer(t *testing.T, targetURL string, download func(
 	t.Logf("next request served %v after the restart", took.Round(time.Millisecond))
 	if took > time.Second {
 		t.Errorf("the first request through the restarted coordinator was served %v after it was up, want within 1s", took)
+	}
+}
+
+// TestIdleClientAfterCoordinatorRestart: a localproxy that only exposes an
+// app, with nothing in flight, learns of a coordinator restarted at once
+// from its keepalive going unanswered (a PING is too small to draw a
+// stateless reset; quictun/watch.go probes), not at QUIC's 30 s idle
+// timeout, so the app is public again within a few seconds.
+func TestIdleClientAfterCoordinatorRestart(t *testing.T) {
+	t.Parallel()
+	app := startTarget(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "app") }))
+	// A 1 s keepalive, so the test takes seconds; the bound below is a
+	// keepalive interval, answerWithin, a probe and a reconnect.
+	b := startBinLab(t, binLabOptions{publicHTTP: true, expose: []string{"app=" + strings.TrimPrefix(app.URL, "http://")},
+		proxyArgs: []string{"--keepalive-interval", "1000"}})
+	const bound = 5 * time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), bound+30*time.Second)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 2 * time.Second}
+	// No request before the kill, and a pause for the registration's
+	// last packets: anything larger than a PING in flight to the restarted
+	// coordinator would draw the stateless reset by itself.
+	time.Sleep(2 * time.Second)
+	b.coord.kill()
+	b.startCoordinator(t)
+	restarted := time.Now()
+	for {
+		code, _, err := b.publicGet(ctx, client, "app", "/")
+		if err == nil && code == 200 {
+			break
+		}
+		if ctx.Err() != nil || time.Since(restarted) > bound+25*time.Second {
+			t.Fatalf("the app never answered again after the restart (last: %d %v)", code, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(restarted)
+	t.Logf("the app answered again %v after the restart", took.Round(time.Millisecond))
+	if took > bound {
+		t.Errorf("the app answered again %v after coordinator restarted, want within %v", took, bound)
 	}
 }
 

@@ -126,4 +126,5 @@ func (c quicConn) AcceptUniStream(ctx context.Context) (ReceiveStream, error) {
 func (c quicConn) TLS() tls.ConnectionState { return c.Conn.ConnectionState().TLS }
 func (c quicConn) RTT() time.Duration       { return c.Conn.ConnectionStats().SmoothedRTT }
 func (c quicConn) Received() uint64         { return c.Conn.ConnectionStats().PacketsReceived }
+func (c quicConn) Sent() uint64             { return c.Conn.ConnectionStats().PacketsSent }
 func (c quicConn) Transport() string        { return TransportQUIC }

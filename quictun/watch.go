@@ -18,6 +18,14 @@ import (
 // A restarted coordinator cannot reset them: it was the QUIC client of
 // those connections, and localproxy addresses them by a connection ID
 // that carries no reset token.
+//
+// An idle control connection is watched too: a restarted coordinator
+// drops its keepalive PINGs without a stateless reset (quic-go sends one
+// only for a packet larger than 42 bytes), so a localproxy that only
+// exposes apps would learn of the restart at the QUIC idle timeout (30 s)
+// and its apps would be offline until then. A packet sent on the control
+// connection and left unanswered for answerWithin draws a probe, which a
+// restarted coordinator answers with a stateless reset.
 
 const (
 	// watchEvery is how often the dial-back connections from coordinator
@@ -28,6 +36,10 @@ const (
 	// (plus a few round trips) before its dial-back connections are
 	// closed.
 	silentLimit = 2 * time.Second
+	// answerWithin is how long a packet sent on the control connection
+	// (a keepalive PING, say) may go unanswered, plus a few round trips,
+	// before coordinator is probed.
+	answerWithin = time.Second
 )
 
 // watchCoordinator probes coordinator on conn, the control connection,
@@ -47,6 +59,9 @@ func (c *Client) watchCoordinator(ctx context.Context, conn Conn) {
 	last := map[*quic.Conn]seen{}
 	var probed time.Time
 	var ctrlAtProbe uint64 // packets received on conn when probed
+	sent, _ := conn.(interface{ Sent() uint64 })
+	var lastCtrl, sentAtCtrl uint64 // packets received on conn and sent then
+	var waiting time.Time           // since when a packet sent waits for any answer
 	for {
 		select {
 		case <-ctx.Done():
@@ -57,6 +72,17 @@ func (c *Client) watchCoordinator(ctx context.Context, conn Conn) {
 		}
 		ctrl := conn.Received()
 		heard, stalled := ctrl != ctrlAtProbe, false
+		unanswered := false
+		if sent != nil {
+			switch n := sent.Sent(); {
+			case ctrl != lastCtrl:
+				lastCtrl, sentAtCtrl, waiting = ctrl, n, time.Time{}
+			case n != sentAtCtrl && waiting.IsZero():
+				waiting = time.Now()
+			case !waiting.IsZero():
+				unanswered = time.Since(waiting) > answerWithin+3*conn.RTT()
+			}
+		}
 		now := map[*quic.Conn]seen{}
 		for _, d := range c.dialBacksFrom(coord) {
 			n := d.ConnectionStats().PacketsReceived
@@ -72,12 +98,13 @@ func (c *Client) watchCoordinator(ctx context.Context, conn Conn) {
 			probed = time.Time{} // it answered
 		case !probed.IsZero():
 			if time.Since(probed) > silentLimit+3*conn.RTT() {
-				n := c.closeDialBacksFrom(coord, "coordinator stopped answering")
-				c.log.Warn("coordinator stopped answering: closed its dial-back connections", "coordinator", coord,
-					"connections", n, "silent_for", time.Since(probed).Round(time.Millisecond))
+				if n := c.closeDialBacksFrom(coord, "coordinator stopped answering"); n > 0 {
+					c.log.Warn("coordinator stopped answering: closed its dial-back connections", "coordinator", coord,
+						"connections", n, "silent_for", time.Since(probed).Round(time.Millisecond))
+				}
 				probed = time.Time{}
 			}
-		case stalled:
+		case stalled || unanswered:
 			probe(conn)
 			probed, ctrlAtProbe = time.Now(), ctrl
 		}

@@ -106,7 +106,8 @@ package quictun
 //     allows none, and coordinator then sends nothing. Records that would
 //     wait behind a slow client are dropped, never the requests.
 //  9. Probe: when a dial-back connection from coordinator stops receiving
-//     anything, localproxy may open a stream and write 32 zero bytes on it
+//     anything, or a packet sent on the control connection (a keepalive
+//     PING) has had no answer for 1 s, localproxy may open a stream and write 32 zero bytes on it
 //     (with FIN): coordinator takes it for an unknown message (type 0x00)
 //     and resets the stream, as coordinators always have. It is only there
 //     to make coordinator answer: a coordinator that restarted answers with
