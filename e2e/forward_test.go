@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -490,6 +493,7 @@ func TestLocalhostNamesStayLocal(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "local app, Host app.localhost" {
 		t.Fatalf("through CONNECT: %d %q", resp.StatusCode, body)
 	}
+	c.Close() // the tunnel ends: the inspector lists it (below)
 	// An app listening on ::1 only is found too.
 	app6 := startTarget(t, "::1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "v6") }))
 	u := fmt.Sprintf("http://v6.localhost:%d/", app6.Listener.Addr().(*net.TCPAddr).Port)
@@ -505,6 +509,29 @@ func TestLocalhostNamesStayLocal(t *testing.T) {
 	if st := l.coord.Server().Stats(); st.Sessions != 0 || st.TargetsForbidden != 0 {
 		t.Fatalf("coordinator stats %+v: a localhost target went through the tunnel", st)
 	}
+	// The inspector lists them, absolute-form and CONNECT, as direct.
+	var list []struct {
+		Method, Host, Transport string
+		Status                  int
+		Down                    int64 `json:"bytes_down"`
+	}
+	want := map[string]bool{"GET app.localhost:" + strconv.Itoa(port): false, "CONNECT app.localhost:" + strconv.Itoa(port): false}
+	waitFor(t, "the localhost requests in the inspector", func() bool {
+		resp, err := http.Get("http://" + l.proxyURL.Host + "/ui/api/requests")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+			return false
+		}
+		for _, r := range list {
+			if _, ok := want[r.Method+" "+r.Host]; ok && r.Transport == "direct" && r.Status == 200 && r.Down > 0 {
+				want[r.Method+" "+r.Host] = true
+			}
+		}
+		return !slices.Contains(slices.Collect(maps.Values(want)), false)
+	})
 }
 
 // TestFastOpen: with fast open, plain requests, TLS through CONNECT and

@@ -30,7 +30,11 @@ func (d tunnelDialer) DialTarget(ctx context.Context, target string) (net.Conn, 
 			return nil, &httpproxy.DialError{Status: http.StatusForbidden, Err: errLocalhostRemote,
 				Reason: fmt.Sprintf("%s is this computer's loopback, which localproxy does not open to other machines (it listens beyond loopback)", host)}
 		}
-		return dialLoopback(ctx, host, port)
+		c, err := dialLoopback(ctx, host, port)
+		if tc, ok := c.(*net.TCPConn); ok && d.sessions.ins != nil {
+			return &localConn{TCPConn: tc, ins: d.sessions.ins, target: target, start: time.Now()}, nil
+		}
+		return c, err
 	}
 	conn, err := d.client.Dial(ctx, target)
 	if err != nil {
