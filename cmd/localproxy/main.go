@@ -120,8 +120,9 @@ func main() {
 			},
 			Action: status,
 		}},
-		Check: checkSettings,
-		Run:   run,
+		Check:       checkSettings,
+		ListenFlags: []string{"listen", "udp-listen", "ui-listen", "metrics-listen"},
+		Run:         run,
 		// One person's traffic over one QUIC connection, which quic-go
 		// handles on one goroutine: on two cores, the second mostly added
 		// hand-offs between cores (docs/benchmarks.md: 20-25% more CPU
