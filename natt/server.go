@@ -347,6 +347,9 @@ func (s *Server) pong(m *stun.Message, from netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.clients[from]; ok && c.waiting && c.pending == m.TransactionID {
+		if !c.answered {
+			s.log.Debug("keepalive confirmed: client answered a ping", "client", from)
+		}
 		c.waiting, c.misses, c.answered = false, 0, true
 	}
 }
