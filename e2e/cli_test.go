@@ -99,6 +99,8 @@ func TestExitCodes(t *testing.T) {
 		{"localproxy", append(proxy, "--udp-listen", "bogus"), 2, `--udp-listen "bogus"`},
 		{"localproxy", append(proxy, "--ui-listen", "bogus"), 2, `--ui-listen "bogus"`},
 		{"localproxy", append(proxy, "--metrics-listen", "bogus"), 2, `--metrics-listen "bogus"`},
+		{"localproxy", append(proxy, "--reporter", "bogus"), 2, `localproxy: --reporter: want host:port, got "bogus"`},
+		{"localproxy", append(proxy, "--coordinator-tcp", "bogus"), 2, `localproxy: --coordinator-tcp: want host:port, got "bogus"`},
 		{"demoapp", []string{"--listen", "bogus"}, 2, `demoapp: --listen "bogus"`},
 		// Failures while running: the port is taken.
 		{"localproxy", []string{"--coordinator", "127.0.0.1:1", "--token", "x", "--listen", busy.Addr().String()}, 1, "port in use"},

@@ -289,7 +289,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
 	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
-	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy",
+	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy", "Reporter": "reporter",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }
 
