@@ -58,6 +58,13 @@ func TestExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	busyUDP, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busyUDP.Close()
+	coord := []string{"--cert", cert, "--key", key, "--token", "x", "--listen", "127.0.0.1:0"}
+	proxy := []string{"--coordinator", "127.0.0.1:1", "--token", "x"}
 	tests := []struct {
 		name string
 		args []string
@@ -77,9 +84,31 @@ func TestExitCodes(t *testing.T) {
 		{"coordinator", []string{"--cert", cert, "--key", key}, 2, "coordinator: --token: required"},
 		{"coordinator", []string{"--cert", cert, "--key", key, "--token", "x", "--deny-port", "70000"}, 2, "coordinator: --deny-port: 70000 is not a port"},
 		{"demoapp", []string{"--listen"}, 2, "listen"},
+		// A malformed address names its flag (exit 2).
+		{"reporter", []string{"--listen", "bogus"}, 2, `reporter: --listen "bogus": want HOST:PORT`},
+		{"reporter", []string{"--probe-listen", "bogus"}, 2, `--probe-listen "bogus"`},
+		{"reporter", []string{"--metrics-listen", "127.0.0.1:99999"}, 2, `--metrics-listen "127.0.0.1:99999": "99999" is not a port`},
+		{"coordinator", []string{"--cert", cert, "--key", key, "--token", "x", "--listen", "bogus"}, 2, `coordinator: --listen "bogus"`},
+		{"coordinator", append(coord, "--tcp-listen", "bogus"), 2, `--tcp-listen "bogus"`},
+		{"coordinator", append(coord, "--reporter-listen", "bogus"), 2, `--reporter-listen "bogus"`},
+		{"coordinator", append(coord, "--http", "bogus"), 2, `--http "bogus"`},
+		{"coordinator", append(coord, "--https", "no host:443"), 2, `--https "no host:443": "no host" is not`},
+		{"coordinator", append(coord, "--metrics-listen", "bogus"), 2, `--metrics-listen "bogus"`},
+		{"coordinator", append(coord, "--public-bind", "127.0.0.1:80"), 2, `--public-bind "127.0.0.1:80"`},
+		{"localproxy", append(proxy, "--listen", "bogus"), 2, `localproxy: --listen "bogus"`},
+		{"localproxy", append(proxy, "--udp-listen", "bogus"), 2, `--udp-listen "bogus"`},
+		{"localproxy", append(proxy, "--ui-listen", "bogus"), 2, `--ui-listen "bogus"`},
+		{"localproxy", append(proxy, "--metrics-listen", "bogus"), 2, `--metrics-listen "bogus"`},
+		{"localproxy", append(proxy, "--reporter", "bogus"), 2, `localproxy: --reporter: want host:port, got "bogus"`},
+		{"localproxy", append(proxy, "--coordinator-tcp", "bogus"), 2, `localproxy: --coordinator-tcp: want host:port, got "bogus"`},
+		{"demoapp", []string{"--listen", "bogus"}, 2, `demoapp: --listen "bogus"`},
 		// Failures while running: the port is taken.
 		{"localproxy", []string{"--coordinator", "127.0.0.1:1", "--token", "x", "--listen", busy.Addr().String()}, 1, "port in use"},
 		{"demoapp", []string{"--listen", busy.Addr().String()}, 1, "port in use"},
+		{"reporter", []string{"--listen", busyUDP.LocalAddr().String()}, 1, "port in use"},
+		{"coordinator", []string{"--cert", cert, "--key", key, "--token", "x", "--listen", busyUDP.LocalAddr().String()}, 1, "port in use"},
+		{"coordinator", append(coord, "--http", busy.Addr().String()), 1, "port in use"},
+		{"localproxy", append(proxy, "--udp-listen", busyUDP.LocalAddr().String()), 1, "port in use"},
 	}
 	for _, tt := range tests {
 		out, code := runBinary(t, tt.name, tt.args...)

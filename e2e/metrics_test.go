@@ -68,6 +68,7 @@ func TestMetricsEndpoints(t *testing.T) {
 		{proxyMetrics, "quictunnel_coordinator_connected 1"},
 		{repMetrics, "quictunnel_stun_requests_total "}, // 1, or 2 with localproxy's filtering probe
 		{repMetrics, "quictunnel_stun_kept_alive_clients 1"},
+		{repMetrics, "quictunnel_stun_keepalive_refused_total 0\n"},
 	}
 	for _, c := range checks {
 		if body := get(c.port, "/metrics"); !strings.Contains(body, c.want) || strings.Contains(body, c.want+"0\n") {

@@ -72,7 +72,8 @@ func startNAT(t *testing.T, o natOpts) *natSetup {
 		return "env", append([]string{fmt.Sprintf("NAT_KEEP_ALIVE_INTERVAL=%d", o.keepalive), cmd}, args...)
 	}
 	s := &natSetup{lab: l}
-	name, args := withKeepalive(filepath.Join(bin, "reporter"), "--listen", ":3478", "--probe-listen", ":3479")
+	name, args := withKeepalive(filepath.Join(bin, "reporter"), "--listen", ":3478", "--probe-listen", ":3479",
+		"--log-level", "debug") // per-client keepalive lines are at Debug
 	s.reporter = l.Public(1).Start(t, name, args...)
 	coordAddr := addr(l.Public(2), 4433)
 	s.coord = l.Public(2).Start(t, filepath.Join(bin, "coordinator"), "--listen", ":4433",
@@ -446,7 +447,9 @@ func TestNAT(t *testing.T) {
 	t.Run("reporter forgets a client that went away", func(t *testing.T) {
 		t.Parallel()
 		s := startNAT(t, natOpts{keepalive: 500})
-		waitLog(t, s.reporter, "keepalive started")
+		// A client that never answered a ping is forgotten at its first
+		// miss; one that did, after 3.
+		waitLog(t, s.reporter, "keepalive confirmed: client answered a ping")
 		if err := s.lab.RemoveHost(s.lab.Client()); err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -587,4 +588,117 @@ func TestRFC5769Request(t *testing.T) {
 	if err := stun.Fingerprint.Check(m); err != nil {
 		t.Fatalf("fingerprint: %v", err)
 	}
+}
+
+// countingHandler counts the records at Info and above.
+type countingHandler struct{ n *atomic.Int64 }
+
+func (h countingHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+func (h countingHandler) Handle(context.Context, slog.Record) error    { h.n.Add(1); return nil }
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler           { return h }
+func (h countingHandler) WithGroup(string) slog.Handler                { return h }
+
+// A flood of keepalive requests from many sources (which anyone can send,
+// from spoofed addresses) logs a handful of lines, not one per source, and
+// the refusals past MaxClients are counted.
+func TestKeepaliveFloodLogs(t *testing.T) {
+	const maxClients, flood = 500, 2000
+	var lines atomic.Int64
+	srv, server := startServer(t, "127.0.0.1", ServerConfig{MaxClients: maxClients, RatePerSecond: 1e6, Burst: 1e6,
+		KeepAliveInterval: time.Hour, Logger: slog.New(countingHandler{&lines})})
+	req := request(t, stun.TransactionID, stun.BindingRequest, stun.RawAttribute{Type: AttrKeepaliveRequest})
+	socks := make([]*net.UDPConn, 0, flood)
+	t.Cleanup(func() {
+		for _, s := range socks {
+			s.Close()
+		}
+	})
+	waitAnswered := func(n uint64) {
+		deadline := time.Now().Add(10 * time.Second)
+		for srv.Stats().Requests < n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i := range flood {
+		if i%100 == 0 { // in batches the socket buffer holds
+			waitAnswered(uint64(i))
+		}
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		socks = append(socks, pc)
+		if _, err := pc.WriteToUDPAddrPort(req, server); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAnswered(flood)
+	st := srv.Stats()
+	if st.Requests != flood || st.KeptAlive != maxClients || st.Refused != flood-maxClients {
+		t.Fatalf("stats %+v: want %d answered, %d kept alive, %d refused", st, flood, maxClients, flood-maxClients)
+	}
+	if n := lines.Load(); n > 3 {
+		t.Errorf("%d requests logged %d lines at Info or above, want a handful", flood, n)
+	}
+}
+
+// A client that never answered a ping (perhaps a spoofed source) is
+// forgotten at its first miss, freeing its place; one that answered is
+// forgotten only after MaxMisses.
+func TestKeepaliveForgetsNeverAnswered(t *testing.T) {
+	srv, err := NewServer(ServerConfig{KeepAliveInterval: time.Hour, MaxMisses: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, pc) }()
+	t.Cleanup(func() { cancel(); <-done; pc.Close() })
+	server := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+
+	answering := newClientSocket(t, "127.0.0.1")
+	if _, err := answering.client.QueryKeepalive(t.Context(), server); err != nil {
+		t.Fatal(err)
+	}
+	silent := newClientSocket(t, "127.0.0.1")
+	silent.client.cfg.OnPing = nil
+	if _, err := silent.client.QueryKeepalive(t.Context(), server); err != nil {
+		t.Fatal(err)
+	}
+	silent.pc.Close() // asked, then never answers: as a spoofed source
+	srv.pingAll(pc)
+	// Wait for the answering client's answer to arrive.
+	deadline := time.Now().Add(5 * time.Second)
+	for !srv.answered(answering.addr()) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !srv.answered(answering.addr()) {
+		t.Fatal("the answering client's answer did not arrive")
+	}
+	answering.pc.Close() // now it goes silent too
+	srv.pingAll(pc)
+	if st := srv.Stats(); st.Forgotten != 1 || st.KeptAlive != 1 {
+		t.Fatalf("after one miss: stats %+v, want the never-answering client forgotten, the other kept", st)
+	}
+	srv.pingAll(pc)
+	srv.pingAll(pc)
+	if st := srv.Stats(); st.KeptAlive != 1 {
+		t.Fatalf("after two misses: stats %+v, want the client that answered still kept", st)
+	}
+	srv.pingAll(pc)
+	if st := srv.Stats(); st.Forgotten != 2 || st.KeptAlive != 0 {
+		t.Fatalf("after three misses: stats %+v, want both forgotten", st)
+	}
+}
+
+// answered reports whether the client at from answered a ping.
+func (s *Server) answered(from netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.clients[from]
+	return ok && c.answered
 }

@@ -23,7 +23,8 @@ type ServerConfig struct {
 	// Default 15s.
 	KeepAliveInterval time.Duration
 	// MaxMisses is how many pings in a row may go unanswered before a
-	// client is forgotten. Default 3.
+	// client is forgotten. Default 3. A client that never answered one
+	// (perhaps a spoofed source) is forgotten at its first miss.
 	MaxMisses int
 	// MaxClients bounds the clients kept alive at once. Default 10000.
 	MaxClients int
@@ -84,8 +85,16 @@ type Server struct {
 	clients map[netip.AddrPort]*keptClient
 	buckets map[netip.Addr]*bucket
 
-	requests, pings, forgotten, dropped atomic.Uint64
+	refusedLog   time.Time // when the last "keepalive refused" was logged
+	refusedQuiet uint64    // refusals since, not logged
+
+	requests, pings, forgotten, dropped, refused atomic.Uint64
 }
+
+// refusedLogEvery is the least time between two "keepalive refused"
+// warnings: a flood of (possibly spoofed) sources past MaxClients cannot
+// flood the log.
+const refusedLogEvery = 5 * time.Second
 
 // ServerStats is a snapshot of a Server's counters.
 type ServerStats struct {
@@ -94,6 +103,7 @@ type ServerStats struct {
 	Pings     uint64 // keepalive pings sent
 	Forgotten uint64 // clients dropped after MaxMisses
 	Dropped   uint64 // requests dropped: rate limit or malformed
+	Refused   uint64 // keepalive requests refused: MaxClients kept alive
 }
 
 // keptClient is a client being kept alive.
@@ -102,6 +112,9 @@ type keptClient struct {
 	misses  int
 	pending [stun.TransactionIDSize]byte // txid of the unanswered ping
 	waiting bool
+	// answered is set by the first answer to a ping: a client that never
+	// answered (perhaps a spoofed source) is forgotten at its first miss.
+	answered bool
 }
 
 // NewServer validates cfg and returns a server.
@@ -124,7 +137,7 @@ func (s *Server) Stats() ServerStats {
 	n := len(s.clients)
 	s.mu.Unlock()
 	return ServerStats{Requests: s.requests.Load(), KeptAlive: n, Pings: s.pings.Load(),
-		Forgotten: s.forgotten.Load(), Dropped: s.dropped.Load()}
+		Forgotten: s.forgotten.Load(), Dropped: s.dropped.Load(), Refused: s.refused.Load()}
 }
 
 // Serve answers STUN on pc and pings the clients that registered through
@@ -314,11 +327,19 @@ func (s *Server) register(pc net.PacketConn, from netip.AddrPort) {
 		return
 	}
 	if len(s.clients) >= s.cfg.MaxClients {
-		s.log.Warn("keepalive refused: too many clients", "client", from, "max_clients", s.cfg.MaxClients)
+		s.refused.Add(1)
+		if now := s.cfg.now(); now.Sub(s.refusedLog) >= refusedLogEvery {
+			s.log.Warn("keepalive refused: too many clients", "client", from, "max_clients", s.cfg.MaxClients,
+				"refusals_not_logged", s.refusedQuiet)
+			s.refusedLog, s.refusedQuiet = now, 0
+		} else {
+			s.refusedQuiet++
+		}
 		return
 	}
+	// Per client at Debug: anyone can send these, from spoofed sources.
 	s.clients[from] = &keptClient{pc: pc}
-	s.log.Info("keepalive started", "client", from, "interval", s.cfg.KeepAliveInterval)
+	s.log.Debug("keepalive started", "client", from, "interval", s.cfg.KeepAliveInterval)
 }
 
 // pong records a client's answer to a ping.
@@ -326,7 +347,10 @@ func (s *Server) pong(m *stun.Message, from netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.clients[from]; ok && c.waiting && c.pending == m.TransactionID {
-		c.waiting, c.misses = false, 0
+		if !c.answered {
+			s.log.Debug("keepalive confirmed: client answered a ping", "client", from)
+		}
+		c.waiting, c.misses, c.answered = false, 0, true
 	}
 }
 
@@ -359,10 +383,10 @@ func (s *Server) pingAll(pc net.PacketConn) {
 		if c.waiting {
 			c.misses++
 		}
-		if c.misses >= s.cfg.MaxMisses {
+		if c.misses >= s.cfg.MaxMisses || (c.misses > 0 && !c.answered) {
 			delete(s.clients, addr)
 			s.forgotten.Add(1)
-			s.log.Info("keepalive stopped: client stopped answering", "client", addr, "missed", c.misses)
+			s.log.Debug("keepalive stopped: client stopped answering", "client", addr, "missed", c.misses)
 			continue
 		}
 		m, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)

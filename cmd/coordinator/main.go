@@ -128,8 +128,10 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
-		Check: checkSettings,
-		Run:   run,
+		Check:       checkSettings,
+		ListenFlags: []string{"listen", "tcp-listen", "reporter-listen", "http", "https", "metrics-listen"},
+		HostFlags:   []string{"public-bind"},
+		Run:         run,
 		// quic-go handles each connection on one goroutine; with the few
 		// clients coordinator usually has, more cores mostly add hand-offs
 		// between them (docs/benchmarks.md: ~25% more CPU per GiB with both

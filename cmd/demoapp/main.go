@@ -31,7 +31,8 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:3000", EnvVars: []string{"DEMOAPP_LISTEN"},
 				Usage: "TCP `ADDRESS` to serve HTTP on"}),
 		},
-		Run: run,
+		ListenFlags: []string{"listen"},
+		Run:         run,
 	}, os.Args))
 }
 

@@ -120,8 +120,9 @@ func main() {
 			},
 			Action: status,
 		}},
-		Check: checkSettings,
-		Run:   run,
+		Check:       checkSettings,
+		ListenFlags: []string{"listen", "udp-listen", "ui-listen", "metrics-listen"},
+		Run:         run,
 		// One person's traffic over one QUIC connection, which quic-go
 		// handles on one goroutine: on two cores, the second mostly added
 		// hand-offs between cores (docs/benchmarks.md: 20-25% more CPU
@@ -288,7 +289,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
 	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
-	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy",
+	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy", "Reporter": "reporter",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }
 

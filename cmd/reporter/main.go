@@ -39,8 +39,9 @@ func main() {
 			altsrc.NewBoolFlag(&cli.BoolFlag{Name: "pprof", EnvVars: []string{"REPORTER_PPROF"},
 				Usage: "also serve Go profiling at /debug/pprof/ on --metrics-listen"}),
 		},
-		Check: checkSettings,
-		Run:   run,
+		Check:       checkSettings,
+		ListenFlags: []string{"listen", "probe-listen", "metrics-listen"},
+		Run:         run,
 	}, os.Args))
 }
 

@@ -158,6 +158,9 @@ func (c *Config) setDefaults() error {
 	if c.CoordinatorTCP == "" {
 		c.CoordinatorTCP = c.Coordinator
 	}
+	if _, _, err := net.SplitHostPort(c.CoordinatorTCP); err != nil {
+		return &ConfigError{"CoordinatorTCP", fmt.Sprintf("want host:port, got %q", c.CoordinatorTCP)}
+	}
 	if c.Transport == "" {
 		c.Transport = quictun.TransportQUIC
 	}
@@ -169,6 +172,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Reporter == "" {
 		c.Reporter = net.JoinHostPort(host, "3478")
+	}
+	if _, _, err := net.SplitHostPort(c.Reporter); err != nil {
+		return &ConfigError{"Reporter", fmt.Sprintf("want host:port, got %q", c.Reporter)}
 	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()

@@ -131,5 +131,7 @@ func (r *Registry) AddReporter(s *natt.Server) {
 	r.Gauge("stun_kept_alive_clients", "Clients being kept alive now.", func() float64 { return float64(st().KeptAlive) })
 	r.Counter("stun_pings_total", "Keepalive pings sent.", func() float64 { return float64(st().Pings) })
 	r.Counter("stun_forgotten_total", "Clients forgotten after missing pings.", func() float64 { return float64(st().Forgotten) })
+	r.Counter("stun_keepalive_refused_total", "Keepalive requests refused: the most clients (10000) kept alive already.",
+		func() float64 { return float64(st().Refused) })
 	r.Counter("stun_dropped_total", "Requests dropped: malformed or over the rate limit.", func() float64 { return float64(st().Dropped) })
 }

@@ -52,6 +52,9 @@ func checkConfig(c *cli.Context, app App, path string, flags []cli.Flag, require
 	if n := c.Int("procs"); n < 0 {
 		return &SettingError{Setting: "--procs", Value: fmt.Sprint(n), Reason: "want 0 (all cores) or more"}
 	}
+	if err := checkAddrs(c, app); err != nil {
+		return err
+	}
 	if app.Check != nil {
 		return app.Check(c)
 	}

@@ -64,6 +64,11 @@ type App struct {
 	// (no socket, no file): "NAME check-config FILE" runs it after the
 	// checks every service has. A *SettingError names the setting.
 	Check func(c *cli.Context) error
+	// ListenFlags name (without dashes) the flags holding an address to
+	// listen on, HOST:PORT; HostFlags those holding a host to listen on. A
+	// malformed value exits 2 naming the flag, before Run (and fails
+	// check-config); one that cannot be bound is Run's failure (exit 1).
+	ListenFlags, HostFlags []string
 	// Procs is the default of --procs: how many cores the service's Go
 	// code runs on at once (GOMAXPROCS). 0 leaves Go's default (all the
 	// cores it may use), as does a GOMAXPROCS environment variable when
@@ -181,6 +186,9 @@ func run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 			defer out.Close() // flushes the last lines before Main prints or returns
 			log, err := NewLogger(out, c.String("log-format"), c.String("log-level"))
 			if err != nil {
+				return err
+			}
+			if err := checkAddrs(c, app); err != nil {
 				return err
 			}
 			if err := runService(c, app.Run, log); err != nil {
@@ -315,4 +323,21 @@ func LoadRoots(path string) (*x509.CertPool, error) {
 		return nil, &SettingError{Setting: "--ca", Value: path, Reason: "no PEM certificate found"}
 	}
 	return pool, nil
+}
+
+// checkAddrs checks the values of app.ListenFlags and app.HostFlags.
+func checkAddrs(c *cli.Context, app App) error {
+	for _, f := range app.ListenFlags {
+		if v := c.String(f); v != "" {
+			if err := CheckListenAddr("--"+f, v); err != nil {
+				return err
+			}
+		}
+	}
+	for _, f := range app.HostFlags {
+		if err := CheckHost("--"+f, c.String(f)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
