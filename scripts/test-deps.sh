@@ -23,6 +23,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 demo= dry_run=
+PEBBLE_VERSION=v2.10.3
 for arg in "$@"; do
   case $arg in
     --demo) demo=1 ;;
@@ -58,6 +59,16 @@ fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u
   exit 0
+fi
+# Pebble, the ACME test CA (e2e/acme_test.go), built from its Go module
+# into .tools/ at the root of the checkout; skipped when present.
+if [ -z "$demo" ] && command -v go >/dev/null 2>&1; then
+  tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+  if [ ! -x "$tools/pebble" ]; then
+    echo "test-deps: building pebble $PEBBLE_VERSION into $tools"
+    GOBIN="$tools" GOFLAGS=-buildvcs=false go install "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION" ||
+      echo "test-deps: pebble not built; the ACME test will be skipped" >&2
+  fi
 fi
 # The lossy-link test uses tc netem, which needs the kernel's sch_netem:
 # load it where the kernel has modules. Quiet either way: without netem the
