@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mholt/acmez/v3/acme"
 )
 
 // TestACMEDecision checks which names --https may order a certificate
@@ -49,5 +53,30 @@ func TestOrderLimit(t *testing.T) {
 		if got := l.allow(now); got != tc.ok {
 			t.Errorf("step %d: allow = %v, want %v", i, got, tc.ok)
 		}
+	}
+}
+
+// TestACMEFailureLoggedOnce: certmagic retries a failed order with
+// backoff; the log says why once per name and reason, not at every try.
+func TestACMEFailureLoggedOnce(t *testing.T) {
+	var out strings.Builder
+	a := &autoCerts{name: "tunnel.example.org", log: slog.New(slog.NewTextHandler(&out, nil)), failed: map[string]string{}}
+	fail := func(name string, err error) {
+		a.event(t.Context(), "cert_failed", map[string]any{"identifier": name, "renewal": true, "error": err})
+	}
+	unreachable := errors.New("dial tcp: connection refused")
+	fail("tunnel.example.org", unreachable)
+	fail("tunnel.example.org", unreachable)
+	fail("tunnel.example.org", unreachable)
+	fail("app.example.org", unreachable)
+	fail("tunnel.example.org", acme.Problem{Type: "urn:ietf:params:acme:error:rateLimited", Detail: "too many certificates"})
+	a.event(t.Context(), "cert_obtained", map[string]any{"identifier": "tunnel.example.org", "renewal": true})
+	fail("tunnel.example.org", unreachable)
+	got := strings.Count(out.String(), "level=ERROR")
+	if got != 4 {
+		t.Errorf("%d errors logged, want 4 (one per name and reason, again after a success):\n%s", got, out.String())
+	}
+	if !strings.Contains(out.String(), "too many certificates") {
+		t.Errorf("the CA's reason is not logged:\n%s", out.String())
 	}
 }
