@@ -8,7 +8,8 @@
 # downloaded by any other means), systemd for systemd-analyze verify of
 # contrib/systemd (the package installs fine where systemd does not run:
 # nothing is started), and tinyproxy (the upstream HTTP proxy of the
-# TCP-transport lab, e2e/transport_natlab_test.go).
+# TCP-transport lab, e2e/transport_natlab_test.go). It also builds Pebble,
+# the ACME test CA (e2e/acme_test.go), from its Go module into .tools/.
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
