@@ -42,61 +42,38 @@ const acmeCertLifetime = 24
 // a published name over --https and none for an unpublished name, and
 // renews its own while localproxy stays connected.
 func TestACME(t *testing.T) {
-	pebble := pebblePath(t)
 	dir := t.TempDir()
-	dns := startTestDNS(t)
-	pebbleCA, pebbleCert, pebbleKey := writeTestServerCert(t, dir)
-	acmePort, mgmtPort, appPort := freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
-	quicPort, tcpPort, httpsPort, proxyPort := freeUDPPort(t), freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
-	conf := map[string]any{"pebble": map[string]any{
-		"listenAddress":           "127.0.0.1:" + strconv.Itoa(acmePort),
-		"managementListenAddress": "127.0.0.1:" + strconv.Itoa(mgmtPort),
-		"certificate":             pebbleCert, "privateKey": pebbleKey,
-		"httpPort": freeTCPPort(t), "tlsPort": httpsPort,
-		"ocspResponderURL": "", "externalAccountBindingRequired": false,
-		"retryAfter":   map[string]int{"authz": 1, "order": 1},
-		"keyAlgorithm": "ecdsa",
-		"profiles":     map[string]any{"default": map[string]any{"description": "short", "validityPeriod": acmeCertLifetime}},
-	}}
-	confFile := filepath.Join(dir, "pebble.json")
-	b, _ := json.Marshal(conf)
-	if err := os.WriteFile(confFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pb := startCmd(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"},
-		pebble, "-config", confFile, "-dnsserver", dns)
-	waitFor(t, "pebble listening", func() bool { return strings.Contains(pb.out.String(), "Listening on") })
+	quicPort, tcpPort, httpsPort, proxyPort, appPort := freeUDPPort(t), freeTCPPort(t), freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
+	pb := startPebble(t, dir, httpsPort)
 
 	const own, domain = "tunnel.example.com", "apps.example.com"
 	acmeDir := filepath.Join(dir, "acme")
 	coordArgs := []string{"--listen", "127.0.0.1:" + strconv.Itoa(quicPort), "--tcp-listen", "127.0.0.1:" + strconv.Itoa(tcpPort),
 		"--https", "127.0.0.1:" + strconv.Itoa(httpsPort), "--domain", domain, "--token", "acme-token",
-		"--acme-email", "ops@example.com", "--acme-ca", "https://127.0.0.1:" + strconv.Itoa(acmePort) + "/dir",
+		"--acme-email", "ops@example.com", "--acme-ca", pb.directory,
 		"--acme-dir", acmeDir, "--acme-name", own, "--acme-renew-check", "1s"}
-	coordEnv := []string{"SSL_CERT_FILE=" + pebbleCA} // coordinator trusts Pebble's own HTTPS
+	coordEnv := []string{"SSL_CERT_FILE=" + pb.apiCA} // coordinator trusts Pebble's own HTTPS
 	coord := start(t, coordEnv, "coordinator", coordArgs...)
 	obtained := "ACME: certificate obtained\" name=" + own
 	waitFor(t, "the certificate of coordinator's name", func() bool { return strings.Contains(coord.out.String(), obtained) })
 
-	root := pebbleRoot(t, mgmtPort, pebbleCA)
-	rootFile := filepath.Join(dir, "pebble-root.pem")
-	if err := os.WriteFile(rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(root)
+	roots, rootFile := pb.root(t, dir)
 	tcpAddr := "127.0.0.1:" + strconv.Itoa(tcpPort)
 	first := servedLeaf(t, tcpAddr, own, roots, quictun.ALPNControl)
 
-	// A restart loads the certificate from --acme-dir: no new order.
+	// A restart loads the certificate from --acme-dir: no new order. (A
+	// renewal may come at any time: Pebble's renewal information suggests
+	// a window of the whole lifetime of such short certificates.)
 	coord.stop(t)
+	renewedBefore := strings.Contains(coord.out.String(), obtained+" renewal=true")
 	coord = start(t, coordEnv, "coordinator", coordArgs...)
 	waitFor(t, "coordinator listening again", func() bool { return canDial(tcpAddr) })
-	if again := servedLeaf(t, tcpAddr, own, roots, quictun.ALPNControl); again.SerialNumber.Cmp(first.SerialNumber) != 0 {
+	again := servedLeaf(t, tcpAddr, own, roots, quictun.ALPNControl)
+	if !renewedBefore && !strings.Contains(coord.out.String(), obtained+" renewal=true") && again.SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Errorf("after a restart coordinator serves certificate %x, want the stored %x", again.SerialNumber, first.SerialNumber)
 	}
-	if strings.Contains(coord.out.String(), "ACME: ordering certificate") {
-		t.Errorf("coordinator ordered a certificate after a restart:\n%s", coord.out)
+	if strings.Contains(coord.out.String(), "renewal=false") {
+		t.Errorf("coordinator ordered a new certificate after a restart:\n%s", coord.out)
 	}
 
 	// localproxy verifies coordinator's QUIC certificate with Pebble's root.
@@ -143,18 +120,93 @@ func TestACME(t *testing.T) {
 
 	// Renewal: a new certificate for new connections; localproxy's
 	// connection stays up and the app stays reachable.
+	renewals := strings.Count(coord.out.String(), obtained+" renewal=true")
+	before := servedLeaf(t, tcpAddr, own, roots, quictun.ALPNControl)
 	waitFor(t, "the renewal of coordinator's certificate", func() bool {
-		return strings.Contains(coord.out.String(), obtained+" renewal=true")
+		return strings.Count(coord.out.String(), obtained+" renewal=true") > renewals
 	})
 	renewed := servedLeaf(t, tcpAddr, own, roots, quictun.ALPNControl)
-	if renewed.SerialNumber.Cmp(first.SerialNumber) == 0 {
-		t.Errorf("coordinator serves certificate %x after renewal, the one it had", first.SerialNumber)
+	if renewed.SerialNumber.Cmp(before.SerialNumber) == 0 {
+		t.Errorf("coordinator serves certificate %x after renewal, the one it had", before.SerialNumber)
 	}
 	getApp()
 	if n := strings.Count(lp.out.String(), "connected to coordinator"); n != 1 {
 		t.Errorf("localproxy connected %d times, want once (the renewal must not drop connections):\n%s", n, lp.out)
 	}
-	t.Logf("certificate %x renewed as %x", first.SerialNumber, renewed.SerialNumber)
+	t.Logf("certificate %x renewed as %x", before.SerialNumber, renewed.SerialNumber)
+}
+
+// pebble is Pebble running for a test.
+type pebble struct {
+	directory string // the ACME directory URL
+	apiCA     string // file of the CA of Pebble's own HTTPS
+	mgmtPort  int
+}
+
+// startPebble runs Pebble until the test ends, validating TLS-ALPN-01
+// challenges at tlsPort of 127.0.0.1, whatever the name (its DNS server
+// answers 127.0.0.1 to everything), and issuing certificates valid for
+// acmeCertLifetime seconds.
+func startPebble(t *testing.T, dir string, tlsPort int) *pebble {
+	t.Helper()
+	path := pebblePath(t)
+	dns := startTestDNS(t)
+	apiCA, apiCert, apiKey := writeTestServerCert(t, dir)
+	acmePort, mgmtPort := freeTCPPort(t), freeTCPPort(t)
+	conf := map[string]any{"pebble": map[string]any{
+		"listenAddress":           "127.0.0.1:" + strconv.Itoa(acmePort),
+		"managementListenAddress": "127.0.0.1:" + strconv.Itoa(mgmtPort),
+		"certificate":             apiCert, "privateKey": apiKey,
+		"httpPort": freeTCPPort(t), "tlsPort": tlsPort,
+		"ocspResponderURL": "", "externalAccountBindingRequired": false,
+		"retryAfter":   map[string]int{"authz": 1, "order": 1},
+		"keyAlgorithm": "ecdsa",
+		"profiles":     map[string]any{"default": map[string]any{"description": "short", "validityPeriod": acmeCertLifetime}},
+	}}
+	confFile := filepath.Join(dir, "pebble.json")
+	b, _ := json.Marshal(conf)
+	if err := os.WriteFile(confFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startCmd(t, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"},
+		path, "-config", confFile, "-dnsserver", dns)
+	waitFor(t, "pebble listening", func() bool { return strings.Contains(p.out.String(), "Listening on") })
+	return &pebble{directory: "https://127.0.0.1:" + strconv.Itoa(acmePort) + "/dir", apiCA: apiCA, mgmtPort: mgmtPort}
+}
+
+// root is the root Pebble signs with, as a pool and as a file in dir.
+func (p *pebble) root(t *testing.T, dir string) (*x509.CertPool, string) {
+	t.Helper()
+	root := pebbleRoot(t, p.mgmtPort, p.apiCA)
+	file := filepath.Join(dir, "pebble-root.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return pool, file
+}
+
+// TestACMETCPListen: without --https, coordinator answers the CA's
+// challenge on --tcp-listen, and a client over the TCP transport verifies
+// the certificate with Pebble's root.
+func TestACMETCPListen(t *testing.T) {
+	dir := t.TempDir()
+	quicPort, tcpPort, proxyPort := freeUDPPort(t), freeTCPPort(t), freeTCPPort(t)
+	pb := startPebble(t, dir, tcpPort)
+	const own = "tunnel.example.com"
+	coord := start(t, []string{"SSL_CERT_FILE=" + pb.apiCA}, "coordinator",
+		"--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--tcp-listen", "127.0.0.1:"+strconv.Itoa(tcpPort),
+		"--token", "acme-token", "--acme-email", "ops@example.com", "--acme-ca", pb.directory,
+		"--acme-dir", filepath.Join(dir, "acme"), "--acme-name", own)
+	waitFor(t, "the certificate of coordinator's name", func() bool {
+		return strings.Contains(coord.out.String(), "ACME: certificate obtained\" name="+own)
+	})
+	_, rootFile := pb.root(t, dir)
+	lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort),
+		"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--coordinator-tcp", "127.0.0.1:"+strconv.Itoa(tcpPort),
+		"--transport", "tcp", "--server-name", own, "--ca", rootFile, "--token", "acme-token")
+	waitFor(t, "localproxy connected over TCP", func() bool { return strings.Contains(lp.out.String(), "connected to coordinator") })
 }
 
 // pebblePath finds Pebble: built into .tools by scripts/test-deps.sh, or

@@ -43,17 +43,16 @@ type autoCerts struct {
 	dir     string
 	log     *slog.Logger
 	limit   *orderLimit
+	ctx     context.Context // until close
 	cancel  context.CancelFunc
 	mu      sync.Mutex
 	failed  map[string]string // name -> reason of its last failure, logged once
 	publish func(host string) bool
 }
 
-// newAutoCerts configures the ACME client from the flags; published
-// decides which names --https may get a certificate for (set it before
-// serving with setPublished). It starts obtaining (or loading from
-// --acme-dir) the certificate of the own name at once, in the background,
-// retrying with backoff.
+// newAutoCerts configures the ACME client from the flags. setPublished
+// then says which names --https may get a certificate for, and start
+// obtains the own name's.
 func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoCerts, error) {
 	name := c.String("acme-name")
 	if name == "" {
@@ -106,12 +105,19 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 	}
 	a.cfg = newConfig(nil)
 	a.demand = newConfig(&certmagic.OnDemandConfig{DecisionFunc: a.decide})
-	ctx, a.cancel = context.WithCancel(ctx)
-	if err := a.cfg.ManageAsync(ctx, []string{name}); err != nil {
-		a.close()
-		return nil, fmt.Errorf("ACME certificate for %s: %w", name, err)
-	}
+	a.ctx, a.cancel = context.WithCancel(ctx)
 	return a, nil
+}
+
+// start begins obtaining (or loading from --acme-dir) the certificate of
+// the own name, in the background, retrying with backoff. Call it once
+// coordinator's listeners are bound: the TLS-ALPN-01 challenge is
+// answered on theirs.
+func (a *autoCerts) start() error {
+	if err := a.cfg.ManageAsync(a.ctx, []string{a.name}); err != nil {
+		return fmt.Errorf("ACME certificate for %s: %w", a.name, err)
+	}
+	return nil
 }
 
 // acmeDir is --acme-dir, or by default a directory in the state directory

@@ -275,6 +275,9 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	}
 	if auto != nil {
 		auto.setPublished(coord.Published)
+		if err := auto.start(); err != nil {
+			return err
+		}
 	}
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"), httpsCert)
 	defer stopReload()
