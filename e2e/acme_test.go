@@ -445,3 +445,21 @@ func dnsAnswer(query []byte) ([]byte, error) {
 	}
 	return b.Finish()
 }
+
+// TestACMECAUnreachable: coordinator starts although its CA does not
+// answer, says why once, and keeps retrying in the background.
+func TestACMECAUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	quicPort, tcpPort := freeUDPPort(t), freeTCPPort(t)
+	coord := start(t, nil, "coordinator",
+		"--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--tcp-listen", "127.0.0.1:"+strconv.Itoa(tcpPort),
+		"--token", "acme-token", "--acme-email", "ops@example.com", "--acme-ca", "https://127.0.0.1:"+strconv.Itoa(freeTCPPort(t))+"/dir",
+		"--acme-dir", filepath.Join(dir, "acme"), "--acme-name", "tunnel.example.com")
+	waitFor(t, "the failure logged", func() bool {
+		return strings.Contains(coord.out.String(), `msg="ACME: certificate not obtained, retrying with backoff`)
+	})
+	out := coord.out.String()
+	if !strings.Contains(out, "coordinator ready") || !strings.Contains(out, "connection refused") {
+		t.Errorf("want coordinator ready and the reason (connection refused) logged:\n%s", out)
+	}
+}
