@@ -281,8 +281,19 @@ type ServerConfig struct {
 	// the address clients already send to. Required; the caller owns it.
 	Transport *quic.Transport
 	// Certificate is coordinator's TLS certificate, also presented as
-	// client certificate on dial-backs. Required.
+	// client certificate on dial-backs. Required unless GetCertificate is
+	// set.
 	Certificate tls.Certificate
+	// GetCertificate, if set, gives the certificate for each new
+	// connection instead of Certificate (as tls.Config.GetCertificate), so
+	// a renewed certificate serves new connections while the others stay
+	// up. Dial-backs to a client present the certificate it got when it
+	// connected, the one it pinned.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// ExtraALPN are ALPN protocols ServeTCP offers beside the tunnel's,
+	// for GetCertificate to answer (an ACME CA's TLS-ALPN-01 challenge,
+	// acme-tls/1); such a connection is closed after its handshake.
+	ExtraALPN []string
 	// Token is the shared secret clients must present. Required unless
 	// Authorize or ClientCAs is set.
 	Token string
@@ -352,8 +363,8 @@ func (c *ServerConfig) validate() error {
 	switch {
 	case c.Transport == nil:
 		return &ConfigError{"Transport", "required"}
-	case len(c.Certificate.Certificate) == 0:
-		return &ConfigError{"Certificate", "required"}
+	case len(c.Certificate.Certificate) == 0 && c.GetCertificate == nil:
+		return &ConfigError{"Certificate", "required unless GetCertificate is set"}
 	case c.Token == "" && c.Authorize == nil && c.ClientCAs == nil:
 		return &ConfigError{"Token", "required unless Authorize or ClientCAs is set"}
 	case c.MaxSessionsPerClient < 0:

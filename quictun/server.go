@@ -148,10 +148,10 @@ func (s *Server) Stats() ServerStats {
 // connection and waits for every session to end.
 func (s *Server) Serve(ctx context.Context) error {
 	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{s.cfg.Certificate},
-		NextProtos:   []string{ALPNControl, ALPNWorker},
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{ALPNControl, ALPNWorker},
 	}
+	s.setCertificate(tlsConf)
 	if s.cfg.ClientCAs != nil {
 		// Workers present none; clients must (checked in serveClient).
 		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
@@ -210,7 +210,8 @@ func (s *Server) serveClient(ctx context.Context, conn Conn) {
 		}
 		return
 	}
-	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr}
+	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,
+		cert: s.certificateFor(conn)}
 	grant, reason, why := s.authenticate(conn, hello, p)
 	if reason != "" {
 		s.auth.fail(src, reason, "client refused: "+why, "client_addr", conn.RemoteAddr(), "client", hello.ClientName, "identity", p.identity)
@@ -457,7 +458,8 @@ type peer struct {
 	identity string // from the client certificate, with ClientCAs; checked again on Reauthorize
 	owner    string // token hash and client name, see Service.Owner
 	certHash [32]byte
-	requests *requestLog // records of public requests to its apps
+	cert     tls.Certificate // ours, as the client saw it when it connected
+	requests *requestLog     // records of public requests to its apps
 
 	mu         sync.Mutex
 	sessions   int   // forward sessions open, up to MaxSessionsPerClient
@@ -854,7 +856,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		}
 	}
 	p.s.stats.dialBackDials.Add(1)
-	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.s.cfg.Certificate, p.certHash, addrs, qlogTracer(p.s.cfg.QlogDir, p.log))
+	conn, addr, err := dialBackTo(ctx, p.s.cfg.Transport, p.cert, p.certHash, addrs, qlogTracer(p.s.cfg.QlogDir, p.log))
 	if err != nil {
 		return nil, err
 	}
@@ -1028,4 +1030,28 @@ func (p *peer) closeDialBack() {
 		p.dialBack.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "control connection closed")
 		p.dialBack = nil
 	}
+}
+
+// setCertificate makes conf serve Certificate, or GetCertificate's.
+func (s *Server) setCertificate(conf *tls.Config) {
+	if s.cfg.GetCertificate != nil {
+		conf.GetCertificate = s.cfg.GetCertificate
+		return
+	}
+	conf.Certificates = []tls.Certificate{s.cfg.Certificate}
+}
+
+// certificateFor is the certificate conn's client was served, to present
+// on its dial-backs: GetCertificate's for its server name (the one in use
+// when it connected, unless a renewal came within the instant since), or
+// Certificate.
+func (s *Server) certificateFor(conn Conn) tls.Certificate {
+	if s.cfg.GetCertificate == nil {
+		return s.cfg.Certificate
+	}
+	cert, err := s.cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: conn.TLS().ServerName})
+	if err != nil || cert == nil {
+		return s.cfg.Certificate
+	}
+	return *cert
 }

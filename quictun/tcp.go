@@ -361,10 +361,10 @@ func (c *Client) dialTCP(ctx context.Context) (Conn, error) {
 // workers use QUIC only.
 func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{s.cfg.Certificate},
-		NextProtos:   []string{ALPNControl},
+		MinVersion: tls.VersionTLS13,
+		NextProtos: append([]string{ALPNControl}, s.cfg.ExtraALPN...),
 	}
+	s.setCertificate(tlsConf)
 	if s.cfg.ClientCAs != nil {
 		tlsConf.ClientAuth, tlsConf.ClientCAs = tls.VerifyClientCertIfGiven, s.cfg.ClientCAs
 	}

@@ -8,7 +8,8 @@
 # downloaded by any other means), systemd for systemd-analyze verify of
 # contrib/systemd (the package installs fine where systemd does not run:
 # nothing is started), and tinyproxy (the upstream HTTP proxy of the
-# TCP-transport lab, e2e/transport_natlab_test.go).
+# TCP-transport lab, e2e/transport_natlab_test.go). It also builds Pebble,
+# the ACME test CA (e2e/acme_test.go), from its Go module into .tools/.
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
@@ -23,6 +24,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 demo= dry_run=
+PEBBLE_VERSION=v2.10.3
 for arg in "$@"; do
   case $arg in
     --demo) demo=1 ;;
@@ -58,6 +60,16 @@ fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u
   exit 0
+fi
+# Pebble, the ACME test CA (e2e/acme_test.go), built from its Go module
+# into .tools/ at the root of the checkout; skipped when present.
+if [ -z "$demo" ] && command -v go >/dev/null 2>&1; then
+  tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+  if [ ! -x "$tools/pebble" ]; then
+    echo "test-deps: building pebble $PEBBLE_VERSION into $tools"
+    GOBIN="$tools" GOFLAGS=-buildvcs=false go install "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION" ||
+      echo "test-deps: pebble not built; the ACME test will be skipped" >&2
+  fi
 fi
 # The lossy-link test uses tc netem, which needs the kernel's sch_netem:
 # load it where the kernel has modules. Quiet either way: without netem the

@@ -14,6 +14,9 @@ import (
 // every service's checks: the combinations and values coordinator would
 // refuse at start, found without opening a file or a socket.
 func checkSettings(c *cli.Context) error {
+	if err := checkCertSettings(c); err != nil {
+		return err
+	}
 	switch c.String("role") {
 	case "all":
 		if c.String("token") == "" && c.String("tokens") == "" && c.String("client-ca") == "" {
@@ -47,6 +50,22 @@ func checkSettings(c *cli.Context) error {
 	}
 	if _, err := coordinator.ParseTrustedProxies(c.StringSlice("trusted-proxies")); err != nil {
 		return service.Usage(fmt.Errorf("--trusted-proxies: %w", err))
+	}
+	return nil
+}
+
+// checkCertSettings checks where coordinator's certificate comes from:
+// --cert and --key, or --acme-email (not for --role dialback, whose
+// certificate must be coordinator's own).
+func checkCertSettings(c *cli.Context) error {
+	acme := c.String("acme-email") != ""
+	switch {
+	case acme && c.String("role") == "dialback":
+		return &service.SettingError{Setting: "--acme-email", Reason: "not with --role dialback: a worker presents coordinator's certificate, so give it --cert and --key"}
+	case acme && (c.String("cert") != "" || c.String("key") != ""):
+		return &service.SettingError{Setting: "--acme-email", Reason: "set either --acme-email (automatic certificates) or --cert and --key, not both"}
+	case !acme && (c.String("cert") == "" || c.String("key") == ""):
+		return &service.SettingError{Setting: "--cert", Reason: "required: set --cert and --key (a key pair), or --acme-email (automatic certificates)"}
 	}
 	return nil
 }

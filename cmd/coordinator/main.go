@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
@@ -52,10 +53,20 @@ func main() {
 				Usage: "UDP address for QUIC (clients connect here; dial-backs leave from here)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "tcp-listen", EnvVars: []string{"COORDINATOR_TCP_LISTEN"},
 				Usage: "also serve clients over TLS on TCP at this address (e.g. :443), for networks that block UDP"}),
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "cert", EnvVars: []string{"COORDINATOR_CERT"}, Required: true,
-				Usage: "PEM certificate (chain) file, e.g. made with openssl"}),
-			altsrc.NewStringFlag(&cli.StringFlag{Name: "key", EnvVars: []string{"COORDINATOR_KEY"}, Required: true,
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cert", EnvVars: []string{"COORDINATOR_CERT"},
+				Usage: "PEM certificate (chain) file, e.g. made with openssl (required unless --acme-email)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "key", EnvVars: []string{"COORDINATOR_KEY"},
 				Usage: "PEM private key file for --cert"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "acme-email", EnvVars: []string{"COORDINATOR_ACME_EMAIL"},
+				Usage: "obtain and renew certificates automatically from an ACME CA, with this contact address (instead of --cert/--key): the one of --acme-name for QUIC and --tcp-listen, and for --https one per published name on demand"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "acme-ca", Value: certmagic.LetsEncryptProductionCA, EnvVars: []string{"COORDINATOR_ACME_CA"},
+				Usage: "with --acme-email: the ACME CA's directory URL"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "acme-dir", EnvVars: []string{"COORDINATOR_ACME_DIR"}, TakesFile: true,
+				Usage: "with --acme-email: directory keeping the account, certificates and keys across restarts (default: $STATE_DIRECTORY/acme when systemd sets STATE_DIRECTORY, else the user's data directory)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "acme-name", EnvVars: []string{"COORDINATOR_ACME_NAME"},
+				Usage: "with --acme-email: coordinator's own DNS name, which clients connect to (default: --domain)"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "acme-renew-check", Value: certmagic.DefaultRenewCheckInterval, EnvVars: []string{"COORDINATOR_ACME_RENEW_CHECK"},
+				Usage: "with --acme-email: how often to check whether a certificate is due for renewal"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "token", EnvVars: []string{"COORDINATOR_TOKEN"},
 				Usage: "shared secret clients must present (or use --tokens)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "tokens", EnvVars: []string{"COORDINATOR_TOKENS"},
@@ -141,9 +152,15 @@ func main() {
 }
 
 func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
-	cert, err := tls.LoadX509KeyPair(c.String("cert"), c.String("key"))
-	if err != nil {
-		return service.Usage(fmt.Errorf("load --cert/--key: %w", err))
+	if err := checkCertSettings(c); err != nil {
+		return err
+	}
+	var cert tls.Certificate
+	if c.String("cert") != "" {
+		var err error
+		if cert, err = tls.LoadX509KeyPair(c.String("cert"), c.String("key")); err != nil {
+			return service.Usage(fmt.Errorf("load --cert/--key: %w", err))
+		}
 	}
 	accessLog, closeLog, err := service.AccessLogger(log, c.String("access-log"), c.String("log-format"))
 	if err != nil {
@@ -187,13 +204,31 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if c.Bool("http-to-https") && (c.String("http") == "" || c.String("https") == "") {
 		return &service.SettingError{Setting: "--http-to-https", Reason: "needs --http (the port that redirects) and --https (where to)"}
 	}
-	httpsCert, err := httpsKeyPair(c)
+	var auto *autoCerts
+	if c.String("acme-email") != "" {
+		if auto, err = newAutoCerts(ctx, c, log); err != nil {
+			return service.Usage(err)
+		}
+		defer auto.close()
+	}
+	httpsCert, err := httpsKeyPair(c, auto != nil)
 	if err != nil {
 		return service.Usage(err)
 	}
-	var getHTTPSCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	var getHTTPSCert, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	var resetSecret []byte
+	var extraALPN []string
 	if httpsCert != nil {
 		getHTTPSCert = httpsCert.GetCertificate
+	}
+	if auto != nil {
+		getCert, extraALPN = auto.own, []string{acmeTLS1}
+		if getHTTPSCert == nil {
+			getHTTPSCert = auto.https
+		}
+		if resetSecret, err = auto.resetSecret(); err != nil {
+			return err
+		}
 	}
 	trusted, err := coordinator.ParseTrustedProxies(c.StringSlice("trusted-proxies"))
 	if err != nil {
@@ -203,6 +238,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		HTTPListen:           c.String("http"),
 		HTTPSListen:          c.String("https"),
 		HTTPSCertificate:     getHTTPSCert,
+		HTTPSOnDemand:        auto != nil && httpsCert == nil,
+		GetCertificate:       getCert,
+		ResetSecret:          resetSecret,
+		ExtraALPN:            extraALPN,
 		HTTPToHTTPS:          c.Bool("http-to-https"),
 		Domain:               c.String("domain"),
 		PortRange:            ports,
@@ -235,6 +274,12 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	})
 	if err != nil {
 		return settingError(err, fieldFlags)
+	}
+	if auto != nil {
+		auto.setPublished(coord.Published)
+		if err := auto.start(); err != nil {
+			return err
+		}
 	}
 	stopReload := reloadOnHUP(ctx, log, coord, c.String("tokens"), httpsCert)
 	defer stopReload()
@@ -346,8 +391,9 @@ func runWorker(ctx context.Context, c *cli.Context, log, accessLog *slog.Logger,
 }
 
 // httpsKeyPair loads --https-cert/--https-key (default --cert/--key) when
-// --https is set, and nil otherwise.
-func httpsKeyPair(c *cli.Context) (*service.KeyPair, error) {
+// --https is set, and nil otherwise; with automatic certificates (acme),
+// nil unless --https-cert is set.
+func httpsKeyPair(c *cli.Context, acme bool) (*service.KeyPair, error) {
 	if c.String("https") == "" {
 		if c.String("https-cert") != "" || c.String("https-key") != "" {
 			return nil, fmt.Errorf("--https-cert and --https-key need --https ADDRESS")
@@ -357,6 +403,9 @@ func httpsKeyPair(c *cli.Context) (*service.KeyPair, error) {
 	cert, key := c.String("https-cert"), c.String("https-key")
 	if (cert == "") != (key == "") {
 		return nil, fmt.Errorf("set both --https-cert and --https-key, or neither (then --cert and --key serve HTTPS too)")
+	}
+	if cert == "" && acme {
+		return nil, nil
 	}
 	if cert == "" {
 		cert, key = c.String("cert"), c.String("key")

@@ -36,8 +36,21 @@ type Config struct {
 	// over TCP with a stream multiplexer), for clients whose UDP is
 	// blocked: same certificate, tokens and policy as QUIC.
 	TCPListen string
-	// Certificate is the TLS certificate clients verify. Required.
+	// Certificate is the TLS certificate clients verify. Required unless
+	// GetCertificate is set.
 	Certificate tls.Certificate
+	// GetCertificate, if set, gives the certificate of each new QUIC and
+	// TCP connection instead of Certificate: automatic certificates,
+	// which renew while the connections made stay up.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// ResetSecret, if set, is what the QUIC stateless reset key derives
+	// from instead of Certificate's private key (which automatic renewals
+	// change); it must be the same after a restart.
+	ResetSecret []byte
+	// ExtraALPN are ALPN protocols HTTPSListen and TCPListen offer beside
+	// their own, for the certificate functions to answer: acme-tls/1, an
+	// ACME CA's TLS-ALPN-01 challenge.
+	ExtraALPN []string
 	// Token is the secret clients present. Required unless Tokens is set.
 	Token string
 	// Tokens, if set, replaces Token: one entry per client, each possibly
@@ -69,6 +82,9 @@ type Config struct {
 	// tls.Config.GetCertificate); it should cover *.Domain. Default:
 	// Certificate.
 	HTTPSCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// HTTPSOnDemand says HTTPSCertificate obtains certificates on demand,
+	// for published names only: it is not probed at start.
+	HTTPSOnDemand bool
 	// HTTPToHTTPS makes HTTPListen answer every request with a redirect
 	// to the same URL on HTTPSListen (which it needs).
 	HTTPToHTTPS bool
@@ -213,7 +229,7 @@ func New(cfg Config) (*Coordinator, error) {
 	} else if advice != "" {
 		c.log.Warn(advice)
 	}
-	resetKey, err := statelessResetKey(cfg.Certificate)
+	resetKey, err := statelessResetKey(cfg.ResetSecret, cfg.Certificate)
 	if err != nil {
 		udp.Close()
 		c.closePublic()
@@ -230,6 +246,8 @@ func New(cfg Config) (*Coordinator, error) {
 	c.server, err = quictun.NewServer(quictun.ServerConfig{
 		Transport:            c.tr,
 		Certificate:          cfg.Certificate,
+		GetCertificate:       cfg.GetCertificate,
+		ExtraALPN:            cfg.ExtraALPN,
 		Token:                cfg.Token,
 		Authorize:            c.authorize(),
 		ClientCAs:            cfg.ClientCAs,
@@ -312,7 +330,7 @@ func (c *Coordinator) setupPublic() (err error) {
 		c.httpsLn = tls.NewListener(ln, &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: c.cfg.HTTPSCertificate,
-			NextProtos:     []string{"http/1.1"},
+			NextProtos:     append([]string{"http/1.1"}, c.cfg.ExtraALPN...),
 		})
 		// The https URL is the one clients are told: it is the one to use.
 		c.registry.httpURL = urlTemplate("https", c.httpsLn, 443)
@@ -352,6 +370,9 @@ func (c *Coordinator) checkHTTPSCertificate() error {
 	if c.cfg.HTTPSCertificate == nil {
 		cert := c.cfg.Certificate
 		c.cfg.HTTPSCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }
+	}
+	if c.cfg.HTTPSOnDemand {
+		return nil
 	}
 	probe := "name." + c.cfg.Domain
 	cert, err := c.cfg.HTTPSCertificate(&tls.ClientHelloInfo{ServerName: probe})

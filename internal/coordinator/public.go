@@ -159,3 +159,10 @@ func servePort(log *slog.Logger, public httpproxy.ReverseConfig) func(ctx contex
 		rp.Close()
 	}
 }
+
+// Published reports whether host is NAME.DOMAIN with an app exposed as
+// NAME right now (not one merely reserved for an offline client).
+func (c *Coordinator) Published(host string) bool {
+	svc, _ := c.registry.lookup(host)
+	return svc != nil
+}

@@ -17,11 +17,15 @@ import (
 // with a stateless reset and clients reconnect at their next packet instead
 // of waiting for the idle timeout. It differs between hosts sharing a key
 // pair, so one cannot be used to reset another's connections (RFC 9000
-// §10.3.2). Dial-back workers use none.
-func statelessResetKey(cert tls.Certificate) (*quic.StatelessResetKey, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		return nil, fmt.Errorf("stateless reset key: %w", err)
+// §10.3.2). Dial-back workers use none. A secret, if given, replaces the
+// private key (automatic certificates change key as they renew).
+func statelessResetKey(secret []byte, cert tls.Certificate) (*quic.StatelessResetKey, error) {
+	der := secret
+	if len(der) == 0 {
+		var err error
+		if der, err = x509.MarshalPKCS8PrivateKey(cert.PrivateKey); err != nil {
+			return nil, fmt.Errorf("stateless reset key: %w", err)
+		}
 	}
 	host, _ := os.Hostname()
 	mac := hmac.New(sha256.New, der)

@@ -17,15 +17,15 @@ func TestStatelessResetKey(t *testing.T) {
 		return c
 	}
 	coord := load("coordinator.pem", "coordinator-key.pem")
-	a, err := statelessResetKey(coord)
+	a, err := statelessResetKey(nil, coord)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := statelessResetKey(load("coordinator.pem", "coordinator-key.pem"))
+	b, _ := statelessResetKey(nil, load("coordinator.pem", "coordinator-key.pem"))
 	if *a != *b {
 		t.Error("the key changes between runs with the same key pair: a restarted coordinator could not reset old connections")
 	}
-	other, _ := statelessResetKey(load("other.pem", "other-key.pem"))
+	other, _ := statelessResetKey(nil, load("other.pem", "other-key.pem"))
 	if *a == *other {
 		t.Error("two key pairs give the same stateless reset key")
 	}
