@@ -97,11 +97,13 @@ demo: demo-deps build $(CERTS)/coordinator.pem
 	@scripts/demo.sh
 
 bench: build
+	@scripts/test-deps.sh --bench
 	@scripts/bench.sh
 
 # Every benchmark of make bench, tiny and with nothing written: checks the
 # driver, the relays and the report still work (about a minute). CI runs it.
 bench-smoke: build
+	@scripts/test-deps.sh --bench
 	@scripts/bench.sh -bulk-mib 8 -load 200ms -setups 20 -sessions 200 -hold 1s -rounds 1 -profile 1s -out "" >/dev/null
 	@echo "bench-smoke: every benchmark ran"
 

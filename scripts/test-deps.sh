@@ -13,6 +13,8 @@
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
+# With --bench, only what make bench and bench-smoke use besides Go: curl
+# and wrk (the curl and wrk rows of e2e/benchdriver/tools.go).
 # With --dry-run it prints the packages it would install, one a line, and
 # installs nothing.
 #
@@ -23,13 +25,14 @@ set -euo pipefail
 # iptables, conntrack and ip live in sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-demo= dry_run=
+demo= dry_run= bench=
 PEBBLE_VERSION=v2.10.3
 for arg in "$@"; do
   case $arg in
     --demo) demo=1 ;;
+    --bench) bench=1 demo=1 ;;
     --dry-run) dry_run=1 ;;
-    *) echo "test-deps: unknown argument $arg (want --demo, --dry-run)" >&2; exit 2 ;;
+    *) echo "test-deps: unknown argument $arg (want --demo, --bench, --dry-run)" >&2; exit 2 ;;
   esac
 done
 
@@ -37,10 +40,15 @@ need=()
 want() { # command, package
   command -v "$1" >/dev/null 2>&1 || need+=("$2")
 }
-want openssl openssl
 want curl curl
-want ss iproute2
+if [ -n "$bench" ]; then
+  want wrk wrk
+else
+  want openssl openssl
+  want ss iproute2
+fi
 if [ -z "$demo" ]; then
+  want wrk wrk # make bench's small-request rows (e2e/benchdriver/tools.go)
   want turnserver coturn
   want turnutils_stunclient coturn
   want ip iproute2

@@ -309,7 +309,8 @@ func benchBulk(ctx context.Context, cfg config, l *lab, rep *report, log *slog.L
 		f    func(context.Context, route, int64) error
 	}
 	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
-		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))}
+		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(absoluteFormRoute(l.app, l.tcpProxy)), overTCP(connectRoute(l.app, l.tcpProxy)),
+		overTCP(exposeTCPRoute(l.tcpPublic)), overTCP(hostRoute(l.public, "appt.localhost"))}
 	dirs := []transfer{{"download", download}, {"upload", upload}}
 	rounds := make([][]bulkRow, len(routes)*len(dirs))
 	for range cfg.rounds {
@@ -385,7 +386,8 @@ type smallRow struct {
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
 	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
-		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))}
+		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(absoluteFormRoute(l.app, l.tcpProxy)), overTCP(connectRoute(l.app, l.tcpProxy)),
+		overTCP(exposeTCPRoute(l.tcpPublic)), overTCP(hostRoute(l.public, "appt.localhost"))}
 	rounds := make([][]smallRow, len(routes))
 	for range cfg.rounds {
 		for i, r := range routes {
@@ -418,9 +420,22 @@ func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	return nil
 }
 
-// benchProfile takes a CPU profile of both tunnel processes while bulk
-// downloads run through CONNECT.
+// benchProfile takes CPU profiles of both tunnel processes while bulk
+// downloads run through CONNECT, over QUIC and then over the TCP
+// transport.
 func benchProfile(ctx context.Context, cfg config, l *lab, rep *report) error {
+	rep.profileSecs = max(int(cfg.profile.Seconds()), 1)
+	if err := profilePath(ctx, cfg, l, l.procs(), l.metricsBases(), connectRoute(l.app, l.proxy), "",
+		&rep.profileMoved, &rep.cpuTop, &rep.cpuCum); err != nil {
+		return err
+	}
+	return profilePath(ctx, cfg, l, [2]*proc{l.localpxTCP, l.coordinator}, []string{l.tcpMetrics, l.coMetrics},
+		connectRoute(l.app, l.tcpProxy), ".tcp", &rep.tcpProfileMoved, &rep.tcpCPUTop, &rep.tcpCPUCum)
+}
+
+// profilePath profiles procs (pprof at bases) while downloads run along r.
+func profilePath(ctx context.Context, cfg config, l *lab, procs [2]*proc, bases []string, r route, suffix string,
+	movedOut *int64, top, cum *procStat[string]) error {
 	secs := max(int(cfg.profile.Seconds()), 1)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -429,7 +444,7 @@ func benchProfile(ctx context.Context, cfg config, l *lab, rep *report) error {
 	wg.Go(func() {
 		// Bounded: at most 256 transfers, and only while profiling.
 		for range 256 {
-			if pctx.Err() != nil || download(pctx, connectRoute(l.app, l.proxy), 64<<20) != nil {
+			if pctx.Err() != nil || download(pctx, r, 64<<20) != nil {
 				return
 			}
 			moved += 64 << 20
@@ -438,10 +453,10 @@ func benchProfile(ctx context.Context, cfg config, l *lab, rep *report) error {
 	errs := make([]error, 2)
 	files := make([]string, 2)
 	var pw sync.WaitGroup
-	for i, p := range l.procs() {
-		files[i] = filepath.Join(l.dir, p.name+".cpu.pb.gz")
+	for i, p := range procs {
+		files[i] = filepath.Join(l.dir, p.name+suffix+".cpu.pb.gz")
 		pw.Go(func() {
-			errs[i] = fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", l.metricsBases()[i], secs), files[i])
+			errs[i] = fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", bases[i], secs), files[i])
 		})
 	}
 	pw.Wait()
@@ -450,13 +465,14 @@ func benchProfile(ctx context.Context, cfg config, l *lab, rep *report) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	rep.profileSecs, rep.profileMoved = secs, moved
-	for i, p := range l.procs() {
+	*movedOut = moved
+	for i, p := range procs {
+		bin, _, _ := strings.Cut(p.name, "+")
 		var err error
-		if rep.cpuTop[i], err = pprofTop(ctx, filepath.Join(cfg.bin, p.name), files[i], "-nodecount=25"); err != nil {
+		if top[i], err = pprofTop(ctx, filepath.Join(cfg.bin, bin), files[i], "-nodecount=25"); err != nil {
 			return err
 		}
-		if rep.cpuCum[i], err = pprofTop(ctx, filepath.Join(cfg.bin, p.name), files[i], "-cum", "-nodecount=25"); err != nil {
+		if cum[i], err = pprofTop(ctx, filepath.Join(cfg.bin, bin), files[i], "-cum", "-nodecount=25"); err != nil {
 			return err
 		}
 	}

@@ -98,6 +98,12 @@ func exposeTCPRoute(public string) route {
 	return route{name: "reverse --expose-tcp port", base: "http://" + public, transport: newTransport}
 }
 
+// hostRoute reaches the app exposed under host on coordinator's public
+// HTTP port (Host routing).
+func hostRoute(public, host string) route {
+	return route{name: "reverse public port", base: "http://" + public, host: host, transport: newTransport}
+}
+
 func reverseRoute(public string) route {
 	return route{name: "reverse public port", base: "http://" + public, host: "app.localhost", transport: newTransport}
 }

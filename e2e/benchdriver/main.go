@@ -9,8 +9,9 @@
 // Everything is bounded: 1 GiB per bulk transfer, a fixed duration per
 // load, a fixed count of sessions, three rounds of the bulk and
 // small-request comparisons (the median pair is reported, as in the
-// issue's figures for other tunnels); the whole run takes about six
-// minutes on two cores. The part of the output file after the notes marker is kept
+// issue's figures for other tunnels); the whole run takes about a quarter
+// of an hour on two cores. Issue 19's rows measure the TCP transport beside
+// QUIC, and curl and wrk against a lean origin (tools.go, origin.go). The part of the output file after the notes marker is kept
 // from one run to the next: that is where people write what the numbers
 // and profiles say.
 package main
@@ -49,7 +50,7 @@ type config struct {
 	phases          []string      // which benchmarks to run
 }
 
-var allPhases = []string{"memory", "setup", "bulk", "small", "profile"}
+var allPhases = []string{"memory", "setup", "bulk", "small", "tools", "profile"}
 
 func (c *config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
 
@@ -107,7 +108,15 @@ func main() {
 	flag.StringVar(&relay.next, "relay-next", "", "the relay's next hop")
 	flag.BoolVar(&relay.connect, "relay-connect", false, "the relay answers a CONNECT first")
 	flag.BoolVar(&relay.quic, "relay-quic", false, "the hop between the two relays is QUIC (the exit relay listens on UDP)")
+	originListen := flag.String("origin-listen", "", "run as the lean origin of the curl and wrk rows, listening here (used by the driver itself)")
 	flag.Parse()
+	if *originListen != "" {
+		if err := runOrigin(*originListen); err != nil {
+			fmt.Fprintln(os.Stderr, "origin:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if relay.listen != "" {
 		if err := runRelay(relay); err != nil {
 			fmt.Fprintln(os.Stderr, "relay:", err)
@@ -124,7 +133,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 25*time.Minute)
 	defer cancel()
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("bench failed", "err", err)
@@ -149,7 +158,14 @@ type lab struct {
 	// its proxy address, and the app it exposes with --expose-tcp.
 	localpxTCP          *proc
 	tcpProxy, tcpPublic string
-	dir                 string
+	tcpMetrics          string
+	// The lean origin of the curl and wrk rows (origin.go), its
+	// --expose-tcp ports on each transport, and a localproxy on the TCP
+	// transport with --ui=false (the inspector's cost).
+	origin, originQUICPort, originTCPPort string
+	originProc, localpxNoUI               *proc
+	noUIProxy                             string
+	dir                                   string
 }
 
 func (l *lab) procs() [2]*proc { return [2]*proc{l.localpx, l.coordinator} }
@@ -168,11 +184,18 @@ func (l *lab) measuredOn(r route) [2]*proc {
 
 func (l *lab) alive() error {
 	return errors.Join(l.demo.exited(), l.coordinator.exited(), l.localpx.exited(), l.localpxFast.exited(), l.localpxTCP.exited(),
+		l.originProc.exited(), l.localpxNoUI.exited(),
 		l.relays[0].exited(), l.relays[1].exited(), l.quicRelays[0].exited(), l.quicRelays[1].exited())
 }
 
 func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error) {
-	tcp, err := ports("tcp", 14)
+	tcp, err := ports("tcp", 17)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The --expose-tcp ports are one range: the demo app's over TCP, the
+	// origin's over TCP, the origin's over QUIC.
+	exposed, err := portRun(3, tcp)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -188,7 +211,8 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	l := &lab{app: addr(tcp[0]), proxy: addr(tcp[1]), public: addr(tcp[2]), publicTLS: addr(tcp[8]), roots: roots, fastProxy: addr(tcp[5]),
 		coMetrics: "http://" + addr(tcp[3]), lpMetrics: "http://" + addr(tcp[4]), relayProxy: addr(tcp[6]),
-		quicRelayProxy: addr(tcp[9]), tcpProxy: addr(tcp[11]), tcpPublic: addr(tcp[12]), dir: dir}
+		quicRelayProxy: addr(tcp[9]), tcpProxy: addr(tcp[11]), tcpPublic: addr(exposed[0]), tcpMetrics: "http://" + addr(tcp[13]),
+		origin: addr(tcp[14]), originTCPPort: addr(exposed[1]), originQUICPort: addr(exposed[2]), noUIProxy: addr(tcp[15]), dir: dir}
 	var started []*proc
 	cleanup := func() {
 		for i := len(started) - 1; i >= 0; i-- {
@@ -196,6 +220,14 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		}
 	}
 	token := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	if l.originProc, err = startCommand(dir, "origin", self, "-origin-listen", l.origin); err != nil {
+		return nil, nil, err
+	}
+	started = append(started, l.originProc)
 	for _, s := range []struct {
 		p    **proc
 		name string
@@ -206,19 +238,26 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 			"--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 			"--token", token, "--http", l.public, "--https", l.publicTLS, "--domain", "localhost",
 			"--allow-private-targets", // the demo app is on loopback
-			"--tcp-listen", addr(tcp[10]), "--port-range", fmt.Sprintf("%d-%d", tcp[12], tcp[12]),
+			"--tcp-listen", addr(tcp[10]), "--port-range", fmt.Sprintf("%d-%d", exposed[0], exposed[2]),
 			"--metrics-listen", addr(tcp[3]), "--pprof"}},
 		{&l.localpx, "localproxy", []string{"--listen", l.proxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
-			"--token", token, "--expose", "app=" + l.app, "--metrics-listen", addr(tcp[4]), "--pprof"}},
+			"--token", token, "--expose", "app=" + l.app, "--metrics-listen", addr(tcp[4]), "--pprof",
+			"--expose", "origin=" + l.origin, "--expose-tcp", "originq=" + l.origin + ":" + strconv.Itoa(exposed[2])}},
 		{&l.localpxFast, "localproxy+fast-open", []string{"--listen", l.fastProxy, "--coordinator", addr(udp[0]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
 			"--token", token, "--name", "fast-open", "--fast-open"}},
 		{&l.localpxTCP, "localproxy+tcp", []string{"--listen", l.tcpProxy, "--coordinator", addr(udp[0]),
 			"--transport", "tcp", "--coordinator-tcp", addr(tcp[10]),
 			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
-			"--token", token, "--name", "tcp", "--expose-tcp", fmt.Sprintf("apptcp=%s:%d", l.app, tcp[12]),
-			"--metrics-listen", addr(tcp[13])}},
+			"--token", token, "--name", "tcp", "--expose-tcp", fmt.Sprintf("apptcp=%s:%d", l.app, exposed[0]),
+			"--expose", "appt=" + l.app, "--expose", "origint=" + l.origin,
+			"--expose-tcp", fmt.Sprintf("origintcp=%s:%d", l.origin, exposed[1]),
+			"--metrics-listen", addr(tcp[13]), "--pprof"}},
+		{&l.localpxNoUI, "localproxy+tcp-noui", []string{"--listen", l.noUIProxy, "--coordinator", addr(udp[0]),
+			"--transport", "tcp", "--coordinator-tcp", addr(tcp[10]), "--ui=false",
+			"--reporter", addr(udp[1]), "--server-name", "localhost", "--ca", filepath.Join(certs, "ca.pem"),
+			"--token", token, "--name", "tcp-noui", "--expose", "originn=" + l.origin}},
 	} {
 		p, err := startProc(dir, cfg.bin, s.name, s.args...)
 		if err != nil {
@@ -227,11 +266,6 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 		}
 		*s.p = p
 		started = append(started, p)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		cleanup()
-		return nil, nil, err
 	}
 	for _, r := range []struct {
 		p    **proc
@@ -256,7 +290,9 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	deadline := time.Now().Add(30 * time.Second)
 	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), absoluteFormRoute(l.app, l.fastProxy),
 		connectRoute(l.app, l.relayProxy), quicFloorRoute(l.app, l.quicRelayProxy),
-		overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic))} {
+		overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic)), overTCP(hostRoute(l.public, "appt.localhost")),
+		hostRoute(l.public, "origin.localhost"), hostRoute(l.public, "origint.localhost"), hostRoute(l.public, "originn.localhost"),
+		exposeTCPRoute(l.originTCPPort), exposeTCPRoute(l.originQUICPort)} {
 		for {
 			lctx, c := context.WithTimeout(ctx, 2*time.Second)
 			_, err := smallLoad(lctx, r, 1, time.Millisecond)
@@ -307,6 +343,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}{
 		{"setup", false, func() error { return benchSetup(ctx, cfg, l, rep) }},
 		{"small", false, func() error { return benchSmall(ctx, cfg, l, rep) }},
+		// Before bulk, which leaves coordinator's RSS high for a while.
+		{"tools", false, func() error { return benchTools(ctx, cfg, l, rep) }},
 		{"bulk", false, func() error { return benchBulk(ctx, cfg, l, rep, log) }},
 		{"profile", false, func() error { return benchProfile(ctx, cfg, l, rep) }},
 		{"memory", true, func() error { return benchMemory(ctx, cfg, l, rep) }},

@@ -170,6 +170,28 @@ func ports(network string, n int) ([]int, error) {
 	return out, nil
 }
 
+// portRun picks n consecutive free TCP ports, none of them in avoid.
+func portRun(n int, avoid []int) ([]int, error) {
+next:
+	for range 100 {
+		first := 20000 + rand.IntN(12000)
+		var out []int
+		for p := first; p < first+n; p++ {
+			if slices.Contains(avoid, p) {
+				continue next
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				continue next
+			}
+			ln.Close()
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	return nil, errors.New("no run of free ports found in 100 tries")
+}
+
 // fetch GETs url into file (a pprof profile, say), bounded by ctx.
 func fetch(ctx context.Context, url, file string) error {
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
