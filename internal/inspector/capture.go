@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,7 +18,7 @@ import (
 // remote is the public client, session the reverse session (coordinator's
 // records name it).
 func (in *Inspector) Capture(conn net.Conn, service, local, remote, session string) net.Conn {
-	c := &captureConn{Conn: conn, in: in, req: newFeed(), resp: newFeed(), pending: make(chan pendingReq, 64),
+	c := &captureConn{Conn: conn, in: in, req: newFeed(&in.captureQueued), resp: newFeed(&in.captureQueued), pending: make(chan pendingReq, 64),
 		respDone: make(chan struct{}), service: service, local: local, remote: remote, session: session}
 	c.wg.Add(2)
 	go c.readRequests()
@@ -157,19 +158,30 @@ func (c *captureConn) readResponses() {
 	}
 }
 
-// feedSlots bounds the chunks waiting for a parser: beyond them the parser
-// is taken to have fallen behind and the capture of that direction stops.
-const feedSlots = 64
+// Bounds on the copies waiting for the parsers: beyond them a parser is
+// taken to have fallen behind and the capture of that direction stops (the
+// connection's bytes still flow; coordinator's record still lists the
+// requests). The relay moves chunks of up to 256 KiB, so without a byte
+// bound a lagging parser could hold megabytes per connection.
+const (
+	feedSlots    = 64       // chunks per direction of a connection
+	feedBytes    = 1 << 20  // bytes per direction of a connection
+	captureBytes = 32 << 20 // bytes of every capture of an inspector together
+)
 
 // feed carries copies of a connection's bytes to a parser.
 type feed struct {
-	mu    sync.Mutex
-	ch    chan []byte
-	ended bool
-	buf   []byte
+	mu     sync.Mutex
+	ch     chan []byte
+	ended  bool
+	buf    []byte
+	queued int           // bytes in ch
+	total  *atomic.Int64 // bytes queued by every feed of the inspector
 }
 
-func newFeed() *feed { return &feed{ch: make(chan []byte, feedSlots)} }
+func newFeed(total *atomic.Int64) *feed {
+	return &feed{ch: make(chan []byte, feedSlots), total: total}
+}
 
 func (f *feed) push(b []byte) {
 	if len(b) == 0 {
@@ -180,12 +192,27 @@ func (f *feed) push(b []byte) {
 	if f.ended {
 		return
 	}
+	if f.queued+len(b) > feedBytes || f.total.Load()+int64(len(b)) > captureBytes {
+		f.ended = true // fallen behind: give up
+		close(f.ch)
+		return
+	}
 	select {
 	case f.ch <- append([]byte(nil), b...):
+		f.queued += len(b)
+		f.total.Add(int64(len(b)))
 	default:
 		f.ended = true // fallen behind: give up
 		close(f.ch)
 	}
+}
+
+// taken accounts for a chunk the parser took (or stop dropped).
+func (f *feed) taken(chunk []byte) {
+	f.mu.Lock()
+	f.queued -= len(chunk)
+	f.mu.Unlock()
+	f.total.Add(-int64(len(chunk)))
 }
 
 // end says no more bytes come.
@@ -202,7 +229,8 @@ func (f *feed) end() {
 // those queued are dropped.
 func (f *feed) stop() {
 	f.end()
-	for range f.ch {
+	for chunk := range f.ch {
+		f.taken(chunk)
 	}
 }
 
@@ -213,6 +241,7 @@ func (f *feed) Read(b []byte) (int, error) {
 		if !ok {
 			return 0, io.EOF
 		}
+		f.taken(chunk)
 		f.buf = chunk
 	}
 	n := copy(b, f.buf)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -96,7 +97,8 @@ type Inspector struct {
 	samples []sample     // one a second, the last five minutes
 	pending []pendingLog // coordinator's records waiting for their capture, oldest first
 
-	appUp, appDown counter // the exposed apps' bytes, as captured
+	appUp, appDown counter      // the exposed apps' bytes, as captured
+	captureQueued  atomic.Int64 // bytes copied for the capture parsers, not yet parsed
 }
 
 // sample is the throughput of one second, bytes each way.

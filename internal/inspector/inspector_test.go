@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -342,17 +343,39 @@ func TestEventsStream(t *testing.T) {
 }
 
 // A parser that falls behind gives up; the connection's bytes still flow.
+// It falls behind by chunks, by bytes per connection, or by bytes of all
+// connections together; what it took or dropped is no longer counted.
 func TestFeedGivesUpWhenBehind(t *testing.T) {
-	f := newFeed()
-	for range feedSlots + 1 {
-		f.push([]byte("x"))
+	tests := []struct {
+		name       string
+		chunk      int
+		othersHeld int64 // bytes other feeds hold
+		want       int   // chunks queued before it gives up
+	}{
+		{"chunks", 1, 0, feedSlots},
+		{"bytes", feedBytes / 4, 0, 4},
+		{"bytes of every capture", 1 << 10, captureBytes - 3<<10, 3},
 	}
-	n := 0
-	for range f.ch {
-		n++
-	}
-	if !f.ended || n != feedSlots {
-		t.Fatalf("ended %v after %d chunks, want ended after %d", f.ended, n, feedSlots)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var total atomic.Int64
+			total.Store(tt.othersHeld)
+			f := newFeed(&total)
+			for range feedSlots + 1 {
+				f.push(make([]byte, tt.chunk))
+			}
+			n := 0
+			for chunk := range f.ch {
+				f.taken(chunk)
+				n++
+			}
+			if !f.ended || n != tt.want {
+				t.Fatalf("ended %v after %d chunks, want ended after %d", f.ended, n, tt.want)
+			}
+			if f.queued != 0 || total.Load() != tt.othersHeld {
+				t.Fatalf("after the parser took every chunk: %d bytes queued, %d in all, want 0 and %d", f.queued, total.Load(), tt.othersHeld)
+			}
+		})
 	}
 }
 
