@@ -94,7 +94,14 @@ func (c *conn) exchange(h *head, r *route, start time.Time) (keep bool, err erro
 	}
 	u := c.up
 	if err := c.writeRequestHead(h, r); err != nil {
-		if fresh || h.requestHasBody() {
+		var de *DialError
+		switch {
+		case errors.As(err, &de):
+			// A Dialer that answers before reaching the target (fast
+			// open, an early reverse session) reports the failure here.
+			c.writeError(de.Status, de.Reason)
+			return false, err
+		case fresh || h.requestHasBody():
 			c.writeError(http.StatusBadGateway, fmt.Sprintf("sending the request to %s failed: %v", r.key, err))
 			return false, err
 		}

@@ -39,6 +39,24 @@ func (d *directDialer) DialTarget(ctx context.Context, target string) (net.Conn,
 	return (&net.Dialer{}).DialContext(ctx, "tcp", target)
 }
 
+// refusingDialer's connections refuse the first write with answer, as a
+// Dialer whose connection reports the far end's failure late does (an
+// early reverse session whose client is going offline).
+type refusingDialer struct{ answer *DialError }
+
+func (d refusingDialer) DialTarget(ctx context.Context, target string) (net.Conn, error) {
+	a, b := net.Pipe()
+	b.Close()
+	return refusingConn{a, d.answer}, nil
+}
+
+type refusingConn struct {
+	net.Conn
+	answer *DialError
+}
+
+func (c refusingConn) Write([]byte) (int, error) { return 0, c.answer }
+
 func startProxy(t *testing.T, cfg Config) (*Proxy, string) {
 	t.Helper()
 	if cfg.Dialer == nil {
@@ -242,6 +260,8 @@ func TestErrors(t *testing.T) {
 			"CONNECT 198.51.100.1:443 HTTP/1.1\r\nHost: x\r\n\r\n", 504, "dial-back timed out"},
 		{"dialer picks 503", &directDialer{fail: &DialError{Status: 503, Reason: "coordinator unreachable"}},
 			"GET http://198.51.100.1/ HTTP/1.1\r\n\r\n", 503, "coordinator"},
+		{"connection picks 503 on write", refusingDialer{&DialError{Status: 503, Reason: "coordinator went away"}},
+			"GET http://198.51.100.1/ HTTP/1.1\r\n\r\n", 503, "coordinator went away"},
 		{"malformed", nil, "NOT A REQUEST\r\n\r\n", 400, ""},
 		{"origin-form", nil, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "proxy"},
 		{"https absolute-form", nil, "GET https://x/ HTTP/1.1\r\n\r\n", 400, "CONNECT"},

@@ -59,6 +59,14 @@ func Outcome(err error) string {
 	return "error"
 }
 
+// PeerShutDown reports whether err is the peer closing the connection
+// because it is shutting down (CodeShutdown): a client that is going
+// offline, say, rather than a fault.
+func PeerShutDown(err error) bool {
+	var ae *quic.ApplicationError
+	return errors.As(err, &ae) && ae.Remote && ErrorCode(ae.ErrorCode) == CodeShutdown
+}
+
 // ConfigError reports an invalid configuration field.
 type ConfigError struct {
 	Field  string

@@ -104,7 +104,7 @@ func (c earlyConn) ReportRequest(r httpproxy.RequestRecord) {
 // session failing later) pass unchanged.
 func (c earlyConn) dialError(err error) error {
 	var se *quictun.SessionError
-	if err != nil && (errors.As(err, &se) || errors.Is(err, quictun.ErrClientOffline)) {
+	if err != nil && (errors.As(err, &se) || errors.Is(err, quictun.ErrClientOffline) || quictun.PeerShutDown(err)) {
 		return reverseDialError(c.name, err)
 	}
 	return err
@@ -121,6 +121,8 @@ func reverseDialError(name string, err error) error {
 	switch {
 	case errors.Is(err, quictun.ErrClientOffline):
 		reason = fmt.Sprintf("the client exposing %q is offline", name)
+	case quictun.PeerShutDown(err):
+		reason = fmt.Sprintf("the client exposing %q is going offline (shutting down)", name)
 	case errors.As(err, &se) && se.Code == quictun.CodeTimeout:
 		status = http.StatusGatewayTimeout
 	case errors.Is(err, context.DeadlineExceeded):

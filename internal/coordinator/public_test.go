@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"quictunnel/httpproxy"
 	"quictunnel/quictun"
 )
@@ -71,6 +73,8 @@ func TestReverseDialErrorHidesClient(t *testing.T) {
 	}{
 		{"offline", offline, http.StatusBadGateway, `the client exposing "app" is offline`},
 		{"deadline", context.DeadlineExceeded, http.StatusGatewayTimeout, "deadline"},
+		{"shutting down", &quic.ApplicationError{Remote: true, ErrorCode: quic.ApplicationErrorCode(quictun.CodeShutdown), ErrorMessage: "localproxy shutting down"},
+			http.StatusBadGateway, `the client exposing "app" is going offline`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var de *httpproxy.DialError
