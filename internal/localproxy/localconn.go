@@ -3,7 +3,6 @@ package localproxy
 import (
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,29 +63,12 @@ func (c *localConn) Close() error {
 // connection (httpproxy calls it).
 func (c *localConn) ReportRequest(r httpproxy.RequestRecord) {
 	c.reported.Store(true)
-	host, path := r.Target, ""
-	if rest, ok := strings.CutPrefix(host, "http://"); ok {
-		host = rest
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			host, path = rest[:i], rest[i:]
-		}
-	}
-	c.ins.Add(inspector.Record{Time: time.Now().Add(-r.Duration), Kind: inspector.KindProxy, Method: r.Method, Host: host, Path: path,
-		Status: r.Status, Up: r.Up, Down: r.Down, Duration: float64(r.Duration.Microseconds()) / 1000, Transport: transportDirect,
-		Outcome: r.Outcome, Done: true})
+	c.ins.Add(requestRecord(r, transportDirect))
 }
 
 // end records a tunnel (CONNECT) when it closes.
 func (c *localConn) end() {
-	if c.reported.Load() {
-		return
+	if !c.reported.Load() {
+		c.ins.Add(tunnelRecord(c.target, c.start, c.up.Load(), c.down.Load(), transportDirect))
 	}
-	up, down := c.up.Load(), c.down.Load()
-	status := 0
-	if down > 0 {
-		status = 200
-	}
-	d := time.Since(c.start)
-	c.ins.Add(inspector.Record{Time: c.start, Kind: inspector.KindProxy, Method: "CONNECT", Host: c.target, Status: status,
-		Up: up, Down: down, Duration: float64(d.Microseconds()) / 1000, Transport: transportDirect, Done: true})
 }

@@ -247,17 +247,9 @@ const stunWaitTCP = 500 * time.Millisecond
 // it in the inspector.
 func (c *trackedConn) end() {
 	c.t.remove(c)
-	if c.t.ins == nil || c.reported.Load() {
-		return
+	if c.t.ins != nil && !c.reported.Load() {
+		c.t.ins.Add(tunnelRecord(c.target, c.start, c.up.Load(), c.down.Load(), c.Transport()))
 	}
-	up, down := c.up.Load(), c.down.Load()
-	status := 0
-	if down > 0 {
-		status = 200
-	}
-	d := time.Since(c.start)
-	c.t.ins.Add(inspector.Record{Time: c.start, Kind: inspector.KindProxy, Method: "CONNECT", Host: c.target, Status: status,
-		Up: up, Down: down, Duration: float64(d.Microseconds()) / 1000, Transport: c.Transport(), Done: true})
 }
 
 // FormatStatus renders s for a person.

@@ -134,9 +134,14 @@ func (p *Proxy) publicRequest(m *quictun.RequestLog) {
 // (httpproxy calls it after an absolute-form request).
 func (c *trackedConn) ReportRequest(r httpproxy.RequestRecord) {
 	c.reported.Store(true)
-	if c.t.ins == nil {
-		return
+	if c.t.ins != nil {
+		c.t.ins.Add(requestRecord(r, c.Transport()))
 	}
+}
+
+// requestRecord is the inspector's row for a browser's absolute-form
+// request that went over transport.
+func requestRecord(r httpproxy.RequestRecord, transport string) inspector.Record {
 	host, path := r.Target, ""
 	if rest, ok := strings.CutPrefix(host, "http://"); ok {
 		host = rest
@@ -144,7 +149,19 @@ func (c *trackedConn) ReportRequest(r httpproxy.RequestRecord) {
 			host, path = rest[:i], rest[i:]
 		}
 	}
-	c.t.ins.Add(inspector.Record{Time: time.Now().Add(-r.Duration), Kind: inspector.KindProxy, Method: r.Method, Host: host, Path: path,
-		Status: r.Status, Up: r.Up, Down: r.Down, Duration: float64(r.Duration.Microseconds()) / 1000, Transport: c.Transport(),
-		Outcome: r.Outcome, Done: true})
+	return inspector.Record{Time: time.Now().Add(-r.Duration), Kind: inspector.KindProxy, Method: r.Method, Host: host, Path: path,
+		Status: r.Status, Up: r.Up, Down: r.Down, Duration: float64(r.Duration.Microseconds()) / 1000, Transport: transport,
+		Outcome: r.Outcome, Done: true}
+}
+
+// tunnelRecord is the inspector's row for a browser's CONNECT tunnel to
+// target over transport, ended now after moving up and down bytes.
+func tunnelRecord(target string, start time.Time, up, down int64, transport string) inspector.Record {
+	status := 0
+	if down > 0 {
+		status = 200
+	}
+	d := time.Since(start)
+	return inspector.Record{Time: start, Kind: inspector.KindProxy, Method: "CONNECT", Host: target, Status: status,
+		Up: up, Down: down, Duration: float64(d.Microseconds()) / 1000, Transport: transport, Done: true}
 }

@@ -2,6 +2,7 @@ package localproxy
 
 import (
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -120,7 +121,7 @@ func (m *uiMux) wait() { m.wg.Wait() }
 func isUIRequest(b []byte) bool {
 	s := string(b)
 	for _, m := range []string{"GET ", "HEAD ", "POST "} {
-		if rest, ok := cutPrefix(s, m); ok {
+		if rest, ok := strings.CutPrefix(s, m); ok {
 			if len(rest) < 4 || rest[:3] != "/ui" {
 				return false
 			}
@@ -132,13 +133,6 @@ func isUIRequest(b []byte) bool {
 		}
 	}
 	return false
-}
-
-func cutPrefix(s, prefix string) (string, bool) {
-	if len(s) >= len(prefix) && s[:len(prefix)] == prefix {
-		return s[len(prefix):], true
-	}
-	return "", false
 }
 
 func (m *uiMux) proxyListener() net.Listener { return muxListener{m, m.proxy} }
