@@ -474,8 +474,9 @@ type peer struct {
 	// dialBackObserved is the client's address as coordinator saw it when
 	// dialBack was dialed.
 	dialBackObserved netip.AddrPort
-	dialRefs         connRefs    // sessions on each dial-back connection
-	worker           *workerPeer // the dial-back worker serving this client, if any
+	dialBackAddr     netip.AddrPort // the address dialBack was dialed to
+	dialRefs         connRefs       // sessions on each dial-back connection
+	worker           *workerPeer    // the dial-back worker serving this client, if any
 }
 
 // observedAddr is the client's address as coordinator sees it now. quic-go
@@ -831,6 +832,11 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 	defer p.dialMu.Unlock()
 	observed := p.observedAddr()
 	if p.dialBack != nil && p.dialBack.Context().Err() == nil {
+		if observed == p.dialBackAddr {
+			// The control connection's move caught up with a dial-back
+			// already made to the new (reported) address.
+			p.dialBackObserved = observed
+		}
 		if observed == p.dialBackObserved {
 			p.dialRefs.add(p.dialBack)
 			return p.dialBack, nil
@@ -861,7 +867,7 @@ func (p *peer) dialBackConn(ctx context.Context) (*quic.Conn, error) {
 		return nil, err
 	}
 	p.log.Info("dial-back connection established", "addr", addr)
-	p.dialBack, p.dialBackObserved = conn, observed
+	p.dialBack, p.dialBackObserved, p.dialBackAddr = conn, observed, addr
 	p.dialRefs.add(conn)
 	return conn, nil
 }

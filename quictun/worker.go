@@ -159,8 +159,9 @@ type workerClient struct {
 	// observed is the client's address as coordinator saw it when conn
 	// was dialed (Job.Observed).
 	observed   netip.AddrPort
-	refs       connRefs  // sessions on each dial-back connection
-	relayUntil time.Time // sessions are relayed until then
+	addr       netip.AddrPort // the address conn was dialed to
+	refs       connRefs       // sessions on each dial-back connection
+	relayUntil time.Time      // sessions are relayed until then
 	relayErr   error
 }
 
@@ -472,7 +473,12 @@ func (w *Worker) setUpJob(ctx context.Context, coord *quic.Conn, str Stream, job
 	var live *quic.Conn
 	if wc.live() {
 		live = wc.conn
-		if job.Observed != wc.observed {
+		if job.Observed == wc.addr {
+			// The control connection's move caught up with a dial-back
+			// already made to the new address (coordinator validates the
+			// new path some time after the client reports it).
+			wc.observed = job.Observed
+		} else if job.Observed != wc.observed {
 			// The client's control connection moved: its NAT mapped it
 			// anew, and the dial-back connection, which came in through
 			// the old mapping, most likely no longer gets in. Punch and
@@ -624,7 +630,7 @@ func (w *Worker) dialBack(ctx context.Context, wc *workerClient, job *Job, punch
 		return nil, err
 	}
 	w.log.Info("dial-back connection established", "addr", addr, "punch_source", punchSource, "reported", job.Reported)
-	wc.conn, wc.observed = conn, job.Observed
+	wc.conn, wc.observed, wc.addr = conn, job.Observed, addr
 	s, err := openDialBackStream(ctx, conn, job.Session)
 	if err == nil {
 		if err = awaitAck(s, w.cfg.RelayAfter); err == nil {
