@@ -150,7 +150,12 @@ type pebble struct {
 func startPebble(t *testing.T, dir string, tlsPort int) *pebble {
 	t.Helper()
 	path := pebblePath(t)
-	dns := startTestDNS(t)
+	return startPebbleDNS(t, path, dir, tlsPort, startTestDNS(t))
+}
+
+// startPebbleDNS is startPebble, at path, with dns as Pebble's DNS server.
+func startPebbleDNS(t *testing.T, path, dir string, tlsPort int, dns string) *pebble {
+	t.Helper()
 	apiCA, apiCert, apiKey := writeTestServerCert(t, dir)
 	acmePort, mgmtPort := freeTCPPort(t), freeTCPPort(t)
 	conf := map[string]any{"pebble": map[string]any{
@@ -213,18 +218,25 @@ func TestACMETCPListen(t *testing.T) {
 // on PATH.
 func pebblePath(t *testing.T) string {
 	t.Helper()
-	if p, err := filepath.Abs(filepath.Join("..", ".tools", "pebble")); err == nil {
+	return toolPath(t, "pebble", "the ACME test CA")
+}
+
+// toolPath finds a test tool scripts/test-deps.sh builds into .tools, or
+// on PATH; without it the test is skipped (fails in CI).
+func toolPath(t *testing.T, name, what string) string {
+	t.Helper()
+	if p, err := filepath.Abs(filepath.Join("..", ".tools", name)); err == nil {
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
 	}
-	if p, err := exec.LookPath("pebble"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
 	if os.Getenv("CI") != "" {
-		t.Fatal("pebble not built; scripts/test-deps.sh should have built it into .tools/")
+		t.Fatalf("%s not built; scripts/test-deps.sh should have built it into .tools/", name)
 	}
-	t.Skip("pebble (the ACME test CA) not built: run scripts/test-deps.sh")
+	t.Skipf("%s (%s) not built: run scripts/test-deps.sh", name, what)
 	return ""
 }
 

@@ -54,13 +54,19 @@ func (l *logBuffer) logger() *slog.Logger {
 // waitFor polls cond until it holds, for at most 30 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
+	waitForWithin(t, 30*time.Second, what, cond)
+}
+
+// waitForWithin polls cond until it holds, for at most d.
+func waitForWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(d)
 	for !cond() {
 		select {
 		case <-t.Context().Done():
 			t.Fatalf("test ended waiting for %s", what)
 		case <-deadline:
-			t.Fatalf("timed out after 30s waiting for %s", what)
+			t.Fatalf("timed out after %s waiting for %s", d, what)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -9,7 +9,8 @@
 # contrib/systemd (the package installs fine where systemd does not run:
 # nothing is started), and tinyproxy (the upstream HTTP proxy of the
 # TCP-transport lab, e2e/transport_natlab_test.go). It also builds Pebble,
-# the ACME test CA (e2e/acme_test.go), from its Go module into .tools/.
+# the ACME test CA, and pebble-challtestsrv, its DNS test server
+# (e2e/acme_test.go, e2e/acme_dns_test.go), from their Go module into .tools/.
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
@@ -69,15 +70,18 @@ if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u
   exit 0
 fi
-# Pebble, the ACME test CA (e2e/acme_test.go), built from its Go module
-# into .tools/ at the root of the checkout; skipped when present.
+# Pebble, the ACME test CA, and pebble-challtestsrv, its DNS test server
+# (e2e/acme_test.go, e2e/acme_dns_test.go), built from their Go module into
+# .tools/ at the root of the checkout; each skipped when present.
 if [ -z "$demo" ] && command -v go >/dev/null 2>&1; then
   tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
-  if [ ! -x "$tools/pebble" ]; then
-    echo "test-deps: building pebble $PEBBLE_VERSION into $tools"
-    GOBIN="$tools" GOFLAGS=-buildvcs=false go install "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION" ||
-      echo "test-deps: pebble not built; the ACME test will be skipped" >&2
-  fi
+  for cmd in pebble pebble-challtestsrv; do
+    if [ ! -x "$tools/$cmd" ]; then
+      echo "test-deps: building $cmd $PEBBLE_VERSION into $tools"
+      GOBIN="$tools" GOFLAGS=-buildvcs=false go install "github.com/letsencrypt/pebble/v2/cmd/$cmd@$PEBBLE_VERSION" ||
+        echo "test-deps: $cmd not built; the ACME tests needing it will be skipped" >&2
+    fi
+  done
 fi
 # The lossy-link test uses tc netem, which needs the kernel's sch_netem:
 # load it where the kernel has modules. Quiet either way: without netem the

@@ -20,6 +20,8 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
+
+	"quictunnel/internal/dnshook"
 )
 
 // acmeOrderBurst and acmeOrderEvery bound the certificates coordinator
@@ -33,10 +35,12 @@ const (
 
 // autoCerts obtains and renews coordinator's certificates from an ACME CA
 // (--acme-email): the one of its own name, for QUIC and --tcp-listen, and
-// one per published name on demand for --https.
+// for --https one per published name on demand, or with a DNS-01 setup
+// (--acme-dns-hook) one wildcard.
 type autoCerts struct {
 	cfg     *certmagic.Config // the own name's
-	demand  *certmagic.Config // --https's, on demand
+	demand  *certmagic.Config // --https's: on demand, or the wildcard's
+	wild    string            // *.DOMAIN with DNS-01 and --https, else ""
 	cache   *certmagic.Cache
 	name    string
 	ca      string
@@ -90,8 +94,24 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 	if host, port, ok := tlsALPNListener(c); ok {
 		issuer.ListenHost, issuer.AltTLSALPNPort = host, port
 	}
+	var onDemand *certmagic.OnDemandConfig
+	if hook := c.String("acme-dns-hook"); hook != "" {
+		// With DNS-01 (then certmagic uses no other challenge) the CA
+		// need not reach coordinator, and --https gets one wildcard.
+		solver, err := dnshook.New(dnshook.Config{Path: hook, Resolvers: c.StringSlice("acme-dns-resolvers"), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--acme-dns-hook: %w", err)
+		}
+		issuer.DNS01Solver = solver
+		if c.String("https") != "" && c.String("https-cert") == "" {
+			a.wild = "*." + c.String("domain")
+		}
+	} else {
+		onDemand = &certmagic.OnDemandConfig{DecisionFunc: a.decide}
+	}
 	// Two configurations on one cache and one directory: the own name's,
-	// managed from the start, and --https's, on demand.
+	// managed from the start, and --https's, on demand or the wildcard
+	// managed from the start.
 	newConfig := func(onDemand *certmagic.OnDemandConfig) *certmagic.Config {
 		cfg := certmagic.New(a.cache, certmagic.Config{
 			Storage:           &certmagic.FileStorage{Path: dir},
@@ -104,18 +124,24 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 		return cfg
 	}
 	a.cfg = newConfig(nil)
-	a.demand = newConfig(&certmagic.OnDemandConfig{DecisionFunc: a.decide})
+	a.demand = newConfig(onDemand)
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	return a, nil
 }
 
 // start begins obtaining (or loading from --acme-dir) the certificate of
-// the own name, in the background, retrying with backoff. Call it once
-// coordinator's listeners are bound: the TLS-ALPN-01 challenge is
-// answered on theirs.
+// the own name and the wildcard, in the background, retrying with
+// backoff. Call it once coordinator's listeners are bound: the TLS-ALPN-01
+// challenge is answered on theirs.
 func (a *autoCerts) start() error {
 	if err := a.cfg.ManageAsync(a.ctx, []string{a.name}); err != nil {
 		return fmt.Errorf("ACME certificate for %s: %w", a.name, err)
+	}
+	if a.wild == "" {
+		return nil
+	}
+	if err := a.demand.ManageAsync(a.ctx, []string{a.wild}); err != nil {
+		return fmt.Errorf("ACME certificate for %s: %w", a.wild, err)
 	}
 	return nil
 }
@@ -182,7 +208,8 @@ func (a *autoCerts) own(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return a.cfg.GetCertificate(&h)
 }
 
-// https gives --https's certificates: on demand, for published names.
+// https gives --https's certificates: on demand, for published names, or
+// the wildcard.
 func (a *autoCerts) https(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return a.demand.GetCertificate(hello)
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/urfave/cli/v2"
 
 	"quictunnel/internal/coordinator"
+	"quictunnel/internal/dnshook"
 	"quictunnel/internal/service"
 )
 
@@ -66,6 +68,30 @@ func checkCertSettings(c *cli.Context) error {
 		return &service.SettingError{Setting: "--acme-email", Reason: "set either --acme-email (automatic certificates) or --cert and --key, not both"}
 	case !acme && (c.String("cert") == "" || c.String("key") == ""):
 		return &service.SettingError{Setting: "--cert", Reason: "required: set --cert and --key (a key pair), or --acme-email (automatic certificates)"}
+	}
+	return checkDNSHook(c, acme)
+}
+
+// checkDNSHook checks the DNS-01 setup: a hook that is an executable
+// file, only with --acme-email, and resolvers only with a hook.
+func checkDNSHook(c *cli.Context, acme bool) error {
+	hook, resolvers := c.String("acme-dns-hook"), c.StringSlice("acme-dns-resolvers")
+	switch {
+	case hook == "" && len(resolvers) > 0:
+		return &service.SettingError{Setting: "--acme-dns-resolvers", Reason: "needs --acme-dns-hook"}
+	case hook == "":
+		return nil
+	case !acme:
+		return &service.SettingError{Setting: "--acme-dns-hook", Value: hook, Reason: "needs --acme-email"}
+	}
+	if _, err := dnshook.New(dnshook.Config{Path: hook, Resolvers: resolvers}); err != nil {
+		if e, ok := errors.AsType[*dnshook.ConfigError](err); ok && e.Field == "Resolvers" {
+			return &service.SettingError{Setting: "--acme-dns-resolvers", Reason: e.Reason}
+		}
+		if e, ok := errors.AsType[*dnshook.ConfigError](err); ok {
+			return &service.SettingError{Setting: "--acme-dns-hook", Value: hook, Reason: e.Reason}
+		}
+		return err
 	}
 	return nil
 }

@@ -82,8 +82,9 @@ type Config struct {
 	// tls.Config.GetCertificate); it should cover *.Domain. Default:
 	// Certificate.
 	HTTPSCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	// HTTPSOnDemand says HTTPSCertificate obtains certificates on demand,
-	// for published names only: it is not probed at start.
+	// HTTPSOnDemand says HTTPSCertificate obtains certificates itself (on
+	// demand for published names, or a wildcard that may not be there
+	// yet): it is not probed at start.
 	HTTPSOnDemand bool
 	// HTTPToHTTPS makes HTTPListen answer every request with a redirect
 	// to the same URL on HTTPSListen (which it needs).

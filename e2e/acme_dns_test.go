@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dnsLab is Pebble validating DNS-01 challenges against
+// pebble-challtestsrv, whose TXT records a hook script sets over its HTTP
+// management API with curl.
+type dnsLab struct {
+	pb      *pebble
+	dns     string // challtestsrv's DNS address, UDP and TCP
+	hook    string // the hook script
+	calls   string // file where the hook appends "ACTION FQDN DOMAIN" per call
+	failing string // while this file exists the hook fails
+}
+
+// startDNSLab starts challtestsrv and Pebble asking it, and writes the
+// hook into dir.
+func startDNSLab(t *testing.T, dir string) *dnsLab {
+	t.Helper()
+	pebblePath, challPath := toolPath(t, "pebble", "the ACME test CA"), toolPath(t, "pebble-challtestsrv", "its DNS test server")
+	dns, mgmt := freeUDPAndTCPPort(t), freeTCPPort(t)
+	l := &dnsLab{dns: "127.0.0.1:" + strconv.Itoa(dns), hook: filepath.Join(dir, "acme-dns-hook"),
+		calls: filepath.Join(dir, "hook-calls"), failing: filepath.Join(dir, "hook-fails")}
+	mgmtURL := "http://127.0.0.1:" + strconv.Itoa(mgmt)
+	startCmd(t, nil, challPath, "-dnsserver", l.dns, "-management", "127.0.0.1:"+strconv.Itoa(mgmt),
+		"-http01", "", "-https01", "", "-doh", "", "-tlsalpn01", "", "-defaultIPv6", "")
+	waitFor(t, "challtestsrv listening", func() bool { return canDial(l.dns) && canDial("127.0.0.1:"+strconv.Itoa(mgmt)) })
+	script := `#!/bin/sh
+# ACME DNS-01 hook: HOOK present|cleanup FQDN VALUE, against challtestsrv.
+echo "$1 $2 $ACME_DNS_DOMAIN" >>'` + l.calls + `'
+if [ -e '` + l.failing + `' ]; then
+	echo "DNS API refused the update: bad credentials" >&2
+	exit 3
+fi
+case $1 in
+present) exec curl -sSf -d "{\"host\":\"$2\",\"value\":\"$3\"}" ` + mgmtURL + `/set-txt ;;
+cleanup) exec curl -sSf -d "{\"host\":\"$2\"}" ` + mgmtURL + `/clear-txt ;;
+*) echo "unknown action $1" >&2; exit 2 ;;
+esac
+`
+	if err := os.WriteFile(l.hook, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l.pb = startPebbleDNS(t, pebblePath, dir, freeTCPPort(t), l.dns)
+	return l
+}
+
+// hookCalls is what the hook was called with, one call a line.
+func (l *dnsLab) hookCalls() string {
+	b, _ := os.ReadFile(l.calls)
+	return string(b)
+}
+
+// freeUDPAndTCPPort is a port free on 127.0.0.1 for both UDP and TCP,
+// for a DNS server.
+func freeUDPAndTCPPort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			return pc.LocalAddr().(*net.UDPAddr).Port
+		}
+	}
+	t.Fatal("no port free for DNS over both UDP and TCP")
+	return 0
+}
+
+// TestACMEDNSWildcard runs coordinator with a DNS-01 hook against Pebble
+// and challtestsrv: it obtains one wildcard *.DOMAIN for --https at start
+// (and its own name over DNS-01 too), serves it for two published names,
+// orders nothing per name, and the hook was called to present and clean
+// up the record, which coordinator checked at challtestsrv
+// (--acme-dns-resolvers) before the CA did.
+func TestACMEDNSWildcard(t *testing.T) {
+	dir := t.TempDir()
+	lab := startDNSLab(t, dir)
+	quicPort, httpsPort, proxyPort, appPort := freeUDPPort(t), freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
+	const own, domain = "tunnel.example.com", "apps.example.com"
+	began := time.Now()
+	coord := start(t, []string{"SSL_CERT_FILE=" + lab.pb.apiCA}, "coordinator",
+		"--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--https", "127.0.0.1:"+strconv.Itoa(httpsPort),
+		"--domain", domain, "--token", "acme-token",
+		"--acme-email", "ops@example.com", "--acme-ca", lab.pb.directory, "--acme-dir", filepath.Join(dir, "acme"),
+		"--acme-name", own, "--acme-dns-hook", lab.hook, "--acme-dns-resolvers", lab.dns)
+	wildObtained := "ACME: certificate obtained\" name=*." + domain
+	waitFor(t, "the wildcard certificate", func() bool { return strings.Contains(coord.out.String(), wildObtained) })
+	t.Logf("wildcard *.%s obtained %s after coordinator started", domain, time.Since(began).Round(10*time.Millisecond))
+	waitFor(t, "the certificate of coordinator's name", func() bool {
+		return strings.Contains(coord.out.String(), "ACME: certificate obtained\" name="+own)
+	})
+
+	calls := lab.hookCalls()
+	for _, want := range []string{"present _acme-challenge." + domain + ". " + domain, "cleanup _acme-challenge." + domain + ". " + domain,
+		"present _acme-challenge." + own + ". " + own} {
+		if !strings.Contains(calls, want) {
+			t.Errorf("the hook was not called as %q; its calls:\n%s", want, calls)
+		}
+	}
+
+	roots, rootFile := lab.pb.root(t, dir)
+	start(t, nil, "demoapp", "--listen", "127.0.0.1:"+strconv.Itoa(appPort))
+	app := "127.0.0.1:" + strconv.Itoa(appPort)
+	lp := start(t, nil, "localproxy", "--listen", "127.0.0.1:"+strconv.Itoa(proxyPort),
+		"--coordinator", "127.0.0.1:"+strconv.Itoa(quicPort), "--server-name", own, "--ca", rootFile,
+		"--token", "acme-token", "--transport", "quic", "--expose", "app="+app, "--expose", "web="+app)
+	httpsAddr := "127.0.0.1:" + strconv.Itoa(httpsPort)
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, httpsAddr)
+		},
+	}}
+	for _, name := range []string{"app", "web"} {
+		url := "https://" + name + "." + domain + ":" + strconv.Itoa(httpsPort) + "/"
+		waitFor(t, url+" published", func() bool { return strings.Contains(lp.out.String(), "url="+url) })
+		leaf := servedLeaf(t, httpsAddr, name+"."+domain, roots, "http/1.1")
+		if !slices.Contains(leaf.DNSNames, "*."+domain) {
+			t.Errorf("%s.%s is served a certificate for %v, want *.%s", name, domain, leaf.DNSNames, domain)
+		}
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s", url, resp.Status)
+		}
+	}
+	// The wildcard is the only certificate --https has: no order per name.
+	if n := strings.Count(coord.out.String(), "ACME: ordering certificate"); n != 2 {
+		t.Errorf("%d orders, want 2 (coordinator's name and the wildcard):\n%s", n, coord.out)
+	}
+	// The own name's certificate serves QUIC: localproxy verified it.
+	if !strings.Contains(lp.out.String(), "connected to coordinator") {
+		t.Errorf("localproxy not connected:\n%s", lp.out)
+	}
+}
+
+// TestACMEDNSHookFails: a hook that fails is reported once per name, with
+// the hook and its stderr, coordinator runs on, and certmagic tries again
+// with backoff (its first retry comes after a minute, so this test takes
+// that long; it runs in parallel with others).
+func TestACMEDNSHookFails(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	lab := startDNSLab(t, dir)
+	if err := os.WriteFile(lab.failing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const own, domain = "tunnel.example.com", "apps.example.com"
+	coord := start(t, []string{"SSL_CERT_FILE=" + lab.pb.apiCA}, "coordinator",
+		"--listen", "127.0.0.1:"+strconv.Itoa(freeUDPPort(t)), "--https", "127.0.0.1:"+strconv.Itoa(freeTCPPort(t)),
+		"--domain", domain, "--token", "acme-token",
+		"--acme-email", "ops@example.com", "--acme-ca", lab.pb.directory, "--acme-dir", filepath.Join(dir, "acme"),
+		"--acme-name", own, "--acme-dns-hook", lab.hook)
+	failed := `msg="ACME: certificate not obtained, retrying with backoff (a certificate in use keeps serving)" name=*.` + domain
+	waitFor(t, "the hook's failure logged", func() bool { return strings.Contains(coord.out.String(), failed) })
+	line := coord.out.String()
+	line = line[strings.Index(line, failed):]
+	line = line[:strings.IndexByte(line, '\n')]
+	for _, want := range []string{lab.hook + " present _acme-challenge." + domain + ".", "exit status 3", "DNS API refused the update: bad credentials"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the error does not say %q:\n%s", want, line)
+		}
+	}
+	if !strings.Contains(coord.out.String(), "coordinator ready") {
+		t.Errorf("coordinator is not running:\n%s", coord.out)
+	}
+	failedAt := time.Now()
+	if err := os.Remove(lab.failing); err != nil {
+		t.Fatal(err)
+	}
+	obtained := "ACME: certificate obtained\" name=*." + domain
+	waitForWithin(t, 2*time.Minute, "the wildcard obtained on a retry", func() bool { return strings.Contains(coord.out.String(), obtained) })
+	t.Logf("the retry obtained the wildcard %s after the failure", time.Since(failedAt).Round(100*time.Millisecond))
+	if n := strings.Count(coord.out.String(), failed); n != 1 {
+		t.Errorf("the failure was logged %d times, want once:\n%s", n, coord.out)
+	}
+	if n := strings.Count(lab.hookCalls(), "present _acme-challenge."+domain+"."); n != 2 {
+		t.Errorf("the hook presented the wildcard's record %d times, want 2 (a failure, then the retry):\n%s", n, lab.hookCalls())
+	}
+}
