@@ -200,3 +200,47 @@ func TestACMEDNSHookFails(t *testing.T) {
 		t.Errorf("the hook presented the wildcard's record %d times, want 2 (a failure, then the retry):\n%s", n, lab.hookCalls())
 	}
 }
+
+// TestACMEDNSCheckConfig: coordinator check-config checks the DNS-01
+// setup: the hook must be an executable file, and goes with acme-email;
+// resolvers go with a hook.
+func TestACMEDNSCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	hook, plain := filepath.Join(dir, "hook"), filepath.Join(dir, "plain")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const base = "token: t\nhttps: \":443\"\ndomain: apps.example.org\n"
+	const acme = "acme-email: ops@example.org\n"
+	for _, tc := range []struct {
+		name, yaml, want string // want "" for ok
+	}{
+		{"valid", base + acme + "acme-dns-hook: " + hook + "\nacme-dns-resolvers: [ns1.example.org, \"127.0.0.1:5353\"]\n", ""},
+		{"missing", base + acme + "acme-dns-hook: " + filepath.Join(dir, "nothing") + "\n", "--acme-dns-hook"},
+		{"not executable", base + acme + "acme-dns-hook: " + plain + "\n", "not executable"},
+		{"directory", base + acme + "acme-dns-hook: " + dir + "\n", "not a regular file"},
+		{"without acme-email", base + "cert: c.pem\nkey: k.pem\nacme-dns-hook: " + hook + "\n", "--acme-dns-hook"},
+		{"resolvers without hook", base + acme + "acme-dns-resolvers: [ns1.example.org]\n", "--acme-dns-resolvers: needs --acme-dns-hook"},
+		{"bad resolver", base + acme + "acme-dns-hook: " + hook + "\nacme-dns-resolvers: [\"ns1:dns\"]\n", "--acme-dns-resolvers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "coordinator.yaml")
+			if err := os.WriteFile(file, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, code := runBinary(t, "coordinator", "check-config", file)
+			if tc.want == "" {
+				if code != 0 {
+					t.Errorf("exit %d, %q; want 0", code, out)
+				}
+				return
+			}
+			if code != 1 || !strings.Contains(out, tc.want) || strings.Count(out, "\n") != 1 {
+				t.Errorf("exit %d, %q; want 1 and one line saying %q", code, out, tc.want)
+			}
+		})
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -125,18 +126,16 @@ func CheckPath(path string) error {
 	return nil
 }
 
-// resolverAddr is a resolver as host:port.
+// resolverAddr is a resolver, host or host:port, as host:port.
 func resolverAddr(r string) (string, error) {
-	if _, _, err := net.SplitHostPort(r); err == nil {
-		return r, nil
+	host, port, err := net.SplitHostPort(r)
+	if err != nil {
+		host, port = strings.Trim(r, "[]"), "53"
 	}
-	if ip := net.ParseIP(strings.Trim(r, "[]")); ip != nil {
-		return net.JoinHostPort(ip.String(), "53"), nil
-	}
-	if r == "" || strings.ContainsAny(r, " /") {
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" || strings.ContainsAny(host, " /") {
 		return "", fmt.Errorf("%q: want host or host:port", r)
 	}
-	return net.JoinHostPort(r, "53"), nil
+	return net.JoinHostPort(host, port), nil
 }
 
 // Present runs the hook to add the challenge's TXT record.
