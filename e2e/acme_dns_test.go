@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -243,4 +244,123 @@ func TestACMEDNSCheckConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestACMEDNSNsupdate runs the example hook, contrib/acme-dns-hook-nsupdate,
+// against BIND's named on loopback, a primary for example.com that takes
+// dynamic updates signed with a TSIG key, and which Pebble asks: the
+// wildcard is obtained, served, and the challenge records are gone after.
+func TestACMEDNSNsupdate(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNamed(t, dir, "example.com")
+	pb := startPebbleDNS(t, toolPath(t, "pebble", "the ACME test CA"), dir, freeTCPPort(t), ns.addr)
+	hook, err := filepath.Abs(filepath.Join("..", "contrib", "acme-dns-hook-nsupdate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpsAddr := "127.0.0.1:" + strconv.Itoa(freeTCPPort(t))
+	const own, domain = "tunnel.example.com", "apps.example.com"
+	coord := start(t, []string{"SSL_CERT_FILE=" + pb.apiCA, "NSUPDATE_SERVER=127.0.0.1 " + ns.port, "NSUPDATE_KEY=" + ns.key},
+		"coordinator", "--listen", "127.0.0.1:"+strconv.Itoa(freeUDPPort(t)), "--https", httpsAddr,
+		"--domain", domain, "--token", "acme-token",
+		"--acme-email", "ops@example.com", "--acme-ca", pb.directory, "--acme-dir", filepath.Join(dir, "acme"),
+		"--acme-name", own, "--acme-dns-hook", hook, "--acme-dns-resolvers", ns.addr)
+	for _, name := range []string{"*." + domain, own} {
+		waitFor(t, "the certificate of "+name, func() bool {
+			return strings.Contains(coord.out.String(), "ACME: certificate obtained\" name="+name)
+		})
+	}
+	roots, _ := pb.root(t, dir)
+	if leaf := servedLeaf(t, httpsAddr, "app."+domain, roots, "http/1.1"); !slices.Contains(leaf.DNSNames, "*."+domain) {
+		t.Errorf("--https serves a certificate for %v, want *.%s", leaf.DNSNames, domain)
+	}
+	// cleanup removed the records present added.
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, ns.addr)
+	}}
+	for _, name := range []string{domain, own} {
+		waitFor(t, "the TXT record of "+name+" removed", func() bool {
+			txt, err := r.LookupTXT(t.Context(), "_acme-challenge."+name+".")
+			return len(txt) == 0 && err != nil
+		})
+	}
+	if !strings.Contains(ns.out.String(), "adding an RR at '_acme-challenge."+domain+"' TXT") {
+		t.Errorf("named logged no update adding the wildcard's record:\n%s", ns.out)
+	}
+	// docs/operations.md shows the hook as it is.
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(hook); !strings.Contains(string(doc), "```sh\n"+string(b)+"```") {
+		t.Error("docs/operations.md does not show contrib/acme-dns-hook-nsupdate as it is")
+	}
+}
+
+// named is BIND's named running for a test.
+type named struct {
+	addr, port string // 127.0.0.1:PORT, UDP and TCP
+	key        string // file of the TSIG key "acme", allowed to update TXT records
+	out        *syncBuffer
+}
+
+// startNamed runs named (Debian's bind9) until the test ends, as the
+// primary of zone, taking dynamic updates of TXT records signed with a
+// key it makes.
+func startNamed(t *testing.T, dir, zone string) *named {
+	t.Helper()
+	path, keygen := systemTool(t, "named", "bind9"), systemTool(t, "tsig-keygen", "bind9")
+	systemTool(t, "nsupdate", "bind9-dnsutils")
+	dir = filepath.Join(dir, "named")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(freeUDPAndTCPPort(t))
+	ns := &named{addr: "127.0.0.1:" + port, port: port, key: filepath.Join(dir, "acme.key")}
+	key, err := exec.Command(keygen, "-a", "hmac-sha256", "acme").Output()
+	if err != nil {
+		t.Fatalf("tsig-keygen: %v", err)
+	}
+	conf := `include "` + ns.key + `";
+options {
+	directory "` + dir + `";
+	listen-on port ` + port + ` { 127.0.0.1; };
+	listen-on-v6 { none; };
+	pid-file none;
+	recursion no;
+	dnssec-validation no;
+};
+controls { };
+zone "` + zone + `" {
+	type primary;
+	file "` + zone + `.zone";
+	update-policy { grant acme. subdomain ` + zone + `. TXT; };
+};
+`
+	zoneFile := "$TTL 60\n@ IN SOA ns1 hostmaster 1 60 60 600 60\n@ IN NS ns1\nns1 IN A 127.0.0.1\n"
+	for file, text := range map[string]string{"acme.key": string(key), "named.conf": conf, zone + ".zone": zoneFile} {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startCmd(t, nil, path, "-g", "-c", filepath.Join(dir, "named.conf"))
+	ns.out = p.out
+	waitFor(t, "named running", func() bool { return strings.Contains(p.out.String(), "running") && canDial(ns.addr) })
+	return ns
+}
+
+// systemTool finds a program from a Debian package scripts/test-deps.sh
+// installs; without it the test is skipped (fails in CI).
+func systemTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	for _, dir := range []string{"", "/usr/sbin/", "/sbin/"} {
+		if p, err := exec.LookPath(dir + name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s not installed; scripts/test-deps.sh should have installed %s", name, pkg)
+	}
+	t.Skipf("%s not installed (Debian package %s; make test installs it)", name, pkg)
+	return ""
 }

@@ -8,7 +8,9 @@
 # downloaded by any other means), systemd for systemd-analyze verify of
 # contrib/systemd (the package installs fine where systemd does not run:
 # nothing is started), and tinyproxy (the upstream HTTP proxy of the
-# TCP-transport lab, e2e/transport_natlab_test.go). It also builds Pebble,
+# TCP-transport lab, e2e/transport_natlab_test.go), bind9 and bind9-dnsutils
+# (named and nsupdate, for contrib/acme-dns-hook-nsupdate in
+# e2e/acme_dns_test.go). It also builds Pebble,
 # the ACME test CA, and pebble-challtestsrv, its DNS test server
 # (e2e/acme_test.go, e2e/acme_dns_test.go), from their Go module into .tools/.
 #
@@ -65,6 +67,9 @@ if [ -z "$demo" ]; then
   want certutil libnss3-tools
   want systemd-analyze systemd
   want tinyproxy tinyproxy # the upstream (corporate) HTTP proxy of the TCP-transport lab
+  want named bind9 # a DNS primary taking dynamic updates, for the nsupdate DNS-01 hook (e2e/acme_dns_test.go)
+  want tsig-keygen bind9
+  want nsupdate bind9-dnsutils
 fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u
