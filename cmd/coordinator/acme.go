@@ -104,6 +104,9 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 		}
 		issuer.DNS01Solver = solver
 		if c.String("https") != "" && c.String("https-cert") == "" {
+			if d := c.String("domain"); !strings.Contains(d, ".") || net.ParseIP(d) != nil {
+				return nil, fmt.Errorf("--domain %q: the wildcard *.DOMAIN --acme-dns-hook obtains for --https needs a DNS name under a registered domain", d)
+			}
 			a.wild = "*." + c.String("domain")
 		}
 	} else {

@@ -17,7 +17,7 @@
 // coordinator's own environment (where credentials can come from). Exit
 // status 0 means done; any other is a failure whose stderr is reported in
 // the HookError. Each call is killed, with the processes it started, after
-// Config.Timeout.
+// Config.Timeout. Calls for different names may run at the same time.
 //
 // Exit 0 from present should mean the record is served. Where it is not at
 // once (a provider's API that publishes later, secondaries), Resolvers

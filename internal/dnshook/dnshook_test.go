@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -206,6 +207,8 @@ type txtServer struct {
 	name    string
 	values  []string
 	queries int
+	later   string // served too from question after+1 on
+	after   int
 	wg      sync.WaitGroup
 }
 
@@ -253,6 +256,9 @@ func (s *txtServer) answer(query []byte) ([]byte, error) {
 	s.mu.Lock()
 	s.queries++
 	values := s.values
+	if s.later != "" && s.queries > s.after {
+		values = append(slices.Clip(values), s.later)
+	}
 	s.mu.Unlock()
 	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
 	b.StartQuestions()
@@ -284,25 +290,20 @@ func TestWait(t *testing.T) {
 		t.Errorf("Wait = %v, want the record not served", err)
 	}
 
+	// The record appears after two more questions: Wait asks until then.
 	s.cfg.PropagationTimeout = time.Minute
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		for {
-			dns.mu.Lock()
-			n := dns.queries
-			dns.mu.Unlock()
-			if n >= 2 { // asked at least once more while the record is missing
-				dns.set("an older challenge's value", chal.DNS01KeyAuthorization())
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	dns.mu.Lock()
+	dns.later, dns.after = chal.DNS01KeyAuthorization(), dns.queries+2
+	dns.mu.Unlock()
 	if err := s.Wait(t.Context(), chal); err != nil {
 		t.Errorf("Wait = %v, want nil once the record is served", err)
 	}
-	<-served
+	dns.mu.Lock()
+	asked := dns.queries - dns.after + 2
+	dns.mu.Unlock()
+	if asked < 3 {
+		t.Errorf("Wait asked %d times, want it to ask until the record is there (3)", asked)
+	}
 
 	none, err := New(Config{Path: writeHook(t, "exit 0")})
 	if err != nil {
