@@ -225,6 +225,7 @@ func TestACMEDNSCheckConfig(t *testing.T) {
 		{"directory", base + acme + "acme-dns-hook: " + dir + "\n", "not a regular file"},
 		{"without acme-email", base + "cert: c.pem\nkey: k.pem\nacme-dns-hook: " + hook + "\n", "--acme-dns-hook"},
 		{"resolvers without hook", base + acme + "acme-dns-resolvers: [ns1.example.org]\n", "--acme-dns-resolvers: needs --acme-dns-hook"},
+		{"wildcard of localhost", "token: t\nhttps: \":443\"\n" + acme + "acme-name: tunnel.example.org\nacme-dns-hook: " + hook + "\n", `--domain "localhost"`},
 		{"bad resolver", base + acme + "acme-dns-hook: " + hook + "\nacme-dns-resolvers: [\"ns1:dns\"]\n", "--acme-dns-resolvers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

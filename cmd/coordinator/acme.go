@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"quictunnel/internal/dnshook"
+	"quictunnel/internal/service"
 )
 
 // acmeOrderBurst and acmeOrderEvery bound the certificates coordinator
@@ -104,8 +105,8 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 		}
 		issuer.DNS01Solver = solver
 		if c.String("https") != "" && c.String("https-cert") == "" {
-			if d := c.String("domain"); !strings.Contains(d, ".") || net.ParseIP(d) != nil {
-				return nil, fmt.Errorf("--domain %q: the wildcard *.DOMAIN --acme-dns-hook obtains for --https needs a DNS name under a registered domain", d)
+			if err := checkWildcardDomain(c.String("domain")); err != nil {
+				return nil, err
 			}
 			a.wild = "*." + c.String("domain")
 		}
@@ -130,6 +131,15 @@ func newAutoCerts(ctx context.Context, c *cli.Context, log *slog.Logger) (*autoC
 	a.demand = newConfig(onDemand)
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	return a, nil
+}
+
+// checkWildcardDomain checks --domain can have a wildcard certificate
+// (CAs refuse one right under a top-level name such as *.localhost).
+func checkWildcardDomain(d string) error {
+	if !strings.Contains(d, ".") || net.ParseIP(d) != nil {
+		return &service.SettingError{Setting: "--domain", Value: d, Reason: "the wildcard *.DOMAIN --acme-dns-hook obtains for --https needs a DNS name under a registered domain"}
+	}
+	return nil
 }
 
 // start begins obtaining (or loading from --acme-dir) the certificate of

@@ -84,6 +84,11 @@ func checkDNSHook(c *cli.Context, acme bool) error {
 	case !acme:
 		return &service.SettingError{Setting: "--acme-dns-hook", Value: hook, Reason: "needs --acme-email"}
 	}
+	if c.String("https") != "" && c.String("https-cert") == "" {
+		if err := checkWildcardDomain(c.String("domain")); err != nil {
+			return err
+		}
+	}
 	if _, err := dnshook.New(dnshook.Config{Path: hook, Resolvers: resolvers}); err != nil {
 		if e, ok := errors.AsType[*dnshook.ConfigError](err); ok && e.Field == "Resolvers" {
 			return &service.SettingError{Setting: "--acme-dns-resolvers", Reason: e.Reason}
