@@ -59,6 +59,22 @@ esac
 	return l
 }
 
+// logTime is the time of the first line of a service's log holding s.
+func logTime(t *testing.T, log, s string) time.Time {
+	t.Helper()
+	i := strings.Index(log, s)
+	if i < 0 {
+		t.Fatalf("no %q in the log", s)
+	}
+	line := log[strings.LastIndexByte(log[:i], '\n')+1:]
+	stamp, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+	at, err := time.Parse(time.RFC3339Nano, stamp)
+	if err != nil {
+		t.Fatalf("log line %q: %v", line, err)
+	}
+	return at
+}
+
 // hookCalls is what the hook was called with, one call a line.
 func (l *dnsLab) hookCalls() string {
 	b, _ := os.ReadFile(l.calls)
@@ -96,15 +112,15 @@ func TestACMEDNSWildcard(t *testing.T) {
 	lab := startDNSLab(t, dir)
 	quicPort, httpsPort, proxyPort, appPort := freeUDPPort(t), freeTCPPort(t), freeTCPPort(t), freeTCPPort(t)
 	const own, domain = "tunnel.example.com", "apps.example.com"
-	began := time.Now()
 	coord := start(t, []string{"SSL_CERT_FILE=" + lab.pb.apiCA}, "coordinator",
 		"--listen", "127.0.0.1:"+strconv.Itoa(quicPort), "--https", "127.0.0.1:"+strconv.Itoa(httpsPort),
 		"--domain", domain, "--token", "acme-token",
 		"--acme-email", "ops@example.com", "--acme-ca", lab.pb.directory, "--acme-dir", filepath.Join(dir, "acme"),
-		"--acme-name", own, "--acme-dns-hook", lab.hook, "--acme-dns-resolvers", lab.dns)
+		"--acme-name", own, "--acme-dns-hook", lab.hook, "--acme-dns-resolvers", lab.dns, "--acme-renew-check", "1s")
 	wildObtained := "ACME: certificate obtained\" name=*." + domain
 	waitFor(t, "the wildcard certificate", func() bool { return strings.Contains(coord.out.String(), wildObtained) })
-	t.Logf("wildcard *.%s obtained %s after coordinator started", domain, time.Since(began).Round(10*time.Millisecond))
+	t.Logf("wildcard *.%s obtained %s after it was ordered", domain,
+		logTime(t, coord.out.String(), wildObtained).Sub(logTime(t, coord.out.String(), "ACME: ordering certificate\" name=*."+domain)))
 	waitFor(t, "the certificate of coordinator's name", func() bool {
 		return strings.Contains(coord.out.String(), "ACME: certificate obtained\" name="+own)
 	})
@@ -148,8 +164,25 @@ func TestACMEDNSWildcard(t *testing.T) {
 		}
 	}
 	// The wildcard is the only certificate --https has: no order per name.
-	if n := strings.Count(coord.out.String(), "ACME: ordering certificate"); n != 2 {
-		t.Errorf("%d orders, want 2 (coordinator's name and the wildcard):\n%s", n, coord.out)
+	if n := strings.Count(coord.out.String(), "ACME: ordering certificate\" name=*."+domain+" renewal=false"); n != 1 {
+		t.Errorf("%d first orders of the wildcard, want 1:\n%s", n, coord.out)
+	}
+	if out := coord.out.String(); strings.Contains(out, "name=app.") || strings.Contains(out, "name=web.") {
+		t.Errorf("coordinator ordered a certificate for a published name:\n%s", out)
+	}
+
+	// Renewal (Pebble's certificates last acmeCertLifetime seconds): over
+	// DNS-01 again, and the renewed wildcard serves new connections.
+	before := servedLeaf(t, httpsAddr, "app."+domain, roots, "http/1.1")
+	renewed := wildObtained + " renewal=true"
+	renewals := strings.Count(coord.out.String(), renewed)
+	waitFor(t, "the renewal of the wildcard", func() bool { return strings.Count(coord.out.String(), renewed) > renewals })
+	after := servedLeaf(t, httpsAddr, "web."+domain, roots, "http/1.1")
+	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || !slices.Contains(after.DNSNames, "*."+domain) {
+		t.Errorf("after the renewal --https serves %x for %v, want a new certificate for *.%s", after.SerialNumber, after.DNSNames, domain)
+	}
+	if n := strings.Count(lab.hookCalls(), "present _acme-challenge."+domain+"."); n < 2 {
+		t.Errorf("the hook presented the wildcard's record %d times, want again for the renewal:\n%s", n, lab.hookCalls())
 	}
 	// The own name's certificate serves QUIC: localproxy verified it.
 	if !strings.Contains(lp.out.String(), "connected to coordinator") {
@@ -271,6 +304,8 @@ func TestACMEDNSNsupdate(t *testing.T) {
 			return strings.Contains(coord.out.String(), "ACME: certificate obtained\" name="+name)
 		})
 	}
+	t.Logf("wildcard *.%s obtained %s after it was ordered (over nsupdate and named)", domain,
+		logTime(t, coord.out.String(), "ACME: certificate obtained\" name=*."+domain).Sub(logTime(t, coord.out.String(), "ACME: ordering certificate\" name=*."+domain)))
 	roots, _ := pb.root(t, dir)
 	if leaf := servedLeaf(t, httpsAddr, "app."+domain, roots, "http/1.1"); !slices.Contains(leaf.DNSNames, "*."+domain) {
 		t.Errorf("--https serves a certificate for %v, want *.%s", leaf.DNSNames, domain)
