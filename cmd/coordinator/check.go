@@ -89,14 +89,14 @@ func checkDNSHook(c *cli.Context, acme bool) error {
 			return err
 		}
 	}
-	if _, err := dnshook.New(dnshook.Config{Path: hook, Resolvers: resolvers}); err != nil {
-		if e, ok := errors.AsType[*dnshook.ConfigError](err); ok && e.Field == "Resolvers" {
-			return &service.SettingError{Setting: "--acme-dns-resolvers", Reason: e.Reason}
-		}
-		if e, ok := errors.AsType[*dnshook.ConfigError](err); ok {
-			return &service.SettingError{Setting: "--acme-dns-hook", Value: hook, Reason: e.Reason}
-		}
+	_, err := dnshook.New(dnshook.Config{Path: hook, Resolvers: resolvers})
+	e, ok := errors.AsType[*dnshook.ConfigError](err)
+	switch {
+	case !ok:
 		return err
+	case e.Field == "Resolvers":
+		return &service.SettingError{Setting: "--acme-dns-resolvers", Reason: e.Reason}
+	default:
+		return &service.SettingError{Setting: "--acme-dns-hook", Value: hook, Reason: e.Reason}
 	}
-	return nil
 }

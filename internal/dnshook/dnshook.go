@@ -22,6 +22,11 @@
 // Exit 0 from present should mean the record is served. Where it is not at
 // once (a provider's API that publishes later, secondaries), Resolvers
 // names DNS servers Wait asks until they serve it.
+//
+// Solver is an acmez.Solver of its own rather than a libdns provider
+// behind certmagic's DNS01Solver, which first looks up each name's zone
+// with SOA queries: a hook takes the full name and needs no zone, and the
+// lookup would fail where the system's resolver cannot see the zone.
 package dnshook
 
 import (
@@ -38,7 +43,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
+)
+
+var (
+	_ acmez.Solver = (*Solver)(nil)
+	_ acmez.Waiter = (*Solver)(nil)
 )
 
 // Defaults of Config's durations.
@@ -162,7 +173,7 @@ func (s *Solver) run(ctx context.Context, action string, chal acme.Challenge) er
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
-	var stderr bytes.Buffer
+	var stderr tailBuffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	err := cmd.Run()
@@ -174,7 +185,7 @@ func (s *Solver) run(ctx context.Context, action string, chal acme.Challenge) er
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("killed after %s: %w", s.cfg.Timeout, ErrTimeout)
 	}
-	return &HookError{Path: s.cfg.Path, Action: action, FQDN: fqdn, Err: err, Stderr: tail(stderr.Bytes())}
+	return &HookError{Path: s.cfg.Path, Action: action, FQDN: fqdn, Err: err, Stderr: stderr.String()}
 }
 
 // fqdnOf is the challenge's TXT record name, absolute.
@@ -186,13 +197,28 @@ func fqdnOf(chal acme.Challenge) string {
 	return name
 }
 
-// tail is the end of a hook's stderr, trimmed, at most maxStderr bytes.
-func tail(b []byte) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > maxStderr {
-		b = append([]byte("..."), b[len(b)-maxStderr:]...)
+// tailBuffer keeps the last maxStderr bytes written to it.
+type tailBuffer struct {
+	b         []byte
+	truncated bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if over := len(t.b) - maxStderr; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+		t.truncated = true
 	}
-	return string(b)
+	return len(p), nil
+}
+
+// String is what was kept, trimmed, with "..." first if it is not all.
+func (t *tailBuffer) String() string {
+	s := string(bytes.TrimSpace(t.b))
+	if t.truncated {
+		s = "..." + s
+	}
+	return s
 }
 
 // Wait waits until every resolver serves the challenge's TXT record, or
