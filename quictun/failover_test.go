@@ -243,3 +243,43 @@ func TestFailover(t *testing.T) {
 	echo(t, conn, "forward")
 	conn.Close()
 }
+
+// TestAutoFallsBackToTCPAmongCoordinators: with auto, when no candidate
+// answers QUIC (UDP dropped), the candidates' TCP transports are raced,
+// each at its own address, and the one that answers carries the control
+// connection.
+func TestAutoFallsBackToTCPAmongCoordinators(t *testing.T) {
+	var holes []string // UDP ports that read nothing
+	for range 2 {
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		holes = append(holes, pc.LocalAddr().String())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadTCP := ln.Addr().String()
+	ln.Close()
+	h := newHarness(t, harnessOpts{via: TransportAuto, beforeRun: func(h *harness, c *ClientConfig) {
+		c.Coordinator, c.CoordinatorTCP, c.QUICFallback = "", "", 300*time.Millisecond
+		c.Coordinators = []Node{{Addr: holes[0], TCP: deadTCP}, {Addr: holes[1], TCP: h.tcpAddr}}
+	}})
+	select {
+	case <-h.client.Connected():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("not connected 5 s after start: %+v", h.client.Stats())
+	}
+	if st := h.client.Stats(); st.Transport != TransportTCP || st.Coordinator != h.tcpAddr || st.Candidates != 2 {
+		t.Fatalf("stats %+v; want tcp to %s of 2 candidates", st, h.tcpAddr)
+	}
+	conn, err := h.client.Dial(t.Context(), echoServer(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	echo(t, conn, "over tcp")
+	conn.Close()
+}
