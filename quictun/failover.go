@@ -190,6 +190,14 @@ func raceDial(ctx context.Context, eps []endpoint, dial func(context.Context, en
 	return won, nil
 }
 
+// choseAnother reports whether err ended a connection that a client
+// closed without an error before its Hello: one of the candidates it
+// dialed that another beat (raceDial), not a failed authentication.
+func choseAnother(err error) bool {
+	var ae *quic.ApplicationError
+	return errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quic.ApplicationErrorCode(CodeOK)
+}
+
 // currentNode is the endpoint of the control connection, or of the last
 // one.
 func (c *Client) currentNode() endpoint {

@@ -242,6 +242,13 @@ func TestFailover(t *testing.T) {
 	}
 	echo(t, conn, "forward")
 	conn.Close()
+	// The candidates that lost a race saw a connection closed before its
+	// Hello: not a failed authentication.
+	for _, n := range nodes {
+		if st := n.srv.Stats(); st.AuthFailures != 0 {
+			t.Errorf("a coordinator counted %d failed authentications: %v", st.AuthFailures, st.AuthFailuresByReason)
+		}
+	}
 }
 
 // TestAutoFallsBackToTCPAmongCoordinators: with auto, when no candidate
@@ -282,4 +289,36 @@ func TestAutoFallsBackToTCPAmongCoordinators(t *testing.T) {
 	}
 	echo(t, conn, "over tcp")
 	conn.Close()
+}
+
+// TestLosingCandidateIsNoAuthFailure: a connection its client closes
+// without an error before saying Hello (a candidate that lost the race) is
+// not counted as a failed authentication; one closed with an error is.
+func TestLosingCandidateIsNoAuthFailure(t *testing.T) {
+	n := startFailoverNode(t)
+	tr := newTransport(t, "127.0.0.1")
+	for _, code := range []ErrorCode{CodeOK, CodeProtocol} {
+		conn, err := tr.Dial(t.Context(), n.pc.LocalAddr(), controlTLS(t), QUICConfig(10, 2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A packet after Dial returned (HANDSHAKE_DONE), or a while, says
+		// the server completed the handshake too: it has the connection,
+		// waiting for a Hello (closed sooner, the server may never see it).
+		for n, start := conn.ConnectionStats().PacketsReceived, time.Now(); conn.ConnectionStats().PacketsReceived == n && time.Since(start) < 500*time.Millisecond; {
+			time.Sleep(time.Millisecond)
+		}
+		conn.CloseWithError(quic.ApplicationErrorCode(code), "another coordinator was nearer")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for n.srv.Stats().AuthFailures == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection closed with an error was not counted: %+v", n.srv.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the first one, closed sooner, would have been counted by now
+	if st := n.srv.Stats(); st.AuthFailures != 1 {
+		t.Errorf("%d failed authentications counted (%v), want 1: the one closed with CodeProtocol", st.AuthFailures, st.AuthFailuresByReason)
+	}
 }
