@@ -147,9 +147,12 @@ type failoverNode struct {
 	done chan error
 }
 
-func startFailoverNode(t *testing.T) *failoverNode {
+func startFailoverNode(t *testing.T) *failoverNode { return startFailoverNodeAt(t, "127.0.0.1:0") }
+
+// startFailoverNodeAt starts a node on addr (to restart a killed one).
+func startFailoverNodeAt(t *testing.T, addr string) *failoverNode {
 	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +184,9 @@ func (n *failoverNode) kill() { n.pc.Close() }
 // answers, connects to one of the two that do; when that one vanishes
 // without a word, the client is connected to the other within seconds
 // (not QUIC's 30 s idle timeout), its exposed app is published there and
-// answers, and forward sessions work through it.
+// answers, and forward sessions work through it. The killed node comes
+// back: the client stays where it is until that node dies too, and then
+// moves back.
 func TestFailover(t *testing.T) {
 	nodes := []*failoverNode{startFailoverNode(t), startFailoverNode(t)}
 	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) // reads nothing, answers nothing
@@ -234,7 +239,7 @@ func TestFailover(t *testing.T) {
 	pub.Close()
 	t.Logf("app answers through the other coordinator %s after the kill", time.Since(killed).Round(time.Millisecond))
 	if st := c.Stats(); st.Coordinator != alive.addr() || st.Failovers != 1 || !st.Connected {
-		t.Errorf("stats after failover: %+v; want connected to %s, 1 failover", st, alive.addr())
+		t.Fatalf("stats after failover: %+v; want connected to %s, 1 failover", st, alive.addr())
 	}
 	conn, err := c.Dial(t.Context(), app)
 	if err != nil {
@@ -244,10 +249,27 @@ func TestFailover(t *testing.T) {
 	conn.Close()
 	// The candidates that lost a race saw a connection closed before its
 	// Hello: not a failed authentication.
+	back := startFailoverNodeAt(t, dead.addr())
 	for _, n := range nodes {
 		if st := n.srv.Stats(); st.AuthFailures != 0 {
 			t.Errorf("a coordinator counted %d failed authentications: %v", st.AuthFailures, st.AuthFailuresByReason)
 		}
+	}
+	// Back, and nearer or not: no move while alive lives.
+	time.Sleep(time.Second)
+	if st := c.Stats(); st.Coordinator != alive.addr() || st.Failovers != 1 {
+		t.Fatalf("the client moved while its coordinator lived: %+v", st)
+	}
+	alive.kill()
+	killed = time.Now()
+	for back.reg.get("app") == nil {
+		if time.Since(killed) > bound {
+			t.Fatalf("app not published on the node that came back within %s of the second kill: %+v", bound, c.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := c.Stats(); st.Coordinator != back.addr() || st.Failovers != 2 {
+		t.Errorf("stats after the second failover: %+v; want connected to %s, 2 failovers", st, back.addr())
 	}
 }
 
