@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,10 @@ type Client struct {
 	nodeSet   bool     // node was connected to once
 	// candidatesSeen is how many candidates the last connect dialed.
 	candidatesSeen int
+	// avoid is the QUIC address of a coordinator the next connect leaves
+	// out when there are others: the one whose connection just ended, or
+	// that refused the last Hello.
+	avoid string
 	ready          chan struct{}
 	lastErr        error
 	publicAddr     netip.AddrPort
@@ -305,6 +310,9 @@ func (c *Client) serve(ctx context.Context, wc *welcomedConn) (*welcomedConn, er
 		if n := c.closeDialBacksFrom(addrPort(conn.RemoteAddr()), "control connection to coordinator ended"); n > 0 {
 			c.log.Info("closed coordinator's dial-back connections with the control connection", "connections", n)
 		}
+		c.mu.Lock()
+		c.avoid = wc.node.quic
+		c.mu.Unlock()
 		return nil, authError(context.Cause(conn.Context()))
 	case next := <-quicBack:
 		c.log.Info("QUIC to coordinator works again: new sessions go over it, those on TCP finish there",
@@ -326,6 +334,10 @@ func (c *Client) connect(ctx context.Context) (*welcomedConn, error) {
 	eps := c.candidates(ctx)
 	c.mu.Lock()
 	c.candidatesSeen = len(eps)
+	if others := slices.DeleteFunc(slices.Clone(eps), func(ep endpoint) bool { return ep.quic == c.avoid }); len(others) > 0 {
+		eps = others
+	}
+	c.avoid = ""
 	c.mu.Unlock()
 	var (
 		won dialResult
@@ -360,7 +372,10 @@ func (c *Client) connect(ctx context.Context) (*welcomedConn, error) {
 	c.mu.Unlock()
 	ctrl, w, err := greet(ctx, won.conn, hello)
 	if err != nil {
-		return nil, err
+		c.mu.Lock()
+		c.avoid = won.ep.quic
+		c.mu.Unlock()
+		return nil, fmt.Errorf("coordinator %s: %w", won.ep, err)
 	}
 	c.setTransport(won.conn.Transport(), why, won.ep)
 	return &welcomedConn{conn: won.conn, ctrl: ctrl, welcome: w, node: won.ep}, nil

@@ -19,7 +19,10 @@ import (
 // handshake round trip) carries the control connection and the others are
 // abandoned. While that node lives the client stays on it, even when a
 // nearer one comes back: it moves only when the connection fails, so it
-// never flaps between nodes.
+// never flaps between nodes. The attempt right after a node's connection
+// ended, or after it refused the Hello (max-clients reached, say), leaves
+// that node out when there are others (Client.avoid), so a node that
+// completes handshakes but takes no client cannot win every race.
 //
 // A node killed outright sends no close frame. With several candidates
 // the control connection's QUIC idle timeout is therefore failoverIdle,

@@ -147,10 +147,12 @@ type failoverNode struct {
 	done chan error
 }
 
-func startFailoverNode(t *testing.T) *failoverNode { return startFailoverNodeAt(t, "127.0.0.1:0") }
+func startFailoverNode(t *testing.T, mods ...func(*ServerConfig)) *failoverNode {
+	return startFailoverNodeAt(t, "127.0.0.1:0", mods...)
+}
 
 // startFailoverNodeAt starts a node on addr (to restart a killed one).
-func startFailoverNodeAt(t *testing.T, addr string) *failoverNode {
+func startFailoverNodeAt(t *testing.T, addr string, mods ...func(*ServerConfig)) *failoverNode {
 	t.Helper()
 	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
@@ -158,7 +160,11 @@ func startFailoverNodeAt(t *testing.T, addr string) *failoverNode {
 	}
 	tr := &quic.Transport{Conn: pc}
 	n := &failoverNode{pc: pc, reg: newMapRegistry(), done: make(chan error, 1)}
-	n.srv, err = NewServer(ServerConfig{Transport: tr, Certificate: getPKI(t).cert, Token: "secret", Services: n.reg})
+	sc := ServerConfig{Transport: tr, Certificate: getPKI(t).cert, Token: "secret", Services: n.reg}
+	for _, mod := range mods {
+		mod(&sc)
+	}
+	n.srv, err = NewServer(sc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,5 +348,63 @@ func TestLosingCandidateIsNoAuthFailure(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the first one, closed sooner, would have been counted by now
 	if st := n.srv.Stats(); st.AuthFailures != 1 {
 		t.Errorf("%d failed authentications counted (%v), want 1: the one closed with CodeProtocol", st.AuthFailures, st.AuthFailuresByReason)
+	}
+}
+
+// runClient runs a client of nodes until the test ends.
+func runClient(t *testing.T, nodes ...string) *Client {
+	t.Helper()
+	tr := newTransport(t, "127.0.0.1")
+	cc := ClientConfig{Transport: tr, Token: "secret", RootCAs: getPKI(t).pool, ServerName: "localhost",
+		PublicAddr: tr.Conn.LocalAddr().(*net.UDPAddr).AddrPort(), ConnectTimeout: 2 * time.Second}
+	for _, n := range nodes {
+		cc.Coordinators = append(cc.Coordinators, Node{Addr: n})
+	}
+	c, err := NewClient(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+// TestNearestChosen: of two coordinators, the one 100 ms nearer carries the
+// control connection, wherever it is in the list.
+func TestNearestChosen(t *testing.T) {
+	near, far := startFailoverNode(t), startFailoverNode(t)
+	for _, farFirst := range []bool{true, false} {
+		list := []string{near.addr(), newDelayRelay(t, far.addr(), 50*time.Millisecond).addr()}
+		if farFirst {
+			slices.Reverse(list)
+		}
+		c := runClient(t, list...)
+		<-c.Connected()
+		if st := c.Stats(); st.Coordinator != near.addr() || st.Candidates != 2 {
+			t.Errorf("list %v: connected to %s of %d candidates, want %s", list, st.Coordinator, st.Candidates, near.addr())
+		}
+	}
+}
+
+// TestRefusingNodeSkipped: the nearest coordinator completes handshakes but
+// refuses the Hello (it has its max-clients); the next attempt leaves it
+// out and connects to the farther one, instead of trying the refusing one
+// again and again.
+func TestRefusingNodeSkipped(t *testing.T) {
+	full := startFailoverNode(t, func(c *ServerConfig) { c.MaxClients = 1 })
+	other := startFailoverNode(t)
+	occupant := runClient(t, full.addr())
+	<-occupant.Connected()
+	farAddr := newDelayRelay(t, other.addr(), 50*time.Millisecond).addr()
+	c := runClient(t, full.addr(), farAddr)
+	select {
+	case <-c.Connected():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not connected 10 s after start: %+v", c.Stats())
+	}
+	if st := c.Stats(); st.Coordinator != farAddr {
+		t.Errorf("connected to %s, want %s (the one with room)", st.Coordinator, farAddr)
 	}
 }
