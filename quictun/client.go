@@ -40,11 +40,11 @@ type Client struct {
 	// avoid is the QUIC address of a coordinator the next connect leaves
 	// out when there are others: the one whose connection just ended, or
 	// that refused the last Hello.
-	avoid string
-	ready          chan struct{}
-	lastErr        error
-	publicAddr     netip.AddrPort
-	welcome        Welcome
+	avoid      string
+	ready      chan struct{}
+	lastErr    error
+	publicAddr netip.AddrPort
+	welcome    Welcome
 	// transport and transportWhy: see ClientStats.
 	transport, transportWhy string
 	// registrations are the outcomes of publishing cfg.Services on the
