@@ -152,6 +152,19 @@ func TestFailoverBinaries(t *testing.T) {
 	if v, err := metric(proxyMetrics, "quictunnel_coordinator_failovers_total"); err != nil || v != 1 {
 		t.Errorf("quictunnel_coordinator_failovers_total = %v, %v; want 1", v, err)
 	}
+	if node := fmt.Sprintf("quictunnel_coordinator_node{node=%q}", loop(answered.quicPort)); !hasMetric(proxyMetrics, node) {
+		t.Errorf("no %s in localproxy's metrics", node)
+	}
+	var ui struct{ State localproxy.Status }
+	if resp, err := client.Get("http://" + loop(proxyPort) + "/ui/api/state"); err != nil {
+		t.Errorf("inspector state: %v", err)
+	} else {
+		json.NewDecoder(resp.Body).Decode(&ui)
+		resp.Body.Close()
+		if ui.State.Coordinator != loop(answered.quicPort) || ui.State.Failovers != 1 || ui.State.Coordinators == "" {
+			t.Errorf("inspector state: coordinator %q of %q, %d failovers", ui.State.Coordinator, ui.State.Coordinators, ui.State.Failovers)
+		}
+	}
 	out, err := exec.Command(filepath.Join(binaries(t), "localproxy"), "status", "--listen", loop(proxyPort)).CombinedOutput()
 	if want := "candidates      " + strings.Join(list, ",") + "; failovers: 1"; err != nil || !strings.Contains(string(out), want) {
 		t.Errorf("localproxy status lacks %q: %v\n%s", want, err, out)
@@ -171,6 +184,13 @@ func publicGet(ctx context.Context, client *http.Client, port int, name, path st
 func isDemoEcho(body, path string) bool {
 	var e demoapp.Echo
 	return json.Unmarshal([]byte(body), &e) == nil && e.Path == path
+}
+
+// hasMetric reports whether the sample name (with its labels) is 1 on the
+// /metrics page on port.
+func hasMetric(port int, name string) bool {
+	v, err := metric(port, name)
+	return err == nil && v == 1
 }
 
 // proxyStatus reads localproxy's /status.
