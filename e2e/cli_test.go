@@ -101,6 +101,9 @@ func TestExitCodes(t *testing.T) {
 		{"localproxy", append(proxy, "--metrics-listen", "bogus"), 2, `--metrics-listen "bogus"`},
 		{"localproxy", append(proxy, "--reporter", "bogus"), 2, `localproxy: --reporter: want host:port, got "bogus"`},
 		{"localproxy", append(proxy, "--coordinator-tcp", "bogus"), 2, `localproxy: --coordinator-tcp: want host:port, got "bogus"`},
+		{"localproxy", append(proxy, "--coordinator", "127.0.0.1:1,127.0.0.1:1"), 2, `localproxy: --coordinator: 127.0.0.1:1 is listed twice`},
+		{"localproxy", append(proxy, "--coordinator", "127.0.0.1:1,127.0.0.1:2", "--coordinator-tcp", "127.0.0.1:3"), 2,
+			`localproxy: --coordinator-tcp: 1 addresses for 2 coordinators`},
 		{"demoapp", []string{"--listen", "bogus"}, 2, `demoapp: --listen "bogus"`},
 		// Failures while running: the port is taken.
 		{"localproxy", []string{"--coordinator", "127.0.0.1:1", "--token", "x", "--listen", busy.Addr().String()}, 1, "port in use"},

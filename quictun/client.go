@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,10 +29,18 @@ type Client struct {
 	kick     chan struct{}   // asks the connect loop to retry now
 	guard    *handshakeGuard // dial-back connections not yet authenticated
 
-	mu         sync.Mutex
-	conn       Conn   // control connection; nil while down
-	control    Stream // its control stream
-	coordLeaf  []byte // coordinator's certificate, pinned for dial-backs
+	mu        sync.Mutex
+	conn      Conn     // control connection; nil while down
+	control   Stream   // its control stream
+	coordLeaf []byte   // coordinator's certificate, pinned for dial-backs
+	node      endpoint // the coordinator of conn, or of the last one
+	nodeSet   bool     // node was connected to once
+	// candidatesSeen is how many candidates the last connect dialed.
+	candidatesSeen int
+	// avoid is the QUIC address of a coordinator the next connect leaves
+	// out when there are others: the one whose connection just ended, or
+	// that refused the last Hello.
+	avoid      string
 	ready      chan struct{}
 	lastErr    error
 	publicAddr netip.AddrPort
@@ -75,6 +84,7 @@ type clientCounters struct {
 	sessions, dialBackTimeouts, unknownSessions, badStreams atomic.Uint64
 	connects, relaySessions, punches                        atomic.Uint64
 	fastOpenSessions, addrChanges, dialBacksClosed          atomic.Uint64
+	failovers                                               atomic.Uint64
 	setupLatency                                            Histogram
 	limits                                                  limitHits
 	reverseActive                                           atomic.Int64
@@ -83,6 +93,14 @@ type clientCounters struct {
 // ClientStats is a snapshot of a Client's counters.
 type ClientStats struct {
 	Connected bool
+	// Coordinator is the coordinator of the control connection (the last
+	// one while down), "" before the first; Candidates how many were
+	// dialed to choose it (see ClientConfig.Coordinators).
+	Coordinator string
+	Candidates  int
+	// Failovers counts control connections made to another coordinator
+	// than the one before.
+	Failovers uint64
 	// Transport is the control connection's transport ("quic", "tcp"),
 	// the last one used while down; TransportWhy says why auto chose TCP.
 	Transport, TransportWhy string
@@ -186,14 +204,14 @@ func (c *Client) connectLoop(ctx context.Context) error {
 		}
 		c.setDown(err)
 		if errors.Is(err, ErrAuthFailed) {
-			c.log.Error("coordinator refused this client's token; check --token", "coordinator", c.cfg.Coordinator, "err", err)
+			c.log.Error("coordinator refused this client's token; check --token", "coordinator", c.coordinatorName(), "err", err)
 			return err
 		}
 		if time.Since(up) > c.cfg.ReconnectMax {
 			backoff = c.cfg.ReconnectMin // it was up for a good while
 		}
 		wait := backoff/2 + rand.N(backoff/2+1) // jitter in [backoff/2, backoff]
-		c.log.Warn("coordinator connection down; retrying", "coordinator", c.cfg.Coordinator, "err", err, "retry_in", wait.Round(time.Millisecond))
+		c.log.Warn("coordinator connection down; retrying", "coordinator", c.coordinatorName(), "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
@@ -207,14 +225,12 @@ func (c *Client) connectLoop(ctx context.Context) error {
 // connectAndWait dials coordinator, says Hello, publishes the connection
 // and blocks until it closes.
 func (c *Client) connectAndWait(ctx context.Context) error {
-	conn, ctrl, w, err := c.connect(ctx)
+	wc, err := c.connect(ctx)
 	for err == nil {
-		var next *welcomedConn
-		next, err = c.serve(ctx, conn, ctrl, w)
-		if next == nil {
+		wc, err = c.serve(ctx, wc)
+		if wc == nil {
 			return err
 		}
-		conn, ctrl, w = next.conn, next.ctrl, next.welcome
 	}
 	return err
 }
@@ -224,16 +240,20 @@ type welcomedConn struct {
 	conn    Conn
 	ctrl    Stream
 	welcome *Welcome
+	node    endpoint
 }
 
 // serve publishes conn as the control connection and blocks until it
 // closes. With auto on TCP it probes QUIC meanwhile; once QUIC works it
 // returns that connection, to serve next, and leaves conn to the sessions
 // on it, closed when they have ended (retire).
-func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) (*welcomedConn, error) {
+func (c *Client) serve(ctx context.Context, wc *welcomedConn) (*welcomedConn, error) {
+	conn, ctrl, w := wc.conn, wc.ctrl, wc.welcome
 	c.mu.Lock()
 	c.conn, c.control, c.welcome = conn, ctrl, *w
 	c.coordLeaf = conn.TLS().PeerCertificates[0].Raw
+	prev, moved := c.node, c.nodeSet && c.node.quic != wc.node.quic
+	c.node, c.nodeSet = wc.node, true
 	c.lastErr = nil
 	select {
 	case <-c.ready: // already up: a move from TCP to QUIC
@@ -243,7 +263,11 @@ func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) 
 	pub := c.publicAddr
 	c.mu.Unlock()
 	c.stats.connects.Add(1)
-	c.log.Info("connected to coordinator", "coordinator", c.cfg.Coordinator, "public_addr", pub,
+	if moved {
+		c.stats.failovers.Add(1)
+		c.log.Warn("failed over to another coordinator; exposed services are published there", "coordinator", wc.node, "previous", prev)
+	}
+	c.log.Info("connected to coordinator", "coordinator", wc.node, "public_addr", pub,
 		"observed_addr", w.ObservedAddr, "nat_mapping", NATMapping(pub, w.ObservedAddr),
 		"rtt", conn.RTT().Round(time.Microsecond), "transport", conn.Transport())
 
@@ -286,11 +310,14 @@ func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) 
 		if n := c.closeDialBacksFrom(addrPort(conn.RemoteAddr()), "control connection to coordinator ended"); n > 0 {
 			c.log.Info("closed coordinator's dial-back connections with the control connection", "connections", n)
 		}
+		c.mu.Lock()
+		c.avoid = wc.node.quic
+		c.mu.Unlock()
 		return nil, authError(context.Cause(conn.Context()))
 	case next := <-quicBack:
 		c.log.Info("QUIC to coordinator works again: new sessions go over it, those on TCP finish there",
-			"coordinator", c.cfg.Coordinator)
-		c.setTransport(TransportQUIC, "")
+			"coordinator", wc.node)
+		c.setTransport(TransportQUIC, "", next.node)
 		retired = true
 		c.retiring.Go(func() {
 			c.retire(ctx, conn)
@@ -300,51 +327,67 @@ func (c *Client) serve(ctx context.Context, conn Conn, ctrl Stream, w *Welcome) 
 	}
 }
 
-func (c *Client) connect(ctx context.Context) (Conn, Stream, *Welcome, error) {
+// connect dials the nearest coordinator (see failover.go) and says Hello.
+func (c *Client) connect(ctx context.Context) (*welcomedConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
+	eps := c.candidates(ctx)
+	c.mu.Lock()
+	c.candidatesSeen = len(eps)
+	if others := slices.DeleteFunc(slices.Clone(eps), func(ep endpoint) bool { return ep.quic == c.avoid }); len(others) > 0 {
+		eps = others
+	}
+	c.avoid = ""
+	c.mu.Unlock()
 	var (
-		conn Conn
-		err  error
-		why  string // TCP chosen by auto: why
+		won dialResult
+		err error
+		why string // TCP chosen by auto: why
 	)
 	switch c.cfg.Via {
 	case TransportTCP:
-		conn, err = c.dialTCP(ctx)
+		won, err = raceDial(ctx, eps, c.dialTCP)
 	case TransportAuto:
 		qctx, qcancel := context.WithTimeout(ctx, c.cfg.QUICFallback)
-		conn, err = c.dialQUIC(qctx)
+		won, err = raceDial(qctx, eps, c.dialQUIC)
 		qcancel()
 		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrUntrustedCoordinator) {
 			why = quicFailure(err, c.cfg.QUICFallback)
-			if conn, err = c.dialTCP(ctx); err != nil {
+			if won, err = raceDial(ctx, eps, c.dialTCP); err != nil {
 				err = fmt.Errorf("QUIC failed (%s), and TCP: %w", why, err)
 			}
 		}
 	default:
-		conn, err = c.dialQUIC(ctx)
+		won, err = raceDial(ctx, eps, c.dialQUIC)
 	}
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
+	}
+	if len(eps) > 1 {
+		c.log.Info("chose the nearest coordinator: the first of the candidates to complete a handshake",
+			"coordinator", won.ep, "handshake", won.took.Round(time.Microsecond), "candidates", len(eps))
 	}
 	c.mu.Lock()
 	hello := &Hello{Version: ProtocolVersion, Token: c.cfg.Token, PublicAddr: c.publicAddr, CertSHA256: c.certHash, ClientName: c.cfg.Name}
 	c.mu.Unlock()
-	ctrl, w, err := greet(ctx, conn, hello)
+	ctrl, w, err := greet(ctx, won.conn, hello)
 	if err != nil {
-		return nil, nil, nil, err
+		c.mu.Lock()
+		c.avoid = won.ep.quic
+		c.mu.Unlock()
+		return nil, fmt.Errorf("coordinator %s: %w", won.ep, err)
 	}
-	c.setTransport(conn.Transport(), why)
-	return conn, ctrl, w, nil
+	c.setTransport(won.conn.Transport(), why, won.ep)
+	return &welcomedConn{conn: won.conn, ctrl: ctrl, welcome: w, node: won.ep}, nil
 }
 
-// coordinatorTLS is the TLS configuration of the control connection, on
-// either transport.
-func (c *Client) coordinatorTLS() *tls.Config {
+// coordinatorTLS is the TLS configuration of the control connection to
+// ep, on either transport.
+func (c *Client) coordinatorTLS(ep endpoint) *tls.Config {
 	tlsConf := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		RootCAs:            c.cfg.RootCAs,
-		ServerName:         c.cfg.ServerName,
+		ServerName:         ep.serverName,
 		InsecureSkipVerify: c.cfg.InsecureSkipVerify,
 		NextProtos:         []string{ALPNControl},
 	}
@@ -354,23 +397,27 @@ func (c *Client) coordinatorTLS() *tls.Config {
 	return tlsConf
 }
 
-// dialQUIC makes the QUIC control connection.
-func (c *Client) dialQUIC(ctx context.Context) (Conn, error) {
-	addr, err := net.ResolveUDPAddr("udp", c.cfg.Coordinator)
+// dialQUIC makes the QUIC control connection to ep.
+func (c *Client) dialQUIC(ctx context.Context, ep endpoint) (Conn, error) {
+	addr, err := net.ResolveUDPAddr("udp", ep.quic)
 	if err != nil {
-		return nil, fmt.Errorf("resolve coordinator %s: %w", c.cfg.Coordinator, err)
+		return nil, fmt.Errorf("resolve coordinator %s: %w", ep.quic, err)
 	}
-	tlsConf := c.coordinatorTLS()
+	tlsConf := c.coordinatorTLS(ep)
 	qc := c.quicConfig()
 	if c.cfg.RequestLog {
 		qc.MaxIncomingUniStreams = 1 // coordinator's request log (flow step 8)
+	}
+	if ep.several {
+		qc.MaxIdleTimeout = failoverIdle // a dead node is noticed fast
+		qc.KeepAlivePeriod = min(qc.KeepAlivePeriod, failoverIdle/2)
 	}
 	conn, err := c.cfg.Transport.Dial(ctx, addr, tlsConf, qc)
 	if err != nil {
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
 			return nil, fmt.Errorf("connect to coordinator %s: %w: its certificate is not trusted for %q; "+
-				"trust the CA that signed it (localproxy --ca FILE) or check the server name: %w", addr, ErrUntrustedCoordinator, c.cfg.ServerName, err)
+				"trust the CA that signed it (localproxy --ca FILE) or check the server name: %w", addr, ErrUntrustedCoordinator, ep.serverName, err)
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fmt.Errorf("connect to coordinator %s: no answer within %s (is coordinator running, and is UDP to that port allowed?): %w",
@@ -566,7 +613,10 @@ func (c *Client) SetPublicAddr(addr netip.AddrPort) error {
 func (c *Client) Stats() ClientStats {
 	c.mu.Lock()
 	st := ClientStats{Connected: c.conn != nil, PublicAddr: c.publicAddr, ObservedAddr: c.welcome.ObservedAddr,
-		Transport: c.transport, TransportWhy: c.transportWhy}
+		Transport: c.transport, TransportWhy: c.transportWhy, Candidates: c.candidatesSeen}
+	if c.nodeSet {
+		st.Coordinator = c.node.addr(c.transport)
+	}
 	conn := c.conn
 	c.mu.Unlock()
 	if conn != nil {
@@ -580,6 +630,7 @@ func (c *Client) Stats() ClientStats {
 	st.UnknownSessions = c.stats.unknownSessions.Load()
 	st.BadStreams = c.stats.badStreams.Load()
 	st.Connects = c.stats.connects.Load()
+	st.Failovers = c.stats.failovers.Load()
 	st.Punches = c.stats.punches.Load()
 	st.PublicAddrChanges = c.stats.addrChanges.Load()
 	st.DialBacksClosed = c.stats.dialBacksClosed.Load()
@@ -620,7 +671,7 @@ func (c *Client) controlConn(ctx context.Context) (Conn, error) {
 			if lastErr == nil {
 				lastErr = errors.New("still connecting")
 			}
-			return nil, fmt.Errorf("%w: %s: %w", ErrCoordinatorUnavailable, c.cfg.Coordinator, lastErr)
+			return nil, fmt.Errorf("%w: %s: %w", ErrCoordinatorUnavailable, c.coordinatorName(), lastErr)
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}

@@ -25,8 +25,15 @@ type ClientConfig struct {
 	// The client dials coordinator from it and serves dial-backs on it.
 	// Required; the caller owns it and closes it after Run returns.
 	Transport *quic.Transport
-	// Coordinator is coordinator's address, "host:port". Required.
+	// Coordinator is coordinator's address, "host:port". Required unless
+	// Coordinators is set.
 	Coordinator string
+	// Coordinators, instead of Coordinator and CoordinatorTCP, are
+	// several coordinators to choose from: the client connects to the
+	// nearest that answers and, when that one dies, to another (see
+	// failover.go). A host name that resolves to several addresses gives a
+	// candidate per address too. Default: Coordinator alone.
+	Coordinators []Node
 	// Via picks the transport to coordinator: TransportQUIC (default),
 	// TransportTCP (TLS over TCP to CoordinatorTCP), or TransportAuto:
 	// QUIC, and TCP when QUIC has no handshake within QUICFallback.
@@ -54,7 +61,7 @@ type ClientConfig struct {
 	// RootCAs verifies coordinator's certificate. Default: the system roots.
 	RootCAs *x509.CertPool
 	// ServerName is the name coordinator's certificate must carry.
-	// Default: the host part of Coordinator.
+	// Default: the host part of the coordinator's address.
 	ServerName string
 	// InsecureSkipVerify accepts any coordinator certificate. The
 	// connection is still encrypted and dial-backs are still pinned to the
@@ -134,8 +141,10 @@ func (c *ClientConfig) validate() error {
 	switch {
 	case c.Transport == nil:
 		return &ConfigError{"Transport", "required"}
-	case c.Coordinator == "":
+	case c.Coordinator == "" && len(c.Coordinators) == 0:
 		return &ConfigError{"Coordinator", "required"}
+	case c.Coordinator != "" && len(c.Coordinators) > 0:
+		return &ConfigError{"Coordinators", "give Coordinator or Coordinators, not both"}
 	case c.Token == "" && c.Certificate == nil:
 		return &ConfigError{"Token", "required unless a client Certificate is given"}
 	case len(c.Token) > maxTokenLen:
@@ -145,8 +154,15 @@ func (c *ClientConfig) validate() error {
 	case c.Via != "" && c.Via != TransportQUIC && c.Via != TransportTCP && c.Via != TransportAuto:
 		return &ConfigError{"Via", fmt.Sprintf("%q is none of auto, quic, tcp", c.Via)}
 	}
-	if _, _, err := net.SplitHostPort(c.Coordinator); err != nil {
-		return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
+	if c.Coordinator != "" {
+		if _, _, err := net.SplitHostPort(c.Coordinator); err != nil {
+			return &ConfigError{"Coordinator", "want host:port: " + err.Error()}
+		}
+	}
+	for _, n := range c.Coordinators {
+		if err := n.validate(); err != nil {
+			return &ConfigError{"Coordinators", err.Error()}
+		}
 	}
 	seen := map[string]bool{}
 	ports := map[uint16]string{}
@@ -262,11 +278,14 @@ func (c *ClientConfig) setDefaults() {
 	setDefault(&c.QUICFallback, 2*time.Second)
 	setDefault(&c.QUICProbe, 5*time.Second)
 	setDefault(&c.Via, TransportQUIC)
-	setDefault(&c.CoordinatorTCP, c.Coordinator)
-	c.Handshakes.setDefaults()
-	if c.ServerName == "" {
-		c.ServerName, _, _ = net.SplitHostPort(c.Coordinator)
+	if len(c.Coordinators) == 0 {
+		c.Coordinators = []Node{{Addr: c.Coordinator, TCP: c.CoordinatorTCP}}
 	}
+	c.Coordinators = slices.Clone(c.Coordinators)
+	for i := range c.Coordinators {
+		setDefault(&c.Coordinators[i].TCP, c.Coordinators[i].Addr)
+	}
+	c.Handshakes.setDefaults()
 	c.Logger = orDiscard(c.Logger)
 	if c.AccessLog == nil {
 		c.AccessLog = c.Logger

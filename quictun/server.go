@@ -204,10 +204,15 @@ func (s *Server) serveClient(ctx context.Context, conn Conn) {
 
 	src := sourceOf(conn.RemoteAddr())
 	hello, ctrl, reason, err := s.readHello(ctx, conn)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.auth.fail(src, reason, "client refused", "client_addr", conn.RemoteAddr(), "err", err)
-		}
+	switch {
+	case err == nil:
+	case choseAnother(err):
+		log.Debug("a client chose another coordinator (several were dialed, the nearest won)")
+		return
+	case ctx.Err() == nil:
+		s.auth.fail(src, reason, "client refused", "client_addr", conn.RemoteAddr(), "err", err)
+		return
+	default:
 		return
 	}
 	p := &peer{s: s, conn: conn, name: hello.ClientName, certHash: hello.CertSHA256, publicAddr: hello.PublicAddr,

@@ -299,14 +299,14 @@ func (s *muxStream) SetWriteDeadline(t time.Time) error { return s.s.SetWriteDea
 
 // setTransport records the transport of a new control connection, and
 // logs why once when auto chose TCP (why set).
-func (c *Client) setTransport(name, why string) {
+func (c *Client) setTransport(name, why string, ep endpoint) {
 	c.mu.Lock()
 	changed := c.transport != name || c.transportWhy != why
 	c.transport, c.transportWhy = name, why
 	c.mu.Unlock()
 	if changed && why != "" {
-		c.log.Warn("QUIC to coordinator failed: using the TCP transport", "coordinator", c.cfg.Coordinator,
-			"coordinator_tcp", c.cfg.CoordinatorTCP, "reason", why)
+		c.log.Warn("QUIC to coordinator failed: using the TCP transport", "coordinator", ep.quic,
+			"coordinator_tcp", ep.tcp, "reason", why)
 	}
 }
 
@@ -325,8 +325,8 @@ func quicFailure(err error, wait time.Duration) string {
 // dialTCP makes the control connection over the TCP transport: TCP (or
 // cfg.DialTCP), TLS 1.3 with the same verification and client certificate
 // as QUIC, then yamux.
-func (c *Client) dialTCP(ctx context.Context) (Conn, error) {
-	addr := c.cfg.CoordinatorTCP
+func (c *Client) dialTCP(ctx context.Context, ep endpoint) (Conn, error) {
+	addr := ep.tcp
 	dial := c.cfg.DialTCP
 	if dial == nil {
 		var d net.Dialer
@@ -337,17 +337,21 @@ func (c *Client) dialTCP(ctx context.Context) (Conn, error) {
 		return nil, fmt.Errorf("connect to coordinator over TCP %s: %w", addr, err)
 	}
 	raw := &countingConn{Conn: nc}
-	tc := tls.Client(raw, c.coordinatorTLS())
+	tc := tls.Client(raw, c.coordinatorTLS(ep))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) {
 			return nil, fmt.Errorf("connect to coordinator over TCP %s: %w: its certificate is not trusted for %q: %w",
-				addr, ErrUntrustedCoordinator, c.cfg.ServerName, err)
+				addr, ErrUntrustedCoordinator, ep.serverName, err)
 		}
 		return nil, fmt.Errorf("connect to coordinator over TCP %s: TLS: %w", addr, err)
 	}
-	mc, err := newMuxConn(context.Background(), tc, raw, false, muxConfig(c.cfg.MaxStreams, c.cfg.KeepAlive))
+	keepAlive := c.cfg.KeepAlive
+	if ep.several {
+		keepAlive = min(keepAlive, failoverIdle/2) // see failover.go
+	}
+	mc, err := newMuxConn(context.Background(), tc, raw, false, muxConfig(c.cfg.MaxStreams, keepAlive))
 	if err != nil {
 		return nil, err
 	}
@@ -476,13 +480,14 @@ func (c *Client) probeQUIC(ctx context.Context, back chan<- *welcomedConn) {
 	}
 }
 
-// tryQUIC makes a QUIC control connection within QUICFallback, and says
-// Hello on it.
+// tryQUIC makes a QUIC control connection to the coordinator the TCP one
+// goes to, within QUICFallback, and says Hello on it.
 func (c *Client) tryQUIC(ctx context.Context) (*welcomedConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
+	ep := c.currentNode()
 	qctx, qcancel := context.WithTimeout(ctx, c.cfg.QUICFallback)
-	conn, err := c.dialQUIC(qctx)
+	conn, err := c.dialQUIC(qctx, ep)
 	qcancel()
 	if err != nil {
 		return nil, err
@@ -494,7 +499,7 @@ func (c *Client) tryQUIC(ctx context.Context) (*welcomedConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &welcomedConn{conn: conn, ctrl: ctrl, welcome: w}, nil
+	return &welcomedConn{conn: conn, ctrl: ctrl, welcome: w, node: ep}, nil
 }
 
 // retireCheck is how often a retired TCP connection is checked for

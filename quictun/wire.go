@@ -29,6 +29,10 @@ package quictun
 // (coordinator answers every Open with OpenResult and RelayMarker at once:
 // 5a), no worker, and no unidirectional stream (no request log, 8).
 //
+// A localproxy given several coordinators dials them all at once and keeps
+// the first connection made; it closes the others before Hello with
+// CodeOK, which coordinator takes for no failed authentication.
+//
 // # Flow
 //
 //  1. localproxy opens the first bidirectional stream of the control

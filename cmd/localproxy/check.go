@@ -44,6 +44,9 @@ func checkSettings(c *cli.Context) error {
 	if err := localproxy.ApplyAllowFrom(services, c.StringSlice("allow-from")); err != nil {
 		return service.Usage(fmt.Errorf("--%w", err))
 	}
+	if _, err := localproxy.ParseCoordinators(c.String("coordinator"), c.String("coordinator-tcp")); err != nil {
+		return settingError(err)
+	}
 	if err := localproxy.CheckTransport(c.String("transport"), c.String("upstream-proxy")); err != nil {
 		return settingError(err)
 	}

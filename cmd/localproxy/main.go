@@ -38,11 +38,11 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8118", EnvVars: []string{"LOCALPROXY_LISTEN"},
 				Usage: "TCP address of the HTTP proxy for the browser"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator", EnvVars: []string{"LOCALPROXY_COORDINATOR"}, Required: true,
-				Usage: "coordinator's QUIC address, host:port"}),
+				Usage: "coordinator's QUIC address, host:port; or several, A,B,C (or one name with several addresses): connect to the nearest, fail over to another when it dies"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "transport", Value: "auto", EnvVars: []string{"LOCALPROXY_TRANSPORT"},
 				Usage: "auto: QUIC, or TLS over TCP when QUIC has no handshake within 2s (UDP blocked); quic; tcp (coordinator needs --tcp-listen)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "coordinator-tcp", EnvVars: []string{"LOCALPROXY_COORDINATOR_TCP"},
-				Usage: "coordinator's TCP transport, host:port (default: --coordinator's host and port)"}),
+				Usage: "coordinator's TCP transport, host:port, or one per --coordinator in the same order (default: --coordinator's host and port)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-proxy", EnvVars: []string{"LOCALPROXY_UPSTREAM_PROXY"},
 				Usage: "reach coordinator's TCP transport through this HTTP proxy with CONNECT: http://[USER:PASSWORD@]HOST:PORT (default: $HTTPS_PROXY, minding $NO_PROXY)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "reporter", EnvVars: []string{"LOCALPROXY_REPORTER"},
@@ -288,7 +288,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 // fieldFlags names the flags that set localproxy.Config's (and
 // quictun.ClientConfig's) fields.
 var fieldFlags = service.FieldFlags{
-	"Coordinator": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
+	"Coordinator": "coordinator", "Coordinators": "coordinator", "Token": "token", "Listen": "listen", "Name": "name", "UIListen": "ui-listen", "UIHistory": "ui-history",
 	"Transport": "transport", "CoordinatorTCP": "coordinator-tcp", "UpstreamProxy": "upstream-proxy", "Reporter": "reporter",
 	"DialBackTimeout": "dial-back-timeout", "MaxPendingSessions": "max-pending-sessions",
 }

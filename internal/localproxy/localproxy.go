@@ -36,12 +36,16 @@ type Config struct {
 	// UDPListen is the local address of the tunnel socket. Default ":0"
 	// (any port, IPv4 and IPv6).
 	UDPListen string
-	// Coordinator is coordinator's QUIC address, "host:port". Required.
+	// Coordinator is coordinator's QUIC address, "host:port", or several
+	// coordinators' as a comma-separated list: localproxy connects to the
+	// nearest and fails over to another when it dies (see
+	// ParseCoordinators). Required.
 	Coordinator string
 	// Transport is quictun.TransportAuto, TransportQUIC or TransportTCP
 	// (see quictun.ClientConfig.Via). Default quic.
 	Transport string
-	// CoordinatorTCP is coordinator's TCP transport. Default: Coordinator.
+	// CoordinatorTCP is coordinator's TCP transport, or one per
+	// coordinator in Coordinator's order. Default: Coordinator.
 	CoordinatorTCP string
 	// UpstreamProxy, if set, is the HTTP proxy the TCP transport reaches
 	// CoordinatorTCP through, with CONNECT: http://[USER:PASSWORD@]HOST:PORT.
@@ -49,8 +53,8 @@ type Config struct {
 	// UpstreamFromEnv: without UpstreamProxy, take $HTTPS_PROXY, minding
 	// $NO_PROXY.
 	UpstreamFromEnv bool
-	// Reporter is the STUN server, "host:port". Default: coordinator's
-	// host, port 3478.
+	// Reporter is the STUN server, "host:port". Default: the first
+	// coordinator's host, port 3478.
 	Reporter string
 	// Token authenticates us to coordinator. Required unless
 	// ClientCertificate is set.
@@ -60,7 +64,7 @@ type Config struct {
 	// RootCAs verifies coordinator. Default: the system's roots.
 	RootCAs *x509.CertPool
 	// ServerName is the name coordinator's certificate must carry.
-	// Default: the host of Coordinator.
+	// Default: the host of each coordinator's address.
 	ServerName string
 	// Insecure accepts any coordinator certificate.
 	Insecure bool
@@ -141,31 +145,24 @@ type ConfigError struct{ Field, Reason string }
 
 func (e *ConfigError) Error() string { return fmt.Sprintf("localproxy: %s: %s", e.Field, e.Reason) }
 
-func (c *Config) setDefaults() error {
-	if c.Coordinator == "" {
-		return &ConfigError{"Coordinator", "required (host:port of coordinator)"}
+// setDefaults fills the defaults in and returns the coordinators.
+func (c *Config) setDefaults() ([]quictun.Node, error) {
+	nodes, err := ParseCoordinators(c.Coordinator, c.CoordinatorTCP)
+	if err != nil {
+		return nil, err
 	}
 	if c.Token == "" && c.ClientCertificate == nil {
-		return &ConfigError{"Token", "required unless a client certificate is given"}
+		return nil, &ConfigError{"Token", "required unless a client certificate is given"}
 	}
-	host, _, err := net.SplitHostPort(c.Coordinator)
-	if err != nil {
-		return &ConfigError{"Coordinator", fmt.Sprintf("want host:port, got %q", c.Coordinator)}
-	}
+	host, _, _ := net.SplitHostPort(nodes[0].Addr)
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8118"
-	}
-	if c.CoordinatorTCP == "" {
-		c.CoordinatorTCP = c.Coordinator
-	}
-	if _, _, err := net.SplitHostPort(c.CoordinatorTCP); err != nil {
-		return &ConfigError{"CoordinatorTCP", fmt.Sprintf("want host:port, got %q", c.CoordinatorTCP)}
 	}
 	if c.Transport == "" {
 		c.Transport = quictun.TransportQUIC
 	}
 	if err := CheckTransport(c.Transport, ""); err != nil {
-		return err
+		return nil, err
 	}
 	if c.UDPListen == "" {
 		c.UDPListen = ":0"
@@ -174,7 +171,7 @@ func (c *Config) setDefaults() error {
 		c.Reporter = net.JoinHostPort(host, "3478")
 	}
 	if _, _, err := net.SplitHostPort(c.Reporter); err != nil {
-		return &ConfigError{"Reporter", fmt.Sprintf("want host:port, got %q", c.Reporter)}
+		return nil, &ConfigError{"Reporter", fmt.Sprintf("want host:port, got %q", c.Reporter)}
 	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
@@ -194,7 +191,7 @@ func (c *Config) setDefaults() error {
 	if c.AccessLog == nil {
 		c.AccessLog = c.Logger
 	}
-	return nil
+	return nodes, nil
 }
 
 // Proxy is a running localproxy.
@@ -234,11 +231,16 @@ func (p *Proxy) NAT() (mapping, filtering string) {
 // New binds the proxy's TCP listener and the tunnel's UDP socket. Run
 // starts the service; until then nothing is served.
 func New(cfg Config) (*Proxy, error) {
-	if err := cfg.setDefaults(); err != nil {
+	nodes, err := cfg.setDefaults()
+	if err != nil {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Logger}
-	upstream, err := upstreamProxy(cfg.UpstreamProxy, cfg.UpstreamFromEnv, cfg.CoordinatorTCP)
+	tcp := nodes[0].TCP
+	if tcp == "" {
+		tcp = nodes[0].Addr
+	}
+	upstream, err := upstreamProxy(cfg.UpstreamProxy, cfg.UpstreamFromEnv, tcp)
 	if err != nil {
 		return nil, err
 	}
@@ -268,9 +270,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.client, err = quictun.NewClient(quictun.ClientConfig{
 		Transport:          p.tr,
-		Coordinator:        cfg.Coordinator,
+		Coordinators:       nodes,
 		Via:                cfg.Transport,
-		CoordinatorTCP:     cfg.CoordinatorTCP,
 		DialTCP:            dialTCP,
 		Token:              cfg.Token,
 		Certificate:        cfg.ClientCertificate,
@@ -470,7 +471,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-connected:
 			connected = nil
 			st := p.client.Stats()
-			p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", p.cfg.Coordinator,
+			p.log.Info("localproxy ready", "proxy", p.ln.Addr(), "tunnel_socket", p.udp.LocalAddr(), "coordinator", st.Coordinator,
 				"public_addr", st.PublicAddr, "transport", transportLine(st, p.udp.LocalAddr().String()), "try", fmt.Sprintf("curl -x http://%s http://example.com/", p.ln.Addr()),
 				"firefox", fmt.Sprintf("Settings > Network Settings > Manual proxy configuration: HTTP Proxy %s, also use this proxy for HTTPS; or Automatic proxy configuration URL http://%s/proxy.pac", p.ln.Addr(), p.ln.Addr()))
 		case <-ctx.Done():

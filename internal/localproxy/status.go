@@ -1,6 +1,7 @@
 package localproxy
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -17,9 +18,15 @@ import (
 // Status is localproxy's live state, served as JSON at /status on the
 // proxy's own address and printed by `localproxy status`.
 type Status struct {
-	Proxy       string `json:"proxy"`
+	Proxy string `json:"proxy"`
+	// Coordinator is the coordinator connected to (the last one while
+	// down; the configured address before the first connection).
 	Coordinator string `json:"coordinator"`
 	Connected   bool   `json:"connected"`
+	// Coordinators is the --coordinator list, when it names several, and
+	// Failovers counts the moves from one to another.
+	Coordinators string `json:"coordinators,omitempty"`
+	Failovers    uint64 `json:"failovers,omitempty"`
 	// RTT is the control connection's smoothed round-trip time.
 	RTT string `json:"rtt,omitempty"`
 	// Transport is how localproxy reaches coordinator: "quic (UDP from
@@ -72,7 +79,8 @@ func (p *Proxy) Status() Status {
 	st := p.client.Stats()
 	mapping, filtering := p.NAT()
 	s := Status{
-		Proxy: p.ln.Addr().String(), Coordinator: p.cfg.Coordinator, Connected: st.Connected,
+		Proxy: p.ln.Addr().String(), Coordinator: cmp.Or(st.Coordinator, p.cfg.Coordinator), Connected: st.Connected,
+		Failovers:  st.Failovers,
 		NATMapping: mapping, NATFiltering: filtering,
 		SessionsTotal: st.Sessions, RelaySessions: st.RelaySessions, FastOpenSessions: st.FastOpenSessions,
 		Sessions:  p.sessions.list(),
@@ -80,6 +88,9 @@ func (p *Proxy) Status() Status {
 	}
 	if st.Connected {
 		s.RTT = st.RTT.Round(10 * time.Microsecond).String()
+	}
+	if st.Candidates > 1 {
+		s.Coordinators = p.cfg.Coordinator
 	}
 	if st.PublicAddr.IsValid() {
 		s.PublicAddr = st.PublicAddr.String()
@@ -266,6 +277,9 @@ func FormatStatus(s Status) string {
 	}
 	line("proxy", s.Proxy)
 	line("coordinator", s.Coordinator+" — "+state)
+	if s.Coordinators != "" {
+		line("candidates", s.Coordinators+"; failovers: "+fmtUint(s.Failovers))
+	}
 	line("transport", s.Transport)
 	line("public address", s.PublicAddr)
 	line("seen by coord.", s.ObservedAddr)

@@ -84,6 +84,29 @@ func (c labeledCounterFunc) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Info registers a gauge of 1 whose one label is read from f at scrape
+// time; no series while f returns "".
+func (r *Registry) Info(name, help, label string, f func() string) {
+	r.reg.MustRegister(infoFunc{
+		desc: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, []string{label}, nil),
+		f:    f,
+	})
+}
+
+// infoFunc is a Collector for Info.
+type infoFunc struct {
+	desc *prometheus.Desc
+	f    func() string
+}
+
+func (c infoFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c infoFunc) Collect(ch chan<- prometheus.Metric) {
+	if v := c.f(); v != "" {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1, v)
+	}
+}
+
 // histogramFunc is a Collector turning a quictun.HistogramSnapshot into a
 // Prometheus histogram.
 type histogramFunc struct {

@@ -65,6 +65,15 @@ func (r *Registry) AddTunnelClient(c *quictun.Client) {
 	st := func() quictun.ClientStats { return c.Stats() }
 	r.Gauge("coordinator_connected", "1 while the control connection to coordinator is up.", func() float64 { return b2f(st().Connected) })
 	r.Counter("coordinator_connects_total", "Control connections established.", func() float64 { return float64(st().Connects) })
+	r.Counter("coordinator_failovers_total", "Control connections established to another coordinator than the one before (--coordinator A,B,C).",
+		func() float64 { return float64(st().Failovers) })
+	r.Info("coordinator_node", "1 with the address of the coordinator the control connection is up to.", "node",
+		func() string {
+			if s := st(); s.Connected {
+				return s.Coordinator
+			}
+			return ""
+		})
 	for _, tr := range []string{quictun.TransportQUIC, quictun.TransportTCP} {
 		r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "coordinator_transport",
 			Help:        "1 for the transport the control connection to coordinator is up on (quic, or tcp where QUIC failed or was not chosen).",

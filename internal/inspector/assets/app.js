@@ -118,6 +118,7 @@
     historyCap = s.history || historyCap;
     const st = s.state || {};
     dl("coord", [["address", st.coordinator], ["connected", st.connected ? "yes" : "NO (retrying)"], ["RTT", st.rtt],
+      ["candidates", st.coordinators], ["failovers", st.coordinators ? st.failovers || 0 : undefined],
       ["transport", st.transport], ["sessions open", (st.sessions || []).length], ["sessions total", st.sessions_total],
       ["relayed", st.relay_sessions]]);
     dl("nat", [["public address", st.public_addr], ["seen by coordinator", st.observed_addr], ["mapping", st.nat_mapping], ["filtering", st.nat_filtering]]);
