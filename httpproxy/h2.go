@@ -312,7 +312,9 @@ func (x *h2exchange) exchange(h *head, rt *route) error {
 		}
 		return fmt.Errorf("response body: %w", err)
 	}
-	if err := body.waitGrace(requestBodyGrace); err != nil {
+	err = body.waitGrace(requestBodyGrace)
+	x.up = body.count()
+	if err != nil {
 		x.cut = true
 		return fmt.Errorf("request body: %w", err)
 	}
@@ -599,6 +601,14 @@ func (d *deadlineReader) stop() {
 }
 
 var errBodyStopped = errors.New("request body no longer read: the exchange ended")
+
+// count returns the bytes relayed, once the relay ended.
+func (b *h2body) count() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.n
+}
 
 func (b *h2body) clientFailed() bool {
 	if b == nil {
