@@ -50,6 +50,9 @@ type engine struct {
 	// Client connections' buffers, reused: a CONNECT gives them back as
 	// soon as its tunnel is up, so idle tunnels hold none.
 	readers, writers sync.Pool
+	// copyBufs holds the buffers HTTP/2 responses' bodies are copied
+	// through (*[]byte).
+	copyBufs sync.Pool
 }
 
 // router decides where a request goes.

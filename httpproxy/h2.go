@@ -37,8 +37,10 @@ import (
 // open an HTTP/1.1 connection for them.
 
 // h2MaxIdleUpstreams bounds the idle upstream connections one HTTP/2
-// connection keeps for its next requests.
-const h2MaxIdleUpstreams = 16
+// connection keeps for its next requests: as many as a busy client's
+// concurrent streams, about; an HTTP/1.1 client would hold as many
+// connections. Idle ones hold no buffers.
+const h2MaxIdleUpstreams = 64
 
 // h2Server is the HTTP/2 machinery of an engine.
 type h2Server struct {
@@ -107,6 +109,15 @@ func (hc *h2conn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.serve()
 }
 
+// copyBuffer returns a buffer for a response body, from copyBufs.
+func (e *engine) copyBuffer() *[]byte {
+	if b, ok := e.copyBufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 32<<10)
+	return &b
+}
+
 // take returns an idle upstream for key, or nil.
 func (hc *h2conn) take(key string) *upstream {
 	hc.mu.Lock()
@@ -117,6 +128,7 @@ func (hc *h2conn) take(key string) *upstream {
 	}
 	u := us[len(us)-1]
 	hc.idle[key] = us[:len(us)-1]
+	u.br, u.bw = hc.e.reader(u.c), hc.e.writer(u.c)
 	return u
 }
 
@@ -128,10 +140,13 @@ func (hc *h2conn) put(u *upstream) {
 	for _, us := range hc.idle {
 		n += len(us)
 	}
-	if hc.closed || n >= h2MaxIdleUpstreams {
-		u.close()
+	if hc.closed || n >= h2MaxIdleUpstreams || u.br.Buffered() > 0 {
+		u.close() // u.br holds bytes no request asked for: not reusable
 		return
 	}
+	hc.e.putReader(u.br)
+	hc.e.putWriter(u.bw)
+	u.br, u.bw = nil, nil
 	hc.idle[u.key] = append(hc.idle[u.key], u)
 }
 
@@ -333,8 +348,7 @@ func (x *h2exchange) dial(rt *route) error {
 		x.writeError(status, reason)
 		return err
 	}
-	x.u = &upstream{key: rt.key, c: nc, br: bufio.NewReaderSize(nc, connBufferSize), bw: bufio.NewWriterSize(nc, connBufferSize),
-		session: sessionOf(nc)}
+	x.u = &upstream{key: rt.key, c: nc, br: x.hc.e.reader(nc), bw: x.hc.e.writer(nc), session: sessionOf(nc)}
 	return nil
 }
 
@@ -458,17 +472,27 @@ func (x *h2exchange) copyBody(kind bodyKind, length int64) (int64, error) {
 	default:
 		src = x.u.br
 	}
+	if kind == bodyLength && length <= int64(x.u.br.Buffered()) {
+		// A small body, all read with the head: no copy buffer.
+		b, _ := x.u.br.Peek(int(length))
+		m, err := x.w.Write(b)
+		x.u.br.Discard(m)
+		return int64(m), err
+	}
 	rc := http.NewResponseController(x.w)
-	buf := make([]byte, 32<<10)
+	buf := x.hc.e.copyBuffer()
+	defer x.hc.e.copyBufs.Put(buf)
 	var n int64
 	for {
-		m, err := src.Read(buf)
+		m, err := src.Read(*buf)
 		if m > 0 {
-			if _, werr := x.w.Write(buf[:m]); werr != nil {
+			if _, werr := x.w.Write((*buf)[:m]); werr != nil {
 				return n, werr
 			}
 			n += int64(m)
-			if x.u.br.Buffered() == 0 {
+			// Not the last bytes, which the handler's return sends with
+			// the end of the stream, in one write.
+			if x.u.br.Buffered() == 0 && (kind != bodyLength || n < length) {
 				if werr := rc.Flush(); werr != nil {
 					return n, werr
 				}
