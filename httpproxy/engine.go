@@ -573,6 +573,7 @@ type logEntry struct {
 	up, down       int64
 	session        string
 	start          time.Time
+	canceled       bool // the client left (an HTTP/2 stream it reset)
 }
 
 // logRequest writes the access-log line of one request or tunnel, adds
@@ -595,7 +596,7 @@ func (e *engine) logRequest(l logEntry, err error) string {
 	outcome := "ok"
 	switch {
 	case err == nil:
-	case clientGone(err):
+	case clientGone(err) || l.canceled:
 		outcome = "canceled"
 		attrs = append(attrs, slog.String("err", err.Error()))
 	default:

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -161,7 +162,8 @@ type h2exchange struct {
 	status   int // the final status sent, 0: none yet
 	up, down int64
 	u        *upstream
-	cut      bool // the response was cut short: the stream is reset
+	cut      bool                     // the response was cut short: the stream is reset
+	cur      atomic.Pointer[upstream] // x.u, for the goroutine that aborts it
 }
 
 func (x *h2exchange) serve() {
@@ -243,15 +245,16 @@ func (x *h2exchange) writeHeader(status int) {
 // upstream that wants it.
 func (x *h2exchange) log(err error) {
 	var session string
-	if x.u != nil {
-		session = x.u.session
+	u := x.cur.Load()
+	if u != nil {
+		session = u.session
 	}
 	outcome := x.hc.e.logRequest(logEntry{client: x.hc.c, proto: "HTTP/2.0", method: x.method, target: x.target,
-		status: x.status, up: x.up, down: x.down, session: session, start: x.start}, err)
-	if x.u == nil {
+		status: x.status, up: x.up, down: x.down, session: session, start: x.start, canceled: x.r.Context().Err() != nil}, err)
+	if u == nil {
 		return
 	}
-	if rr, ok := x.u.c.(RequestReporter); ok {
+	if rr, ok := u.c.(RequestReporter); ok {
 		rr.ReportRequest(RequestRecord{Client: addrPortOf(x.hc.c.RemoteAddr()), Method: x.method, Target: x.target, Status: x.status,
 			Up: x.up, Down: x.down, Duration: time.Since(x.start), TLS: true, Outcome: outcome})
 	}
@@ -306,6 +309,15 @@ func (x *h2exchange) exchange(h *head, rt *route) error {
 			return err
 		}
 	}
+	// A client that resets the stream, or a connection that ends, ends
+	// the exchange on the upstream too (a long poll does not wait on).
+	x.cur.Store(x.u)
+	stop := context.AfterFunc(x.r.Context(), func() { x.cur.Load().abort() })
+	defer func() {
+		if !stop() {
+			x.u = nil // aborted: not to be kept
+		}
+	}()
 	resp, body, err := x.send(h, rt, reused)
 	if err != nil {
 		return err
@@ -349,6 +361,7 @@ func (x *h2exchange) dial(rt *route) error {
 		return err
 	}
 	x.u = &upstream{key: rt.key, c: nc, br: x.hc.e.reader(nc), bw: x.hc.e.writer(nc), session: sessionOf(nc)}
+	x.cur.Store(x.u)
 	return nil
 }
 

@@ -329,3 +329,68 @@ func TestH2AndHTTP1OnOnePort(t *testing.T) {
 	}
 	waitUntil(t, "the log line", func() bool { return strings.Contains(log.String(), "proto=HTTP/1.1 status=200") })
 }
+
+// TestH2ResetStreamEndsUpstream: a client that gives up a request (a
+// long poll the app has not answered) resets its stream; the proxy lets
+// go of the app's connection at once, logs the request canceled, and
+// the connection serves on.
+func TestH2ResetStreamEndsUpstream(t *testing.T) {
+	started, left := make(chan struct{}), make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/poll" {
+			close(started)
+			<-r.Context().Done() // the proxy closed the connection
+			close(left)
+			return
+		}
+		io.WriteString(w, "app=a")
+	}))
+	t.Cleanup(app.Close)
+	proxy, log, _ := startH2Proxy(t, h2Router{"a.example": {addr: app.Listener.Addr().String()}}, 0)
+	c := h2Client(t, proxy)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://a.example/poll", nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-started
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("the canceled request succeeded")
+	}
+	select {
+	case <-left:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's connection stayed open after the client reset its stream")
+	}
+	waitUntil(t, "the canceled request's log line", func() bool {
+		return strings.Contains(log.String(), "target=a.example/poll proto=HTTP/2.0") && strings.Contains(log.String(), "outcome=canceled")
+	})
+	req, _ = http.NewRequestWithContext(t.Context(), "GET", "https://a.example/", nil)
+	if resp, body := get(t, c, req); resp.StatusCode != 200 || body != "app=a" {
+		t.Fatalf("next request: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestH2Drain: draining sends an idle HTTP/2 connection GOAWAY; it closes
+// and Drain returns, while a request in flight finishes first.
+func TestH2Drain(t *testing.T) {
+	a, _ := h2App(t, "a")
+	proxy, _, p := startH2Proxy(t, h2Router{"a.example": {addr: a}}, 0)
+	c := h2Client(t, proxy)
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "https://a.example/", nil)
+	get(t, c, req)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := p.Drain(ctx); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if s := p.Stats(); s.ActiveConns != 0 {
+		t.Errorf("%d connections open after Drain", s.ActiveConns)
+	}
+}
