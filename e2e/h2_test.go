@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,5 +199,16 @@ func TestHTTP2PublicPort(t *testing.T) {
 	}
 	waitFor(t, "localproxy's line for an HTTP/2 request", func() bool {
 		return strings.Contains(lp.out.String(), `target="app.localhost:`+port+`/who?x=1" status=200`)
+	})
+	// localproxy's inspector captured the request the app got (HTTP/1.1
+	// over the tunnel, as before).
+	waitFor(t, "the HTTP/2 request in the inspector", func() bool {
+		resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(proxyPort) + "/ui/api/requests")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == 200 && strings.Contains(string(b), `"/who?x=1"`) && strings.Contains(string(b), `"/upload"`)
 	})
 }

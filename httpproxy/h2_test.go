@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -393,4 +394,29 @@ func TestH2Drain(t *testing.T) {
 	if s := p.Stats(); s.ActiveConns != 0 {
 		t.Errorf("%d connections open after Drain", s.ActiveConns)
 	}
+}
+
+// TestH2CutResponse: an app that closes in the middle of a chunked body:
+// the client's stream is reset, so it sees an error rather than a short
+// body taken for whole.
+func TestH2CutResponse(t *testing.T) {
+	app := rawTarget(t, func(c net.Conn) {
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly this\r\n")
+	})
+	proxy, log, _ := startH2Proxy(t, h2Router{"a.example": {addr: app}}, 0)
+	c := h2Client(t, proxy)
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "https://a.example/", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("a cut body read as whole: %q", body)
+	}
+	waitUntil(t, "the log line", func() bool { return strings.Contains(log.String(), "target=a.example/ proto=HTTP/2.0 status=200 bytes_up=0 bytes_down=9") &&
+			strings.Contains(log.String(), "outcome=\"response body: ") })
 }
