@@ -417,6 +417,8 @@ func TestH2CutResponse(t *testing.T) {
 	if err == nil {
 		t.Fatalf("a cut body read as whole: %q", body)
 	}
-	waitUntil(t, "the log line", func() bool { return strings.Contains(log.String(), "target=a.example/ proto=HTTP/2.0 status=200 bytes_up=0 bytes_down=9") &&
-			strings.Contains(log.String(), "outcome=\"response body: ") })
+	waitUntil(t, "the log line", func() bool {
+		return strings.Contains(log.String(), "target=a.example/ proto=HTTP/2.0 status=200 bytes_up=0 bytes_down=9") &&
+			strings.Contains(log.String(), "outcome=\"response body: ")
+	})
 }
