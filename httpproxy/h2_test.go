@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 )
 
@@ -420,5 +421,42 @@ func TestH2CutResponse(t *testing.T) {
 	waitUntil(t, "the log line", func() bool {
 		return strings.Contains(log.String(), "target=a.example/ proto=HTTP/2.0 status=200 bytes_up=0 bytes_down=9") &&
 			strings.Contains(log.String(), "outcome=\"response body: ")
+	})
+}
+
+// FuzzHeadFromH2 converts HTTP/2 requests with any fields x/net lets
+// through: the head says the same method, target, Host and field values,
+// and it frames the body as the request does.
+func FuzzHeadFromH2(f *testing.F) {
+	f.Add("GET", "/a?b=c", "app.example", "X-Test", "value", int64(0))
+	f.Add("POST", "/upload", "app.example:8443", "Cookie", "a=b", int64(-1))
+	f.Add("PUT", "*", "[::1]:443", "Content-Length", "5", int64(5))
+	f.Fuzz(func(t *testing.T, method, path, host, name, value string, length int64) {
+		if !httpguts.ValidHostHeader(host) || !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) ||
+			method == "" || strings.ContainsAny(method, " \t\r\n") || path == "" || strings.ContainsAny(path, " \t\r\n") || length < -1 {
+			t.Skip("x/net refuses such a request")
+		}
+		r := &http.Request{Method: method, RequestURI: path, Host: host, Header: http.Header{}, ContentLength: length}
+		r.Header.Add(name, value)
+		h, err := headFromH2(r, 64<<10)
+		if err != nil {
+			return // refused by the HTTP/1.1 parser: answered 400
+		}
+		if h.method != method || h.target != path {
+			t.Fatalf("request line %q %q, want %q %q", h.method, h.target, method, path)
+		}
+		if got, _ := h.get("Host"); got != strings.TrimSpace(host) {
+			t.Fatalf("Host %q, want %q", got, host)
+		}
+		switch canon := http.CanonicalHeaderKey(name); canon {
+		case "Host", "Content-Length", "Transfer-Encoding":
+		default:
+			if got, ok := h.get(canon); !ok || got != strings.Trim(value, " \t") {
+				t.Fatalf("%s: %q, want %q", canon, got, value)
+			}
+		}
+		if h.chunked != (length < 0) || (length > 0 && h.contentLength != length) {
+			t.Fatalf("framing chunked=%v length=%d for ContentLength %d", h.chunked, h.contentLength, length)
+		}
 	})
 }
