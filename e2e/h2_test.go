@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -191,11 +192,13 @@ func TestHTTP2PublicPort(t *testing.T) {
 
 	// The access log names the protocol; localproxy's log has the request
 	// too (--log-public-requests).
-	for _, want := range []string{`target="app.localhost:` + port + `/who?x=1" proto=HTTP/2.0 status=200`,
-		`target=guarded.localhost:` + port + `/ proto=HTTP/2.0 status=401`,
-		`target=nosuch.localhost:` + port + `/ proto=HTTP/2.0 status=404`,
-		`target=app.localhost:` + port + `/h1 proto=HTTP/1.1 status=200`} {
-		waitFor(t, "coordinator's line "+want, func() bool { return strings.Contains(coord.out.String(), want) })
+	q := regexp.QuoteMeta
+	for _, want := range []string{q(`target="app.localhost:`+port+`/who?x=1" status=200`) + `.* outcome=ok proto=HTTP/2\.0`,
+		q(`target=guarded.localhost:`+port+`/ status=401`) + `.* proto=HTTP/2\.0`,
+		q(`target=nosuch.localhost:`+port+`/ status=404`) + `.* proto=HTTP/2\.0`,
+		q(`target=app.localhost:`+port+`/h1 status=200`) + `.* outcome=ok proto=HTTP/1\.1`} {
+		re := regexp.MustCompile(want)
+		waitFor(t, "coordinator's line "+want, func() bool { return re.MatchString(coord.out.String()) })
 	}
 	waitFor(t, "localproxy's line for an HTTP/2 request", func() bool {
 		return strings.Contains(lp.out.String(), `target="app.localhost:`+port+`/who?x=1" status=200`)

@@ -583,7 +583,6 @@ func (e *engine) logRequest(l logEntry, err error) string {
 	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
 		slog.String("client", l.client.RemoteAddr().String()), slog.String("method", l.method), slog.String("target", l.target),
-		slog.String("proto", l.proto),
 		slog.Int("status", l.status), slog.Int64("bytes_up", l.up), slog.Int64("bytes_down", l.down),
 		slog.Duration("duration", time.Since(l.start).Round(time.Microsecond)),
 	)
@@ -602,7 +601,8 @@ func (e *engine) logRequest(l logEntry, err error) string {
 	default:
 		outcome = err.Error()
 	}
-	attrs = append(attrs, slog.String("outcome", outcome))
+	// proto last: the fields before it are as they were before HTTP/2.
+	attrs = append(attrs, slog.String("outcome", outcome), slog.String("proto", l.proto))
 	e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 	e.stats.bytesUp.Add(l.up)
 	e.stats.bytesDown.Add(l.down)
