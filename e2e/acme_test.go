@@ -333,8 +333,9 @@ func pebbleRoot(t *testing.T, port int, caFile string) *x509.Certificate {
 }
 
 // writeTestServerCert makes a CA and a certificate it signs for
-// 127.0.0.1, which Pebble serves its API with; it returns the files.
-func writeTestServerCert(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+// 127.0.0.1, localhost and names (Pebble serves its API with one); it
+// returns the files.
+func writeTestServerCert(t *testing.T, dir string, names ...string) (caFile, certFile, keyFile string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pebble API test CA"},
@@ -347,7 +348,7 @@ func writeTestServerCert(t *testing.T, dir string) (caFile, certFile, keyFile st
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: append([]string{"localhost"}, names...),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
 	if err != nil {

@@ -1,4 +1,4 @@
-// Package httpproxy is the HTTP/1.1 side of the tunnel.
+// Package httpproxy is the HTTP side of the tunnel.
 //
 // [Proxy] is the browser-facing forward proxy: absolute-form requests
 // (GET http://host/path) and CONNECT tunnels. It relays messages by hand
@@ -9,6 +9,11 @@
 // Keep-Alive, TE except "trailers", Upgrade except on upgrades,
 // Proxy-Authorization, Proxy-Authenticate) are dropped. Ambiguous framing
 // that request smuggling relies on is refused with 400.
+//
+// [ReverseProxy] is the public side of exposed apps. On a TLS connection
+// that negotiated "h2" in ALPN it serves HTTP/2 (golang.org/x/net/http2):
+// each request is converted into the HTTP/1.1 head the rest of the proxy
+// takes, and reaches the app as HTTP/1.1.
 //
 // Targets are reached through a [Dialer]: the tunnel in production, a
 // plain net.Dialer in tests. A [DialError] chooses the status the browser

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"quictunnel/internal/relay"
 )
 
@@ -26,6 +28,7 @@ type engine struct {
 	log    *slog.Logger
 	router router
 	auth   *BasicAuth // Proxy-Authorization required; nil: none
+	h2     *h2Server  // serves TLS connections that negotiated "h2"
 
 	ctx    context.Context // cancelled by close: ends every connection
 	cancel context.CancelFunc
@@ -47,6 +50,9 @@ type engine struct {
 	// Client connections' buffers, reused: a CONNECT gives them back as
 	// soon as its tunnel is up, so idle tunnels hold none.
 	readers, writers sync.Pool
+	// copyBufs holds the buffers HTTP/2 responses' bodies are copied
+	// through (*[]byte).
+	copyBufs sync.Pool
 }
 
 // router decides where a request goes.
@@ -95,7 +101,7 @@ type Stats struct {
 func newEngine(cfg Config, r router) *engine {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &engine{cfg: cfg, log: cfg.Logger, router: r, ctx: ctx, cancel: cancel,
-		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]bool{}}
+		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]bool{}, h2: newH2Server(&cfg)}
 	if cfg.MaxConns > 0 {
 		e.slots = make(chan struct{}, cfg.MaxConns)
 	}
@@ -225,6 +231,7 @@ func (e *engine) drain(ctx context.Context) error {
 	for ln := range e.lns {
 		ln.Close()
 	}
+	e.h2.goAway()
 	for c, idle := range e.conns {
 		if idle {
 			c.Close()
@@ -293,9 +300,8 @@ type conn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	ctx     context.Context // ends when the connection is done
-	client  string
-	up      *upstream // reused while the route key stays the same
-	scratch []byte    // where heads are built, reused from one to the next
+	up      *upstream       // reused while the route key stays the same
+	scratch []byte          // where heads are built, reused from one to the next
 	// status is the status of the last final response head written to
 	// the client for the request being served, 0 before one is: what the
 	// access log records (see appendStatusLine).
@@ -357,9 +363,23 @@ const connBufferSize = 8 << 10
 func (e *engine) serveConn(nc net.Conn) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
-	c := &conn{e: e, c: nc, rd: &connReader{c: nc}, ctx: ctx, client: nc.RemoteAddr().String()}
+	c := &conn{e: e, c: nc, rd: &connReader{c: nc}, ctx: ctx}
 	c.br, c.bw = e.reader(c.rd), e.writer(nc)
 	defer func() { c.up.close(); c.releaseBuffers() }()
+	if tc, ok := nc.(*tls.Conn); ok {
+		tc.SetReadDeadline(time.Now().Add(e.cfg.ReadHeaderTimeout))
+		err := tc.HandshakeContext(ctx)
+		tc.SetReadDeadline(time.Time{})
+		if err != nil {
+			c.headError(err)
+			return
+		}
+		if tc.ConnectionState().NegotiatedProtocol == http2.NextProtoTLS {
+			c.releaseBuffers()
+			e.serveH2(ctx, tc)
+			return
+		}
+	}
 	for first := true; ; first = false {
 		h, err := c.readHead(first)
 		if err != nil {
@@ -540,31 +560,52 @@ func (c *conn) appendStatusLine(b []byte, status int, reason string) []byte {
 // last sent (0: none), and returns its outcome: "ok", "canceled" or the
 // error.
 func (c *conn) accessLog(start time.Time, method, target string, up, down int64, session string, err error) string {
-	attrs := make([]slog.Attr, 0, 12)
+	return c.e.logRequest(logEntry{client: c.c, proto: "HTTP/1.1", method: method, target: target, status: c.status,
+		up: up, down: down, session: session, start: start}, err)
+}
+
+// logEntry is what an access-log line says of one request or tunnel.
+type logEntry struct {
+	client         net.Conn // the public client's connection
+	proto          string   // the client's protocol: HTTP/1.1 or HTTP/2.0
+	method, target string
+	status         int // the status sent, 0: none
+	up, down       int64
+	session        string
+	start          time.Time
+	canceled       bool // the client left (an HTTP/2 stream it reset)
+}
+
+// logRequest writes the access-log line of one request or tunnel, adds
+// its bytes to the counters and returns its outcome: "ok", "canceled" or
+// the error.
+func (e *engine) logRequest(l logEntry, err error) string {
+	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
-		slog.String("client", c.client), slog.String("method", method), slog.String("target", target),
-		slog.Int("status", c.status), slog.Int64("bytes_up", up), slog.Int64("bytes_down", down),
-		slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
+		slog.String("client", l.client.RemoteAddr().String()), slog.String("method", l.method), slog.String("target", l.target),
+		slog.Int("status", l.status), slog.Int64("bytes_up", l.up), slog.Int64("bytes_down", l.down),
+		slog.Duration("duration", time.Since(l.start).Round(time.Microsecond)),
 	)
-	if session != "" {
-		attrs = append(attrs, slog.String("session", session))
+	if l.session != "" {
+		attrs = append(attrs, slog.String("session", l.session))
 	}
-	if _, ok := c.c.(*tls.Conn); ok {
+	if _, ok := l.client.(*tls.Conn); ok {
 		attrs = append(attrs, slog.Bool("tls", true)) // the client's connection: a public HTTPS port
 	}
 	outcome := "ok"
 	switch {
 	case err == nil:
-	case clientGone(err):
+	case clientGone(err) || l.canceled:
 		outcome = "canceled"
 		attrs = append(attrs, slog.String("err", err.Error()))
 	default:
 		outcome = err.Error()
 	}
-	attrs = append(attrs, slog.String("outcome", outcome))
-	c.e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
-	c.e.stats.bytesUp.Add(up)
-	c.e.stats.bytesDown.Add(down)
+	// proto last: the fields before it are as they were before HTTP/2.
+	attrs = append(attrs, slog.String("outcome", outcome), slog.String("proto", l.proto))
+	e.cfg.AccessLog.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	e.stats.bytesUp.Add(l.up)
+	e.stats.bytesDown.Add(l.down)
 	return outcome
 }
 

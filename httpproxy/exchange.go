@@ -259,7 +259,15 @@ func (c *conn) session() string {
 // request-target rewritten, hop-by-hop fields dropped, every other line as
 // received, in order.
 func (c *conn) writeRequestHead(h *head, r *route) error {
-	b := c.scratch[:0]
+	c.scratch = appendRequestHead(c.scratch[:0], h, r)
+	if _, err := c.up.bw.Write(c.scratch); err != nil {
+		return err
+	}
+	return c.up.bw.Flush()
+}
+
+// appendRequestHead appends the head of h as sent upstream on route r.
+func appendRequestHead(b []byte, h *head, r *route) []byte {
 	b = append(b, h.method...)
 	b = append(b, ' ')
 	b = append(b, r.requestURI...)
@@ -287,12 +295,7 @@ func (c *conn) writeRequestHead(h *head, r *route) error {
 	case h.minor == 0 && !h.close:
 		b = append(b, "Connection: keep-alive\r\n"...)
 	}
-	b = append(b, "\r\n"...)
-	c.scratch = b
-	if _, err := c.up.bw.Write(b); err != nil {
-		return err
-	}
-	return c.up.bw.Flush()
+	return append(b, "\r\n"...)
 }
 
 // readFinalResponse reads response heads, relaying 1xx interim responses

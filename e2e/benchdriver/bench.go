@@ -386,6 +386,7 @@ type smallRow struct {
 func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	direct := directRoute(l.app)
 	routes := []route{absoluteFormRoute(l.app, l.proxy), connectRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots),
+		reverseH2Route(l.publicTLS, l.roots),
 		quicFloorRoute(l.app, l.quicRelayProxy), overTCP(absoluteFormRoute(l.app, l.tcpProxy)), overTCP(connectRoute(l.app, l.tcpProxy)),
 		overTCP(exposeTCPRoute(l.tcpPublic)), overTCP(hostRoute(l.public, "appt.localhost"))}
 	rounds := make([][]smallRow, len(routes))

@@ -39,6 +39,9 @@ type route struct {
 	// tcp marks the routes through the localproxy on the TCP transport
 	// (issue 19), whose process is measured instead of the QUIC one's.
 	tcp bool
+	// proto, if set, is the protocol every response must come over
+	// ("HTTP/2.0").
+	proto string
 }
 
 func newTransport() *http.Transport {
@@ -116,8 +119,26 @@ func reverseTLSRoute(public string, roots *x509.CertPool) route {
 		transport: func() *http.Transport {
 			t := newTransport()
 			t.TLSClientConfig = &tls.Config{RootCAs: roots, ServerName: "app.localhost"}
+			t.Protocols = new(http.Protocols)
+			t.Protocols.SetHTTP1(true)
 			return t
 		}}
+}
+
+// reverseH2Route is reverseTLSRoute over HTTP/2: every load client's
+// requests are streams of one connection (the server allows 250 at once).
+func reverseH2Route(public string, roots *x509.CertPool) route {
+	r := reverseTLSRoute(public, roots)
+	r.name, r.proto = "public HTTPS port over HTTP/2 (reverse, TLS, one connection)", "HTTP/2.0"
+	tlsTransport := r.transport
+	r.transport = func() *http.Transport {
+		t := tlsTransport()
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetHTTP2(true)
+		t.MaxConnsPerHost = 1
+		return t
+	}
+	return r
 }
 
 // dialConnect opens a tunnel to addr through the proxy. The answer is
@@ -278,7 +299,9 @@ const maxPerClient = 1 << 20
 // opens its connection), and returns the rate and latency percentiles.
 func smallLoad(ctx context.Context, r route, clients int, dur time.Duration) (loadResult, error) {
 	tr := r.transport()
-	tr.MaxConnsPerHost = clients
+	if tr.MaxConnsPerHost == 0 {
+		tr.MaxConnsPerHost = clients
+	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: ioTimeout}
 	get := func() error {
@@ -294,6 +317,9 @@ func smallLoad(ctx context.Context, r route, clients int, dur time.Duration) (lo
 		resp.Body.Close()
 		if err == nil && resp.StatusCode != 200 {
 			err = fmt.Errorf("status %s", resp.Status)
+		}
+		if err == nil && r.proto != "" && resp.Proto != r.proto {
+			err = fmt.Errorf("response over %s, want %s", resp.Proto, r.proto)
 		}
 		return err
 	}

@@ -288,7 +288,8 @@ func startLab(ctx context.Context, cfg config, dir string) (*lab, func(), error)
 	}
 	// Ready when a request passes each way.
 	deadline := time.Now().Add(30 * time.Second)
-	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), absoluteFormRoute(l.app, l.fastProxy),
+	for _, r := range []route{absoluteFormRoute(l.app, l.proxy), reverseRoute(l.public), reverseTLSRoute(l.publicTLS, l.roots), reverseH2Route(l.publicTLS, l.roots),
+		absoluteFormRoute(l.app, l.fastProxy),
 		connectRoute(l.app, l.relayProxy), quicFloorRoute(l.app, l.quicRelayProxy),
 		overTCP(connectRoute(l.app, l.tcpProxy)), overTCP(exposeTCPRoute(l.tcpPublic)), overTCP(hostRoute(l.public, "appt.localhost")),
 		hostRoute(l.public, "origin.localhost"), hostRoute(l.public, "origint.localhost"), hostRoute(l.public, "originn.localhost"),

@@ -135,11 +135,33 @@ func testExposed(t *testing.T, b browserSpec, bin string) {
 		t.Run(scheme, func(t *testing.T) {
 			checkVideo(t, rec, scheme)
 			checkMail(t, rec, scheme)
-			// coordinator speaks HTTP/1.1 to browsers and to the app.
+			// The app gets HTTP/1.1 whatever the browser spoke to
+			// coordinator: HTTP/2 on the HTTPS port.
 			checkProtocols(t, rec, scheme, "HTTP/1.1")
+			checkNextHop(t, e.site.verdicts(b.name), scheme, map[string]string{"https": "h2", "http": "http/1.1"}[scheme])
 		})
 	}
 	if n := strings.Count(e.logs.String(), `msg="reverse session"`); n < 4 {
 		t.Errorf("localproxy logged %d reverse sessions, want the browser's (at least 4)", n)
+	}
+}
+
+// checkNextHop: the mail page of the scheme came to the browser over want
+// (the page's performance entry: "h2", "http/1.1"); its websocket, which
+// checkMail checks, took an HTTP/1.1 connection of its own, since
+// coordinator does not offer websockets over HTTP/2 (RFC 8441).
+func checkNextHop(t *testing.T, vs []verdict, scheme, want string) {
+	n := 0
+	for _, v := range vs {
+		if v.Page != "mail" || !strings.HasPrefix(v.URL, scheme+"://") {
+			continue
+		}
+		n++
+		if got := v.Checks["nextHopProtocol"]; got != want {
+			t.Errorf("%s came over %v, want %s", v.URL, got, want)
+		}
+	}
+	if n == 0 {
+		t.Errorf("no %s mail page reported", scheme)
 	}
 }

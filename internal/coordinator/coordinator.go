@@ -331,7 +331,7 @@ func (c *Coordinator) setupPublic() (err error) {
 		c.httpsLn = tls.NewListener(ln, &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: c.cfg.HTTPSCertificate,
-			NextProtos:     append([]string{"http/1.1"}, c.cfg.ExtraALPN...),
+			NextProtos:     append([]string{"h2", "http/1.1"}, c.cfg.ExtraALPN...), // h2: HTTP/2 (httpproxy serves it)
 		})
 		// The https URL is the one clients are told: it is the one to use.
 		c.registry.httpURL = urlTemplate("https", c.httpsLn, 443)
