@@ -202,7 +202,9 @@ func parseHead(b []byte) (h rawHead, f framing, ok bool) {
 		lines = append(lines, l)
 	}
 	parts := strings.Split(lines[0], " ")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" {
+	// net/http takes an empty target for CONNECT (it reads it as an
+	// authority).
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" && parts[0] != "CONNECT" {
 		return h, f, false
 	}
 	major, minor, ok := http.ParseHTTPVersion(parts[2])
