@@ -85,10 +85,15 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// start runs a binary until the test ends (SIGTERM, then kill).
+// start runs a binary (one of ours, or another by its absolute path)
+// until the test ends (SIGINT, then kill).
 func start(t *testing.T, env []string, name string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
+	path := name
+	if !filepath.IsAbs(name) {
+		path = filepath.Join(binaries(t), name)
+	}
+	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
 	p := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

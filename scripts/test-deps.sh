@@ -7,8 +7,9 @@
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
 # downloaded by any other means), systemd for systemd-analyze verify of
 # contrib/systemd (the package installs fine where systemd does not run:
-# nothing is started), and tinyproxy (the upstream HTTP proxy of the
-# TCP-transport lab, e2e/transport_natlab_test.go). It also builds Pebble,
+# nothing is started), tinyproxy (the upstream HTTP proxy of the
+# TCP-transport lab, e2e/transport_natlab_test.go) and etcd-server (the
+# registry of the coordinator cluster tests, e2e/cluster_test.go). It also builds Pebble,
 # the ACME test CA (e2e/acme_test.go), from its Go module into .tools/.
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
@@ -64,6 +65,7 @@ if [ -z "$demo" ]; then
   want certutil libnss3-tools
   want systemd-analyze systemd
   want tinyproxy tinyproxy # the upstream (corporate) HTTP proxy of the TCP-transport lab
+  want etcd etcd-server # the cluster registry of the coordinator cluster tests (e2e/cluster_test.go)
 fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u

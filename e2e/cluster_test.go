@@ -1,0 +1,425 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"quictunnel/internal/coordinator"
+	"quictunnel/internal/localproxy"
+	"quictunnel/quictun"
+)
+
+// Helpers for tests of a cluster of coordinators (the binaries) sharing a
+// real etcd (Debian's etcd-server). Exported so that tests of the cluster
+// with clients that fail over can start N nodes and kill one.
+
+// Etcd is an etcd server the test runs on loopback, with its data in a
+// temporary directory; it is stopped when the test ends.
+type Etcd struct {
+	URL  string // client URL
+	dir  string
+	args []string
+	p    *process
+}
+
+// StartEtcd starts etcd, or skips the test when the etcd binary is absent.
+func StartEtcd(t *testing.T) *Etcd {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Skip("etcd not installed (Debian package etcd-server; scripts/test-deps.sh installs it)")
+	}
+	e := &Etcd{dir: t.TempDir()}
+	client, peer := freeTCPPort(t), freeTCPPort(t)
+	e.URL = "http://" + loop(client)
+	peerURL := "http://" + loop(peer)
+	e.args = []string{bin, "--name", "e2e", "--data-dir", e.dir, "--listen-client-urls", e.URL, "--advertise-client-urls", e.URL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL, "--initial-cluster", "e2e=" + peerURL,
+		"--log-level", "warn", "--logger", "zap"}
+	e.start(t)
+	return e
+}
+
+func (e *Etcd) start(t *testing.T) {
+	t.Helper()
+	p := start(t, nil, e.args[0], e.args[1:]...)
+	e.p = p
+	t.Cleanup(func() { // before start's: etcd exits by its signal, not 0
+		if p.killed {
+			return
+		}
+		p.killed = true
+		p.cmd.Process.Signal(syscall.SIGCONT)
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	waitFor(t, "etcd to answer", func() bool {
+		resp, err := http.Get(e.URL + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+// Pause stops the etcd process (SIGSTOP): it answers nothing, as a
+// partition would do.
+func (e *Etcd) Pause() { e.p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume lets a paused etcd go on (SIGCONT).
+func (e *Etcd) Resume() { e.p.cmd.Process.Signal(syscall.SIGCONT) }
+
+// Kill ends etcd with SIGKILL; Restart starts it again on the same data.
+func (e *Etcd) Kill() { e.p.kill() }
+
+// Restart starts a killed etcd again, on its data directory.
+func (e *Etcd) Restart(t *testing.T) { e.start(t) }
+
+// ClusterOptions shape the nodes StartCluster starts.
+type ClusterOptions struct {
+	Nodes int           // default 3
+	Grace time.Duration // --name-grace; default 1m
+	Lease time.Duration // --cluster-lease; default 2s
+	// Ports is the public TCP port range of every node; default a random
+	// range of 20 ports.
+	Ports coordinator.PortRange
+}
+
+// ClusterTokens are the client tokens every node accepts, by client name.
+var ClusterTokens = map[string]string{
+	"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "carol": "carol-token-0123456789a", "dave": "dave-token-0123456789ab",
+}
+
+// ClusterNode is one coordinator binary of a cluster. Its public ports
+// (HTTP and the port range) listen on Bind, an address of its own on
+// loopback (127.0.0.N), since every node listens on every claimed port.
+type ClusterNode struct {
+	ID       string
+	QUIC     string // the clients' address
+	Reporter string // STUN
+	HTTP     string // public HTTP, NAME.localhost
+	Bind     string // the public ports' address
+	Link     string // inter-node QUIC
+	args     []string
+	p        *process
+}
+
+// StartCluster starts opts.Nodes coordinators on etcd and waits until
+// each has registered in it.
+func StartCluster(t *testing.T, etcd *Etcd, opts ClusterOptions) []*ClusterNode {
+	t.Helper()
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Grace == 0 {
+		opts.Grace = time.Minute
+	}
+	if opts.Lease == 0 {
+		opts.Lease = 2 * time.Second
+	}
+	if opts.Ports == (coordinator.PortRange{}) {
+		base := 20000 + rand.IntN(500)*20
+		opts.Ports = coordinator.PortRange{Min: uint16(base), Max: uint16(base + 19)}
+	}
+	certs, err := filepath.Abs(certsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens.yaml")
+	var b strings.Builder
+	b.WriteString("tokens:\n")
+	for who, tok := range ClusterTokens {
+		fmt.Fprintf(&b, "  - token: %s\n    client: %s\n", tok, who)
+	}
+	if err := os.WriteFile(tokens, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clusterToken := filepath.Join(dir, "cluster-token")
+	os.WriteFile(clusterToken, []byte("cluster-secret-0123456789\n"), 0o600)
+	nodes := make([]*ClusterNode, opts.Nodes)
+	for i := range nodes {
+		bind := fmt.Sprintf("127.0.0.%d", i+1)
+		n := &ClusterNode{ID: fmt.Sprintf("node-%c", 'a'+i), QUIC: loop(freeUDPPort(t)), Reporter: loop(freeUDPPort(t)),
+			HTTP: net.JoinHostPort(bind, strconv.Itoa(freeTCPPort(t))), Bind: bind, Link: loop(freeUDPPort(t))}
+		n.args = []string{"--listen", n.QUIC, "--reporter-listen", n.Reporter, "--tokens", tokens, "--http", n.HTTP,
+			"--domain", "localhost", "--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
+			"--port-range", fmt.Sprintf("%d-%d", opts.Ports.Min, opts.Ports.Max), "--public-bind", bind,
+			"--name-grace", opts.Grace.String(), "--shutdown-timeout", "0s", "--log-level", "debug",
+			"--cluster-etcd", etcd.URL, "--node-id", n.ID, "--cluster-listen", n.Link, "--cluster-token-file", clusterToken,
+			"--cluster-lease", opts.Lease.String()}
+		nodes[i] = n
+		n.Start(t)
+	}
+	return nodes
+}
+
+// Start starts the node (again, after Kill or Stop) and waits until it
+// has registered in etcd.
+func (n *ClusterNode) Start(t *testing.T) {
+	t.Helper()
+	n.p = start(t, nil, "coordinator", n.args...)
+	waitFor(t, n.ID+" registered in etcd", func() bool { return strings.Contains(n.p.out.String(), "node registered in the cluster registry") })
+}
+
+// Kill ends the node with SIGKILL.
+func (n *ClusterNode) Kill() { n.p.kill() }
+
+// Stop ends the node with SIGINT and waits for it to exit.
+func (n *ClusterNode) Stop(t *testing.T) {
+	t.Helper()
+	n.p.killed = true // the start cleanup's SIGINT is done here
+	n.p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-n.p.done:
+		if err != nil {
+			t.Errorf("%s exited with %v after SIGINT", n.ID, err)
+		}
+	case <-time.After(15 * time.Second):
+		n.p.cmd.Process.Kill()
+		<-n.p.done
+		t.Errorf("%s did not stop on SIGINT", n.ID)
+	}
+}
+
+// Output is the node's log so far.
+func (n *ClusterNode) Output() string { return n.p.out.String() }
+
+// ClusterClient starts who's localproxy (in process) on node, exposing
+// each service (Local empty: an HTTP app answering who, or for TCP an echo
+// server), and waits for the first outcome of every registration. The
+// returned stop ends it; the test's end does too.
+func ClusterClient(t *testing.T, node *ClusterNode, who string, services ...quictun.ExposedService) (*localproxy.Proxy, func()) {
+	t.Helper()
+	for i := range services {
+		if services[i].Local != "" {
+			continue
+		}
+		if services[i].Kind == quictun.ServiceTCP {
+			services[i].Local = startTCPEcho(t)
+			continue
+		}
+		app := startTarget(t, "127.0.0.1", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, who) }))
+		services[i].Local = app.Listener.Addr().String()
+	}
+	_, pool := loadCoordinatorCert(t)
+	log := &logBuffer{}
+	p, err := localproxy.New(localproxy.Config{
+		Listen: "127.0.0.1:0", UDPListen: "127.0.0.1:0", Coordinator: node.QUIC, Reporter: node.Reporter,
+		Token: ClusterTokens[who], RootCAs: pool, ServerName: "localhost", Name: who, ConnectTimeout: 2 * time.Second,
+		RegisterRetry: 100 * time.Millisecond, Logger: log.logger(), Services: services,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("%s's log:\n%s", who, log)
+		}
+	})
+	waitFor(t, who+"'s registrations", func() bool { return len(p.Client().Registrations()) == len(services) })
+	return p, stop
+}
+
+// ClusterGet asks the public HTTP address addr for NAME.localhost and
+// returns the status and body (status 0 and the error on failure).
+func ClusterGet(t *testing.T, addr, name string) (int, string) {
+	t.Helper()
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+addr+"/", nil)
+	req.Host = name + ".localhost"
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// ClusterEcho sends a line to host:port and returns what came back.
+func ClusterEcho(host string, port uint16, line string) (string, error) {
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(int(port))), 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, line); err != nil {
+		return "", err
+	}
+	b := make([]byte, len(line))
+	_, err = io.ReadFull(c, b)
+	return string(b), err
+}
+
+// registration is who's registration of service, as it stands.
+func registration(p *localproxy.Proxy, service string) (quictun.Registration, bool) {
+	for _, r := range p.Client().Registrations() {
+		if r.Service.Name == service {
+			return r, true
+		}
+	}
+	return quictun.Registration{}, false
+}
+
+// TestClusterServesAnyNameFromAnyNode: three coordinators on one etcd.
+// alice's app and TCP service, published on node A, answer on B and C by
+// Host and by port; bob (on B) and carol (on C) racing for one name: one
+// wins, the other is refused, and the public reaches the winner from
+// every node; with etcd stopped the names held keep answering and a new
+// one is refused with "cluster registry unavailable", and once etcd is
+// back it is published.
+func TestClusterServesAnyNameFromAnyNode(t *testing.T) {
+	etcd := StartEtcd(t)
+	nodes := StartCluster(t, etcd, ClusterOptions{})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("%s's log:\n%s", n.ID, n.Output())
+			}
+		}
+	})
+	alice, _ := ClusterClient(t, a, "alice", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"},
+		quictun.ExposedService{Kind: quictun.ServiceTCP, Name: "db"})
+	db, _ := registration(alice, "db")
+	if app, _ := registration(alice, "app"); app.Err != nil || db.Err != nil {
+		t.Fatalf("alice's services: %+v", alice.Client().Registrations())
+	}
+	for _, n := range nodes {
+		waitFor(t, "app through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "app"); return status == 200 && body == "alice" })
+		waitFor(t, "db through "+n.ID, func() bool { got, err := ClusterEcho(n.Bind, db.Port, "ping\n"); return err == nil && got == "ping\n" })
+	}
+
+	// bob and carol race for "race", on two nodes at once.
+	var wg sync.WaitGroup
+	var bob, carol *localproxy.Proxy
+	wg.Go(func() {
+		bob, _ = ClusterClient(t, b, "bob", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "race"})
+	})
+	wg.Go(func() {
+		carol, _ = ClusterClient(t, c, "carol", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "race"})
+	})
+	wg.Wait()
+	rb, _ := registration(bob, "race")
+	rc, _ := registration(carol, "race")
+	if (rb.Err == nil) == (rc.Err == nil) {
+		t.Fatalf("bob and carol racing for one name: bob %v, carol %v; want exactly one refused", rb.Err, rc.Err)
+	}
+	winner, loser := "bob", rc.Err
+	if rb.Err != nil {
+		winner, loser = "carol", rb.Err
+	}
+	var se *quictun.SessionError
+	if !errors.As(loser, &se) || se.Code != quictun.CodeNameTaken {
+		t.Errorf("the loser's refusal: %v, want name taken", loser)
+	}
+	for _, n := range nodes {
+		waitFor(t, "race through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "race"); return status == 200 && body == winner })
+	}
+
+	// etcd stops answering.
+	etcd.Pause()
+	paused := true
+	defer func() {
+		if paused {
+			etcd.Resume()
+		}
+	}()
+	dave, _ := ClusterClient(t, b, "dave", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "new"})
+	waitFor(t, "dave refused for the registry", func() bool {
+		r, _ := registration(dave, "new")
+		return r.Err != nil && strings.Contains(r.Err.Error(), "cluster registry unavailable")
+	})
+	for _, n := range nodes {
+		if status, body := ClusterGet(t, n.HTTP, "app"); status != 200 || body != "alice" {
+			t.Errorf("app through %s with etcd stopped: %d %q, want alice's", n.ID, status, body)
+		}
+		if got, err := ClusterEcho(n.Bind, db.Port, "pong\n"); err != nil || got != "pong\n" {
+			t.Errorf("db through %s with etcd stopped: %q %v", n.ID, got, err)
+		}
+	}
+	if status, _ := ClusterGet(t, a.HTTP, "new"); status != 404 {
+		t.Errorf("new through A with etcd stopped: %d, want 404", status)
+	}
+
+	etcd.Resume()
+	paused = false
+	waitFor(t, "dave's name published once etcd is back", func() bool { r, _ := registration(dave, "new"); return r.Err == nil })
+	for _, n := range nodes {
+		waitFor(t, "new through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "new"); return status == 200 && body == "dave" })
+		waitFor(t, "app through "+n.ID+" after etcd came back", func() bool {
+			status, body := ClusterGet(t, n.HTTP, "app")
+			return status == 200 && body == "alice"
+		})
+	}
+}
+
+// TestClusterNameGraceAcrossRestart: alice's name, published on node A,
+// stays hers while every node restarts (she being offline): bob, on
+// another node, is refused it and the public gets 502 "offline"; alice,
+// connecting to a third node, gets it back.
+func TestClusterNameGraceAcrossRestart(t *testing.T) {
+	etcd := StartEtcd(t)
+	nodes := StartCluster(t, etcd, ClusterOptions{})
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("%s's log:\n%s", n.ID, n.Output())
+			}
+		}
+	})
+	_, stopAlice := ClusterClient(t, nodes[0], "alice", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"})
+	waitFor(t, "app through C", func() bool { status, _ := ClusterGet(t, nodes[2].HTTP, "app"); return status == 200 })
+	stopAlice()
+	for _, n := range nodes {
+		n.Stop(t)
+	}
+	for _, n := range nodes {
+		n.Start(t)
+	}
+	bob, _ := ClusterClient(t, nodes[1], "bob", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"})
+	r, _ := registration(bob, "app")
+	var se *quictun.SessionError
+	if !errors.As(r.Err, &se) || se.Code != quictun.CodeNameTaken || !strings.Contains(se.Reason, "offline") {
+		t.Errorf("bob's app after every node restarted: %v, want refused (kept for a client that is offline)", r.Err)
+	}
+	if status, body := ClusterGet(t, nodes[0].HTTP, "app"); status != 502 || !strings.Contains(body, "offline") {
+		t.Errorf("app after the restart: %d %q, want 502 offline", status, body)
+	}
+	alice, _ := ClusterClient(t, nodes[2], "alice", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"})
+	if r, _ := registration(alice, "app"); r.Err != nil {
+		t.Fatalf("alice back on C: %v", r.Err)
+	}
+	for _, n := range nodes {
+		waitFor(t, "alice's app through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "app"); return status == 200 && body == "alice" })
+	}
+}
