@@ -103,6 +103,9 @@ type ClusterOptions struct {
 	// Ports is the public TCP port range of every node; default a random
 	// range of 20 ports.
 	Ports coordinator.PortRange
+	// EtcdURLs, if set, are the first nodes' --cluster-etcd (one each, in
+	// order), instead of etcd's URL: an EtcdProxy to cut one off.
+	EtcdURLs []string
 }
 
 // ClusterTokens are the client tokens every node accepts, by client name.
@@ -162,11 +165,15 @@ func StartCluster(t *testing.T, etcd *Etcd, opts ClusterOptions) []*ClusterNode 
 		bind := fmt.Sprintf("127.0.0.%d", i+1)
 		n := &ClusterNode{ID: fmt.Sprintf("node-%c", 'a'+i), QUIC: loop(freeUDPPort(t)), Reporter: loop(freeUDPPort(t)),
 			HTTP: net.JoinHostPort(bind, strconv.Itoa(freeTCPPort(t))), Bind: bind, Link: loop(freeUDPPort(t))}
+		etcdURL := etcd.URL
+		if i < len(opts.EtcdURLs) {
+			etcdURL = opts.EtcdURLs[i]
+		}
 		n.args = []string{"--listen", n.QUIC, "--reporter-listen", n.Reporter, "--tokens", tokens, "--http", n.HTTP,
 			"--domain", "localhost", "--cert", filepath.Join(certs, "coordinator.pem"), "--key", filepath.Join(certs, "coordinator-key.pem"),
 			"--port-range", fmt.Sprintf("%d-%d", opts.Ports.Min, opts.Ports.Max), "--public-bind", bind,
 			"--name-grace", opts.Grace.String(), "--shutdown-timeout", "0s", "--log-level", "debug",
-			"--cluster-etcd", etcd.URL, "--node-id", n.ID, "--cluster-listen", n.Link, "--cluster-token-file", clusterToken,
+			"--cluster-etcd", etcdURL, "--node-id", n.ID, "--cluster-listen", n.Link, "--cluster-token-file", clusterToken,
 			"--cluster-lease", opts.Lease.String()}
 		nodes[i] = n
 		n.Start(t)
@@ -421,5 +428,159 @@ func TestClusterNameGraceAcrossRestart(t *testing.T) {
 	}
 	for _, n := range nodes {
 		waitFor(t, "alice's app through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "app"); return status == 200 && body == "alice" })
+	}
+}
+
+// EtcdProxy is a TCP proxy to etcd that a test can cut: a node whose
+// --cluster-etcd points at it is partitioned from etcd while the others
+// are not.
+type EtcdProxy struct {
+	URL    string
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+}
+
+// StartEtcdProxy proxies to etcd until the test ends.
+func StartEtcdProxy(t *testing.T, etcd *Etcd) *EtcdProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &EtcdProxy{URL: "http://" + ln.Addr().String(), ln: ln, target: strings.TrimPrefix(etcd.URL, "http://"), conns: map[net.Conn]bool{}}
+	p.wg.Go(p.serve)
+	t.Cleanup(func() {
+		ln.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *EtcdProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Go(func() { p.relay(c) })
+	}
+}
+
+func (p *EtcdProxy) relay(c net.Conn) {
+	defer c.Close()
+	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	if !p.track(c, up) {
+		return
+	}
+	defer p.untrack(c, up)
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(up, c); done <- struct{}{} }()
+	go func() { io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	c.Close()
+	up.Close()
+	<-done
+}
+
+func (p *EtcdProxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = true
+	}
+	return true
+}
+
+func (p *EtcdProxy) untrack(cs ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range cs {
+		delete(p.conns, c)
+	}
+}
+
+// Cut closes every connection through the proxy and refuses new ones.
+func (p *EtcdProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Heal lets connections through again.
+func (p *EtcdProxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+// TestClusterPartitionedNodeStopsServing: node A is cut off from etcd
+// while its client alice holds "app". A keeps serving app while no one
+// else can have it; once A's lease has ended and the grace period passed,
+// bob claims app on B, and from then on A never answers with alice's app
+// (503: it cannot prove the name is still hers). When A is back in touch
+// with etcd it withdraws app from alice and tells her (she is refused
+// it, held by bob), and every node serves bob's.
+func TestClusterPartitionedNodeStopsServing(t *testing.T) {
+	etcd := StartEtcd(t)
+	proxy := StartEtcdProxy(t, etcd)
+	const lease, grace = 2 * time.Second, 3 * time.Second
+	nodes := StartCluster(t, etcd, ClusterOptions{Lease: lease, Grace: grace, EtcdURLs: []string{proxy.URL}})
+	a, b := nodes[0], nodes[1]
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("%s's log:\n%s", n.ID, n.Output())
+			}
+		}
+	})
+	alice, _ := ClusterClient(t, a, "alice", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"})
+	waitFor(t, "app through B", func() bool { status, body := ClusterGet(t, b.HTTP, "app"); return status == 200 && body == "alice" })
+
+	proxy.Cut()
+	cut := time.Now()
+	if status, body := ClusterGet(t, a.HTTP, "app"); status != 200 || body != "alice" {
+		t.Errorf("app through A just cut off: %d %q, want alice's", status, body)
+	}
+	bob, _ := ClusterClient(t, b, "bob", quictun.ExposedService{Kind: quictun.ServiceHTTP, Name: "app"})
+	waitFor(t, "bob to get app", func() bool { r, _ := registration(bob, "app"); return r.Err == nil })
+	if took := time.Since(cut); took < lease+grace {
+		t.Errorf("bob got app %v after A was cut off, before its lease (%v) and the grace period (%v)", took, lease, grace)
+	}
+	for range 5 {
+		if status, body := ClusterGet(t, a.HTTP, "app"); status == 200 && body == "alice" {
+			t.Fatalf("A served alice's app after bob got it: two clients served one name")
+		} else if status != 503 {
+			t.Errorf("app through cut-off A after bob got it: %d %q, want 503", status, body)
+		}
+	}
+	if status, body := ClusterGet(t, b.HTTP, "app"); status != 200 || body != "bob" {
+		t.Errorf("app through B: %d %q, want bob's", status, body)
+	}
+
+	proxy.Heal()
+	waitFor(t, "alice told app is bob's", func() bool {
+		r, ok := registration(alice, "app")
+		var se *quictun.SessionError
+		return ok && errors.As(r.Err, &se) && se.Code == quictun.CodeNameTaken
+	})
+	waitFor(t, "app through A back to bob's", func() bool { status, body := ClusterGet(t, a.HTTP, "app"); return status == 200 && body == "bob" })
+	if !strings.Contains(a.Output(), "was given to another client while this coordinator was cut off") &&
+		!strings.Contains(a.Output(), "held elsewhere now") {
+		t.Errorf("A's log does not say it withdrew app")
 	}
 }
