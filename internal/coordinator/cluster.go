@@ -194,7 +194,9 @@ type clusterNode struct {
 
 	mu        sync.Mutex
 	view      clusterView
-	loaded    bool // view holds a full read
+	loaded    bool  // view holds a full read
+	viewRev   int64 // the etcd revision the view is at
+	wroteRev  int64 // the revision of this node's last write
 	lease     clientv3.LeaseID
 	renewedAt time.Time     // when the last successful renewal (or grant) was sent
 	healthy   bool          // the lease is current and etcd answers
@@ -346,7 +348,7 @@ func (n *clusterNode) watch(ctx context.Context) {
 			n.apply(&view, string(kv.Key), kv.Value, kv.ModRevision, false)
 		}
 		n.mu.Lock()
-		n.view, n.loaded = view, true
+		n.view, n.loaded, n.viewRev = view, true, resp.Header.Revision
 		n.mu.Unlock()
 		n.changed()
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -358,6 +360,7 @@ func (n *clusterNode) watch(ctx context.Context) {
 			for _, ev := range wr.Events {
 				n.apply(&n.view, string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
 			}
+			n.viewRev = max(n.viewRev, wr.Header.Revision)
 			n.mu.Unlock()
 			n.changed()
 		}
@@ -445,9 +448,9 @@ func (n *clusterNode) reconcileLoop(ctx context.Context) {
 func (n *clusterNode) reconcile(ctx context.Context) {
 	names, ports := n.local.localClaims()
 	n.mu.Lock()
-	if !n.loaded {
+	if !n.loaded || n.viewRev < n.wroteRev {
 		n.mu.Unlock()
-		return
+		return // the view lags this node's own claims: wait for the watch, which asks again
 	}
 	type write struct {
 		key string
@@ -537,6 +540,9 @@ func (n *clusterNode) put(ctx context.Context, key string, rec claimRecord, cmp 
 	}
 	n.mu.Lock()
 	n.stats.Writes++
+	if resp.Succeeded {
+		n.wroteRev = max(n.wroteRev, resp.Header.Revision)
+	}
 	n.mu.Unlock()
 	if !resp.Succeeded {
 		return errLostRace
