@@ -211,13 +211,14 @@ func TestBinaries(t *testing.T) {
 // TestHelpListsEveryFlag checks --help explains each flag with its
 // default and environment variable.
 func TestHelpListsEveryFlag(t *testing.T) {
+	bin := binaries(t) // built before the timeout starts
 	for name, want := range map[string][]string{
 		"reporter":    {"--listen", "NAT_KEEP_ALIVE_INTERVAL", "--config", "--log-format", "--log-level"},
 		"coordinator": {"--listen", "--cert", "--key", "--token", "--reporter-listen", "COORDINATOR_TOKEN", "(default: \":4433\")", "--qlog-dir", "--dns-cache-ttl"},
 		"localproxy":  {"--listen", "--coordinator", "--reporter", "--token", "--ca", "--insecure", "LOCALPROXY_TOKEN", "(default: \"127.0.0.1:8118\")", "--qlog-dir"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		out, err := exec.CommandContext(ctx, filepath.Join(binaries(t), name), "--help").CombinedOutput()
+		out, err := exec.CommandContext(ctx, filepath.Join(bin, name), "--help").CombinedOutput()
 		cancel()
 		if err != nil {
 			t.Fatalf("%s --help: %v\n%s", name, err, out)

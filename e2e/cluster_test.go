@@ -353,6 +353,19 @@ func TestClusterServesAnyNameFromAnyNode(t *testing.T) {
 		waitFor(t, "race through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "race"); return status == 200 && body == winner })
 	}
 
+	// coordinator cluster status: the nodes, clients per node, names and
+	// ports.
+	out, err := exec.Command(filepath.Join(binaries(t), "coordinator"), "--cluster-etcd", etcd.URL, "cluster", "status").CombinedOutput()
+	if err != nil {
+		t.Fatalf("coordinator cluster status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"nodes (3)", "node-a ", "clients 1  names 1  ports 1", "names (2)", "app ", "client alice",
+		"race ", "client " + winner, "ports (1)", strconv.Itoa(int(db.Port)) + " "} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("coordinator cluster status lacks %q:\n%s", want, out)
+		}
+	}
+
 	// etcd stops answering.
 	etcd.Pause()
 	paused := true

@@ -153,6 +153,15 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
+		Commands: []*cli.Command{{
+			Name:      "cluster",
+			Usage:     "cluster status: show what the cluster registry (--cluster-etcd) holds: nodes, clients per node, names, ports",
+			ArgsUsage: "status",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			},
+			Action: clusterStatus,
+		}},
 		Check:       checkSettings,
 		ListenFlags: []string{"listen", "tcp-listen", "reporter-listen", "http", "https", "metrics-listen", "cluster-listen"},
 		HostFlags:   []string{"public-bind"},
@@ -535,4 +544,38 @@ func clusterConfig(c *cli.Context) (coordinator.ClusterConfig, error) {
 	}
 	return coordinator.ClusterConfig{Endpoints: endpoints, NodeID: c.String("node-id"), Listen: c.String("cluster-listen"),
 		Advertise: c.String("cluster-advertise"), Token: token, LeaseTTL: c.Duration("cluster-lease")}, nil
+}
+
+// clusterStatus is "coordinator cluster status": it reads the registry in
+// etcd, as --cluster-etcd (given before "cluster", or from the
+// environment or --config) names it.
+func clusterStatus(c *cli.Context) error {
+	if c.Args().First() != "status" || c.NArg() != 1 {
+		return service.Usage(fmt.Errorf("want: coordinator cluster status"))
+	}
+	parent := c
+	if len(c.Lineage()) > 1 {
+		parent = c.Lineage()[1]
+	}
+	cfg, err := clusterConfig(parent)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Endpoints) == 0 {
+		return &service.SettingError{Setting: "--cluster-etcd", Reason: "required: the cluster's etcd URL(s)"}
+	}
+	st, err := coordinator.ReadClusterStatus(c.Context, cfg.Endpoints, "")
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		b, err := st.MarshalIndent()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "%s\n", b)
+		return nil
+	}
+	st.WriteText(c.App.Writer, time.Now())
+	return nil
 }

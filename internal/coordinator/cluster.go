@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"quictunnel/internal/metrics"
 	"quictunnel/quictun"
 )
 
@@ -660,4 +661,31 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// registerMetrics adds the node's cluster metrics to r.
+func (n *clusterNode) registerMetrics(r *metrics.Registry) {
+	locked := func(f func() float64) func() float64 {
+		return func() float64 {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			return f()
+		}
+	}
+	r.Gauge("cluster_registry_available", "1 while this node's lease is current and etcd answers (new names may be claimed), else 0.",
+		func() float64 {
+			if n.available() == nil {
+				return 1
+			}
+			return 0
+		})
+	r.Gauge("cluster_nodes", "Nodes registered in the cluster, as this node sees them.", locked(func() float64 { return float64(len(n.view.nodes)) }))
+	r.Gauge("cluster_names", "Names held in the cluster (online or kept for an offline owner).", locked(func() float64 { return float64(len(n.view.names)) }))
+	r.Gauge("cluster_ports", "Public ports held in the cluster.", locked(func() float64 { return float64(len(n.view.ports)) }))
+	r.Counter("cluster_claims_total", "Names and ports this node claimed in etcd.", locked(func() float64 { return float64(n.stats.Claims) }))
+	r.Counter("cluster_claims_refused_total", "Claims refused: held by another owner.", locked(func() float64 { return float64(n.stats.ClaimsRefused) }))
+	r.Counter("cluster_claims_unavailable_total", "Claims refused because the cluster registry was unavailable.",
+		locked(func() float64 { return float64(n.stats.Unavailable) }))
+	r.Counter("cluster_etcd_writes_total", "Writes (transactions, puts) this node sent to etcd.", locked(func() float64 { return float64(n.stats.Writes) }))
+	r.Counter("cluster_lease_renewals_total", "Lease renewals this node sent to etcd.", locked(func() float64 { return float64(n.stats.Renewals) }))
 }

@@ -70,8 +70,8 @@ type localSet struct {
 	mu       sync.Mutex
 	claiming map[string]bool
 	names    map[string]claimRecord
-	ports map[uint16]claimRecord
-	losts []string
+	ports    map[uint16]claimRecord
+	losts    []string
 }
 
 func (l *localSet) localClaims() (map[string]claimRecord, map[uint16]claimRecord) {

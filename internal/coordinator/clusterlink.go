@@ -380,7 +380,20 @@ type streamConn struct {
 
 func (c *streamConn) LocalAddr() net.Addr  { return c.local }
 func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
-func (c *streamConn) CloseWrite() error    { return c.Stream.Close() }
+
+// CloseWrite sends FIN; the peer having stopped reading with CodeOK (it
+// had all it wanted) is no error.
+func (c *streamConn) CloseWrite() error {
+	err := c.Stream.Close()
+	if err != nil {
+		var se *quic.StreamError
+		if _, werr := c.Stream.Write(nil); errors.As(werr, &se) && se.Remote && quictun.ErrorCode(se.ErrorCode) == quictun.CodeOK {
+			return nil
+		}
+	}
+	return err
+}
+
 func (c *streamConn) CloseRead() error {
 	c.Stream.CancelRead(quic.StreamErrorCode(quictun.CodeOK))
 	return nil

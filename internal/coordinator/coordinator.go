@@ -569,6 +569,9 @@ func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 			return float64(len(seen))
 		})
 	}
+	if c.registry != nil && c.registry.cluster != nil {
+		c.registry.cluster.registerMetrics(r)
+	}
 }
 
 // closeTCP closes the TCP transport's listener, if any.
