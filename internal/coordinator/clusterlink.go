@@ -35,7 +35,8 @@ import (
 //
 // A forward stream: the header, then the public connection's bytes.
 //
-//	header: version (1 byte, 1) | kind (1 byte: 'n' name, 'p' port) |
+//	header: version (1 byte, 1) | kind (1 byte: 'n' name, 'p' port,
+//	        'h' a whole public HTTP connection for a name) |
 //	        key length (1 byte) | key (a name, or a port in decimal) |
 //	        remote length (1 byte) | the public client's ip:port
 //	answer: status (2 bytes: 0 the app is reached, else the HTTP status
@@ -58,13 +59,17 @@ const (
 type forwardHeader struct {
 	name   string // or
 	port   uint16
+	http   bool // the whole public HTTP connection, for the node's HTTP proxy (clustersniff.go)
 	remote netip.AddrPort
 }
 
 func appendForwardHeader(b []byte, h forwardHeader) []byte {
 	kind, key := byte('n'), h.name
-	if h.port != 0 {
+	switch {
+	case h.port != 0:
 		kind, key = 'p', fmt.Sprint(h.port)
+	case h.http:
+		kind = 'h'
 	}
 	remote := h.remote.String()
 	b = append(b, clusterLinkVersion, kind, byte(len(key)))
@@ -100,8 +105,8 @@ func readForwardHeader(r io.Reader) (forwardHeader, error) {
 	}
 	h.remote = ap
 	switch fixed[1] {
-	case 'n':
-		h.name = string(key)
+	case 'n', 'h':
+		h.name, h.http = string(key), fixed[1] == 'h'
 	case 'p':
 		var p uint16
 		if _, err := fmt.Sscan(string(key), &p); err != nil || p == 0 {

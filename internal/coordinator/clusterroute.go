@@ -446,14 +446,21 @@ func (c *remoteConn) Write(b []byte) (int, error) {
 // service here, opens the session to its client and relays.
 func (r *registry) serveForward(ctx context.Context, str *quic.Stream, from net.Addr) {
 	conn := &streamConn{Stream: str, local: r.link.Addr(), remote: from}
-	defer conn.Close()
 	str.SetReadDeadline(time.Now().Add(clusterAuthTimeout))
 	h, err := readForwardHeader(str)
 	str.SetReadDeadline(time.Time{})
 	if err != nil {
 		str.CancelRead(quic.StreamErrorCode(quictun.CodeProtocol))
+		conn.Close()
 		return
 	}
+	if h.http && r.sniff != nil {
+		// A whole public connection: served as one of ours.
+		writeForwardAnswer(str, 0, "")
+		r.sniff.inject(&handedConn{conn, tcpAddrOf(h.remote)})
+		return
+	}
+	defer conn.Close()
 	start := time.Now()
 	attrs := []any{"client_addr", h.remote, "via", from}
 	r.mu.Lock()

@@ -335,6 +335,10 @@ func (c *Coordinator) setupPublic() (err error) {
 			return err
 		}
 		c.registry.httpURL = urlTemplate("http", c.httpLn, 80)
+		if c.registry.cluster != nil {
+			c.registry.sniff = c.registry.sniffHTTP(ctx, c.httpLn, c.cfg.MaxPublicConns)
+			c.httpLn = c.registry.sniff
+		}
 	}
 	if c.cfg.HTTPSListen != "" {
 		if err := c.checkHTTPSCertificate(); err != nil {

@@ -61,6 +61,7 @@ type registry struct {
 	// listens on for other nodes' clients, and what those ports serve.
 	cluster      *clusterNode
 	link         *clusterLink
+	sniff        *sniffListener // the public HTTP port, when there is one
 	pending      map[string]claimRecord
 	fwd          map[uint16]*forwarder
 	publicConfig httpproxy.ReverseConfig
@@ -297,6 +298,10 @@ func (r *registry) close() {
 		p.ln.Close()
 	}
 	r.mu.Unlock()
+	if r.sniff != nil {
+		r.sniff.Close()
+		r.sniff.wait()
+	}
 	r.wg.Wait()
 }
 
