@@ -141,6 +141,8 @@ type claimRecord struct {
 	BasicAuth  *quictun.AuthHash `json:"basic_auth,omitempty"`
 	// Left is when the owner went offline; zero while it is online.
 	Left time.Time `json:"left,omitzero"`
+	// claiming marks, in localClaims, a claim in progress (not kept).
+	claiming bool
 }
 
 // reservedFor reports whether rec keeps its name or port from owner at
@@ -492,8 +494,9 @@ func (n *clusterNode) reconcile(ctx context.Context) {
 	for name, mine := range names {
 		c, ok := n.view.names[name]
 		switch {
-		case !ok:
+		case !ok && !mine.claiming:
 			writes = append(writes, write{n.nameKey(name), mine, 0})
+		case !ok:
 		case c.rec.Node != n.cfg.NodeID || c.rec.Owner != mine.Owner:
 			losses = append(losses, loss{name, 0, c.rec.Owner != mine.Owner})
 		}
@@ -501,8 +504,9 @@ func (n *clusterNode) reconcile(ctx context.Context) {
 	for port, mine := range ports {
 		c, ok := n.view.ports[port]
 		switch {
-		case !ok:
+		case !ok && !mine.claiming:
 			writes = append(writes, write{n.portKey(port), mine, 0})
+		case !ok:
 		case c.rec.Node != n.cfg.NodeID || c.rec.Owner != mine.Owner:
 			losses = append(losses, loss{mine.Name, port, c.rec.Owner != mine.Owner})
 		}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,6 +82,7 @@ func (l *localSet) localClaims() (map[string]claimRecord, map[uint16]claimRecord
 	defer l.mu.Unlock()
 	names, ports := map[string]claimRecord{}, map[uint16]claimRecord{}
 	for k, v := range l.names {
+		v.claiming = l.claiming[k]
 		names[k] = v
 	}
 	for k, v := range l.ports {
@@ -109,7 +113,13 @@ func (l *localSet) viewChanged() {}
 // the returned stop).
 func startNode(t testing.TB, url, id string, grace time.Duration, local *localSet) (*clusterNode, func()) {
 	t.Helper()
-	cfg := ClusterConfig{Endpoints: []string{url}, NodeID: id, Listen: "127.0.0.1:0", Token: "t", LeaseTTL: 2 * time.Second, OpTimeout: time.Second}
+	return startNodeLease(t, url, id, grace, 2*time.Second, time.Second, local)
+}
+
+// startNodeLease is startNode with a lease and an etcd request timeout.
+func startNodeLease(t testing.TB, url, id string, grace, lease, op time.Duration, local *localSet) (*clusterNode, func()) {
+	t.Helper()
+	cfg := ClusterConfig{Endpoints: []string{url}, NodeID: id, Listen: "127.0.0.1:0", Token: "t", LeaseTTL: lease, OpTimeout: op}
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -348,4 +358,88 @@ func TestClusterReconcile(t *testing.T) {
 		t.Errorf("another owner claiming gone within its grace: %v, want name taken", err)
 	}
 
+}
+
+var scaleClients = flag.Int("cluster-scale", 0, "TestClusterScale: register this many simulated clients (e.g. 10000) against 3 nodes and print the figures of docs/scaling.md")
+
+// TestClusterScale registers -cluster-scale simulated clients, one name
+// each, spread over three nodes on one etcd, 64 at a time, and reports
+// the registration latency, etcd's write rate and the nodes' costs. Off
+// unless the flag is given:
+//
+//	go test -run TestClusterScale -cluster-scale 10000 ./internal/coordinator/
+func TestClusterScale(t *testing.T) {
+	n := *scaleClients
+	if n == 0 {
+		t.Skip("set -cluster-scale N to run")
+	}
+	url := testEtcd(t)
+	locals := []*localSet{{}, {}, {}}
+	var nodes []*clusterNode
+	for i, l := range locals {
+		node, _ := startNodeLease(t, url, fmt.Sprint("n", i), time.Minute, DefaultClusterLease, 3*time.Second, l)
+		nodes = append(nodes, node)
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	lat := make([]time.Duration, n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 64 {
+		wg.Go(func() {
+			for i := range next {
+				node, local := nodes[i%3], locals[i%3]
+				name := fmt.Sprintf("client%05d", i)
+				rec := claimRecord{Owner: fmt.Sprintf("%064x", i), Node: node.cfg.NodeID, Client: name, Name: name, Kind: quictun.ServiceHTTP}
+				local.mu.Lock()
+				local.names[name], local.claiming[name] = rec, true
+				local.mu.Unlock()
+				t0 := time.Now()
+				err := node.claim(context.Background(), node.nameKey(name), "name", rec)
+				lat[i] = time.Since(t0)
+				local.mu.Lock()
+				delete(local.claiming, name)
+				local.mu.Unlock()
+				if err != nil {
+					t.Errorf("client %d: %v", i, err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	took := time.Since(start)
+	waitUntil(t, "every node's view", func() bool {
+		for _, node := range nodes {
+			node.mu.Lock()
+			k := len(node.view.names)
+			node.mu.Unlock()
+			if k < n {
+				return false
+			}
+		}
+		return true
+	})
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	slices.Sort(lat)
+	var writes, renewals uint64
+	for _, node := range nodes {
+		node.mu.Lock()
+		writes += node.stats.Writes
+		renewals += node.stats.Renewals
+		node.mu.Unlock()
+	}
+	t.Logf("%d clients on 3 nodes in %v: %.0f registrations/s; registration p50 %v, p99 %v, max %v",
+		n, took.Round(time.Millisecond), float64(n)/took.Seconds(), lat[n/2].Round(time.Microsecond), lat[n*99/100].Round(time.Microsecond), lat[n-1].Round(time.Microsecond))
+	t.Logf("etcd writes: %d in all (%.2f per client; %.0f writes/s while registering); lease renewals: %d in %v (3 nodes, one lease each, every LeaseTTL/3 = %v, whatever the clients)",
+		writes, float64(writes)/float64(n), float64(writes)/took.Seconds(), renewals, took.Round(time.Second), DefaultClusterLease/3)
+	t.Logf("heap of the 3 nodes' views (one process): %.1f MiB, %.0f bytes per client per node",
+		float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/(1<<20), float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(n)/3)
 }

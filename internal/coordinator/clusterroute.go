@@ -178,6 +178,7 @@ func (r *registry) localClaims() (map[string]claimRecord, map[uint16]claimRecord
 	defer r.mu.Unlock()
 	names, ports := map[string]claimRecord{}, map[uint16]claimRecord{}
 	for k, rec := range r.pending {
+		rec.claiming = true
 		if p, ok := strings.CutPrefix(k, "p/"); ok {
 			n, _ := strconv.Atoi(p)
 			ports[uint16(n)] = rec
