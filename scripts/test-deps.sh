@@ -15,7 +15,8 @@
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
 # With --bench, only what make bench and bench-smoke use besides Go: curl
-# and wrk (the curl and wrk rows of e2e/benchdriver/tools.go).
+# and wrk (the curl and wrk rows of e2e/benchdriver/tools.go) and etcd
+# (the cluster row, e2e/benchdriver/cluster.go).
 # With --dry-run it prints the packages it would install, one a line, and
 # installs nothing.
 #
@@ -44,6 +45,7 @@ want() { # command, package
 want curl curl
 if [ -n "$bench" ]; then
   want wrk wrk
+  want etcd etcd-server # the cluster row (e2e/benchdriver/cluster.go)
 else
   want openssl openssl
   want ss iproute2

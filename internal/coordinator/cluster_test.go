@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -442,4 +444,36 @@ func TestClusterScale(t *testing.T) {
 		writes, float64(writes)/float64(n), float64(writes)/took.Seconds(), renewals, took.Round(time.Second), DefaultClusterLease/3)
 	t.Logf("heap of the 3 nodes' views (one process): %.1f MiB, %.0f bytes per client per node",
 		float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/(1<<20), float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(n)/3)
+}
+
+// FuzzForwardHeader: a forward header that parses writes back to the
+// same bytes' meaning.
+func FuzzForwardHeader(f *testing.F) {
+	f.Add(appendForwardHeader(nil, forwardHeader{name: "app", remote: netip.MustParseAddrPort("203.0.113.7:4242")}))
+	f.Add(appendForwardHeader(nil, forwardHeader{port: 20001, remote: netip.MustParseAddrPort("[2001:db8::1]:80")}))
+	f.Add(appendForwardHeader(nil, forwardHeader{name: "web", http: true, remote: netip.MustParseAddrPort("198.51.100.2:1")}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := readForwardHeader(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		again, err := readForwardHeader(bytes.NewReader(appendForwardHeader(nil, h)))
+		if err != nil || again != h {
+			t.Fatalf("%+v written and read back: %+v, %v", h, again, err)
+		}
+	})
+}
+
+// TestHostField: the Host field of a request head, whatever its case.
+func TestHostField(t *testing.T) {
+	for head, want := range map[string]string{
+		"GET / HTTP/1.1\r\nHost: app.localhost:8080\r\nAccept: */*": "app.localhost:8080",
+		"GET / HTTP/1.1\r\nhOsT:app.localhost":                      "app.localhost",
+		"GET / HTTP/1.1\r\nX-Host: evil\r\nAccept: */*":             "",
+		"Host: first-line-is-the-request":                           "",
+	} {
+		if got := hostField([]byte(head)); got != want {
+			t.Errorf("hostField(%q) = %q, want %q", head, got, want)
+		}
+	}
 }
