@@ -113,20 +113,32 @@ func (r *registry) claimPort(ctx context.Context, svc *quictun.Service, name str
 	if r.ports == (PortRange{}) {
 		return nil, 0, fmt.Errorf("%w: this coordinator publishes no ports (see --port-range)", quictun.ErrNotAllowed)
 	}
+	taken := func(p uint16) error {
+		if old, ok := r.byPort[p]; ok && old.svc.Owner != svc.Owner {
+			return fmt.Errorf("%w: port %d is already exposed by another client", quictun.ErrNameTaken, p)
+		}
+		return nil
+	}
 	try := func(p uint16) (net.Listener, error) {
 		r.mu.Lock()
-		if _, taken := r.byPort[p]; taken {
+		if err := taken(p); err != nil {
 			r.mu.Unlock()
-			return nil, fmt.Errorf("%w: port %d is already exposed by another client", quictun.ErrNameTaken, p)
+			return nil, err
 		}
 		r.pending[pendingKey("", p)] = rec
 		r.mu.Unlock()
 		err := r.cluster.claim(ctx, r.cluster.portKey(p), fmt.Sprintf("port %d", p), rec)
 		r.mu.Lock()
 		defer r.mu.Unlock()
+		if err == nil {
+			err = taken(p)
+		}
 		if err != nil {
 			delete(r.pending, pendingKey("", p))
 			return nil, err
+		}
+		if old, ok := r.byPort[p]; ok {
+			r.unpublish(old) // the same owner, reconnected: its stale registration
 		}
 		if f := r.fwd[p]; f != nil {
 			f.ln.Close()
