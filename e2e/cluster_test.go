@@ -597,3 +597,46 @@ func TestClusterPartitionedNodeStopsServing(t *testing.T) {
 		t.Errorf("A's log does not say it withdrew app")
 	}
 }
+
+// TestClusterClientMovesAfterNodeKilled: node A, where alice's app and
+// TCP service are, is killed (SIGKILL). The public gets 502 from the
+// other nodes, never another app; alice connecting to B takes her name
+// and her port back at once (the same owner: no wait for A's lease or the
+// grace period), and every remaining node serves them.
+func TestClusterClientMovesAfterNodeKilled(t *testing.T) {
+	etcd := StartEtcd(t)
+	nodes := StartCluster(t, etcd, ClusterOptions{})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("%s's log:\n%s", n.ID, n.Output())
+			}
+		}
+	})
+	services := func() []quictun.ExposedService {
+		return []quictun.ExposedService{{Kind: quictun.ServiceHTTP, Name: "app"}, {Kind: quictun.ServiceTCP, Name: "db"}}
+	}
+	alice, stopAlice := ClusterClient(t, a, "alice", services()...)
+	db, _ := registration(alice, "db")
+	waitFor(t, "app through C", func() bool { status, body := ClusterGet(t, c.HTTP, "app"); return status == 200 && body == "alice" })
+
+	a.Kill()
+	stopAlice()
+	if status, body := ClusterGet(t, c.HTTP, "app"); status != 502 {
+		t.Errorf("app through C with A killed: %d %q, want 502", status, body)
+	}
+	moved, _ := ClusterClient(t, b, "alice", services()...)
+	for _, r := range moved.Client().Registrations() {
+		if r.Err != nil {
+			t.Fatalf("alice on B: %s refused: %v", r.Service.Name, r.Err)
+		}
+	}
+	if r, _ := registration(moved, "db"); r.Port != db.Port {
+		t.Errorf("alice on B: db on port %d, want her port %d", r.Port, db.Port)
+	}
+	for _, n := range []*ClusterNode{b, c} {
+		waitFor(t, "app through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "app"); return status == 200 && body == "alice" })
+		waitFor(t, "db through "+n.ID, func() bool { got, err := ClusterEcho(n.Bind, db.Port, "ping\n"); return err == nil && got == "ping\n" })
+	}
+}

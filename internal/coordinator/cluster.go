@@ -636,6 +636,17 @@ func (n *clusterNode) remotePorts() map[uint16]claimRecord {
 	return out
 }
 
+// nodeAddrs lists the inter-node addresses of the registered nodes.
+func (n *clusterNode) nodeAddrs() map[string]bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[string]bool{}
+	for _, nr := range n.view.nodes {
+		out[nr.Addr] = true
+	}
+	return out
+}
+
 // portOf finds the port owner had for its service name, from the view.
 func (n *clusterNode) portOf(owner, name string) (uint16, bool) {
 	n.mu.Lock()

@@ -49,6 +49,11 @@ const (
 	clusterLinkVersion = 1
 	clusterProofLabel  = "quictunnel cluster proof"
 	clusterAuthTimeout = 5 * time.Second
+	// clusterAnswerTimeout bounds the wait for the owner node's answer to
+	// a forward: a node that died leaves the public with a 502, not a
+	// hang. The owner answers once its client has (see quictun's reverse
+	// session set-up), or at once for a whole HTTP connection.
+	clusterAnswerTimeout = 15 * time.Second
 	// clusterMaxStreams bounds the public connections one node forwards to
 	// another at once.
 	clusterMaxStreams = 10000
@@ -195,7 +200,9 @@ func throwawayCert() (tls.Certificate, error) {
 }
 
 func clusterQUICConfig() *quic.Config {
-	return &quic.Config{MaxIncomingStreams: clusterMaxStreams, KeepAlivePeriod: 5 * time.Second, MaxIdleTimeout: 30 * time.Second}
+	// A node that dies is noticed within MaxIdleTimeout (and sooner when
+	// its lease ends: prune).
+	return &quic.Config{MaxIncomingStreams: clusterMaxStreams, KeepAlivePeriod: 2 * time.Second, MaxIdleTimeout: 10 * time.Second}
 }
 
 // proof is side's HMAC of the TLS session's keying material with the token.
@@ -359,6 +366,19 @@ func (l *clusterLink) prove(ctx context.Context, c *quic.Conn) error {
 		return errors.New("wrong cluster token")
 	}
 	return nil
+}
+
+// prune closes the connections to nodes no longer registered (alive
+// lists the addresses of those that are).
+func (l *clusterLink) prune(alive map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for addr, c := range l.conns {
+		if !alive[addr] {
+			c.CloseWithError(quic.ApplicationErrorCode(quictun.CodeShutdown), "node left the cluster")
+			delete(l.conns, addr)
+		}
+	}
 }
 
 // close ends every connection and waits for their streams.

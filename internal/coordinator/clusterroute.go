@@ -245,6 +245,7 @@ type forwarder struct {
 // clients hold (not on those this node's clients hold or claim), stop
 // listening on the others.
 func (r *registry) viewChanged() {
+	r.link.prune(r.cluster.nodeAddrs())
 	if r.ports == (PortRange{}) {
 		return
 	}
@@ -426,7 +427,9 @@ type remoteConn struct {
 
 func (c *remoteConn) answer() (int, error) {
 	c.once.Do(func() {
+		c.Stream.SetReadDeadline(time.Now().Add(clusterAnswerTimeout))
 		status, reason, err := readForwardAnswer(c.Stream)
+		c.Stream.SetReadDeadline(time.Time{})
 		switch {
 		case err != nil:
 			c.err = &httpproxy.DialError{Status: http.StatusBadGateway, Reason: "the coordinator serving it did not answer", Err: err}

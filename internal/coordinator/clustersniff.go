@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -118,8 +119,15 @@ func (s *sniffListener) forward(c *prefixConn, head []byte, name string, node no
 		return
 	}
 	up := &remoteConn{streamConn: streamConn{Stream: str, local: s.r.link.Addr(), remote: c.RemoteAddr()}}
-	if _, err := str.Write(append(appendForwardHeader(nil, forwardHeader{name: name, http: true, remote: remote}), head...)); err != nil {
+	_, err = str.Write(append(appendForwardHeader(nil, forwardHeader{name: name, http: true, remote: remote}), head...))
+	if err == nil {
+		_, err = up.answer()
+	}
+	if err != nil {
 		up.Close()
+		io.WriteString(c, badGateway())
+		s.r.accessLog.Info("public connection", "kind", "http", "service", name, "client_addr", remote, "node", node.ID,
+			"outcome", "unavailable", "err", err)
 		return
 	}
 	st, err := relay.Splice(s.ctx, &prefixConn{Conn: c.Conn, r: c.Conn}, up)
@@ -129,6 +137,14 @@ func (s *sniffListener) forward(c *prefixConn, head []byte, name string, node no
 		attrs = append(attrs, "err", err)
 	}
 	s.r.accessLog.Debug("public connection forwarded", attrs...)
+}
+
+// badGateway is the answer to a public connection the owner node did not
+// take.
+func badGateway() string {
+	body := "502 Bad Gateway: the coordinator serving this name cannot be reached\n"
+	return "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n" + body
 }
 
 // Accept implements net.Listener.
