@@ -449,11 +449,19 @@ func (n *clusterNode) reconcileLoop(ctx context.Context) {
 //   - names and ports of clients here that another node holds now: withdrawn
 //     here, and the client told when another owner has them.
 func (n *clusterNode) reconcile(ctx context.Context) {
+	n.mu.Lock()
+	wrote := n.wroteRev
+	n.mu.Unlock()
 	names, ports := n.local.localClaims()
 	n.mu.Lock()
 	if !n.loaded || n.viewRev < n.wroteRev {
 		n.mu.Unlock()
 		return // the view lags this node's own claims: wait for the watch, which asks again
+	}
+	if n.wroteRev != wrote {
+		n.mu.Unlock()
+		n.reconcileSoon() // a claim was written since the clients were listed: list them again
+		return
 	}
 	type write struct {
 		key string

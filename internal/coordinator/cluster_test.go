@@ -343,7 +343,11 @@ func TestClusterReconcile(t *testing.T) {
 	local2.mu.Lock()
 	local2.names["app"] = theirs
 	local2.mu.Unlock()
-	putRecord(t, etcd, n1.nameKey("app"), theirs)
+	// Written by n2, as its claim would be (a node that lists its clients
+	// before this write lists them again).
+	if err := n2.put(t.Context(), n2.nameKey("app"), theirs, clientv3.Compare(clientv3.Version(n2.nameKey("app")), ">", 0)); err != nil {
+		t.Fatal(err)
+	}
 	waitUntil(t, "app withdrawn on n1", func() bool { return strings.Contains(strings.Join(local.lostNames(), ","), "app tell=true") })
 
 	// A node that stops gives its lease back: the other marks its
