@@ -394,6 +394,25 @@ func TestClusterServesAnyNameFromAnyNode(t *testing.T) {
 	etcd.Resume()
 	paused = false
 	waitFor(t, "dave's name published once etcd is back", func() bool { r, _ := registration(dave, "new"); return r.Err == nil })
+	// One keep-alive connection to B asking for dave's name (B's client)
+	// and then alice's (A's): the second request is forwarded on its own.
+	tr := &http.Transport{MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	keepAlive := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	waitFor(t, "new through B", func() bool { status, body := ClusterGet(t, b.HTTP, "new"); return status == 200 && body == "dave" })
+	for _, want := range []string{"new", "app", "new", "app"} {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+b.HTTP+"/", nil)
+		req.Host = want + ".localhost"
+		resp, err := keepAlive.Do(req)
+		if err != nil {
+			t.Fatalf("%s on a keep-alive connection to B: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if who := map[string]string{"new": "dave", "app": "alice"}[want]; resp.StatusCode != 200 || string(body) != who {
+			t.Errorf("%s on a keep-alive connection to B: %d %q, want %s's", want, resp.StatusCode, body, who)
+		}
+	}
 	for _, n := range nodes {
 		waitFor(t, "new through "+n.ID, func() bool { status, body := ClusterGet(t, n.HTTP, "new"); return status == 200 && body == "dave" })
 		waitFor(t, "app through "+n.ID+" after etcd came back", func() bool {
