@@ -85,10 +85,15 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// start runs a binary until the test ends (SIGTERM, then kill).
+// start runs a binary (one of ours, or another by its absolute path)
+// until the test ends (SIGINT, then kill).
 func start(t *testing.T, env []string, name string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
+	path := name
+	if !filepath.IsAbs(name) {
+		path = filepath.Join(binaries(t), name)
+	}
+	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
 	p := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -206,13 +211,14 @@ func TestBinaries(t *testing.T) {
 // TestHelpListsEveryFlag checks --help explains each flag with its
 // default and environment variable.
 func TestHelpListsEveryFlag(t *testing.T) {
+	bin := binaries(t) // built before the timeout starts
 	for name, want := range map[string][]string{
 		"reporter":    {"--listen", "NAT_KEEP_ALIVE_INTERVAL", "--config", "--log-format", "--log-level"},
 		"coordinator": {"--listen", "--cert", "--key", "--token", "--reporter-listen", "COORDINATOR_TOKEN", "(default: \":4433\")", "--qlog-dir", "--dns-cache-ttl"},
 		"localproxy":  {"--listen", "--coordinator", "--reporter", "--token", "--ca", "--insecure", "LOCALPROXY_TOKEN", "(default: \"127.0.0.1:8118\")", "--qlog-dir"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		out, err := exec.CommandContext(ctx, filepath.Join(binaries(t), name), "--help").CombinedOutput()
+		out, err := exec.CommandContext(ctx, filepath.Join(bin, name), "--help").CombinedOutput()
 		cancel()
 		if err != nil {
 			t.Fatalf("%s --help: %v\n%s", name, err, out)

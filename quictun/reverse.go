@@ -100,10 +100,10 @@ func (c *Client) registerServices(ctx context.Context, conn Conn) {
 }
 
 // nameTaken reports whether err is coordinator refusing a registration
-// because the name or port is taken.
+// for now: the name or port is taken, or it cannot decide (try later).
 func nameTaken(err error) bool {
 	var se *SessionError
-	return errors.As(err, &se) && se.Code == CodeNameTaken
+	return errors.As(err, &se) && (se.Code == CodeNameTaken || se.Code == CodeTryLater)
 }
 
 // logRegistration logs reg's outcome; a refusal is logged as an error the
@@ -320,6 +320,9 @@ var (
 	ErrNameTaken     = errors.New("quictun: service name or port already in use")
 	ErrNotAllowed    = errors.New("quictun: not allowed for this token")
 	ErrClientOffline = errors.New("quictun: client offline")
+	// ErrTryLater refuses a registration for now (a cluster node cut off
+	// from its registry): the client asks again, as for a taken name.
+	ErrTryLater = errors.New("quictun: try again later")
 )
 
 // Service is a service a connected client exposes, as coordinator sees it.
@@ -347,6 +350,16 @@ type Service struct {
 // SameClient reports whether s and o were registered on the same control
 // connection.
 func (s *Service) SameClient(o *Service) bool { return s.peer != nil && s.peer == o.peer }
+
+// Disconnect closes the control connection of svc's client with code and
+// reason: the registry can no longer keep what it published (a cluster
+// node that lost a name while cut off from the cluster registry). The
+// client's services are withdrawn as on any disconnect.
+func (s *Service) Disconnect(code ErrorCode, reason string) {
+	if s.peer != nil {
+		s.peer.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
+	}
+}
 
 // withOptions adds a service's options that are set to log attributes
 // (never the credentials, only that there are some).
@@ -568,6 +581,9 @@ func (p *peer) serveRegister(str Stream, reg *Register) {
 		return
 	case errors.Is(err, ErrNotAllowed):
 		answer(CodeTargetForbidden, err.Error(), pub)
+		return
+	case errors.Is(err, ErrTryLater):
+		answer(CodeTryLater, err.Error(), pub)
 		return
 	case err != nil:
 		answer(CodeInternal, err.Error(), pub)

@@ -264,6 +264,7 @@ const (
 	CodeDialBackFailed    ErrorCode = 0x10B // coordinator could not dial back
 	CodeNameTaken         ErrorCode = 0x10C // service name or port already in use
 	CodeUnknownService    ErrorCode = 0x10D // no such exposed service
+	CodeTryLater          ErrorCode = 0x10E // a registration coordinator cannot decide now (cluster registry unreachable)
 	CodeInternal          ErrorCode = 0x1FF
 )
 
@@ -282,6 +283,7 @@ var codeNames = map[ErrorCode]string{
 	CodeDialBackFailed:    "dial-back failed",
 	CodeNameTaken:         "name or port taken",
 	CodeUnknownService:    "unknown service",
+	CodeTryLater:          "try again later",
 	CodeInternal:          "internal error",
 }
 

@@ -7,17 +7,19 @@
 # the real-browser tests in e2e/browser (Debian's own builds: no browser is
 # downloaded by any other means), systemd for systemd-analyze verify of
 # contrib/systemd (the package installs fine where systemd does not run:
-# nothing is started), and tinyproxy (the upstream HTTP proxy of the
+# nothing is started), tinyproxy (the upstream HTTP proxy of the
 # TCP-transport lab, e2e/transport_natlab_test.go), bind9 and bind9-dnsutils
 # (named and nsupdate, for contrib/acme-dns-hook-nsupdate in
-# e2e/acme_dns_test.go). It also builds Pebble,
+# e2e/acme_dns_test.go) and etcd-server (the registry of the coordinator
+# cluster tests, e2e/cluster_test.go). It also builds Pebble,
 # the ACME test CA, and pebble-challtestsrv, its DNS test server
 # (e2e/acme_test.go, e2e/acme_dns_test.go), from their Go module into .tools/.
 #
 # With --demo, only what make demo (scripts/demo.sh) uses: curl, ss
 # (iproute2) and openssl (to make the certificates if they are missing).
 # With --bench, only what make bench and bench-smoke use besides Go: curl
-# and wrk (the curl and wrk rows of e2e/benchdriver/tools.go).
+# and wrk (the curl and wrk rows of e2e/benchdriver/tools.go) and etcd
+# (the cluster row, e2e/benchdriver/cluster.go).
 # With --dry-run it prints the packages it would install, one a line, and
 # installs nothing.
 #
@@ -46,6 +48,7 @@ want() { # command, package
 want curl curl
 if [ -n "$bench" ]; then
   want wrk wrk
+  want etcd etcd-server # the cluster row (e2e/benchdriver/cluster.go)
 else
   want openssl openssl
   want ss iproute2
@@ -70,6 +73,7 @@ if [ -z "$demo" ]; then
   want named bind9 # a DNS primary taking dynamic updates, for the nsupdate DNS-01 hook (e2e/acme_dns_test.go)
   want tsig-keygen bind9
   want nsupdate bind9-dnsutils
+  want etcd etcd-server # the cluster registry of the coordinator cluster tests (e2e/cluster_test.go)
 fi
 if [ -n "$dry_run" ]; then
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}" | sort -u

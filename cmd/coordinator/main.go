@@ -105,6 +105,20 @@ func main() {
 				Usage: "how long an offline client's names and ports stay reserved for its token or certificate (0: not at all)"}),
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "state-file", EnvVars: []string{"COORDINATOR_STATE_FILE"}, TakesFile: true,
 				Usage: "JSON file keeping which client holds which name and port across restarts (default: $STATE_DIRECTORY/coordinator-names.json when systemd sets STATE_DIRECTORY, else none; \"\" for none)"}),
+			altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "cluster-etcd", EnvVars: []string{"COORDINATOR_CLUSTER_ETCD"},
+				Usage: "URL[,URL...] of etcd: run as one node of a cluster of coordinators sharing names and ports there (docs/operations.md, \"Running a cluster\")"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "node-id", EnvVars: []string{"COORDINATOR_NODE_ID"},
+				Usage: "with --cluster-etcd: this node's name, unique in the cluster (default: the host name)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-listen", EnvVars: []string{"COORDINATOR_CLUSTER_LISTEN"},
+				Usage: "with --cluster-etcd: UDP address where the other nodes forward public connections for this node's clients (QUIC)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-advertise", EnvVars: []string{"COORDINATOR_CLUSTER_ADVERTISE"},
+				Usage: "with --cluster-etcd: host:port the other nodes reach --cluster-listen at (default: --cluster-listen, when it names a host)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-token", EnvVars: []string{"COORDINATOR_CLUSTER_TOKEN"},
+				Usage: "with --cluster-etcd: secret every node shares; inter-node connections prove it both ways (or --cluster-token-file)"}),
+			altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-token-file", EnvVars: []string{"COORDINATOR_CLUSTER_TOKEN_FILE"}, TakesFile: true,
+				Usage: "with --cluster-etcd: file holding the cluster token"}),
+			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "cluster-lease", Value: coordinator.DefaultClusterLease, EnvVars: []string{"COORDINATOR_CLUSTER_LEASE"},
+				Usage: "with --cluster-etcd: the node's etcd lease; a node silent this long is taken for gone and its clients' names go offline (kept for --name-grace)"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "target-dial-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_TARGET_DIAL_TIMEOUT"},
 				Usage: "how long to try reaching a target before answering 502/504"}),
 			altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dial-back-timeout", Value: 10 * time.Second, EnvVars: []string{"COORDINATOR_DIAL_BACK_TIMEOUT"},
@@ -143,8 +157,17 @@ func main() {
 			altsrc.NewStringFlag(&cli.StringFlag{Name: "access-log", EnvVars: []string{"COORDINATOR_ACCESS_LOG"},
 				Usage: "also write one line per session to this file (format follows --log-format)"}),
 		},
+		Commands: []*cli.Command{{
+			Name:      "cluster",
+			Usage:     "cluster status: show what the cluster registry (--cluster-etcd) holds: nodes, clients per node, names, ports",
+			ArgsUsage: "status",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			},
+			Action: clusterStatus,
+		}},
 		Check:       checkSettings,
-		ListenFlags: []string{"listen", "tcp-listen", "reporter-listen", "http", "https", "metrics-listen"},
+		ListenFlags: []string{"listen", "tcp-listen", "reporter-listen", "http", "https", "metrics-listen", "cluster-listen"},
 		HostFlags:   []string{"public-bind"},
 		Run:         run,
 		// quic-go handles each connection on one goroutine; with the few
@@ -238,6 +261,10 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--trusted-proxies: %w", err)
 	}
+	cluster, err := clusterConfig(c)
+	if err != nil {
+		return err
+	}
 	coord, err := coordinator.New(coordinator.Config{
 		HTTPListen:           c.String("http"),
 		HTTPSListen:          c.String("https"),
@@ -273,6 +300,7 @@ func run(ctx context.Context, c *cli.Context, log *slog.Logger) error {
 		BodyReadTimeout:      c.Duration("body-read-timeout"),
 		QlogDir:              qlogDir,
 		Targets:              targetPolicy(c),
+		Cluster:              cluster,
 		Logger:               log,
 		AccessLog:            accessLog,
 	})
@@ -296,7 +324,9 @@ var fieldFlags = service.FieldFlags{
 	"Token": "token", "Coordinator": "coordinator", "Advertise": "advertise",
 	"TargetPolicy.Allow": "allow-target", "TargetPolicy.DenyPorts": "deny-port",
 	"MaxSessionsPerClient": "max-sessions-per-client", "MaxClients": "max-clients",
-	"MaxConns": "max-public-conns",
+	"MaxConns":          "max-public-conns",
+	"Cluster.Endpoints": "cluster-etcd", "Cluster.NodeID": "node-id", "Cluster.Listen": "cluster-listen",
+	"Cluster.Advertise": "cluster-advertise", "Cluster.Token": "cluster-token", "Cluster.LeaseTTL": "cluster-lease",
 }
 
 // workerFieldFlags is fieldFlags for --role dialback.
@@ -490,4 +520,66 @@ func dnsCacheTTL(d time.Duration) time.Duration {
 func handshakeLimits(c *cli.Context) quictun.HandshakeLimits {
 	return quictun.HandshakeLimits{RetryAbove: c.Int("retry-above-handshakes"),
 		Max: c.Int("max-handshakes"), MaxPerSource: c.Int("max-handshakes-per-source")}
+}
+
+// clusterConfig maps the --cluster-* flags; without --cluster-etcd, none.
+func clusterConfig(c *cli.Context) (coordinator.ClusterConfig, error) {
+	var endpoints []string
+	for _, e := range c.StringSlice("cluster-etcd") {
+		for _, u := range strings.Split(e, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				endpoints = append(endpoints, u)
+			}
+		}
+	}
+	if len(endpoints) == 0 {
+		return coordinator.ClusterConfig{}, nil
+	}
+	token := c.String("cluster-token")
+	if path := c.String("cluster-token-file"); path != "" {
+		if token != "" {
+			return coordinator.ClusterConfig{}, &service.SettingError{Setting: "--cluster-token-file", Reason: "set --cluster-token or --cluster-token-file, not both"}
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return coordinator.ClusterConfig{}, service.Usage(fmt.Errorf("--cluster-token-file: %w", err))
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	return coordinator.ClusterConfig{Endpoints: endpoints, NodeID: c.String("node-id"), Listen: c.String("cluster-listen"),
+		Advertise: c.String("cluster-advertise"), Token: token, LeaseTTL: c.Duration("cluster-lease")}, nil
+}
+
+// clusterStatus is "coordinator cluster status": it reads the registry in
+// etcd, as --cluster-etcd (given before "cluster", or from the
+// environment or --config) names it.
+func clusterStatus(c *cli.Context) error {
+	if c.Args().First() != "status" || c.NArg() != 1 {
+		return service.Usage(fmt.Errorf("want: coordinator cluster status"))
+	}
+	parent := c
+	if len(c.Lineage()) > 1 {
+		parent = c.Lineage()[1]
+	}
+	cfg, err := clusterConfig(parent)
+	if err != nil {
+		return err
+	}
+	if len(cfg.Endpoints) == 0 {
+		return &service.SettingError{Setting: "--cluster-etcd", Reason: "required: the cluster's etcd URL(s)"}
+	}
+	st, err := coordinator.ReadClusterStatus(c.Context, cfg.Endpoints, "")
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		b, err := st.MarshalIndent()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "%s\n", b)
+		return nil
+	}
+	st.WriteText(c.App.Writer, time.Now())
+	return nil
 }

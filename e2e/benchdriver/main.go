@@ -50,7 +50,7 @@ type config struct {
 	phases          []string      // which benchmarks to run
 }
 
-var allPhases = []string{"memory", "setup", "bulk", "small", "tools", "profile"}
+var allPhases = []string{"memory", "setup", "bulk", "small", "tools", "profile", "cluster"}
 
 func (c *config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
 
@@ -342,6 +342,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		fresh bool
 		run   func() error
 	}{
+		// A lab of its own (cluster.go).
+		{"cluster", false, func() error { return benchCluster(ctx, cfg, dir, rep) }},
 		{"setup", false, func() error { return benchSetup(ctx, cfg, l, rep) }},
 		{"small", false, func() error { return benchSmall(ctx, cfg, l, rep) }},
 		// Before bulk, which leaves coordinator's RSS high for a while.
@@ -359,7 +361,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if !cfg.runs(ph.name) || ph.name == "profile" && cfg.profile == 0 || ph.name == "memory" && cfg.sessions == 0 {
 			continue
 		}
-		if l == nil || ph.fresh {
+		if ph.name != "cluster" && (l == nil || ph.fresh) {
 			if l != nil {
 				if err := l.alive(); err != nil {
 					return err

@@ -29,6 +29,9 @@ type report struct {
 	toolsMissing         []string
 	tcpProfileMoved      int64
 	tcpCPUTop, tcpCPUCum procStat[string]
+	// Issue 20: a public request on a cluster node whose client is on
+	// another (cluster.go).
+	cluster *clusterResult
 }
 
 var procNames = [2]string{"localproxy", "coordinator"}
@@ -88,6 +91,7 @@ func (r *report) markdown(notes string) string {
 	r.targets(p)
 	r.bulkTable(p)
 	r.smallTable(p)
+	r.clusterTable(p)
 	r.toolTables(p)
 	r.setupTable(p)
 	r.memTable(p)

@@ -113,6 +113,10 @@ type Config struct {
 	// hashes, so that they stay reserved across a restart. Default: not
 	// kept.
 	StateFile string
+	// Cluster, if its Endpoints are set, makes this coordinator one node
+	// of a cluster sharing its names and ports in etcd (see cluster.go);
+	// StateFile is then not used. Default: alone, names in memory.
+	Cluster ClusterConfig
 	// WorkerToken, if set, lets dial-back workers (NewWorker) with this
 	// secret connect and carry sessions' dial-backs.
 	WorkerToken string
@@ -295,13 +299,22 @@ func (c *Coordinator) setupPublic() (err error) {
 		return errors.New("redirecting HTTP to HTTPS needs both a public HTTP and an HTTPS address")
 	}
 	if c.cfg.HTTPListen == "" && c.cfg.HTTPSListen == "" && c.cfg.PortRange == (PortRange{}) {
+		if c.cfg.Cluster.enabled() {
+			return &ConfigError{"Cluster.Endpoints", "a cluster shares published names and ports: set HTTPListen, HTTPSListen or PortRange"}
+		}
 		return nil
+	}
+	if c.cfg.Cluster.enabled() {
+		if err := c.cfg.Cluster.validate(); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopRegs = cancel
 	c.registry = &registry{
 		domain: c.cfg.Domain, httpURL: "http://%s/", bindHost: c.cfg.PublicBind, ports: c.cfg.PortRange,
-		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.publicConfig()), log: c.log, ctx: ctx,
+		listNames: c.cfg.ListNames, servePort: servePort(c.log, c.publicConfig(), nil), log: c.log, ctx: ctx,
+		publicConfig: c.publicConfig(), accessLog: c.cfg.AccessLog,
 		byName: map[string]*publication{}, byPort: map[uint16]*publication{},
 		holds: map[string]*hold{}, portHolds: map[uint16]*hold{},
 		grace: c.cfg.NameGrace, statePath: c.cfg.StateFile, dirty: make(chan struct{}, 1),
@@ -311,7 +324,11 @@ func (c *Coordinator) setupPublic() (err error) {
 			c.closePublic()
 		}
 	}()
-	if err := c.registry.loadState(); err != nil {
+	if c.cfg.Cluster.enabled() {
+		if err := c.joinCluster(ctx); err != nil {
+			return err
+		}
+	} else if err := c.registry.loadState(); err != nil {
 		return err
 	}
 	if c.cfg.HTTPListen != "" {
@@ -319,6 +336,10 @@ func (c *Coordinator) setupPublic() (err error) {
 			return err
 		}
 		c.registry.httpURL = urlTemplate("http", c.httpLn, 80)
+		if c.registry.cluster != nil {
+			c.registry.sniff = c.registry.sniffHTTP(ctx, c.httpLn, c.cfg.MaxPublicConns)
+			c.httpLn = c.registry.sniff
+		}
 	}
 	if c.cfg.HTTPSListen != "" {
 		if err := c.checkHTTPSCertificate(); err != nil {
@@ -346,6 +367,33 @@ func (c *Coordinator) setupPublic() (err error) {
 	}
 	c.public, err = httpproxy.NewReverse(rc)
 	return err
+}
+
+// joinCluster binds the inter-node link and starts the cluster node: its
+// lease, its view of the registry and the forwards from other nodes.
+func (c *Coordinator) joinCluster(ctx context.Context) error {
+	r, cfg := c.registry, c.cfg.Cluster
+	if c.cfg.StateFile != "" {
+		c.log.Info("the state file is not used in a cluster: names and ports are kept in etcd", "state_file", c.cfg.StateFile)
+	}
+	link, err := newClusterLink(cfg.Listen, cfg.Token, c.log.With("component", "cluster-link"))
+	if err != nil {
+		return err
+	}
+	addr, err := cfg.advertise(link.Addr())
+	if err == nil {
+		r.cluster, err = newClusterNode(cfg, addr, c.cfg.NameGrace, c.log, r)
+	}
+	if err != nil {
+		link.close()
+		return err
+	}
+	r.link, r.pending, r.fwd = link, map[string]claimRecord{}, map[uint16]*forwarder{}
+	link.serve = r.serveForward
+	r.servePort = servePort(c.log, c.publicConfig(), r.cluster.canServe)
+	r.wg.Go(func() { link.run(ctx) })
+	r.wg.Go(func() { r.cluster.run(ctx) })
+	return nil
 }
 
 // publicConfig is the configuration of every public HTTP port, but its
@@ -525,6 +573,9 @@ func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 			}
 			return float64(len(seen))
 		})
+	}
+	if c.registry != nil && c.registry.cluster != nil {
+		c.registry.cluster.registerMetrics(r)
 	}
 }
 

@@ -19,9 +19,16 @@ import (
 // under NAME.
 func (r *registry) Route(host string) (httpproxy.Backend, error) {
 	svc, offline := r.lookup(host)
+	if r.cluster != nil && svc == nil {
+		if name, ok := r.nameOf(host); ok {
+			if b, found, err := r.routeCluster(host, name); found {
+				return b, err
+			}
+		}
+	}
 	switch {
 	case svc != nil:
-		return backend{svc}, nil
+		return backend{svc, r.gate()}, nil
 	case offline:
 		name, _ := r.nameOf(host)
 		return nil, &httpproxy.DialError{Status: http.StatusBadGateway,
@@ -36,8 +43,22 @@ func (r *registry) Route(host string) (httpproxy.Backend, error) {
 	return nil, &httpproxy.DialError{Status: http.StatusNotFound, Reason: reason}
 }
 
-// backend adapts an exposed service to httpproxy.Backend.
-type backend struct{ svc *quictun.Service }
+// gate is serveRawTCP's gate: in a cluster, whether this node may still
+// serve its own clients' names.
+func (r *registry) gate() func() bool {
+	if r.cluster == nil {
+		return nil
+	}
+	return r.cluster.canServe
+}
+
+// backend adapts an exposed service to httpproxy.Backend; gate, if set,
+// refuses it while this cluster node cannot prove the name is its
+// client's.
+type backend struct {
+	svc  *quictun.Service
+	gate func() bool
+}
 
 func (b backend) Name() string { return b.svc.Name }
 
@@ -63,6 +84,9 @@ func (b backend) BasicAuth() *httpproxy.BasicAuth {
 // round trip sooner. A client that cannot reach its app still gets its
 // 502/504: the failure comes back on the first Read of the response.
 func (b backend) Dial(ctx context.Context, remote netip.AddrPort) (net.Conn, error) {
+	if b.gate != nil && !b.gate() {
+		return nil, refuseUnproven(b.svc.Name)
+	}
 	c, err := b.svc.DialEarly(ctx, remote)
 	if err != nil {
 		return nil, reverseDialError(b.svc.Name, err)
@@ -140,15 +164,15 @@ func (f fixedRouter) Route(string) (httpproxy.Backend, error) { return f.b, nil 
 // servePort serves a service's own public port until the listener is
 // closed (service withdrawn) or ctx ends: raw TCP, or HTTP for that
 // service alone, configured as public (its Router aside).
-func servePort(log *slog.Logger, public httpproxy.ReverseConfig) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
-	raw := serveRawTCP(log, public.AccessLog)
+func servePort(log *slog.Logger, public httpproxy.ReverseConfig, gate func() bool) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+	raw := serveRawTCP(log, public.AccessLog, gate)
 	return func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
 		if svc.Kind == quictun.ServiceTCP {
 			raw(ctx, ln, svc)
 			return
 		}
 		rc := public
-		rc.Router = fixedRouter{backend{svc}}
+		rc.Router = fixedRouter{backend{svc, gate}}
 		rp, err := httpproxy.NewReverse(rc)
 		if err != nil {
 			ln.Close()

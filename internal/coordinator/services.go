@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"quictunnel/httpproxy"
 	"quictunnel/internal/relay"
 	"quictunnel/quictun"
 )
@@ -55,6 +56,17 @@ type registry struct {
 	statePath string
 	dirty     chan struct{}
 
+	// In a cluster (see cluster.go): the node, the link to the other
+	// nodes, the claims in progress (by pendingKey), the ports this node
+	// listens on for other nodes' clients, and what those ports serve.
+	cluster      *clusterNode
+	link         *clusterLink
+	sniff        *sniffListener // the public HTTP port, when there is one
+	pending      map[string]claimRecord
+	fwd          map[uint16]*forwarder
+	publicConfig httpproxy.ReverseConfig
+	accessLog    *slog.Logger
+
 	mu        sync.Mutex
 	byName    map[string]*publication // HTTP services, by lower-case name
 	byPort    map[uint16]*publication
@@ -70,6 +82,9 @@ type publication struct {
 
 // Publish implements quictun.ServiceRegistry.
 func (r *registry) Publish(svc *quictun.Service) (quictun.Publication, error) {
+	if r.cluster != nil {
+		return r.publishClustered(svc)
+	}
 	name := strings.ToLower(svc.Name)
 	owner, now := ownerKey(svc.Owner), time.Now()
 	r.mu.Lock()
@@ -173,6 +188,9 @@ func (r *registry) Withdraw(svc *quictun.Service) {
 		}
 	}
 	r.changedLocked(time.Now())
+	if r.cluster != nil {
+		r.cluster.reconcileSoon() // marks them offline in etcd
+	}
 }
 
 // unpublish removes p from the maps and closes its port; its name and
@@ -280,12 +298,18 @@ func (r *registry) close() {
 		p.ln.Close()
 	}
 	r.mu.Unlock()
+	if r.sniff != nil {
+		r.sniff.Close()
+		r.sniff.wait()
+	}
 	r.wg.Wait()
 }
 
 // serveRawTCP relays every connection accepted on ln to svc, until ln is
 // closed or ctx ends.
-func serveRawTCP(log, accessLog *slog.Logger) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
+// In a cluster, gate says whether this node may still serve its clients'
+// names and ports (clusterNode.canServe); nil: always.
+func serveRawTCP(log, accessLog *slog.Logger, gate func() bool) func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
 	return func(ctx context.Context, ln net.Listener, svc *quictun.Service) {
 		var wg sync.WaitGroup
 		defer wg.Wait()
@@ -298,6 +322,13 @@ func serveRawTCP(log, accessLog *slog.Logger) func(ctx context.Context, ln net.L
 					log.Warn("public port stopped accepting", "service", svc.Name, "err", err)
 				}
 				return
+			}
+			if gate != nil && !gate() {
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+				accessLog.Info("public connection", "service", svc.Name, "kind", "tcp", "client_addr", addrPortOf(c.RemoteAddr()),
+					"outcome", "unavailable", "err", ErrRegistryUnavailable)
+				continue
 			}
 			wg.Go(func() { relayTCP(ctx, c, svc, accessLog) })
 		}
