@@ -113,7 +113,7 @@ func (c *captureConn) readRequests() {
 		d := &detail{Local: c.local, ReqHeaders: append([][2]string{{"Host", req.Host}}, headerList(req.Header)...)}
 		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: req.Method, Host: req.Host, Path: req.RequestURI,
 			Service: c.service, Client: c.remote, session: c.session, detail: d})
-		body, cut, n, err := readCapped(req.Body, c.in.cfg.BodyLimit)
+		body, cut, n, err := readBody(br, c.req, req.Body, req.ContentLength, c.in.cfg.BodyLimit)
 		c.in.update(id, func(r *Record) { r.Up, r.detail.ReqBody, r.detail.ReqCut = n, body, cut })
 		select {
 		case c.pending <- pendingReq{id, req.Method, start}:
@@ -146,7 +146,7 @@ func (c *captureConn) readResponses() {
 		}
 		headers := headerList(resp.Header)
 		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = resp.StatusCode, headers })
-		body, cut, n, err := readCapped(resp.Body, c.in.cfg.BodyLimit)
+		body, cut, n, err := readBody(br, c.resp, resp.Body, resp.ContentLength, c.in.cfg.BodyLimit)
 		c.in.update(p.id, func(r *Record) {
 			r.Down, r.detail.RespBody, r.detail.RespCut = n, body, cut
 			r.Duration = max(r.Duration, ms(time.Since(p.start)))
@@ -156,6 +156,25 @@ func (c *captureConn) readResponses() {
 			return
 		}
 	}
+}
+
+// readBody reads a message's body, of length size (-1: unknown), from br,
+// which reads f, keeping at most limit bytes. The rest of a body of known
+// length is skipped rather than read: the bytes still in br are discarded
+// and f is told to drop the others, which then are never copied (so n
+// counts them even if the connection ends before they come).
+func readBody(br *bufio.Reader, f *feed, body io.Reader, size int64, limit int) (kept []byte, cut bool, n int64, err error) {
+	if body == http.NoBody || size <= int64(limit) {
+		return readCapped(body, limit)
+	}
+	kept = make([]byte, limit)
+	if _, err := io.ReadFull(body, kept); err != nil {
+		return nil, false, 0, err
+	}
+	rest := size - int64(limit)
+	d, _ := br.Discard(int(min(rest, int64(br.Buffered()))))
+	f.skip(rest - int64(d))
+	return kept, true, size, nil
 }
 
 // Bounds on the copies waiting for the parsers: beyond them a parser is
@@ -169,18 +188,31 @@ const (
 	captureBytes = 32 << 20 // bytes of every capture of an inspector together
 )
 
-// feed carries copies of a connection's bytes to a parser.
+// feed carries copies of a connection's bytes to a parser. The parser may
+// skip what it does not keep (the rest of a body past the size cap): bytes
+// not yet pushed are then dropped by push, uncopied, and those queued by
+// Read.
 type feed struct {
 	mu     sync.Mutex
-	ch     chan []byte
+	ch     chan chunk
 	ended  bool
-	buf    []byte
 	queued int           // bytes in ch
 	total  *atomic.Int64 // bytes queued by every feed of the inspector
+	pushed int64         // offset in the stream of the next byte pushed
+	skipTo int64         // bytes before this offset are not wanted (written by the parser)
+	// The parser's side.
+	buf []byte
+	off int64 // offset in the stream of buf[0]
+}
+
+// chunk is a copy of bytes pushed, from offset off in the stream.
+type chunk struct {
+	off int64
+	b   []byte
 }
 
 func newFeed(total *atomic.Int64) *feed {
-	return &feed{ch: make(chan []byte, feedSlots), total: total}
+	return &feed{ch: make(chan chunk, feedSlots), total: total}
 }
 
 func (f *feed) push(b []byte) {
@@ -192,13 +224,22 @@ func (f *feed) push(b []byte) {
 	if f.ended {
 		return
 	}
+	off := f.pushed
+	f.pushed += int64(len(b))
+	if off < f.skipTo {
+		d := min(int64(len(b)), f.skipTo-off)
+		b, off = b[d:], off+d
+		if len(b) == 0 {
+			return
+		}
+	}
 	if f.queued+len(b) > feedBytes || f.total.Load()+int64(len(b)) > captureBytes {
 		f.ended = true // fallen behind: give up
 		close(f.ch)
 		return
 	}
 	select {
-	case f.ch <- append([]byte(nil), b...):
+	case f.ch <- chunk{off, append([]byte(nil), b...)}:
 		f.queued += len(b)
 		f.total.Add(int64(len(b)))
 	default:
@@ -208,11 +249,11 @@ func (f *feed) push(b []byte) {
 }
 
 // taken accounts for a chunk the parser took (or stop dropped).
-func (f *feed) taken(chunk []byte) {
+func (f *feed) taken(c chunk) {
 	f.mu.Lock()
-	f.queued -= len(chunk)
+	f.queued -= len(c.b)
 	f.mu.Unlock()
-	f.total.Add(-int64(len(chunk)))
+	f.total.Add(-int64(len(c.b)))
 }
 
 // end says no more bytes come.
@@ -229,22 +270,33 @@ func (f *feed) end() {
 // those queued are dropped.
 func (f *feed) stop() {
 	f.end()
-	for chunk := range f.ch {
-		f.taken(chunk)
+	for c := range f.ch {
+		f.taken(c)
 	}
+}
+
+// skip drops the next n bytes the parser would Read.
+func (f *feed) skip(n int64) {
+	d := min(int64(len(f.buf)), n)
+	f.buf, f.off = f.buf[d:], f.off+d
+	f.mu.Lock()
+	f.skipTo = max(f.skipTo, f.off+n-d)
+	f.mu.Unlock()
 }
 
 // Read gives the parser the bytes pushed; io.EOF after end.
 func (f *feed) Read(b []byte) (int, error) {
-	if len(f.buf) == 0 {
-		chunk, ok := <-f.ch
+	for len(f.buf) == 0 {
+		c, ok := <-f.ch
 		if !ok {
 			return 0, io.EOF
 		}
-		f.taken(chunk)
-		f.buf = chunk
+		f.taken(c)
+		// skipTo is the parser's own, as is what Read hands out.
+		d := max(0, min(int64(len(c.b)), f.skipTo-c.off))
+		f.buf, f.off = c.b[d:], c.off+d
 	}
 	n := copy(b, f.buf)
-	f.buf = f.buf[n:]
+	f.buf, f.off = f.buf[n:], f.off+int64(n)
 	return n, nil
 }
