@@ -110,7 +110,7 @@ func (c *captureConn) readRequests() {
 			return
 		}
 		start := time.Now()
-		d := &detail{Local: c.local, ReqHeaders: append([][2]string{{"Host", req.Host}}, headerList(req.Header)...)}
+		d := &detail{Local: c.local, ReqHeaders: headerList(req.Header, [2]string{"Host", req.Host})}
 		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: req.Method, Host: req.Host, Path: req.RequestURI,
 			Service: c.service, Client: c.remote, session: c.session, detail: d})
 		body, cut, n, err := readBody(br, c.req, req.Body, req.ContentLength, c.in.cfg.BodyLimit)
@@ -164,17 +164,21 @@ func (c *captureConn) readResponses() {
 // and f is told to drop the others, which then are never copied (so n
 // counts them even if the connection ends before they come).
 func readBody(br *bufio.Reader, f *feed, body io.Reader, size int64, limit int) (kept []byte, cut bool, n int64, err error) {
-	if body == http.NoBody || size <= int64(limit) {
+	switch {
+	case body == http.NoBody:
+		return nil, false, 0, nil
+	case size < 0:
 		return readCapped(body, limit)
 	}
-	kept = make([]byte, limit)
-	if _, err := io.ReadFull(body, kept); err != nil {
-		return nil, false, 0, err
+	kept = make([]byte, min(size, int64(limit)))
+	if m, err := io.ReadFull(body, kept); err != nil {
+		return kept[:m], false, int64(m), err
 	}
-	rest := size - int64(limit)
-	d, _ := br.Discard(int(min(rest, int64(br.Buffered()))))
-	f.skip(rest - int64(d))
-	return kept, true, size, nil
+	if rest := size - int64(len(kept)); rest > 0 {
+		d, _ := br.Discard(int(min(rest, int64(br.Buffered()))))
+		f.skip(rest - int64(d))
+	}
+	return kept, size > int64(limit), size, nil
 }
 
 // Bounds on the copies waiting for the parsers: beyond them a parser is
