@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,20 +104,25 @@ func (c *captureConn) readRequests() {
 	defer c.wg.Done()
 	defer close(c.pending)
 	defer c.req.stop()
-	br := bufio.NewReader(c.req)
+	br := bufio.NewReaderSize(c.req, headBuffer)
 	for {
-		req, err := http.ReadRequest(br)
+		h, err := readHead(br, true)
+		if err != nil {
+			return
+		}
+		size, chunked, err := h.bodySize(true, false)
 		if err != nil {
 			return
 		}
 		start := time.Now()
-		d := &detail{Local: c.local, ReqHeaders: headerList(req.Header, [2]string{"Host", req.Host})}
-		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: req.Method, Host: req.Host, Path: req.RequestURI,
+		method, host := h.first[0], h.host()
+		d := &detail{Local: c.local, ReqHeaders: h.list([2]string{"Host", host})}
+		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: method, Host: host, Path: h.first[1],
 			Service: c.service, Client: c.remote, session: c.session, detail: d})
-		body, cut, n, err := readBody(br, c.req, req.Body, req.ContentLength, c.in.cfg.BodyLimit)
+		body, cut, n, err := readBody(br, c.req, size, chunked, c.in.cfg.BodyLimit)
 		c.in.update(id, func(r *Record) { r.Up, r.detail.ReqBody, r.detail.ReqCut = n, body, cut })
 		select {
-		case c.pending <- pendingReq{id, req.Method, start}:
+		case c.pending <- pendingReq{id, method, start}:
 		case <-c.respDone:
 			return
 		}
@@ -130,55 +136,48 @@ func (c *captureConn) readResponses() {
 	defer c.wg.Done()
 	defer close(c.respDone)
 	defer c.resp.stop()
-	br := bufio.NewReader(c.resp)
+	br := bufio.NewReaderSize(c.resp, headBuffer)
 	for p := range c.pending {
-		var resp *http.Response
+		var h head
+		var status int
 		var err error
 		for {
-			resp, err = http.ReadResponse(br, &http.Request{Method: p.method})
-			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			// 1xx but 101 are interim: the final response follows.
+			if h, err = readHead(br, false); err != nil {
 				break
 			}
+			status, _ = strconv.Atoi(h.first[1])
+			if status >= 200 || status == http.StatusSwitchingProtocols {
+				break
+			}
+		}
+		var size int64
+		var chunked bool
+		if err == nil {
+			noBody := p.method == http.MethodHead || status == http.StatusSwitchingProtocols ||
+				status == http.StatusNoContent || status == http.StatusNotModified
+			size, chunked, err = h.bodySize(false, noBody)
 		}
 		if err != nil {
 			c.in.update(p.id, func(r *Record) { r.Outcome, r.Done = "no response", true })
 			return
 		}
-		headers := headerList(resp.Header)
-		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = resp.StatusCode, headers })
-		body, cut, n, err := readBody(br, c.resp, resp.Body, resp.ContentLength, c.in.cfg.BodyLimit)
+		headers := h.list()
+		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = status, headers })
+		tunnel := status == http.StatusSwitchingProtocols || p.method == http.MethodConnect && status < 300
+		if tunnel {
+			size, chunked = 0, false // what follows is not HTTP
+		}
+		body, cut, n, err := readBody(br, c.resp, size, chunked, c.in.cfg.BodyLimit)
 		c.in.update(p.id, func(r *Record) {
 			r.Down, r.detail.RespBody, r.detail.RespCut = n, body, cut
 			r.Duration = max(r.Duration, ms(time.Since(p.start)))
 			r.Done = true
 		})
-		if err != nil || resp.StatusCode == http.StatusSwitchingProtocols {
+		if err != nil || tunnel {
 			return
 		}
 	}
-}
-
-// readBody reads a message's body, of length size (-1: unknown), from br,
-// which reads f, keeping at most limit bytes. The rest of a body of known
-// length is skipped rather than read: the bytes still in br are discarded
-// and f is told to drop the others, which then are never copied (so n
-// counts them even if the connection ends before they come).
-func readBody(br *bufio.Reader, f *feed, body io.Reader, size int64, limit int) (kept []byte, cut bool, n int64, err error) {
-	switch {
-	case body == http.NoBody:
-		return nil, false, 0, nil
-	case size < 0:
-		return readCapped(body, limit)
-	}
-	kept = make([]byte, min(size, int64(limit)))
-	if m, err := io.ReadFull(body, kept); err != nil {
-		return kept[:m], false, int64(m), err
-	}
-	if rest := size - int64(len(kept)); rest > 0 {
-		d, _ := br.Discard(int(min(rest, int64(br.Buffered()))))
-		f.skip(rest - int64(d))
-	}
-	return kept, size > int64(limit), size, nil
 }
 
 // Bounds on the copies waiting for the parsers: beyond them a parser is

@@ -226,8 +226,7 @@ func (in *Inspector) replay(ctx context.Context, local, service string, rr repla
 		return 0, fmt.Errorf("reading the response: %w", err)
 	}
 	d := &detail{Local: local, ReqBody: body, RespBody: respBody, RespCut: cut}
-	d.ReqHeaders = append(d.ReqHeaders, [2]string{"Host", req.Host})
-	d.ReqHeaders = append(d.ReqHeaders, headerList(req.Header)...)
+	d.ReqHeaders = headerList(req.Header, [2]string{"Host", req.Host})
 	d.RespHeaders = headerList(resp.Header)
 	return in.Add(Record{Kind: KindReplay, Method: rr.Method, Host: req.Host, Path: rr.Path, Status: resp.StatusCode,
 		Up: int64(len(body)), Down: n, Duration: ms(time.Since(start)), Service: service, Client: "inspector", Done: true, detail: d}), nil
