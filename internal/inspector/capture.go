@@ -203,6 +203,7 @@ type feed struct {
 	total  *atomic.Int64 // bytes queued by every feed of the inspector
 	pushed int64         // offset in the stream of the next byte pushed
 	skipTo int64         // bytes before this offset are not wanted (written by the parser)
+	passed chan struct{} // closed when pushed reaches skipTo, or at the end
 	// The parser's side.
 	buf []byte
 	off int64 // offset in the stream of buf[0]
@@ -229,6 +230,10 @@ func (f *feed) push(b []byte) {
 	}
 	off := f.pushed
 	f.pushed += int64(len(b))
+	if f.passed != nil && f.pushed >= f.skipTo {
+		close(f.passed)
+		f.passed = nil
+	}
 	if off < f.skipTo {
 		d := min(int64(len(b)), f.skipTo-off)
 		b, off = b[d:], off+d
@@ -267,6 +272,10 @@ func (f *feed) end() {
 		f.ended = true
 		close(f.ch)
 	}
+	if f.passed != nil {
+		close(f.passed)
+		f.passed = nil
+	}
 }
 
 // stop is end for the parser that quits: the bytes are copied no more, and
@@ -278,13 +287,26 @@ func (f *feed) stop() {
 	}
 }
 
-// skip drops the next n bytes the parser would Read.
-func (f *feed) skip(n int64) {
+// skip drops the next n bytes the parser would Read and returns once they
+// have gone by (the parser has nothing else to do meanwhile): how many of
+// them never came, the feed having ended first.
+func (f *feed) skip(n int64) (missing int64) {
 	d := min(int64(len(f.buf)), n)
 	f.buf, f.off = f.buf[d:], f.off+d
 	f.mu.Lock()
 	f.skipTo = max(f.skipTo, f.off+n-d)
+	passed := f.passed
+	if passed == nil && f.pushed < f.skipTo && !f.ended {
+		passed = make(chan struct{})
+		f.passed = passed
+	}
 	f.mu.Unlock()
+	if passed != nil {
+		<-passed
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return max(0, f.skipTo-f.pushed)
 }
 
 // Read gives the parser the bytes pushed; io.EOF after end.

@@ -180,8 +180,8 @@ func (h *head) bodySize(request, noBody bool) (size int64, chunked bool, err err
 // readBody reads a body that ends as bodySize said from br, which reads f,
 // keeping at most limit bytes. The rest of a body of known length is
 // skipped rather than read: the bytes still in br are discarded and f is
-// told to drop the others, which then are never copied (so n counts them
-// even if the connection ends before they come).
+// told to drop the others, which then are never copied; readBody returns
+// once they have gone by.
 func readBody(br *bufio.Reader, f *feed, size int64, chunked bool, limit int) (kept []byte, cut bool, n int64, err error) {
 	switch {
 	case chunked:
@@ -204,7 +204,9 @@ func readBody(br *bufio.Reader, f *feed, size int64, chunked bool, limit int) (k
 	}
 	if rest := size - int64(len(kept)); rest > 0 {
 		d, _ := br.Discard(int(min(rest, int64(br.Buffered()))))
-		f.skip(rest - int64(d))
+		if missing := f.skip(rest - int64(d)); missing > 0 {
+			return kept, true, size - missing, io.ErrUnexpectedEOF
+		}
 	}
 	return kept, size > int64(limit), size, nil
 }

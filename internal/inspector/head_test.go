@@ -24,6 +24,7 @@ type message struct {
 func ours(data []byte, methods []string) []message {
 	br := bufio.NewReaderSize(bytes.NewReader(data), headBuffer)
 	f := newFeed(new(atomic.Int64))
+	f.end() // bytes come from data, not f
 	var out []message
 	for i := 0; methods == nil || i < len(methods); i++ {
 		var h head
