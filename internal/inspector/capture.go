@@ -104,7 +104,7 @@ func (c *captureConn) readRequests() {
 	defer c.wg.Done()
 	defer close(c.pending)
 	defer c.req.stop()
-	br := bufio.NewReaderSize(c.req, headBuffer)
+	br := bufio.NewReader(c.req)
 	for {
 		h, err := readHead(br, true)
 		if err != nil {
@@ -136,7 +136,7 @@ func (c *captureConn) readResponses() {
 	defer c.wg.Done()
 	defer close(c.respDone)
 	defer c.resp.stop()
-	br := bufio.NewReaderSize(c.resp, headBuffer)
+	br := bufio.NewReader(c.resp)
 	for p := range c.pending {
 		var h head
 		var status int

@@ -21,11 +21,9 @@ import (
 // errMalformed is a message the capture does not follow.
 var errMalformed = errors.New("inspector: malformed HTTP/1.1 message")
 
-// Bounds on a message head: a line must fit the parser's buffer.
-const (
-	headBuffer = 16 << 10 // the parser's read buffer, the longest line
-	maxHead    = 1 << 20  // bytes of a head, as net/http's default MaxHeaderBytes
-)
+// maxHead bounds a message head's bytes, as net/http's default
+// MaxHeaderBytes.
+const maxHead = 1 << 20
 
 // head is a message head: a request's method, target and version, or a
 // response's version, status code and reason; and its fields in the order
@@ -70,12 +68,21 @@ func readHead(br *bufio.Reader, request bool) (head, error) {
 	}
 }
 
-// readLine reads a line without its CRLF (or LF).
+// readLine reads a line without its CRLF (or LF). A line longer than br's
+// buffer is put together (up to maxHead), so the buffer stays small.
 func readLine(br *bufio.Reader) (string, error) {
 	b, err := br.ReadSlice('\n')
+	var long []byte
+	for errors.Is(err, bufio.ErrBufferFull) {
+		if long = append(long, b...); len(long) > maxHead {
+			return "", errMalformed
+		}
+		b, err = br.ReadSlice('\n')
+	}
+	if long != nil {
+		b = append(long, b...)
+	}
 	switch {
-	case errors.Is(err, bufio.ErrBufferFull):
-		return "", errMalformed
 	case err == io.EOF && len(b) > 0:
 		return "", io.ErrUnexpectedEOF
 	case err != nil:

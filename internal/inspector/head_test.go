@@ -22,7 +22,7 @@ type message struct {
 // first it does not follow; methods are the requests' (nil: data holds
 // requests).
 func ours(data []byte, methods []string) []message {
-	br := bufio.NewReaderSize(bytes.NewReader(data), headBuffer)
+	br := bufio.NewReaderSize(bytes.NewReader(data), 16)
 	f := newFeed(new(atomic.Int64))
 	f.end() // bytes come from data, not f
 	var out []message
