@@ -31,6 +31,7 @@ type batchConn struct {
 const (
 	batchDirect = 16 << 10  // frames this long are written directly
 	batchMax    = 256 << 10 // bytes queued before Write waits
+	batchKeep   = 32 << 10  // the largest buffer kept for reuse
 	// batchCloseWait bounds how long Close waits for the queue to go out
 	// (yamux gives its last frame, a GoAway, 100 ms).
 	batchCloseWait = 200 * time.Millisecond
@@ -104,7 +105,10 @@ func (b *batchConn) flush() {
 			b.mu.Unlock()
 			_, err := b.Conn.Write(p)
 			b.mu.Lock()
-			b.spare = p
+			b.spare = nil
+			if cap(p) <= batchKeep {
+				b.spare = p // else a burst's buffer is not kept for the connection's life
+			}
 			b.fail(err)
 		}
 		b.buf = b.buf[:0]
