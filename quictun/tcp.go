@@ -77,13 +77,14 @@ func newMuxConn(ctx context.Context, tc *tls.Conn, raw *countingConn, server boo
 		sess *yamux.Session
 		err  error
 	)
+	bc := newBatchConn(tc)
 	if server {
-		sess, err = yamux.Server(tc, mc, nil)
+		sess, err = yamux.Server(bc, mc, nil)
 	} else {
-		sess, err = yamux.Client(tc, mc, nil)
+		sess, err = yamux.Client(bc, mc, nil)
 	}
 	if err != nil {
-		tc.Close()
+		bc.Close()
 		return nil, fmt.Errorf("start multiplexer: %w", err)
 	}
 	c := &muxConn{sess: sess, raw: raw, state: tc.ConnectionState(), accepts: make(chan *yamux.Stream)}

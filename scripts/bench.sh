@@ -7,6 +7,7 @@
 # lean origin, 10,000 idle sessions held 30 s). It needs curl and wrk
 # (make bench installs them: scripts/test-deps.sh --bench; without them
 # those rows are left out). Extra arguments go to the driver, e.g.
+#   scripts/bench.sh -phases small,tools -only 'TCP.*reverse' -out /tmp/rows.md  (some rows alone)
 #   scripts/bench.sh -bulk-mib 256 -sessions 2000 -hold 5s -out /tmp/bench.md
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -392,6 +392,9 @@ func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 	rounds := make([][]smallRow, len(routes))
 	for range cfg.rounds {
 		for i, r := range routes {
+			if !cfg.runsPath(r.name) {
+				continue
+			}
 			row := smallRow{route: r.name, reference: r.reference}
 			var err error
 			if row.direct, err = smallLoad(ctx, direct, cfg.clients, cfg.load); err != nil {
@@ -414,6 +417,9 @@ func benchSmall(ctx context.Context, cfg config, l *lab, rep *report) error {
 		}
 	}
 	for _, rows := range rounds {
+		if len(rows) == 0 {
+			continue
+		}
 		row, ratios := median(rows, smallRow.ratio)
 		row.ratios = ratios
 		rep.small = append(rep.small, row)

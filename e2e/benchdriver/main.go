@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,17 +39,21 @@ import (
 // config is the driver's settings (flags).
 type config struct {
 	bin, certs, out string
-	bulk            int64         // bytes per bulk transfer
-	clients         int           // concurrent keep-alive clients of the small-request load
-	load            time.Duration // duration of each small-request load
-	setups          int           // sessions of the set-up benchmark
-	sessions        int           // idle sessions of the memory benchmark
-	hold            time.Duration // how long the idle sessions are held
-	profile         time.Duration // CPU profile length
-	rounds          int           // bulk and small-request comparisons repeated, the median reported
-	keep            bool          // keep the temporary directory (logs, profiles)
-	phases          []string      // which benchmarks to run
+	bulk            int64          // bytes per bulk transfer
+	clients         int            // concurrent keep-alive clients of the small-request load
+	load            time.Duration  // duration of each small-request load
+	setups          int            // sessions of the set-up benchmark
+	sessions        int            // idle sessions of the memory benchmark
+	hold            time.Duration  // how long the idle sessions are held
+	profile         time.Duration  // CPU profile length
+	rounds          int            // bulk and small-request comparisons repeated, the median reported
+	keep            bool           // keep the temporary directory (logs, profiles)
+	phases          []string       // which benchmarks to run
+	only            *regexp.Regexp // if set, the small-request, curl and wrk rows whose path it matches, alone
 }
+
+// runsPath says whether the row of path name is measured (-only).
+func (c *config) runsPath(name string) bool { return c.only == nil || c.only.MatchString(name) }
 
 var allPhases = []string{"memory", "setup", "bulk", "small", "tools", "profile", "cluster"}
 
@@ -103,6 +108,7 @@ func main() {
 	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of the bulk and small-request comparisons (each a tunnel/direct pair); the median is reported")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory with the logs and profiles")
 	phases := flag.String("phases", strings.Join(allPhases, ","), "benchmarks to run, comma-separated")
+	only := flag.String("only", "", "measure only the small-request, curl and wrk rows whose path matches this regular expression (e.g. 'TCP.*reverse'; the report's targets then lack the others)")
 	var relay relayConfig
 	flag.StringVar(&relay.listen, "relay-listen", "", "run as one of the set-up benchmark's plain relays, listening here (used by the driver itself)")
 	flag.StringVar(&relay.next, "relay-next", "", "the relay's next hop")
@@ -125,6 +131,14 @@ func main() {
 		return
 	}
 	cfg.phases = strings.Split(*phases, ",")
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "-only:", err)
+			os.Exit(2)
+		}
+		cfg.only = re
+	}
 	cfg.bulk = bulkMiB << 20
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := cfg.validate(); err != nil {

@@ -124,8 +124,8 @@ func benchTools(ctx context.Context, cfg config, l *lab, rep *report) error {
 				return err
 			}
 			for i, p := range paths {
-				if tool.name == "wrk" && p.connect {
-					continue // wrk speaks no CONNECT
+				if tool.name == "wrk" && p.connect || !cfg.runsPath(p.label()) {
+					continue // wrk speaks no CONNECT; -only
 				}
 				row := toolRow{path: p, direct: d}
 				_, row.cpu, row.peak, err = measured(p.procs, func() error {

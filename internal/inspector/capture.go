@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,18 +106,23 @@ func (c *captureConn) readRequests() {
 	defer c.req.stop()
 	br := bufio.NewReader(c.req)
 	for {
-		req, err := http.ReadRequest(br)
+		h, err := readHead(br, true)
+		if err != nil {
+			return
+		}
+		size, chunked, err := h.bodySize(true, false)
 		if err != nil {
 			return
 		}
 		start := time.Now()
-		d := &detail{Local: c.local, ReqHeaders: append([][2]string{{"Host", req.Host}}, headerList(req.Header)...)}
-		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: req.Method, Host: req.Host, Path: req.RequestURI,
+		method, host := h.first[0], h.host()
+		d := &detail{Local: c.local, ReqHeaders: h.list([2]string{"Host", host})}
+		id := c.in.Add(Record{Kind: KindPublic, Time: start, Method: method, Host: host, Path: h.first[1],
 			Service: c.service, Client: c.remote, session: c.session, detail: d})
-		body, cut, n, err := readCapped(req.Body, c.in.cfg.BodyLimit)
+		body, cut, n, err := readBody(br, c.req, size, chunked, c.in.cfg.BodyLimit)
 		c.in.update(id, func(r *Record) { r.Up, r.detail.ReqBody, r.detail.ReqCut = n, body, cut })
 		select {
-		case c.pending <- pendingReq{id, req.Method, start}:
+		case c.pending <- pendingReq{id, method, start}:
 		case <-c.respDone:
 			return
 		}
@@ -132,27 +138,43 @@ func (c *captureConn) readResponses() {
 	defer c.resp.stop()
 	br := bufio.NewReader(c.resp)
 	for p := range c.pending {
-		var resp *http.Response
+		var h head
+		var status int
 		var err error
 		for {
-			resp, err = http.ReadResponse(br, &http.Request{Method: p.method})
-			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			// 1xx but 101 are interim: the final response follows.
+			if h, err = readHead(br, false); err != nil {
 				break
 			}
+			status, _ = strconv.Atoi(h.first[1])
+			if status >= 200 || status == http.StatusSwitchingProtocols {
+				break
+			}
+		}
+		var size int64
+		var chunked bool
+		if err == nil {
+			noBody := p.method == http.MethodHead || status == http.StatusSwitchingProtocols ||
+				status == http.StatusNoContent || status == http.StatusNotModified
+			size, chunked, err = h.bodySize(false, noBody)
 		}
 		if err != nil {
 			c.in.update(p.id, func(r *Record) { r.Outcome, r.Done = "no response", true })
 			return
 		}
-		headers := headerList(resp.Header)
-		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = resp.StatusCode, headers })
-		body, cut, n, err := readCapped(resp.Body, c.in.cfg.BodyLimit)
+		headers := h.list()
+		c.in.update(p.id, func(r *Record) { r.Status, r.detail.RespHeaders = status, headers })
+		tunnel := status == http.StatusSwitchingProtocols || p.method == http.MethodConnect && status < 300
+		if tunnel {
+			size, chunked = 0, false // what follows is not HTTP
+		}
+		body, cut, n, err := readBody(br, c.resp, size, chunked, c.in.cfg.BodyLimit)
 		c.in.update(p.id, func(r *Record) {
 			r.Down, r.detail.RespBody, r.detail.RespCut = n, body, cut
 			r.Duration = max(r.Duration, ms(time.Since(p.start)))
 			r.Done = true
 		})
-		if err != nil || resp.StatusCode == http.StatusSwitchingProtocols {
+		if err != nil || tunnel {
 			return
 		}
 	}
@@ -169,18 +191,32 @@ const (
 	captureBytes = 32 << 20 // bytes of every capture of an inspector together
 )
 
-// feed carries copies of a connection's bytes to a parser.
+// feed carries copies of a connection's bytes to a parser. The parser may
+// skip what it does not keep (the rest of a body past the size cap): bytes
+// not yet pushed are then dropped by push, uncopied, and those queued by
+// Read.
 type feed struct {
 	mu     sync.Mutex
-	ch     chan []byte
+	ch     chan chunk
 	ended  bool
-	buf    []byte
 	queued int           // bytes in ch
 	total  *atomic.Int64 // bytes queued by every feed of the inspector
+	pushed int64         // offset in the stream of the next byte pushed
+	skipTo int64         // bytes before this offset are not wanted (written by the parser)
+	passed chan struct{} // closed when pushed reaches skipTo, or at the end
+	// The parser's side.
+	buf []byte
+	off int64 // offset in the stream of buf[0]
+}
+
+// chunk is a copy of bytes pushed, from offset off in the stream.
+type chunk struct {
+	off int64
+	b   []byte
 }
 
 func newFeed(total *atomic.Int64) *feed {
-	return &feed{ch: make(chan []byte, feedSlots), total: total}
+	return &feed{ch: make(chan chunk, feedSlots), total: total}
 }
 
 func (f *feed) push(b []byte) {
@@ -192,13 +228,26 @@ func (f *feed) push(b []byte) {
 	if f.ended {
 		return
 	}
+	off := f.pushed
+	f.pushed += int64(len(b))
+	if f.passed != nil && f.pushed >= f.skipTo {
+		close(f.passed)
+		f.passed = nil
+	}
+	if off < f.skipTo {
+		d := min(int64(len(b)), f.skipTo-off)
+		b, off = b[d:], off+d
+		if len(b) == 0 {
+			return
+		}
+	}
 	if f.queued+len(b) > feedBytes || f.total.Load()+int64(len(b)) > captureBytes {
 		f.ended = true // fallen behind: give up
 		close(f.ch)
 		return
 	}
 	select {
-	case f.ch <- append([]byte(nil), b...):
+	case f.ch <- chunk{off, append([]byte(nil), b...)}:
 		f.queued += len(b)
 		f.total.Add(int64(len(b)))
 	default:
@@ -208,11 +257,11 @@ func (f *feed) push(b []byte) {
 }
 
 // taken accounts for a chunk the parser took (or stop dropped).
-func (f *feed) taken(chunk []byte) {
+func (f *feed) taken(c chunk) {
 	f.mu.Lock()
-	f.queued -= len(chunk)
+	f.queued -= len(c.b)
 	f.mu.Unlock()
-	f.total.Add(-int64(len(chunk)))
+	f.total.Add(-int64(len(c.b)))
 }
 
 // end says no more bytes come.
@@ -223,28 +272,56 @@ func (f *feed) end() {
 		f.ended = true
 		close(f.ch)
 	}
+	if f.passed != nil {
+		close(f.passed)
+		f.passed = nil
+	}
 }
 
 // stop is end for the parser that quits: the bytes are copied no more, and
 // those queued are dropped.
 func (f *feed) stop() {
 	f.end()
-	for chunk := range f.ch {
-		f.taken(chunk)
+	for c := range f.ch {
+		f.taken(c)
 	}
+}
+
+// skip drops the next n bytes the parser would Read and returns once they
+// have gone by (the parser has nothing else to do meanwhile): how many of
+// them never came, the feed having ended first.
+func (f *feed) skip(n int64) (missing int64) {
+	d := min(int64(len(f.buf)), n)
+	f.buf, f.off = f.buf[d:], f.off+d
+	f.mu.Lock()
+	f.skipTo = max(f.skipTo, f.off+n-d)
+	passed := f.passed
+	if passed == nil && f.pushed < f.skipTo && !f.ended {
+		passed = make(chan struct{})
+		f.passed = passed
+	}
+	f.mu.Unlock()
+	if passed != nil {
+		<-passed
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return max(0, f.skipTo-f.pushed)
 }
 
 // Read gives the parser the bytes pushed; io.EOF after end.
 func (f *feed) Read(b []byte) (int, error) {
-	if len(f.buf) == 0 {
-		chunk, ok := <-f.ch
+	for len(f.buf) == 0 {
+		c, ok := <-f.ch
 		if !ok {
 			return 0, io.EOF
 		}
-		f.taken(chunk)
-		f.buf = chunk
+		f.taken(c)
+		// skipTo is the parser's own, as is what Read hands out.
+		d := max(0, min(int64(len(c.b)), f.skipTo-c.off))
+		f.buf, f.off = c.b[d:], c.off+d
 	}
 	n := copy(b, f.buf)
-	f.buf = f.buf[n:]
+	f.buf, f.off = f.buf[n:], f.off+int64(n)
 	return n, nil
 }

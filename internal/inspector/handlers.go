@@ -10,7 +10,6 @@ import (
 	"html/template"
 	"io"
 	"io/fs"
-	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -227,8 +226,7 @@ func (in *Inspector) replay(ctx context.Context, local, service string, rr repla
 		return 0, fmt.Errorf("reading the response: %w", err)
 	}
 	d := &detail{Local: local, ReqBody: body, RespBody: respBody, RespCut: cut}
-	d.ReqHeaders = append(d.ReqHeaders, [2]string{"Host", req.Host})
-	d.ReqHeaders = append(d.ReqHeaders, headerList(req.Header)...)
+	d.ReqHeaders = headerList(req.Header, [2]string{"Host", req.Host})
 	d.RespHeaders = headerList(resp.Header)
 	return in.Add(Record{Kind: KindReplay, Method: rr.Method, Host: req.Host, Path: rr.Path, Status: resp.StatusCode,
 		Up: int64(len(body)), Down: n, Duration: ms(time.Since(start)), Service: service, Client: "inspector", Done: true, detail: d}), nil
@@ -242,10 +240,20 @@ func readCapped(r io.Reader, limit int) (kept []byte, cut bool, n int64, err err
 	return b.Bytes(), rest > 0, m + rest, errors.Join(err, err2)
 }
 
-// headerList returns h's fields sorted by name.
-func headerList(h http.Header) [][2]string {
-	var out [][2]string
-	for _, k := range slices.Sorted(maps.Keys(h)) {
+// headerList returns first, then h's fields sorted by name.
+func headerList(h http.Header, first ...[2]string) [][2]string {
+	keys := make([]string, 0, len(h))
+	n := len(first)
+	for k, v := range h {
+		keys = append(keys, k)
+		n += len(v)
+	}
+	if n == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	out := append(make([][2]string, 0, n), first...)
+	for _, k := range keys {
 		for _, v := range h[k] {
 			out = append(out, [2]string{k, v})
 		}

@@ -464,3 +464,87 @@ func TestCaptureResetReachesTheApp(t *testing.T) {
 		t.Fatal("the app saw a clean end of a reset connection")
 	}
 }
+
+// The rest of a body past the size cap is skipped rather than copied to the
+// parser: the 4 MiB written at once after the kept part would make a parser
+// that copies it give up (more than feedBytes queued), and then miss the
+// request after it. The record still counts the whole body, and is complete
+// when it has gone by.
+func TestCaptureSkipsLongBodies(t *testing.T) {
+	const limit = 1 << 10
+	const size = 4 << 20
+	in, _ := newTest(t, Config{BodyLimit: limit})
+	big := strings.Repeat("0123456789abcdef", size/16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/after" {
+			fmt.Fprintf(w, "got %d", n)
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+		io.WriteString(w, big)
+	}))
+	t.Cleanup(srv.Close)
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := in.Capture(conn, "app", "app", "203.0.113.1:1", "s")
+	defer c.Close()
+	fmt.Fprintf(c, "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", size)
+	io.WriteString(c, big[:limit])
+	// Once the parser skips, the rest in one write.
+	skipping := func(f *feed) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			f.mu.Lock()
+			skipping := f.skipTo > 0
+			f.mu.Unlock()
+			if skipping {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the parser does not skip the body")
+			}
+		}
+	}
+	skipping(c.(*captureConn).req)
+	io.WriteString(c, big[limit:])
+	// The same for the response (whose parser a busy machine might
+	// otherwise leave behind, which is not what this test is about).
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, limit)); err != nil {
+		t.Fatal(err)
+	}
+	skipping(c.(*captureConn).resp)
+	if n, err := io.Copy(io.Discard, resp.Body); err != nil || n != size-limit {
+		t.Fatalf("read %d more bytes of the response (%v), want %d", n, err, size-limit)
+	}
+	io.WriteString(c, "POST /after HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+	if resp, err = http.ReadResponse(br, &http.Request{Method: "POST"}); err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	recs := waitDone(t, in, 2)
+	want := []struct {
+		path              string
+		up, down          int64
+		reqBody, respBody string
+		cut               bool
+	}{{"/after", 2, 5, "hi", "got 2", false}, {"/big", size, size, big[:limit], big[:limit], true}}
+	for i, w := range want {
+		r := recs[i]
+		in.mu.Lock()
+		d := *in.byID[r.ID].detail
+		in.mu.Unlock()
+		if r.Path != w.path || r.Up != w.up || r.Down != w.down || r.Status != 200 || string(d.ReqBody) != w.reqBody ||
+			string(d.RespBody) != w.respBody || d.ReqCut != w.cut || d.RespCut != w.cut {
+			t.Errorf("record %s: %+v, kept %d and %d bytes (cut %v %v); want up %d down %d", w.path, r, len(d.ReqBody), len(d.RespBody),
+				d.ReqCut, d.RespCut, w.up, w.down)
+		}
+	}
+}
