@@ -56,7 +56,7 @@ func (l *requestLog) run(ctx context.Context) {
 		}
 	}()
 	var str SendStream
-	buf := make([]byte, 0, requestLogBatch+MaxFrameSize+3)
+	var buf []byte // made with the stream: most clients take no request log
 	for {
 		var m *RequestLog
 		select {
@@ -74,6 +74,7 @@ func (l *requestLog) run(ctx context.Context) {
 			}
 			str = s
 			defer str.CancelWrite(quic.StreamErrorCode(CodeCanceled))
+			buf = make([]byte, 0, requestLogBatch+MaxFrameSize+3)
 		}
 		buf = l.batch(buf[:0], m)
 		str.SetWriteDeadline(time.Now().Add(requestLogWriteTimeout))
