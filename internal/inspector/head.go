@@ -116,8 +116,13 @@ func (h *head) get(name string) (string, bool) {
 // host is a request's host: its target's if in absolute form, else its
 // Host field's.
 func (h *head) host() string {
-	if t := h.first[1]; len(t) > 8 && (strings.EqualFold(t[:7], "http://") || strings.EqualFold(t[:8], "https://")) {
-		if u, err := url.Parse(t); err == nil {
+	// As net/http reads it: a CONNECT's target is an authority; any
+	// other target not starting with "/" is an absolute URI, of any scheme.
+	if t := h.first[1]; !strings.HasPrefix(t, "/") {
+		if h.first[0] == "CONNECT" {
+			t = "http://" + t
+		}
+		if u, err := url.ParseRequestURI(t); err == nil && u.Host != "" {
 			return u.Host
 		}
 	}
