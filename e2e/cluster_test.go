@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -123,6 +124,7 @@ type ClusterNode struct {
 	HTTP     string // public HTTP, NAME.localhost
 	Bind     string // the public ports' address
 	Link     string // inter-node QUIC
+	Metrics  string // --metrics-listen: /metrics and /cluster
 	args     []string
 	p        *process
 }
@@ -164,7 +166,7 @@ func StartCluster(t *testing.T, etcd *Etcd, opts ClusterOptions) []*ClusterNode 
 	for i := range nodes {
 		bind := fmt.Sprintf("127.0.0.%d", i+1)
 		n := &ClusterNode{ID: fmt.Sprintf("node-%c", 'a'+i), QUIC: loop(freeUDPPort(t)), Reporter: loop(freeUDPPort(t)),
-			HTTP: net.JoinHostPort(bind, strconv.Itoa(freeTCPPort(t))), Bind: bind, Link: loop(freeUDPPort(t))}
+			HTTP: net.JoinHostPort(bind, strconv.Itoa(freeTCPPort(t))), Bind: bind, Link: loop(freeUDPPort(t)), Metrics: loop(freeTCPPort(t))}
 		etcdURL := etcd.URL
 		if i < len(opts.EtcdURLs) {
 			etcdURL = opts.EtcdURLs[i]
@@ -174,7 +176,7 @@ func StartCluster(t *testing.T, etcd *Etcd, opts ClusterOptions) []*ClusterNode 
 			"--port-range", fmt.Sprintf("%d-%d", opts.Ports.Min, opts.Ports.Max), "--public-bind", bind,
 			"--name-grace", opts.Grace.String(), "--shutdown-timeout", "0s", "--log-level", "debug",
 			"--cluster-etcd", etcdURL, "--node-id", n.ID, "--cluster-listen", n.Link, "--cluster-token-file", clusterToken,
-			"--cluster-lease", opts.Lease.String()}
+			"--cluster-lease", opts.Lease.String(), "--metrics-listen", n.Metrics}
 		nodes[i] = n
 		n.Start(t)
 	}
@@ -363,6 +365,23 @@ func TestClusterServesAnyNameFromAnyNode(t *testing.T) {
 		"race ", "client " + winner, "ports (1)", strconv.Itoa(int(db.Port)) + " "} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("coordinator cluster status lacks %q:\n%s", want, out)
+		}
+	}
+
+	// The same from a node's status endpoint (its own view), as JSON.
+	resp, err := http.Get("http://" + c.Metrics + "/cluster")
+	if err != nil {
+		t.Fatalf("%s's /cluster: %v", c.ID, err)
+	}
+	var st coordinator.ClusterStatus
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil || len(st.Nodes) != 3 || len(st.Names) != 2 || len(st.Ports) != 1 || st.Ports[0].Port != db.Port {
+		t.Errorf("%s's /cluster: %v, %d nodes, names %+v, ports %+v; want 3 nodes, app and race, port %d", c.ID, err, len(st.Nodes), st.Names, st.Ports, db.Port)
+	}
+	for _, h := range st.Names {
+		if h.Name == "app" && (h.Client != "alice" || h.Node != a.ID || !h.Online) {
+			t.Errorf("%s's /cluster: app held by %+v, want alice on %s, online", c.ID, h, a.ID)
 		}
 	}
 

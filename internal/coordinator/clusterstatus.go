@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -126,6 +127,17 @@ func (c *Coordinator) ClusterStatus() (ClusterStatus, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.view.status(n.viewRev), true
+}
+
+// serveClusterStatus answers the metrics listener's /cluster: this node's
+// view of the cluster (what "coordinator cluster status --json" reads
+// from etcd itself), as JSON.
+func (c *Coordinator) serveClusterStatus(w http.ResponseWriter, _ *http.Request) {
+	st, _ := c.ClusterStatus()
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(st)
 }
 
 // WriteText writes st for people: one line per node, name and port.

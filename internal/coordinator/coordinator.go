@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -551,6 +552,9 @@ func (c *Coordinator) ReporterAddr() net.Addr {
 // RegisterMetrics adds the coordinator's metrics to r.
 func (c *Coordinator) RegisterMetrics(r *metrics.Registry) {
 	r.AddTunnelServer(c.server)
+	if _, ok := c.ClusterStatus(); ok {
+		r.HandlePage("GET /cluster", http.HandlerFunc(c.serveClusterStatus))
+	}
 	if c.cfg.DialTarget == nil {
 		c.targets.registerMetrics(r)
 	}

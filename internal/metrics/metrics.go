@@ -27,7 +27,17 @@ const Namespace = "quictunnel"
 
 // Registry collects one service's metrics.
 type Registry struct {
-	reg *prometheus.Registry
+	reg   *prometheus.Registry
+	pages map[string]http.Handler // more pages Serve answers, by pattern
+}
+
+// HandlePage adds a page that Serve answers beside /metrics, such as a
+// status in JSON. Call it before Serve.
+func (r *Registry) HandlePage(pattern string, h http.Handler) {
+	if r.pages == nil {
+		r.pages = map[string]http.Handler{}
+	}
+	r.pages[pattern] = h
 }
 
 // NewRegistry returns a registry with the Go runtime and process
@@ -133,6 +143,9 @@ func (r *Registry) Serve(ctx context.Context, ln net.Listener, withPprof bool, l
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	for pattern, h := range r.pages {
+		mux.Handle(pattern, h)
+	}
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
