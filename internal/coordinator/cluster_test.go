@@ -340,14 +340,20 @@ func TestClusterReconcile(t *testing.T) {
 
 	// A name another owner holds now is withdrawn here, the client told.
 	theirs := claimRecord{Owner: "y", Node: "n2", Name: "app"}
+	// Written by n2 as its claim would be: pending (claiming) while the
+	// write is under way, published after it. (Published before it, a
+	// reconcile of n2 with the old view took it for lost: CI saw it.)
 	local2.mu.Lock()
 	local2.names["app"] = theirs
+	local2.claiming = map[string]bool{"app": true}
 	local2.mu.Unlock()
-	// Written by n2, as its claim would be (a node that lists its clients
-	// before this write lists them again).
 	if err := n2.put(t.Context(), n2.nameKey("app"), theirs, clientv3.Compare(clientv3.Version(n2.nameKey("app")), ">", 0)); err != nil {
 		t.Fatal(err)
 	}
+	local2.mu.Lock()
+	delete(local2.claiming, "app")
+	local2.mu.Unlock()
+	n2.reconcileSoon()
 	waitUntil(t, "app withdrawn on n1", func() bool { return strings.Contains(strings.Join(local.lostNames(), ","), "app tell=true") })
 
 	// A node that stops gives its lease back: the other marks its
